@@ -1,0 +1,205 @@
+// Package datapath defines the one interface that every Service datapath under
+// test implements (the reference socket-LB in datapath/socketlb and every
+// baseline under baselines/), the Service model they are programmed with, and
+// the registry the harness looks them up in.
+//
+// The harness never branches on a datapath's name: it sets a datapath up in a
+// topology (Setup), hands it the complete desired set of services and
+// endpoints (Apply, declarative like a kube-proxy sync), asks it where a client
+// should connect (Targets) and tears it down (Close).
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+
+	"svclab/internal/nsutil"
+)
+
+// Protocol is a Service port's L4 protocol.
+type Protocol string
+
+// Protocols a Service port can carry.
+const (
+	TCP Protocol = "TCP"
+	UDP Protocol = "UDP"
+)
+
+// Endpoint is one backend of a Service (one address of an EndpointSlice).
+type Endpoint struct {
+	// Pod names the backend pod; it is what the backend answers with.
+	Pod string
+	// Addr is the pod's IP address.
+	Addr netip.Addr
+	// Ready, Serving and Terminating follow EndpointSlice conditions.
+	Ready       bool
+	Serving     bool
+	Terminating bool
+}
+
+// ServicePort is one port of a Service.
+type ServicePort struct {
+	Name       string
+	Protocol   Protocol
+	Port       uint16
+	TargetPort uint16
+}
+
+// Service is one ClusterIP Service with its endpoints.
+type Service struct {
+	// Namespace/Name as in Kubernetes; used for rule comments and hashes.
+	Namespace string
+	Name      string
+	ClusterIP netip.Addr
+	Ports     []ServicePort
+	Endpoints []Endpoint
+}
+
+// String returns "namespace/name".
+func (s Service) String() string { return s.Namespace + "/" + s.Name }
+
+// ReadyEndpoints returns the endpoints that should receive new connections:
+// the ready ones, or the serving terminating ones when none is ready
+// (Kubernetes' ProxyTerminatingEndpoints fallback).
+func (s Service) ReadyEndpoints() []Endpoint {
+	var ready, terminating []Endpoint
+	for _, ep := range s.Endpoints {
+		switch {
+		case ep.Ready && !ep.Terminating:
+			ready = append(ready, ep)
+		case ep.Serving && ep.Terminating:
+			terminating = append(terminating, ep)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return terminating
+}
+
+// State is the complete desired set of services a datapath must implement.
+type State struct {
+	Services []Service
+}
+
+// Pod is a pod of the topology as a datapath sees it.
+type Pod struct {
+	Name string
+	Addr netip.Addr
+	// NS is the pod's network namespace.
+	NS *nsutil.NS
+	// HostVeth is the name of the pod's veth peer inside the node namespace.
+	HostVeth string
+}
+
+// Env is what the topology gives a datapath to set itself up in.
+type Env struct {
+	// Node is the node network namespace: where per-packet datapaths
+	// (iptables, nftables, IPVS, tc) live.
+	Node *nsutil.NS
+	// ClientCgroup is the cgroup v2 directory every client process runs in:
+	// where socket-level datapaths attach.
+	ClientCgroup string
+	Clients      []Pod
+	Backends     []Pod
+	PodCIDR      netip.Prefix
+	ServiceCIDR  netip.Prefix
+}
+
+// Datapath is a Service datapath under test.
+type Datapath interface {
+	// Setup installs the datapath's fixed parts (programs, base chains) in env.
+	Setup(ctx context.Context, env *Env) error
+	// Apply makes the datapath implement exactly the given state. It is
+	// called again with the whole new state on every change.
+	Apply(ctx context.Context, st State) error
+	// Targets returns where a client should send traffic for a service port:
+	// the ClusterIP and port for real Service datapaths, the endpoints
+	// themselves for datapaths where the client picks (direct).
+	Targets(svc Service, port ServicePort) []netip.AddrPort
+	// Info returns facts worth recording with results (e.g. the iptables
+	// backend); nil if there are none.
+	Info() map[string]string
+	// Close removes everything Setup and Apply installed.
+	Close() error
+}
+
+// VIPTargets is the Targets of every datapath that implements the ClusterIP.
+func VIPTargets(svc Service, port ServicePort) []netip.AddrPort {
+	return []netip.AddrPort{netip.AddrPortFrom(svc.ClusterIP, port.Port)}
+}
+
+// ErrUnsupported is wrapped by Probe errors: the machine lacks something the
+// datapath needs, and the error says what.
+var ErrUnsupported = errors.New("not supported here")
+
+// ErrUnknown is returned for a datapath name that is not registered.
+var ErrUnknown = errors.New("unknown datapath")
+
+// Factory registers one datapath.
+type Factory struct {
+	// Name is what users type in --datapaths.
+	Name string
+	// Description is a one-line summary for listings and charts.
+	Description string
+	// Probe reports whether this machine can run the datapath; its error
+	// wraps ErrUnsupported and names the missing thing.
+	Probe func() error
+	// New returns an unconfigured datapath.
+	New func() Datapath
+}
+
+var (
+	mu       sync.Mutex
+	registry = map[string]Factory{}
+)
+
+// Register adds a datapath; it is called from init functions.
+func Register(f Factory) {
+	mu.Lock()
+	defer mu.Unlock()
+	if f.Name == "" || f.New == nil {
+		panic("datapath: Register needs Name and New")
+	}
+	if _, dup := registry[f.Name]; dup {
+		panic("datapath: duplicate registration of " + f.Name)
+	}
+	registry[f.Name] = f
+}
+
+// Lookup returns the factory registered under name.
+func Lookup(name string) (Factory, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	f, ok := registry[name]
+	if !ok {
+		return Factory{}, fmt.Errorf("%w %q (known: %s)", ErrUnknown, name, strings.Join(namesLocked(), ", "))
+	}
+	return f, nil
+}
+
+// Names lists registered datapaths, sorted.
+func Names() []string {
+	mu.Lock()
+	defer mu.Unlock()
+	return namesLocked()
+}
+
+func namesLocked() []string {
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Unsupportedf builds a Probe error that wraps ErrUnsupported.
+func Unsupportedf(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrUnsupported)
+}

@@ -1,0 +1,215 @@
+// Package nsutil creates, enters and removes named network namespaces without
+// ever touching the caller's own namespace, and starts processes inside them.
+//
+// setns(2) changes the namespace of one OS thread, so every operation runs in
+// a goroutine locked to its thread. If restoring the original namespace fails
+// the thread is left locked, and the Go runtime discards it when the goroutine
+// exits instead of reusing a thread that sits in the wrong namespace.
+package nsutil
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// RunDir is where iproute2 (and vishvananda/netns) keep named namespaces.
+const RunDir = "/var/run/netns"
+
+// NS is a named network namespace.
+type NS struct {
+	Name string
+	h    netns.NsHandle
+}
+
+// Path is the bind-mount that keeps the namespace alive.
+func (n *NS) Path() string { return filepath.Join(RunDir, n.Name) }
+
+// Handle returns the namespace's file descriptor handle.
+func (n *NS) Handle() netns.NsHandle { return n.h }
+
+// locked runs fn on a fresh OS thread and returns its error.
+func locked(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("get current netns: %w", err)
+			runtime.UnlockOSThread()
+			return
+		}
+		defer orig.Close()
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: the runtime will kill it.
+			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Create makes a new named network namespace with loopback up.
+func Create(name string) (*NS, error) {
+	if name == "" || strings.ContainsRune(name, '/') {
+		return nil, fmt.Errorf("netns name %q: must be non-empty and contain no '/'", name)
+	}
+	var h netns.NsHandle
+	err := locked(func() error {
+		var err error
+		h, err = netns.NewNamed(name)
+		if err != nil {
+			return fmt.Errorf("create netns %s: %w", name, err)
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("netns %s: find lo: %w", name, err)
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("netns %s: set lo up: %w", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		if h.IsOpen() {
+			h.Close()
+		}
+		_ = netns.DeleteNamed(name)
+		return nil, err
+	}
+	return &NS{Name: name, h: h}, nil
+}
+
+// Open opens an existing named namespace.
+func Open(name string) (*NS, error) {
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", name, err)
+	}
+	return &NS{Name: name, h: h}, nil
+}
+
+// Close releases the handle and deletes the namespace's name. The namespace
+// itself disappears once no process or socket holds it.
+func (n *NS) Close() error {
+	if n == nil {
+		return nil
+	}
+	if n.h.IsOpen() {
+		n.h.Close()
+	}
+	return Delete(n.Name)
+}
+
+// Delete removes a named namespace; a missing one is not an error.
+func Delete(name string) error {
+	err := netns.DeleteNamed(name)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// List returns the names of named namespaces that start with prefix.
+func List(prefix string) ([]string, error) {
+	ents, err := os.ReadDir(RunDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// Do runs fn with the calling thread inside the namespace.
+func (n *NS) Do(fn func() error) error {
+	return locked(func() error {
+		if err := netns.Set(n.h); err != nil {
+			return fmt.Errorf("enter netns %s: %w", n.Name, err)
+		}
+		return fn()
+	})
+}
+
+// NetlinkHandle returns a netlink handle bound to the namespace; no setns is
+// involved.
+func (n *NS) NetlinkHandle() (*netlink.Handle, error) {
+	h, err := netlink.NewHandleAt(n.h)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle in %s: %w", n.Name, err)
+	}
+	return h, nil
+}
+
+// Sysctl writes a per-namespace sysctl such as "net/ipv4/ip_forward".
+// /proc/sys/net resolves against the writing thread's namespace.
+func (n *NS) Sysctl(key, value string) error {
+	return n.Do(func() error {
+		p := filepath.Join("/proc/sys", key)
+		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+			return fmt.Errorf("netns %s: sysctl %s=%s: %w", n.Name, key, value, err)
+		}
+		return nil
+	})
+}
+
+// Start starts cmd inside the namespace: the child is forked from a thread
+// that sits in the namespace and so inherits it. If cgroupFD is >= 0 the
+// child is born inside that cgroup v2 directory (CLONE_INTO_CGROUP), so not
+// one of its instructions runs outside it. The child is killed if the
+// calling process dies.
+func (n *NS) Start(cmd *exec.Cmd, cgroupFD int) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &unix.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = unix.SIGKILL
+	if cgroupFD >= 0 {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = cgroupFD
+	}
+	return n.Do(func() error {
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start %s in netns %s: %w", cmd.Path, n.Name, err)
+		}
+		return nil
+	})
+}
+
+// Run runs a command to completion inside the namespace and returns its
+// combined output; the error includes the output.
+func (n *NS) Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	if err := n.Start(cmd, -1); err != nil {
+		return nil, err
+	}
+	if err := cmd.Wait(); err != nil {
+		return out.Bytes(), fmt.Errorf("%s %s in netns %s: %w: %s", name, strings.Join(args, " "), n.Name, err, strings.TrimSpace(out.String()))
+	}
+	return out.Bytes(), nil
+}

@@ -1,0 +1,149 @@
+// Package results holds svclab's result schema (results.json), the statistics
+// computed over repetitions, the text table and the charts.
+package results
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// SchemaVersion is bumped on any incompatible change to Run.
+const SchemaVersion = 1
+
+// Run is one `svclab bench` invocation: everything results.json holds.
+type Run struct {
+	SchemaVersion int       `json:"schema_version"`
+	ID            string    `json:"id"`
+	Started       time.Time `json:"started"`
+	Finished      time.Time `json:"finished"`
+	Env           Env       `json:"env"`
+	// Scenario is the effective scenario (file plus command-line overrides).
+	Scenario json.RawMessage `json:"scenario"`
+	// Datapaths lists every datapath asked for, with what it recorded.
+	Datapaths []DatapathInfo `json:"datapaths"`
+	// Generator is the load generator's own ceiling, measured in the run.
+	Generator *Trial  `json:"generator,omitempty"`
+	Trials    []Trial `json:"trials"`
+	// Summary is derived from Trials by Summarize.
+	Summary []Summary `json:"summary"`
+}
+
+// Env records the machine a run was measured on.
+type Env struct {
+	Kernel    string            `json:"kernel"`
+	CPUModel  string            `json:"cpu_model"`
+	CPUs      int               `json:"cpus"`
+	GoVersion string            `json:"go_version"`
+	GitRev    string            `json:"git_rev,omitempty"`
+	Hostname  string            `json:"hostname,omitempty"`
+	Sysctls   map[string]string `json:"sysctls,omitempty"`
+	Extra     map[string]string `json:"extra,omitempty"`
+}
+
+// DatapathInfo is one datapath of the run: measured, or skipped with a reason.
+type DatapathInfo struct {
+	Name        string            `json:"name"`
+	Description string            `json:"description,omitempty"`
+	Skipped     string            `json:"skipped,omitempty"`
+	Info        map[string]string `json:"info,omitempty"`
+}
+
+// Trial is one measured run of the workload against one datapath at one
+// concurrency, in a freshly built topology.
+type Trial struct {
+	Datapath    string `json:"datapath"`
+	Concurrency int    `json:"concurrency"`
+	Repetition  int    `json:"repetition"`
+	// Order is the trial's position in the run (0-based), to see order effects.
+	Order int `json:"order"`
+	// ApplySeconds is how long the datapath's Apply of the scenario took.
+	ApplySeconds float64 `json:"apply_seconds"`
+	Workload     Workload `json:"workload"`
+}
+
+// Workload is what the load generator measured in one trial.
+type Workload struct {
+	// DurationSeconds is the measured window (warm-up excluded).
+	DurationSeconds float64 `json:"duration_seconds"`
+	Connections     int64   `json:"connections"`
+	QPS             float64 `json:"qps"`
+	// Errors counts failed connections by kind (errno name or "short-reply").
+	Errors map[string]int64 `json:"errors,omitempty"`
+	// PerBackend counts successful connections by the pod that answered.
+	PerBackend map[string]int64 `json:"per_backend,omitempty"`
+	// Latency is connect start to close, in microseconds.
+	Latency Latency `json:"latency_us"`
+	// Histogram is the full HDR histogram of latency in nanoseconds.
+	Histogram *Histogram `json:"histogram,omitempty"`
+	// SynRetrans counts TCP SYN retransmissions in the client namespace: a
+	// clean trial has none.
+	SynRetrans int64 `json:"syn_retrans"`
+}
+
+// Latency percentiles in microseconds.
+type Latency struct {
+	Min  float64 `json:"min"`
+	Mean float64 `json:"mean"`
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p99_9"`
+	Max  float64 `json:"max"`
+}
+
+// Summary aggregates the repetitions of one datapath at one concurrency.
+type Summary struct {
+	Datapath    string `json:"datapath"`
+	Concurrency int    `json:"concurrency"`
+	Repetitions int    `json:"repetitions"`
+	QPS         Stat   `json:"qps"`
+	P50         Stat   `json:"p50_us"`
+	P90         Stat   `json:"p90_us"`
+	P99         Stat   `json:"p99_us"`
+	// QPSRatioToDirect and P90RatioToDirect compare medians with the
+	// "direct" datapath of the same run at the same concurrency (0 when
+	// direct was not measured).
+	QPSRatioToDirect float64 `json:"qps_ratio_to_direct,omitempty"`
+	P90RatioToDirect float64 `json:"p90_ratio_to_direct,omitempty"`
+	Errors           int64   `json:"errors"`
+	ApplySeconds     Stat    `json:"apply_seconds"`
+}
+
+// Stat is a figure over repetitions: the median and the spread.
+type Stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	// Values are the per-repetition figures, in repetition order.
+	Values []float64 `json:"values"`
+}
+
+// Write stores the run as indented JSON.
+func (r *Run) Write(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
+
+// Read loads a results.json, refusing other schema versions.
+func Read(path string) (*Run, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read results: %w", err)
+	}
+	var r Run
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decode results %s: %w", path, err)
+	}
+	if r.SchemaVersion != SchemaVersion {
+		return nil, fmt.Errorf("results %s: schema_version %d, this svclab reads %d", path, r.SchemaVersion, SchemaVersion)
+	}
+	return &r, nil
+}
