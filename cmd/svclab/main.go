@@ -1,0 +1,210 @@
+// Command svclab measures what a Kubernetes Service datapath costs and
+// whether it behaves like a Service should.
+//
+//	svclab bench [flags]      run a scenario against datapaths, write results and charts
+//	svclab datapaths          list datapaths and whether this machine can run them
+//	svclab cleanup            remove what killed svclab runs left behind
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/term"
+
+	"svclab/datapath"
+	_ "svclab/datapath/all"
+	"svclab/harness"
+	"svclab/results"
+	"svclab/scenarios"
+)
+
+const usage = `svclab: what does a Kubernetes Service datapath cost, and does it behave like a Service?
+
+Usage:
+  svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,qps.png,p90.png}
+  svclab datapaths       list the datapaths and whether this machine can run them
+  svclab cleanup         remove network namespaces and cgroups left by killed svclab runs
+
+Run 'svclab bench -h' for the bench flags. svclab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF).
+`
+
+func main() {
+	harness.ChildMain(os.Args[1:])
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "bench":
+		err = cmdBench(args[1:], stdout, stderr)
+	case "datapaths":
+		err = cmdDatapaths(stdout)
+	case "cleanup":
+		err = cmdCleanup(stdout)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "svclab: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "svclab %s: %v\n", args[0], err)
+		if errors.Is(err, context.Canceled) {
+			return 130
+		}
+		return 1
+	}
+	return 0
+}
+
+// benchFlags are the bench command line; set flags override the scenario.
+type benchFlags struct {
+	scenario    string
+	output      string
+	datapaths   string
+	backends    int
+	concurrency string
+	duration    time.Duration
+	warmup      time.Duration
+	repetitions int
+}
+
+func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.Scenario, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f benchFlags
+	fs.StringVar(&f.scenario, "scenario", "default", "built-in scenario name ("+strings.Join(scenarios.Names(), ", ")+") or a scenario file")
+	fs.StringVar(&f.output, "output", "results", "directory that receives <run-id>/")
+	fs.StringVar(&f.datapaths, "datapaths", "", "comma-separated datapaths to compare (default: the scenario's; see 'svclab datapaths')")
+	fs.IntVar(&f.backends, "backends", 0, "number of backend pods (default: the scenario's, 12)")
+	fs.StringVar(&f.concurrency, "concurrency", "", "comma-separated concurrency levels, e.g. 1,8,32")
+	fs.DurationVar(&f.duration, "duration", 0, "measured time per trial, e.g. 5s")
+	fs.DurationVar(&f.warmup, "warmup", -1, "warm-up per trial before measuring, e.g. 1s")
+	fs.IntVar(&f.repetitions, "repetitions", 0, "repetitions of every datapath × concurrency")
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	sc, err := scenarios.Load(f.scenario)
+	if err != nil {
+		return nil, nil, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if set["datapaths"] {
+		sc.Datapaths = splitList(f.datapaths)
+	}
+	if set["backends"] {
+		sc.Topology.Backends = f.backends
+	}
+	if set["concurrency"] {
+		sc.Workload.Concurrency = nil
+		for _, s := range splitList(f.concurrency) {
+			c, err := strconv.Atoi(s)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--concurrency: %q is not an integer", s)
+			}
+			sc.Workload.Concurrency = append(sc.Workload.Concurrency, c)
+		}
+	}
+	if set["duration"] {
+		sc.Workload.Duration = scenarios.Duration(f.duration)
+	}
+	if set["warmup"] {
+		sc.Workload.Warmup = scenarios.Duration(f.warmup)
+	}
+	if set["repetitions"] {
+		sc.Workload.Repetitions = f.repetitions
+	}
+	if err := sc.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("invalid settings (flags override the scenario's fields):\n%w", err)
+	}
+	return &f, sc, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func cmdBench(args []string, stdout, stderr io.Writer) error {
+	f, sc, err := parseBenchFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	// Validate the plan (names, probes, CIDRs) before anything is created.
+	if _, err := harness.NewPlan(sc); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	tty := false
+	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
+		tty = term.IsTerminal(int(fd.Fd()))
+	}
+	run, dir, err := harness.Bench(ctx, harness.BenchConfig{Scenario: sc, OutputDir: f.output, Log: stderr, TTY: tty})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	if err := results.WriteTable(stdout, run); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nwrote %s\n      %s\n      %s\n", filepath.Join(dir, "results.json"), filepath.Join(dir, "qps.png"), filepath.Join(dir, "p90.png"))
+	return nil
+}
+
+func cmdDatapaths(stdout io.Writer) error {
+	for _, n := range datapath.Names() {
+		f, _ := datapath.Lookup(n)
+		status := "available"
+		if f.Probe != nil {
+			if err := f.Probe(); err != nil {
+				status = "unavailable: " + err.Error()
+			}
+		}
+		fmt.Fprintf(stdout, "%-16s %s\n%-16s %s\n", n, f.Description, "", status)
+	}
+	return nil
+}
+
+func cmdCleanup(stdout io.Writer) error {
+	removed, err := harness.CleanupStale()
+	for _, r := range removed {
+		fmt.Fprintln(stdout, "removed", r)
+	}
+	if len(removed) == 0 && err == nil {
+		fmt.Fprintln(stdout, "nothing to clean up")
+	}
+	return err
+}

@@ -1,0 +1,70 @@
+package harness
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"svclab/results"
+)
+
+// CollectEnv records the machine a run is measured on.
+func CollectEnv() results.Env {
+	e := results.Env{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Sysctls: map[string]string{}, Extra: map[string]string{}}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		e.Kernel = unix.ByteSliceToString(u.Release[:])
+		e.Extra["kernel_version"] = unix.ByteSliceToString(u.Version[:])
+	}
+	e.Hostname, _ = os.Hostname()
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				e.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	e.GitRev = gitRev()
+	// The host's values; client pods override port range and tw_reuse in
+	// their own namespace (recorded as client_* below).
+	for _, k := range []string{"net/core/somaxconn", "net/ipv4/ip_local_port_range", "net/ipv4/tcp_tw_reuse", "net/ipv4/tcp_timestamps"} {
+		if b, err := os.ReadFile("/proc/sys/" + k); err == nil {
+			e.Sysctls[strings.ReplaceAll(k, "/", ".")] = strings.Join(strings.Fields(string(b)), " ")
+		}
+	}
+	e.Sysctls["client.net.ipv4.ip_local_port_range"] = "1024 65535"
+	e.Sysctls["client.net.ipv4.tcp_tw_reuse"] = "1"
+	return e
+}
+
+func gitRev() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		rev, dirty := "", false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if rev != "" {
+			if dirty {
+				rev += "-dirty"
+			}
+			return rev
+		}
+	}
+	if out, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
+		return strings.TrimSpace(string(out))
+	}
+	return ""
+}

@@ -1,0 +1,296 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"svclab/datapath"
+	"svclab/internal/nsutil"
+	"svclab/results"
+	"svclab/scenarios"
+)
+
+// BenchConfig is one `svclab bench`.
+type BenchConfig struct {
+	Scenario *scenarios.Scenario
+	// OutputDir receives <run-id>/results.json and the charts.
+	OutputDir string
+	// Log receives progress; TTY says whether it is a terminal.
+	Log io.Writer
+	TTY bool
+}
+
+// Plan is a validated scenario resolved into what the runner needs.
+type Plan struct {
+	Scenario *scenarios.Scenario
+	Topology TopologyConfig
+	Service  datapath.Service
+	Port     datapath.ServicePort
+	// Factories are the datapaths to measure, in the scenario's order;
+	// Skipped are those this machine cannot run, with the reason.
+	Factories []datapath.Factory
+	Skipped   []results.DatapathInfo
+}
+
+// NewPlan validates a scenario against the registry and the machine. An
+// unknown datapath is an error; one the machine cannot run is skipped with
+// its probe's reason.
+func NewPlan(s *scenarios.Scenario) (*Plan, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Plan{Scenario: s}
+	p.Topology = TopologyConfig{
+		Clients:     s.Topology.Clients,
+		Backends:    s.Topology.Backends,
+		PodCIDR:     netip.MustParsePrefix(s.Topology.PodCIDR),
+		ServiceCIDR: netip.MustParsePrefix(s.Topology.ServiceCIDR),
+	}
+	if err := p.Topology.Validate(); err != nil {
+		return nil, fmt.Errorf("topology.%w", err)
+	}
+	for _, name := range s.Datapaths {
+		f, err := datapath.Lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("datapaths: %w", err)
+		}
+		if f.Probe != nil {
+			if err := f.Probe(); err != nil {
+				if !errors.Is(err, datapath.ErrUnsupported) {
+					return nil, fmt.Errorf("datapath %s: probe: %w", name, err)
+				}
+				p.Skipped = append(p.Skipped, results.DatapathInfo{Name: name, Description: f.Description, Skipped: err.Error()})
+				continue
+			}
+		}
+		p.Factories = append(p.Factories, f)
+	}
+	p.Port = datapath.ServicePort{Name: "http", Protocol: datapath.Protocol(s.Service.Protocol),
+		Port: uint16(s.Service.Port), TargetPort: uint16(s.Service.TargetPort)}
+	// The ClusterIP is the service CIDR's 10th address, as a kube-dns-like
+	// well-known address; its pods are every backend of the topology.
+	p.Service = datapath.Service{Namespace: s.Service.Namespace, Name: s.Service.Name,
+		ClusterIP: nthHost(p.Topology.ServiceCIDR, 10), Ports: []datapath.ServicePort{p.Port}}
+	if prefixHosts(p.Topology.ServiceCIDR) < 10 {
+		p.Service.ClusterIP = nthHost(p.Topology.ServiceCIDR, 1)
+	}
+	return p, nil
+}
+
+// State returns the desired datapath state for a topology: the service with
+// every backend pod as a ready endpoint.
+func (p *Plan) State(t *Topology) datapath.State {
+	svc := p.Service
+	svc.Endpoints = nil
+	for _, b := range t.Backends {
+		svc.Endpoints = append(svc.Endpoints, datapath.Endpoint{Pod: b.Name, Addr: b.Addr, Ready: true, Serving: true})
+	}
+	return datapath.State{Services: []datapath.Service{svc}}
+}
+
+// TrialSpec is one trial of the schedule.
+type TrialSpec struct {
+	Factory     datapath.Factory
+	Concurrency int
+	Repetition  int
+}
+
+// Schedule interleaves datapaths: within each repetition and concurrency
+// level every datapath runs once, and the order rotates from one round to
+// the next, so neither drift of the machine nor position favours one.
+func (p *Plan) Schedule() []TrialSpec {
+	var out []TrialSpec
+	round := 0
+	n := len(p.Factories)
+	for rep := range p.Scenario.Workload.Repetitions {
+		for _, c := range p.Scenario.Workload.Concurrency {
+			for i := range n {
+				out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Concurrency: c, Repetition: rep})
+			}
+			round++
+		}
+	}
+	return out
+}
+
+// Bench runs a whole benchmark and writes its results. Everything it creates
+// is removed when it returns, whether it succeeds, fails or is cancelled.
+func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, err error) {
+	plan, err := NewPlan(cfg.Scenario)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(plan.Factories) == 0 {
+		return nil, "", errors.New("datapaths: none of the requested datapaths can run on this machine")
+	}
+	if removed, err := CleanupStale(); err != nil {
+		return nil, "", fmt.Errorf("clean up after earlier runs: %w", err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(cfg.Log, "removed %d objects left by killed svclab runs\n", len(removed))
+	}
+	lock, err := NewRun()
+	if err != nil {
+		return nil, "", err
+	}
+	defer lock.Release()
+
+	run := &results.Run{SchemaVersion: results.SchemaVersion, Started: time.Now().UTC(), Env: CollectEnv()}
+	run.ID = run.Started.Format("20060102-150405") + "-" + lock.ID
+	run.Scenario, _ = json.Marshal(cfg.Scenario)
+	dir = filepath.Join(cfg.OutputDir, run.ID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", fmt.Errorf("output: %w", err)
+	}
+
+	sched := plan.Schedule()
+	w := cfg.Scenario.Workload
+	per := time.Duration(w.Warmup) + time.Duration(w.Duration) + 2*time.Second
+	prog := NewProgress(cfg.Log, cfg.TTY, len(sched)+1, per)
+	defer prog.Finish()
+	for _, s := range plan.Skipped {
+		prog.Logf("skipping %s: %s", s.Name, s.Skipped)
+	}
+	infos := map[string]map[string]string{}
+
+	// The generator's own ceiling: the same client and server over loopback
+	// in one namespace, at the highest concurrency: no veth, no routing, no
+	// datapath. Datapath figures close to it are bound by the generator.
+	maxC := slicesMax(w.Concurrency)
+	prog.Start(fmt.Sprintf("generator ceiling (loopback, c=%d)", maxC))
+	gen, err := generatorCeiling(ctx, lock.Prefix+"-gen", plan, maxC)
+	if err != nil {
+		return nil, "", fmt.Errorf("generator ceiling: %w", err)
+	}
+	run.Generator = gen
+	prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs", gen.Workload.QPS, gen.Workload.Latency.P90))
+
+	for i, ts := range sched {
+		if err := ctx.Err(); err != nil {
+			return nil, "", err
+		}
+		prog.Start(fmt.Sprintf("%s c=%d repetition %d/%d", ts.Factory.Name, ts.Concurrency, ts.Repetition+1, w.Repetitions))
+		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
+		if err != nil {
+			return nil, "", fmt.Errorf("trial %d (%s, concurrency %d): %w", i+1, ts.Factory.Name, ts.Concurrency, err)
+		}
+		tr.Order = i
+		if _, ok := infos[ts.Factory.Name]; !ok {
+			infos[ts.Factory.Name] = info
+		}
+		run.Trials = append(run.Trials, *tr)
+		prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, sumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
+	}
+	prog.Finish()
+
+	for _, f := range plan.Factories {
+		run.Datapaths = append(run.Datapaths, results.DatapathInfo{Name: f.Name, Description: f.Description, Info: infos[f.Name]})
+	}
+	run.Datapaths = append(run.Datapaths, plan.Skipped...)
+	run.Finished = time.Now().UTC()
+	run.Summary = results.Summarize(run.Trials)
+	if err := run.Write(filepath.Join(dir, "results.json")); err != nil {
+		return nil, "", err
+	}
+	if _, err := results.WriteCharts(dir, run); err != nil {
+		return nil, "", err
+	}
+	return run, dir, nil
+}
+
+func sumErrors(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func slicesMax(xs []int) int {
+	m := 0
+	for _, x := range xs {
+		m = max(m, x)
+	}
+	return m
+}
+
+// runTrial builds a fresh topology (so no TIME_WAIT or conntrack state of an
+// earlier trial can slow this one), sets the datapath up, applies the
+// service, measures, and tears everything down.
+func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *results.Trial, info map[string]string, err error) {
+	tc := plan.Topology
+	tc.Prefix = prefix
+	topo, err := NewTopology(ctx, tc)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { err = errors.Join(err, topo.Close()) }()
+	srv, err := StartServer(topo.Node, topo.ServerCgroup, BackendListeners(topo, plan.Port.TargetPort))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer srv.Stop()
+	dp := ts.Factory.New()
+	if err := dp.Setup(ctx, topo.Env()); err != nil {
+		return nil, nil, errors.Join(fmt.Errorf("setup: %w", err), dp.Close())
+	}
+	defer func() { err = errors.Join(err, dp.Close()) }()
+	st := plan.State(topo)
+	t0 := time.Now()
+	if err := dp.Apply(ctx, st); err != nil {
+		return nil, nil, fmt.Errorf("apply: %w", err)
+	}
+	apply := time.Since(t0)
+	svc := st.Services[0]
+	wl := plan.Scenario.Workload
+	w, err := RunClientProcess(ctx, topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
+		Targets:     dp.Targets(svc, plan.Port),
+		Concurrency: ts.Concurrency,
+		Warmup:      time.Duration(wl.Warmup),
+		Duration:    time.Duration(wl.Duration),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
+		ApplySeconds: apply.Seconds(), Workload: *w}, dp.Info(), nil
+}
+
+// generatorCeiling measures the client and server alone, over loopback.
+func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) (_ *results.Trial, err error) {
+	ns, err := nsutil.Create(prefix)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, ns.Close()) }()
+	cg, err := NewCgroup("/" + prefix)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, cg.Remove()) }()
+	// Client TIME_WAIT to one address: same sysctls as a client pod.
+	for k, v := range map[string]string{"net/ipv4/ip_local_port_range": "1024 65535", "net/ipv4/tcp_tw_reuse": "1"} {
+		if err := ns.Sysctl(k, v); err != nil {
+			return nil, err
+		}
+	}
+	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), plan.Port.TargetPort)
+	srv, err := StartServer(ns, cg, ServerSpec{Listeners: []Listener{{Pod: "loopback", NetNS: ns.Name, Addr: target.String()}}})
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Stop()
+	wl := plan.Scenario.Workload
+	w, err := RunClientProcess(ctx, ns, cg, ClientSpec{Targets: []netip.AddrPort{target}, Concurrency: conc,
+		Warmup: time.Duration(wl.Warmup), Duration: time.Duration(wl.Duration)})
+	if err != nil {
+		return nil, err
+	}
+	return &results.Trial{Datapath: "generator-loopback", Concurrency: conc, Workload: *w}, nil
+}

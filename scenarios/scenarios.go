@@ -1,0 +1,184 @@
+// Package scenarios holds svclab's built-in scenario files (data, embedded
+// in the binary) and the code that reads and validates a scenario.
+package scenarios
+
+import (
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+//go:embed *.yaml
+var builtin embed.FS
+
+// Limits on topology size: enough for endpoint sweeps, small enough that a
+// typo cannot create thousands of namespaces.
+const (
+	MaxBackends = 1024
+	MaxClients  = 64
+)
+
+// Duration is a time.Duration written as "5s" in scenario files.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a Go duration string such as "500ms".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string such as \"5s\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Scenario is one benchmark setup.
+type Scenario struct {
+	Name        string   `json:"name"`
+	Description string   `json:"description,omitempty"`
+	Topology    Topology `json:"topology"`
+	Service     Service  `json:"service"`
+	Workload    Workload `json:"workload"`
+	Datapaths   []string `json:"datapaths"`
+}
+
+// Topology sizes the node and its pods.
+type Topology struct {
+	Clients     int    `json:"clients"`
+	Backends    int    `json:"backends"`
+	PodCIDR     string `json:"podCIDR"`
+	ServiceCIDR string `json:"serviceCIDR"`
+}
+
+// Service is the ClusterIP service under test.
+type Service struct {
+	Namespace  string `json:"namespace"`
+	Name       string `json:"name"`
+	Port       int    `json:"port"`
+	TargetPort int    `json:"targetPort"`
+	Protocol   string `json:"protocol"`
+}
+
+// Workload is the load and the repetitions.
+type Workload struct {
+	Concurrency []int    `json:"concurrency"`
+	Warmup      Duration `json:"warmup"`
+	Duration    Duration `json:"duration"`
+	Repetitions int      `json:"repetitions"`
+}
+
+// Names lists the built-in scenarios.
+func Names() []string {
+	ents, _ := builtin.ReadDir(".")
+	var out []string
+	for _, e := range ents {
+		out = append(out, strings.TrimSuffix(e.Name(), ".yaml"))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Load reads a built-in scenario by name, or a scenario file by path.
+func Load(nameOrFile string) (*Scenario, error) {
+	var b []byte
+	var err error
+	if !strings.ContainsAny(nameOrFile, "/.") {
+		b, err = builtin.ReadFile(nameOrFile + ".yaml")
+		if err != nil {
+			return nil, fmt.Errorf("scenario: %q is neither a built-in scenario (%s) nor a file path", nameOrFile, strings.Join(Names(), ", "))
+		}
+	} else if b, err = os.ReadFile(nameOrFile); err != nil {
+		return nil, fmt.Errorf("scenario: cannot read %s: %w", nameOrFile, err)
+	}
+	return Parse(b, nameOrFile)
+}
+
+// Parse decodes a YAML (or JSON) scenario strictly: an unknown field is an
+// error, not silently ignored.
+func Parse(b []byte, source string) (*Scenario, error) {
+	var s Scenario
+	if err := yaml.UnmarshalStrict(b, &s); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", source, err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", source, err)
+	}
+	return &s, nil
+}
+
+// Validate checks every field and names the first bad one.
+func (s *Scenario) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if s.Name == "" {
+		bad("name", "must not be empty")
+	}
+	if s.Topology.Clients < 1 || s.Topology.Clients > MaxClients {
+		bad("topology.clients", "%d is out of range [1, %d]", s.Topology.Clients, MaxClients)
+	}
+	if s.Topology.Backends < 1 || s.Topology.Backends > MaxBackends {
+		bad("topology.backends", "%d is out of range [1, %d]", s.Topology.Backends, MaxBackends)
+	}
+	if _, err := netip.ParsePrefix(s.Topology.PodCIDR); err != nil {
+		bad("topology.podCIDR", "%q is not a CIDR (e.g. 10.244.0.0/16)", s.Topology.PodCIDR)
+	}
+	if _, err := netip.ParsePrefix(s.Topology.ServiceCIDR); err != nil {
+		bad("topology.serviceCIDR", "%q is not a CIDR (e.g. 10.96.0.0/16)", s.Topology.ServiceCIDR)
+	}
+	if s.Service.Port < 1 || s.Service.Port > 65535 {
+		bad("service.port", "%d is not a port (1-65535)", s.Service.Port)
+	}
+	if s.Service.TargetPort < 1 || s.Service.TargetPort > 65535 {
+		bad("service.targetPort", "%d is not a port (1-65535)", s.Service.TargetPort)
+	}
+	if s.Service.Protocol != "TCP" {
+		bad("service.protocol", "%q is not supported by this workload (TCP)", s.Service.Protocol)
+	}
+	if s.Service.Name == "" || s.Service.Namespace == "" {
+		bad("service.name", "service namespace and name must not be empty")
+	}
+	if len(s.Workload.Concurrency) == 0 {
+		bad("workload.concurrency", "needs at least one level")
+	}
+	for _, c := range s.Workload.Concurrency {
+		if c < 1 || c > 1024 {
+			bad("workload.concurrency", "%d is out of range [1, 1024]", c)
+		}
+	}
+	if time.Duration(s.Workload.Duration) < 100*time.Millisecond {
+		bad("workload.duration", "%s is shorter than 100ms", time.Duration(s.Workload.Duration))
+	}
+	if s.Workload.Warmup < 0 {
+		bad("workload.warmup", "must not be negative")
+	}
+	if s.Workload.Repetitions < 1 || s.Workload.Repetitions > 100 {
+		bad("workload.repetitions", "%d is out of range [1, 100]", s.Workload.Repetitions)
+	}
+	if len(s.Datapaths) == 0 {
+		bad("datapaths", "needs at least one datapath")
+	}
+	seen := map[string]bool{}
+	for _, d := range s.Datapaths {
+		if seen[d] {
+			bad("datapaths", "%q is listed twice", d)
+		}
+		seen[d] = true
+	}
+	return errors.Join(errs...)
+}
