@@ -177,19 +177,26 @@ func oneConnection(sa *unix.SockaddrInet4, buf []byte, timeout time.Duration) ([
 	// dropped SYN must not hang a worker past the trial.
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	if err := unix.Connect(fd, sa); err != nil {
-		if errors.Is(err, unix.EINPROGRESS) {
-			return nil, "ETIMEDOUT"
-		}
+	if err := connect(fd, sa, timeout); err != nil {
 		return nil, errKind("", err)
 	}
-	if _, err := unix.Write(fd, request); err != nil {
-		return nil, errKind("", err)
+	for {
+		_, err := unix.Write(fd, request)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, errKind("", err)
+		}
+		break
 	}
 	n := 0
 	hdrEnd, total := -1, -1
 	for {
 		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) {
 				return nil, "ETIMEDOUT"
@@ -216,6 +223,46 @@ func oneConnection(sa *unix.SockaddrInet4, buf []byte, timeout time.Duration) ([
 		if n == len(buf) {
 			return nil, "bad-reply"
 		}
+	}
+}
+
+// connect is a blocking connect that survives signals: a connect with a
+// send timeout is not restarted after a signal (the Go runtime's preemption
+// signal included) but goes on in the background, so wait for it to finish.
+func connect(fd int, sa *unix.SockaddrInet4, timeout time.Duration) error {
+	err := unix.Connect(fd, sa)
+	switch err {
+	case nil:
+		return nil
+	case unix.EINPROGRESS:
+		// SO_SNDTIMEO expired.
+		return unix.ETIMEDOUT
+	case unix.EINTR:
+	default:
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return unix.ETIMEDOUT
+		}
+		n, err := unix.Poll(pfd, int(left.Milliseconds())+1)
+		if err == unix.EINTR || (err == nil && n == 0) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soerr != 0 {
+			return unix.Errno(soerr)
+		}
+		return nil
 	}
 }
 
@@ -290,6 +337,9 @@ func RunClientProcess(ctx context.Context, ns *nsutil.NS, cg *Cgroup, spec Clien
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, childClient)
+	// No asynchronous preemption: its signals interrupt the workers'
+	// blocking syscalls for nothing (the workers never need preempting).
+	cmd.Env = append(os.Environ(), "GODEBUG=asyncpreemptoff=1")
 	cmd.Stdin = bytes.NewReader(in)
 	var out, stderr bytes.Buffer
 	cmd.Stdout = &out

@@ -59,7 +59,7 @@ type Trial struct {
 	// Order is the trial's position in the run (0-based), to see order effects.
 	Order int `json:"order"`
 	// ApplySeconds is how long the datapath's Apply of the scenario took.
-	ApplySeconds float64 `json:"apply_seconds"`
+	ApplySeconds float64  `json:"apply_seconds"`
 	Workload     Workload `json:"workload"`
 }
 

@@ -1,0 +1,55 @@
+# svclab: make bench runs the default comparison; make test runs the tests.
+# Both install what they need first (Debian packages, Go modules).
+
+GO      ?= go
+CLANG   ?= clang
+STRIP   ?= llvm-strip
+BIN     ?= bin/svclab
+# Extra flags for `svclab bench`, e.g. make bench BENCH_FLAGS="--repetitions 5"
+BENCH_FLAGS ?=
+# Extra flags for `go test`, e.g. make test TESTFLAGS="-run Privileged -v"
+TESTFLAGS ?=
+
+export PATH := $(PATH):/usr/local/go/bin
+# bpf2go reads these; the committed objects are built with Debian 12's clang 14.
+export BPF2GO_CC    := $(CLANG)
+export BPF2GO_STRIP := $(STRIP)
+
+GENERATED := datapath/socketlb/socketlb_bpfel.go datapath/socketlb/socketlb_bpfel.o
+
+.PHONY: all deps build generate check-generate test bench cleanup clean
+
+all: build
+
+## deps: install Debian packages and Go modules svclab needs
+deps:
+	@ci/install-deps.sh
+
+## build: the svclab binary
+build: deps
+	$(GO) build -o $(BIN) ./cmd/svclab
+
+## generate: rebuild the BPF objects and their Go bindings from bpf/*.c
+generate: deps
+	$(GO) generate ./datapath/...
+
+## check-generate: fail if the committed BPF objects are not what bpf/*.c compiles to
+check-generate: generate
+	@git diff --exit-code -- $(GENERATED) || { echo "generated BPF files are stale: run 'make generate' and commit them" >&2; exit 1; }
+
+## test: vet, unit and privileged integration tests (as root: the privileged ones run for real)
+# -p 1: packages share the machine's namespaces, cgroups and BPF; run them one at a time.
+test: deps check-generate
+	$(GO) vet ./...
+	$(GO) test -p 1 -count=1 -timeout 20m $(TESTFLAGS) ./...
+
+## bench: the default scenario against socketlb, iptables and direct
+bench: build
+	./$(BIN) bench $(BENCH_FLAGS)
+
+## cleanup: remove objects left by killed svclab runs
+cleanup: build
+	./$(BIN) cleanup
+
+clean:
+	rm -rf bin

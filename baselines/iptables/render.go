@@ -1,0 +1,390 @@
+package iptables
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"svclab/datapath"
+)
+
+// Tables the baseline writes. filter comes first in every rendered ruleset,
+// like kube-proxy, so a reader of the golden files finds the same order.
+const (
+	tableFilter = "filter"
+	tableNAT    = "nat"
+)
+
+// Fixed chain names (kube-proxy's).
+const (
+	chainServices    = "KUBE-SERVICES"
+	chainMarkMasq    = "KUBE-MARK-MASQ"
+	chainPostrouting = "KUBE-POSTROUTING"
+	prefixSVC        = "KUBE-SVC-"
+	prefixSEP        = "KUBE-SEP-"
+)
+
+// masqMark is the packet-mark bit KUBE-MARK-MASQ sets and KUBE-POSTROUTING
+// turns into a MASQUERADE.
+const masqMark = "0x4000"
+
+// baseJump is a rule in a built-in chain that hands packets to one of our
+// chains. Setup inserts these and Close deletes them by the same text, so
+// both are rendered from this one table.
+type baseJump struct {
+	table, from, comment, to string
+}
+
+var baseJumps = []baseJump{
+	// filter: where the REJECT for endpoint-less services lives. INPUT for
+	// VIPs that are local, FORWARD for routed pod traffic, OUTPUT for
+	// node-local clients.
+	{tableFilter, "INPUT", "kubernetes service portals", chainServices},
+	{tableFilter, "FORWARD", "kubernetes service portals", chainServices},
+	{tableFilter, "OUTPUT", "kubernetes service portals", chainServices},
+	// nat: PREROUTING sees traffic from pods, OUTPUT traffic from the node.
+	{tableNAT, "PREROUTING", "kubernetes service portals", chainServices},
+	{tableNAT, "OUTPUT", "kubernetes service portals", chainServices},
+	{tableNAT, "POSTROUTING", "kubernetes postrouting rules", chainPostrouting},
+}
+
+// baseChains are the fixed chains per table: they exist from Setup to Close.
+var baseChains = map[string][]string{
+	tableFilter: {chainServices},
+	tableNAT:    {chainServices, chainMarkMasq, chainPostrouting},
+}
+
+// chainSet is the set of our chains per table.
+type chainSet map[string]map[string]bool
+
+func (c chainSet) add(table, chain string) {
+	if c[table] == nil {
+		c[table] = map[string]bool{}
+	}
+	c[table][chain] = true
+}
+
+// sorted returns the table's chains in a stable order.
+func (c chainSet) sorted(table string) []string {
+	out := make([]string, 0, len(c[table]))
+	for ch := range c[table] {
+		out = append(out, ch)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// tableWriter accumulates one table's section of an iptables-restore input:
+// chain declarations first, then rules, then chain deletions, which is the
+// only order every iptables-restore backend accepts (a chain must be declared
+// before a rule jumps to it, and unreferenced before it is deleted).
+type tableWriter struct {
+	name    string
+	chains  []string
+	seen    map[string]bool
+	rules   bytes.Buffer
+	nrules  int
+	deletes []string
+}
+
+func newTableWriter(name string) *tableWriter {
+	return &tableWriter{name: name, seen: map[string]bool{}}
+}
+
+// chain declares a chain; declaring it with --noflush empties it, so every
+// declared chain must be refilled completely by the same input.
+func (w *tableWriter) chain(name string) {
+	if w.seen[name] {
+		return
+	}
+	w.seen[name] = true
+	w.chains = append(w.chains, name)
+}
+
+// rule writes one rule line (without the trailing newline).
+func (w *tableWriter) rule(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	w.rules.WriteString(line)
+	w.rules.WriteByte('\n')
+	if strings.HasPrefix(line, "-A ") || strings.HasPrefix(line, "-I ") {
+		w.nrules++
+	}
+}
+
+// remove flushes and deletes a chain we no longer need. The flush drops the
+// chain's own jumps (SVC → SEP) so that deleting it cannot fail on a
+// reference held by another stale chain.
+func (w *tableWriter) remove(name string) {
+	w.chain(name)
+	w.deletes = append(w.deletes, name)
+}
+
+func (w *tableWriter) writeTo(b *bytes.Buffer) {
+	fmt.Fprintf(b, "*%s\n", w.name)
+	for _, ch := range w.chains {
+		fmt.Fprintf(b, ":%s - [0:0]\n", ch)
+	}
+	b.Write(w.rules.Bytes())
+	for _, ch := range w.deletes {
+		fmt.Fprintf(b, "-X %s\n", ch)
+	}
+	b.WriteString("COMMIT\n")
+}
+
+// rendered is one complete iptables-restore input for Apply.
+type rendered struct {
+	text []byte
+	// chains is what the ruleset leaves installed, base chains included.
+	chains chainSet
+	// rules counts the rules the ruleset appends (both tables).
+	rules int
+}
+
+// chainHash names a per-service or per-endpoint chain the way kube-proxy
+// does: the first 16 characters of the base32 form of a SHA-256 over the
+// concatenated parts. iptables caps chain names at 28 characters, so the
+// readable service name cannot be used; hashing keeps the name stable across
+// restarts, which matters because kube-proxy (and we) find stale chains by
+// name.
+func chainHash(parts ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "")))
+	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+}
+
+// svcChainName is KUBE-SVC-<hash(service port name, protocol)>.
+func svcChainName(portName, proto string) string {
+	return prefixSVC + chainHash(portName, proto)
+}
+
+// sepChainName is KUBE-SEP-<hash(service port name, protocol, ip:port)>.
+func sepChainName(portName, proto, endpoint string) string {
+	return prefixSEP + chainHash(portName, proto, endpoint)
+}
+
+// servicePortName is kube-proxy's "namespace/name:port" (":port" only when
+// the port is named).
+func servicePortName(svc datapath.Service, p datapath.ServicePort) string {
+	if p.Name == "" {
+		return svc.String()
+	}
+	return svc.String() + ":" + p.Name
+}
+
+// probability is the chance with which the i-th of n endpoint rules matches
+// a packet that reached it: 1/(n-i) gives every endpoint 1/n overall. Ten
+// decimals, like kube-proxy, so the rendered text is stable.
+func probability(remaining int) string {
+	return fmt.Sprintf("%0.10f", 1.0/float64(remaining))
+}
+
+// protoName is the lower-case protocol used in matches and hashes.
+func protoName(p datapath.Protocol) (string, error) {
+	switch p {
+	case datapath.TCP:
+		return "tcp", nil
+	case datapath.UDP:
+		return "udp", nil
+	}
+	return "", fmt.Errorf("protocol %q not supported by the iptables baseline", p)
+}
+
+// renderSetup is the ruleset Setup applies: the fixed chains with their
+// fixed rules, and the jumps into them from the built-in chains. The jumps are
+// inserted (-I) so they run before anything else on the node, and only here:
+// Apply never touches built-in chains, so repeated syncs cannot duplicate them.
+func renderSetup() []byte {
+	var b bytes.Buffer
+	for _, table := range []string{tableFilter, tableNAT} {
+		w := newTableWriter(table)
+		for _, ch := range baseChains[table] {
+			w.chain(ch)
+		}
+		if table == tableNAT {
+			writeFixedNATRules(w)
+		}
+		for _, j := range baseJumps {
+			if j.table == table {
+				w.rule("-I %s -m comment --comment %q -j %s", j.from, j.comment, j.to)
+			}
+		}
+		w.writeTo(&b)
+	}
+	return b.Bytes()
+}
+
+// writeFixedNATRules fills KUBE-MARK-MASQ and KUBE-POSTROUTING. They are
+// rewritten on every Apply because declaring a chain flushes it.
+func writeFixedNATRules(w *tableWriter) {
+	w.rule("-A %s -j MARK --or-mark %s", chainMarkMasq, masqMark)
+	// Only marked packets are masqueraded; the mark is cleared first so a
+	// packet re-entering the stack (e.g. over a tunnel) is not masqueraded
+	// twice.
+	w.rule("-A %s -m mark ! --mark %s/%s -j RETURN", chainPostrouting, masqMark, masqMark)
+	w.rule("-A %s -j MARK --xor-mark %s", chainPostrouting, masqMark)
+	// --random-fully randomises the source port, avoiding the SNAT port
+	// collisions that make plain MASQUERADE drop SYNs under connection churn.
+	w.rule("-A %s -m comment --comment %q -j MASQUERADE --random-fully", chainPostrouting, "kubernetes service traffic requiring SNAT")
+}
+
+// renderTeardown is the ruleset Close applies: delete the jumps from the
+// built-in chains, then flush and delete every chain we installed.
+func renderTeardown(installed chainSet) []byte {
+	var b bytes.Buffer
+	for _, table := range []string{tableFilter, tableNAT} {
+		w := newTableWriter(table)
+		for _, j := range baseJumps {
+			if j.table == table {
+				w.rule("-D %s -m comment --comment %q -j %s", j.from, j.comment, j.to)
+			}
+		}
+		for _, ch := range installed.sorted(table) {
+			w.remove(ch)
+		}
+		w.writeTo(&b)
+	}
+	return b.Bytes()
+}
+
+// renderSync renders the whole filter+nat ruleset for st. prev is what the
+// previous successful Apply installed; chains in prev that st no longer
+// needs are deleted in the same transaction.
+func renderSync(podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendered, error) {
+	filter, nat := newTableWriter(tableFilter), newTableWriter(tableNAT)
+	cur := chainSet{}
+	for table, chains := range baseChains {
+		for _, ch := range chains {
+			cur.add(table, ch)
+		}
+	}
+	for _, ch := range baseChains[tableFilter] {
+		filter.chain(ch)
+	}
+	for _, ch := range baseChains[tableNAT] {
+		nat.chain(ch)
+	}
+	writeFixedNATRules(nat)
+
+	// Sort so the output does not depend on the caller's order.
+	svcs := slices.Clone(st.Services)
+	sort.SliceStable(svcs, func(i, j int) bool { return svcs[i].String() < svcs[j].String() })
+
+	for _, svc := range svcs {
+		if !svc.ClusterIP.Is4() {
+			return rendered{}, fmt.Errorf("service %s: cluster IP %v is not IPv4 (the iptables baseline is IPv4 only)", svc, svc.ClusterIP)
+		}
+		eps := uniqueEndpoints(svc.ReadyEndpoints())
+		for _, ep := range eps {
+			if !ep.Is4() {
+				return rendered{}, fmt.Errorf("service %s: endpoint %v is not IPv4", svc, ep)
+			}
+		}
+		for _, port := range svc.Ports {
+			proto, err := protoName(port.Protocol)
+			if err != nil {
+				return rendered{}, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
+			}
+			spn := servicePortName(svc, port)
+			match := fmt.Sprintf("-m %s -p %s -d %s/32 --dport %d", proto, proto, svc.ClusterIP, port.Port)
+
+			if len(eps) == 0 {
+				// An ICMP port-unreachable makes the client's connect()
+				// fail fast with ECONNREFUSED instead of timing out.
+				filter.rule("-A %s -m comment --comment %q %s -j REJECT", chainServices, spn+" has no endpoints", match)
+				continue
+			}
+
+			svcChain := svcChainName(spn, proto)
+			nat.chain(svcChain)
+			cur.add(tableNAT, svcChain)
+			comment := spn + " cluster IP"
+			nat.rule("-A %s -m comment --comment %q %s -j %s", chainServices, comment, match, svcChain)
+			if podCIDR.IsValid() {
+				// Traffic to the VIP from outside the pod network must be
+				// masqueraded so replies come back through this node.
+				nat.rule("-A %s -m comment --comment %q %s ! -s %s -j %s", svcChain, comment, match, podCIDR.Masked(), chainMarkMasq)
+			}
+			seps := make([]string, len(eps))
+			for i, ep := range eps {
+				dest := netip.AddrPortFrom(ep, port.TargetPort).String()
+				seps[i] = sepChainName(spn, proto, dest)
+				nat.chain(seps[i])
+				cur.add(tableNAT, seps[i])
+				rule := fmt.Sprintf("-A %s -m comment --comment %q", svcChain, spn+" -> "+dest)
+				if i < len(eps)-1 {
+					rule += " -m statistic --mode random --probability " + probability(len(eps)-i)
+				}
+				nat.rule("%s -j %s", rule, seps[i])
+			}
+			for i, ep := range eps {
+				dest := netip.AddrPortFrom(ep, port.TargetPort).String()
+				// Hairpin: a backend reaching itself through the VIP would
+				// otherwise get a reply from its own address and drop it.
+				nat.rule("-A %s -m comment --comment %q -s %s/32 -j %s", seps[i], spn, ep, chainMarkMasq)
+				nat.rule("-A %s -m comment --comment %q -m %s -p %s -j DNAT --to-destination %s", seps[i], spn, proto, proto, dest)
+			}
+		}
+	}
+
+	// Chains from the previous Apply that this state no longer uses.
+	for _, w := range []*tableWriter{filter, nat} {
+		for _, ch := range prev.sorted(w.name) {
+			if !cur[w.name][ch] {
+				w.remove(ch)
+			}
+		}
+	}
+
+	var b bytes.Buffer
+	filter.writeTo(&b)
+	nat.writeTo(&b)
+	return rendered{text: b.Bytes(), chains: cur, rules: filter.nrules + nat.nrules}, nil
+}
+
+// uniqueEndpoints returns the endpoint addresses in order, without
+// duplicates: two EndpointSlice entries for one address would otherwise
+// render the same KUBE-SEP chain twice.
+func uniqueEndpoints(eps []datapath.Endpoint) []netip.Addr {
+	seen := map[netip.Addr]bool{}
+	var out []netip.Addr
+	for _, ep := range eps {
+		if !seen[ep.Addr] {
+			seen[ep.Addr] = true
+			out = append(out, ep.Addr)
+		}
+	}
+	return out
+}
+
+// errLine matches the line number iptables-restore reports for a failure
+// ("Error occurred at line: 7" in 1.8; "line 7 failed" in older releases).
+var errLine = regexp.MustCompile(`line:? (\d+)`)
+
+// failedLines returns the input lines around the one iptables-restore
+// reported, so an error names the offending rule and not just a number.
+func failedLines(input []byte, output string) string {
+	m := errLine.FindStringSubmatch(output)
+	if m == nil {
+		return ""
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(string(input), "\n")
+	var b strings.Builder
+	for i := max(n-2, 1); i <= min(n+1, len(lines)); i++ {
+		mark := "  "
+		if i == n {
+			mark = "> "
+		}
+		fmt.Fprintf(&b, "%s%d: %s\n", mark, i, lines[i-1])
+	}
+	return b.String()
+}

@@ -1,0 +1,110 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/datapath"
+	_ "svclab/datapath/all"
+	"svclab/scenarios"
+)
+
+// Every registered datapath, through real sockets in a real topology: a
+// client reaches all 12 backends and nothing else, and a connection to a
+// pod's own address (not a service) is left alone. One test for all
+// datapaths: a new datapath is covered by registering it.
+func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
+	requireRoot(t)
+	sc, err := scenarios.Load("default")
+	require.NoError(t, err)
+	for _, name := range datapath.Names() {
+		t.Run(name, func(t *testing.T) {
+			f, err := datapath.Lookup(name)
+			require.NoError(t, err)
+			if f.Probe != nil {
+				if err := f.Probe(); err != nil {
+					require.ErrorIs(t, err, datapath.ErrUnsupported, "probe failed for another reason than a missing feature")
+					t.Skip(err.Error())
+				}
+			}
+			sc := *sc
+			sc.Datapaths = []string{name}
+			plan, err := NewPlan(&sc)
+			require.NoError(t, err)
+			run := newTestRun(t)
+			tc := plan.Topology
+			tc.Prefix = run.Prefix + "-dp"
+			topo, err := NewTopology(context.Background(), tc)
+			require.NoError(t, err)
+			t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+			srv, err := StartServer(topo.Node, topo.ServerCgroup, BackendListeners(topo, plan.Port.TargetPort))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = srv.Stop() })
+
+			dp := f.New()
+			require.NoError(t, dp.Setup(context.Background(), topo.Env()))
+			t.Cleanup(func() { assert.NoError(t, dp.Close()) })
+			st := plan.State(topo)
+			require.NoError(t, dp.Apply(context.Background(), st))
+
+			w, err := RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
+				Targets: dp.Targets(st.Services[0], plan.Port), Concurrency: 4, Duration: 20 * time.Second, Connections: 1200,
+			})
+			require.NoError(t, err)
+			assert.Empty(t, w.Errors)
+			want := map[string]bool{}
+			for _, b := range topo.Backends {
+				want[b.Name] = true
+			}
+			for pod, n := range w.PerBackend {
+				assert.True(t, want[pod], "reply from %q, which is not a backend of the service", pod)
+				// 1200 connections over 12 backends: 100 expected each;
+				// fewer than 40 means the spread is broken, not unlucky
+				// (binomial p≈1e-12).
+				assert.Greater(t, n, int64(40), "backend %s got %d of %d connections", pod, n, w.Connections)
+			}
+			assert.Len(t, w.PerBackend, len(topo.Backends), "backends reached: %v", w.PerBackend)
+
+			// A pod's own address is not a service: the datapath must not
+			// redirect it.
+			b := topo.Backends[3]
+			w, err = RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
+				Targets: []netip.AddrPort{netip.AddrPortFrom(b.Addr, plan.Port.TargetPort)}, Concurrency: 2,
+				Duration: 20 * time.Second, Connections: 100,
+			})
+			require.NoError(t, err)
+			assert.Empty(t, w.Errors)
+			assert.Equal(t, map[string]int64{b.Name: w.Connections}, w.PerBackend, "a non-service address must be untouched")
+		})
+	}
+}
+
+// A plan refuses unknown datapaths before building anything.
+func TestNewPlanUnknownDatapath(t *testing.T) {
+	sc, err := scenarios.Load("default")
+	require.NoError(t, err)
+	sc.Datapaths = []string{"socketlb", "nope"}
+	_, err = NewPlan(sc)
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, datapath.ErrUnknown))
+	assert.Contains(t, err.Error(), "datapaths:")
+}
+
+// The schedule interleaves datapaths and rotates their order.
+func TestScheduleInterleaves(t *testing.T) {
+	p := &Plan{Scenario: &scenarios.Scenario{Workload: scenarios.Workload{Concurrency: []int{1, 8}, Repetitions: 2}}}
+	for _, n := range []string{"a", "b", "c"} {
+		p.Factories = append(p.Factories, datapath.Factory{Name: n})
+	}
+	var got []string
+	for _, ts := range p.Schedule() {
+		got = append(got, ts.Factory.Name)
+	}
+	assert.Equal(t, []string{"a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"}, got)
+}

@@ -1,0 +1,478 @@
+package results
+
+import (
+	"errors"
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/text"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// Chart geometry: 8×4.5 in (16:9) at 150 dpi is 1200×675 px, legible in a
+// blog post or a slide without being scaled up.
+const (
+	chartWidth  = 8 * vg.Inch
+	chartHeight = 4.5 * vg.Inch
+	chartDPI    = 150
+)
+
+// ErrNoData is returned by WriteCharts for a run without trials: an empty
+// chart would look like a measurement of nothing, so none is drawn.
+var ErrNoData = errors.New("no trials to chart")
+
+// chartPalette is the Okabe–Ito colour-blind-safe palette (its yellow
+// dropped: too faint on white). Colours go to datapaths in summary order.
+var chartPalette = []color.Color{
+	color.RGBA{0x00, 0x72, 0xB2, 0xFF}, // blue
+	color.RGBA{0xE6, 0x9F, 0x00, 0xFF}, // orange
+	color.RGBA{0x00, 0x9E, 0x73, 0xFF}, // bluish green
+	color.RGBA{0xCC, 0x79, 0xA7, 0xFF}, // reddish purple
+	color.RGBA{0x56, 0xB4, 0xE9, 0xFF}, // sky blue
+	color.RGBA{0xD5, 0x5E, 0x00, 0xFF}, // vermillion
+	color.RGBA{0x55, 0x55, 0x55, 0xFF}, // grey
+}
+
+// chartSpec is one chart: which figure of a Summary it plots and its words.
+type chartSpec struct {
+	file   string
+	title  string
+	yLabel string
+	stat   func(Summary) Stat
+}
+
+// WriteCharts draws qps.png and p90.png into dir and returns their paths.
+//
+// Each is a grouped bar chart: one group per concurrency level, one bar per
+// datapath (the order of the summaries, i.e. the run's datapath order), bar
+// height the median over repetitions and whiskers the min–max. The title,
+// a subtitle with CPU, kernel and run id, and a caption naming skipped
+// datapaths and the generator ceiling are part of the image, so a chart
+// published on its own still says what was measured and where.
+//
+// It uses run.Summary, or summarises run.Trials when Summary is empty. A run
+// with nothing to plot returns an error wrapping ErrNoData.
+func WriteCharts(dir string, run *Run) (paths []string, err error) {
+	if run == nil {
+		return nil, fmt.Errorf("results charts: %w", ErrNoData)
+	}
+	sums := summariesOf(run)
+	if len(sums) == 0 {
+		return nil, fmt.Errorf("results charts for run %q: %w", run.ID, ErrNoData)
+	}
+	reps := repetitionsPhrase(sums)
+	specs := []chartSpec{{
+		file:   "qps.png",
+		title:  "Short-connection TCP: connections/s (" + reps + ")",
+		yLabel: "connections/s",
+		stat:   func(s Summary) Stat { return s.QPS },
+	}, {
+		file:   "p90.png",
+		title:  "Short-connection TCP: p90 connection latency in µs (" + reps + ")",
+		yLabel: "p90 connect-to-close latency (µs)",
+		stat:   func(s Summary) Stat { return s.P90 },
+	}}
+	for _, spec := range specs {
+		path := filepath.Join(dir, spec.file)
+		if err := writeChart(path, spec, run, sums); err != nil {
+			return paths, err
+		}
+		paths = append(paths, path)
+	}
+	return paths, nil
+}
+
+// repetitionsPhrase says how many repetitions the whiskers span, as a range
+// when some trials failed and groups differ.
+func repetitionsPhrase(sums []Summary) string {
+	lo, hi := sums[0].Repetitions, sums[0].Repetitions
+	for _, s := range sums {
+		lo, hi = min(lo, s.Repetitions), max(hi, s.Repetitions)
+	}
+	switch {
+	case hi <= 1:
+		return "single repetition, no spread"
+	case lo == hi:
+		return fmt.Sprintf("median, min–max over %d repetitions", hi)
+	default:
+		return fmt.Sprintf("median, min–max over %d–%d repetitions", lo, hi)
+	}
+}
+
+// writeChart renders one chart and writes it as PNG.
+func writeChart(path string, spec chartSpec, run *Run, sums []Summary) (err error) {
+	img := vgimg.NewWith(vgimg.UseWH(chartWidth, chartHeight), vgimg.UseDPI(chartDPI))
+	if err := drawChart(draw.New(img), spec, run, sums); err != nil {
+		return fmt.Errorf("chart %s: %w", path, err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
+	defer func() {
+		if cerr := f.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("chart %s: %w", path, cerr)
+		}
+	}()
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		return fmt.Errorf("chart %s: %w", path, err)
+	}
+	return nil
+}
+
+// sansStyle is a text style in the embedded Liberation Sans, so rendering
+// needs no system fonts and looks the same on every machine.
+func sansStyle(size vg.Length, c color.Color) text.Style {
+	return text.Style{
+		Color:   c,
+		Font:    font.From(font.Font{Typeface: "Liberation", Variant: "Sans"}, size),
+		XAlign:  draw.XLeft,
+		YAlign:  draw.YTop,
+		Handler: plot.DefaultTextHandler,
+	}
+}
+
+// drawChart lays the chart out top to bottom: title, subtitle, legend, plot,
+// caption. The legend gets its own row above the plot rather than sitting
+// inside it, where it would hide bars.
+func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
+	c.SetColor(color.White)
+	c.Fill(c.Rectangle.Path())
+
+	const margin = vg.Length(8)
+	area := draw.Crop(c, margin, -margin, margin, -margin)
+	width := area.Max.X - area.Min.X
+	top := area.Max.Y
+
+	dark := color.Gray{0x20}
+	muted := color.Gray{0x50}
+	titleSty := sansStyle(12, dark)
+	subSty := sansStyle(8.5, muted)
+	capSty := sansStyle(7.5, muted)
+
+	// Header.
+	for _, l := range wrapText(titleSty, spec.title, width) {
+		top = drawLine(area, titleSty, area.Min.X, top, l)
+	}
+	for _, l := range wrapText(subSty, subtitle(run), width) {
+		top = drawLine(area, subSty, area.Min.X, top, l)
+	}
+	top -= 4
+
+	// Series: one per datapath, one slot per concurrency level.
+	var levels []int
+	levelIdx := map[int]int{}
+	for _, s := range sums {
+		if _, ok := levelIdx[s.Concurrency]; !ok {
+			levelIdx[s.Concurrency] = 0
+			levels = append(levels, s.Concurrency)
+		}
+	}
+	slices.Sort(levels)
+	for i, l := range levels {
+		levelIdx[l] = i
+	}
+	bars := &groupedBars{groups: len(levels)}
+	seriesIdx := map[string]int{}
+	for _, s := range sums {
+		i, ok := seriesIdx[s.Datapath]
+		if !ok {
+			i = len(bars.series)
+			seriesIdx[s.Datapath] = i
+			bars.series = append(bars.series, barSeries{
+				name:  s.Datapath,
+				color: chartPalette[i%len(chartPalette)],
+				stats: make([]*Stat, len(levels)),
+			})
+		}
+		st := spec.stat(s)
+		bars.series[i].stats[levelIdx[s.Concurrency]] = &st
+	}
+
+	// Legend row(s), centred.
+	legSty := sansStyle(9, dark)
+	top = drawLegend(area, legSty, bars.series, top) - 2
+
+	// Caption, from the bottom up.
+	capLines := wrapText(capSty, caption(run, spec), width)
+	lineH := capSty.FontExtents().Height
+	bottom := area.Min.Y + lineH*vg.Length(len(capLines))
+	y := bottom
+	for _, l := range capLines {
+		y = drawLine(area, capSty, area.Min.X, y, l)
+	}
+	bottom += 3
+
+	// Plot.
+	p := plot.New()
+	p.BackgroundColor = nil
+	axisSty := sansStyle(9, dark)
+	tickSty := sansStyle(8.5, dark)
+	for _, ax := range []*plot.Axis{&p.X, &p.Y} {
+		ax.Label.TextStyle = axisSty
+		ax.Label.TextStyle.XAlign = draw.XCenter
+		ax.Tick.Label = tickSty
+	}
+	p.X.Tick.Label.XAlign = draw.XCenter
+	p.Y.Tick.Label.XAlign = draw.XRight
+	p.Y.Tick.Label.YAlign = draw.YCenter
+	p.X.Tick.Label.YAlign = draw.YTop
+	p.X.Label.TextStyle.YAlign = draw.YBottom
+	p.Y.Label.TextStyle.YAlign = draw.YBottom
+	p.X.Label.Text = "concurrent connections"
+	p.Y.Label.Text = spec.yLabel
+	names := make([]string, len(levels))
+	for i, l := range levels {
+		names[i] = strconv.Itoa(l)
+	}
+	p.NominalX(names...)
+	grid := plotter.NewGrid()
+	grid.Vertical.Color = nil
+	grid.Horizontal.Color = color.Gray{0xDD}
+	p.Add(grid, bars)
+	_, _, _, ymax := bars.DataRange()
+	if ymax <= 0 {
+		ymax = 1
+	}
+	// The axis starts at 0 so bar heights compare as ratios; the headroom
+	// keeps the top whisker cap off the frame.
+	p.X.Min, p.X.Max = -0.5, float64(len(levels))-0.5
+	p.Y.Min, p.Y.Max = 0, ymax*1.06
+	p.X.Padding, p.Y.Padding = 0, 0
+	p.Y.Tick.Marker = groupedTicks{}
+
+	p.Draw(draw.Crop(area, 0, 0, bottom-area.Min.Y, top-area.Max.Y))
+	return nil
+}
+
+// subtitle names the machine and run, so a published chart says where its
+// numbers come from.
+func subtitle(run *Run) string {
+	var parts []string
+	e := run.Env
+	if e.CPUModel != "" {
+		cpu := e.CPUModel
+		if e.CPUs > 0 {
+			cpu += fmt.Sprintf(" (%d CPUs)", e.CPUs)
+		}
+		parts = append(parts, cpu)
+	}
+	if e.Kernel != "" {
+		parts = append(parts, "kernel "+e.Kernel)
+	}
+	if run.ID != "" {
+		parts = append(parts, "run "+run.ID)
+	}
+	if e.GitRev != "" {
+		parts = append(parts, "svclab "+e.GitRev)
+	}
+	return strings.Join(parts, " · ")
+}
+
+// caption says what the chart does not show: skipped datapaths with their
+// reasons, and the load generator's own ceiling that bounds every bar.
+func caption(run *Run, spec chartSpec) string {
+	var parts []string
+	for _, d := range run.Datapaths {
+		if d.Skipped != "" {
+			parts = append(parts, fmt.Sprintf("Not measured: %s (%s).", d.Name, d.Skipped))
+		}
+	}
+	if g := run.Generator; g != nil {
+		if spec.file == "qps.png" {
+			parts = append(parts, fmt.Sprintf("Load generator alone (no datapath): %s connections/s at concurrency %d.",
+				groupThousands(g.Workload.QPS), g.Concurrency))
+		} else {
+			parts = append(parts, fmt.Sprintf("Load generator alone (no datapath): p90 %s µs at concurrency %d.",
+				fmtMicros(g.Workload.Latency.P90), g.Concurrency))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// drawLine draws one line of text with its top at y and returns the y of
+// the next line.
+func drawLine(c draw.Canvas, sty text.Style, x, y vg.Length, s string) vg.Length {
+	c.FillText(sty, vg.Point{X: x, Y: y}, s)
+	return y - sty.FontExtents().Height
+}
+
+// wrapText breaks s at spaces into lines no wider than width.
+func wrapText(sty text.Style, s string, width vg.Length) []string {
+	if s == "" {
+		return nil
+	}
+	var lines []string
+	cur := ""
+	for _, w := range strings.Fields(s) {
+		try := w
+		if cur != "" {
+			try = cur + " " + w
+		}
+		if cur != "" && sty.Width(try) > width {
+			lines = append(lines, cur)
+			cur = w
+			continue
+		}
+		cur = try
+	}
+	return append(lines, cur)
+}
+
+// drawLegend draws a swatch and name per series in centred rows starting at
+// top and returns the y below the legend.
+func drawLegend(c draw.Canvas, sty text.Style, series []barSeries, top vg.Length) vg.Length {
+	width := c.Max.X - c.Min.X
+	sw := sty.Font.Size * 0.8
+	const gap, sep = vg.Length(3), vg.Length(12)
+	itemW := func(s barSeries) vg.Length { return sw + gap + sty.Width(s.name) }
+	var rows [][]barSeries
+	var rowW []vg.Length
+	for _, s := range series {
+		n := len(rows)
+		if n == 0 || rowW[n-1]+sep+itemW(s) > width {
+			rows = append(rows, nil)
+			rowW = append(rowW, -sep)
+			n++
+		}
+		rows[n-1] = append(rows[n-1], s)
+		rowW[n-1] += sep + itemW(s)
+	}
+	lineH := sty.FontExtents().Height
+	for i, row := range rows {
+		x := c.Min.X + (width-rowW[i])/2
+		for _, s := range row {
+			mid := top - lineH/2
+			c.FillPolygon(s.color, []vg.Point{
+				{X: x, Y: mid - sw/2}, {X: x, Y: mid + sw/2},
+				{X: x + sw, Y: mid + sw/2}, {X: x + sw, Y: mid - sw/2},
+			})
+			ts := sty
+			ts.YAlign = draw.YCenter
+			c.FillText(ts, vg.Point{X: x + sw + gap, Y: mid}, s.name)
+			x += itemW(s) + sep
+		}
+		top -= lineH
+	}
+	return top
+}
+
+// barSeries is one datapath's bars: stats[i] is its figure at the i-th
+// concurrency level, nil when it has no trials there.
+type barSeries struct {
+	name  string
+	color color.Color
+	stats []*Stat
+}
+
+// groupedBars draws bars and their min–max whiskers itself. gonum's
+// BarChart offsets bars in canvas units while YErrorBars sit at data
+// coordinates, so the two do not line up in a grouped chart; computing both
+// from one data-unit x keeps every whisker on its bar.
+type groupedBars struct {
+	series []barSeries
+	groups int
+}
+
+// groupSpan is the share of each group's unit of x taken by its bars; the
+// rest separates the groups.
+const groupSpan = 0.8
+
+// barX returns the centre and half width, in data units, of the bar of
+// series slot in group.
+func (g *groupedBars) barX(group, slot int) (centre, half float64) {
+	w := groupSpan / float64(len(g.series))
+	centre = float64(group) - groupSpan/2 + w*(float64(slot)+0.5)
+	return centre, w * 0.9 / 2 // a sliver between neighbouring bars
+}
+
+// Plot implements plot.Plotter.
+func (g *groupedBars) Plot(c draw.Canvas, p *plot.Plot) {
+	trX, trY := p.Transforms(&c)
+	whisker := draw.LineStyle{Color: color.Gray{0x10}, Width: vg.Points(1)}
+	for slot, s := range g.series {
+		for group, st := range s.stats {
+			if st == nil {
+				continue
+			}
+			centre, half := g.barX(group, slot)
+			x0, x1 := trX(centre-half), trX(centre+half)
+			y0, y1 := trY(0), trY(st.Median)
+			c.FillPolygon(s.color, c.ClipPolygonY([]vg.Point{
+				{X: x0, Y: y0}, {X: x0, Y: y1}, {X: x1, Y: y1}, {X: x1, Y: y0},
+			}))
+			if st.Max <= st.Min {
+				continue
+			}
+			xc := trX(centre)
+			lo, hi := trY(st.Min), trY(st.Max)
+			capW := min((x1-x0)*0.3, vg.Points(5))
+			c.StrokeLine2(whisker, xc, lo, xc, hi)
+			c.StrokeLine2(whisker, xc-capW, lo, xc+capW, lo)
+			c.StrokeLine2(whisker, xc-capW, hi, xc+capW, hi)
+		}
+	}
+}
+
+// DataRange implements plot.DataRanger: x spans the groups, y starts at 0
+// and reaches the highest whisker.
+func (g *groupedBars) DataRange() (xmin, xmax, ymin, ymax float64) {
+	for _, s := range g.series {
+		for _, st := range s.stats {
+			if st != nil {
+				ymax = max(ymax, st.Max, st.Median)
+			}
+		}
+	}
+	return -0.5, float64(g.groups) - 0.5, 0, ymax
+}
+
+// groupedTicks are gonum's default tick positions with plainer labels:
+// thousands separated (connection rates run to five or six digits) and no
+// trailing zeros (gonum prints 250 as "250.00" when a step is fractional
+// elsewhere on the axis).
+type groupedTicks struct{}
+
+// Ticks implements plot.Ticker.
+func (groupedTicks) Ticks(lo, hi float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i, t := range ticks {
+		switch {
+		case t.Label == "":
+		case t.Value == math.Trunc(t.Value):
+			ticks[i].Label = groupThousands(t.Value)
+		default:
+			ticks[i].Label = strconv.FormatFloat(t.Value, 'f', -1, 64)
+		}
+	}
+	return ticks
+}
+
+// groupThousands prints v rounded to an integer with comma separators.
+func groupThousands(v float64) string {
+	s := strconv.FormatInt(int64(math.Round(v)), 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}

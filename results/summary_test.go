@@ -1,0 +1,120 @@
+package results
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestNewStat pins the plain median the README documents, so a reader can
+// check any figure by hand from the per-repetition values.
+func TestNewStat(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values []float64
+		want   Stat
+	}{
+		{"odd", []float64{3, 1, 2}, Stat{Median: 2, Min: 1, Max: 3, Values: []float64{3, 1, 2}}},
+		{"even: mean of the middle two", []float64{10, 40, 20, 30}, Stat{Median: 25, Min: 10, Max: 40, Values: []float64{10, 40, 20, 30}}},
+		{"single", []float64{7}, Stat{Median: 7, Min: 7, Max: 7, Values: []float64{7}}},
+		{"empty", nil, Stat{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, NewStat(tc.values))
+		})
+	}
+}
+
+// TestSummarize covers grouping, per-repetition order, medians, errors and
+// ratios to direct, the figures the table and the charts are built from.
+func TestSummarize(t *testing.T) {
+	// Repetitions given out of order: Values must still come in
+	// repetition order so drift across repetitions stays visible.
+	trials := []Trial{
+		trial("socketlb", 8, 2, 90, 11, 22, 33, 0.3, 1),
+		trial("direct", 8, 0, 100, 10, 20, 30, 0.1, 0),
+		trial("socketlb", 8, 0, 70, 13, 26, 39, 0.1, 2),
+		trial("direct", 8, 1, 120, 8, 16, 24, 0.2, 0),
+		trial("socketlb", 8, 1, 80, 12, 24, 36, 0.2, 0),
+	}
+	got := Summarize(trials)
+	require.Len(t, got, 2)
+
+	sl := got[0]
+	assert.Equal(t, "socketlb", sl.Datapath, "first-appearance datapath order")
+	assert.Equal(t, 3, sl.Repetitions)
+	assert.Equal(t, Stat{Median: 80, Min: 70, Max: 90, Values: []float64{70, 80, 90}}, sl.QPS)
+	assert.Equal(t, []float64{13, 12, 11}, sl.P50.Values)
+	assert.Equal(t, 24.0, sl.P90.Median)
+	assert.Equal(t, 36.0, sl.P99.Median)
+	assert.Equal(t, Stat{Median: 0.2, Min: 0.1, Max: 0.3, Values: []float64{0.1, 0.2, 0.3}}, sl.ApplySeconds)
+	assert.Equal(t, int64(3), sl.Errors)
+
+	d := got[1]
+	assert.Equal(t, 110.0, d.QPS.Median, "even repetitions: mean of the two")
+	assert.Equal(t, 18.0, d.P90.Median)
+	assert.InDelta(t, 80.0/110, sl.QPSRatioToDirect, 1e-12)
+	assert.InDelta(t, 24.0/18, sl.P90RatioToDirect, 1e-12)
+	assert.Equal(t, 1.0, d.QPSRatioToDirect, "direct compared with itself")
+}
+
+// TestSummarizeOrderAndMissingDirect checks the deterministic order
+// (caller's datapath order, then concurrency ascending) and that a ratio
+// without a direct baseline is 0, never Inf or NaN (invalid in JSON).
+func TestSummarizeOrderAndMissingDirect(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		trials    []Trial
+		wantOrder [][2]any
+		wantRatio []float64
+	}{{
+		name: "direct only at some levels",
+		trials: []Trial{
+			trial("iptables", 64, 0, 50, 1, 2, 3, 0, 0),
+			trial("direct", 1, 0, 10, 1, 1, 1, 0, 0),
+			trial("iptables", 1, 0, 5, 1, 2, 3, 0, 0),
+		},
+		wantOrder: [][2]any{{"iptables", 1}, {"iptables", 64}, {"direct", 1}},
+		wantRatio: []float64{0.5, 0, 1},
+	}, {
+		name: "no direct at all",
+		trials: []Trial{
+			trial("socketlb", 8, 0, 50, 1, 2, 3, 0, 0),
+			trial("iptables", 8, 0, 40, 1, 2, 3, 0, 0),
+		},
+		wantOrder: [][2]any{{"socketlb", 8}, {"iptables", 8}},
+		wantRatio: []float64{0, 0},
+	}, {
+		name:      "direct measured zero",
+		trials:    []Trial{trial("direct", 8, 0, 0, 0, 0, 0, 0, 5), trial("ipvs", 8, 0, 10, 1, 2, 3, 0, 0)},
+		wantOrder: [][2]any{{"direct", 8}, {"ipvs", 8}},
+		wantRatio: []float64{0, 0},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Summarize(tc.trials)
+			require.Len(t, got, len(tc.wantOrder))
+			for i, s := range got {
+				assert.Equal(t, tc.wantOrder[i], [2]any{s.Datapath, s.Concurrency})
+				assert.Equal(t, tc.wantRatio[i], s.QPSRatioToDirect)
+				if tc.wantRatio[i] == 0 {
+					assert.Zero(t, s.P90RatioToDirect)
+				}
+			}
+		})
+	}
+}
+
+// TestSummarizeHistogramOnly checks that a trial recorded with only its
+// histogram still gets percentiles rather than zeros.
+func TestSummarizeHistogramOnly(t *testing.T) {
+	h := NewHistogram()
+	for ns := int64(1000); ns <= 100_000; ns += 1000 {
+		h.Record(ns)
+	}
+	tr := Trial{Datapath: "direct", Concurrency: 1, Workload: Workload{QPS: 1, Histogram: h}}
+	got := Summarize([]Trial{tr})
+	require.Len(t, got, 1)
+	assert.InEpsilon(t, 90.0, got[0].P90.Median, hdrPrecision)
+	assert.Empty(t, Summarize(nil))
+}
