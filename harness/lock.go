@@ -25,6 +25,10 @@ const lockDir = "/run/svclab/runs"
 // "svclab-<8 hex run id>" optionally followed by "-<more>".
 var objectName = regexp.MustCompile(`^svclab-([0-9a-f]{8})(?:-.*)?$`)
 
+// IsRunObject reports whether name is the name of an object of an svclab
+// run (live or dead).
+func IsRunObject(name string) bool { return objectName.MatchString(name) }
+
 // RunLock marks a run as alive.
 type RunLock struct {
 	ID     string

@@ -154,6 +154,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 	per := time.Duration(w.Warmup) + time.Duration(w.Duration) + 2*time.Second
 	prog := NewProgress(cfg.Log, cfg.TTY, len(sched)+1, per)
 	defer prog.Finish()
+	prog.Logf("svclab run %s: %d trials; kernel objects are named %s-*", run.ID, len(sched), lock.Prefix)
 	for _, s := range plan.Skipped {
 		prog.Logf("skipping %s: %s", s.Name, s.Skipped)
 	}
@@ -165,6 +166,9 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 	maxC := slicesMax(w.Concurrency)
 	prog.Start(fmt.Sprintf("generator ceiling (loopback, c=%d)", maxC))
 	gen, err := generatorCeiling(ctx, lock.Prefix+"-gen", plan, maxC)
+	if err != nil && ctx.Err() != nil {
+		return nil, "", fmt.Errorf("interrupted; everything it made was removed: %w", ctx.Err())
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("generator ceiling: %w", err)
 	}
@@ -178,6 +182,10 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 		prog.Start(fmt.Sprintf("%s c=%d repetition %d/%d", ts.Factory.Name, ts.Concurrency, ts.Repetition+1, w.Repetitions))
 		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
 		if err != nil {
+			if ctx.Err() != nil {
+				// Whatever failed was cut short by the interrupt.
+				return nil, "", fmt.Errorf("interrupted during trial %d; everything it made was removed: %w", i+1, ctx.Err())
+			}
 			return nil, "", fmt.Errorf("trial %d (%s, concurrency %d): %w", i+1, ts.Factory.Name, ts.Concurrency, err)
 		}
 		tr.Order = i

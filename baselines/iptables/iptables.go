@@ -195,6 +195,23 @@ func firstLine(b []byte) string {
 }
 
 // restoreIn applies input with one iptables-restore --noflush inside ns.
+// liveChains lists the KUBE-* chains the kernel holds in ns, per table.
+func (v *variant) liveChains(ctx context.Context, ns *nsutil.NS) (chainSet, error) {
+	out := chainSet{}
+	for _, table := range []string{tableFilter, tableNAT} {
+		b, err := ns.Run(ctx, nil, v.save, "-t", table)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if name, ok := strings.CutPrefix(line, ":KUBE-"); ok {
+				out.add(table, "KUBE-"+strings.Fields(name)[0])
+			}
+		}
+	}
+	return out, nil
+}
+
 func (v *variant) restoreIn(ctx context.Context, ns *nsutil.NS, input []byte) ([]byte, error) {
 	out, err := ns.Run(ctx, input, v.restore, "--noflush", "-w", lockWait)
 	if err != nil {
@@ -293,7 +310,24 @@ func (d *Datapath) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	if _, err := d.v.restoreIn(ctx, d.env.Node, renderTeardown(d.installed)); err != nil {
+	// What the kernel holds can be more than the record: an Apply killed
+	// after its transaction committed (Ctrl-C) installed chains the record
+	// never saw. Tear down the union, or a leftover SEP chain keeps
+	// KUBE-MARK-MASQ busy and the teardown fails.
+	installed := chainSet{}
+	for table, chains := range d.installed {
+		for ch := range chains {
+			installed.add(table, ch)
+		}
+	}
+	if live, err := d.v.liveChains(ctx, d.env.Node); err == nil {
+		for table, chains := range live {
+			for ch := range chains {
+				installed.add(table, ch)
+			}
+		}
+	}
+	if _, err := d.v.restoreIn(ctx, d.env.Node, renderTeardown(installed)); err != nil {
 		return fmt.Errorf("%s close: %w", d.v.name, err)
 	}
 	d.env = nil

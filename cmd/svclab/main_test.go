@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -15,6 +19,10 @@ import (
 
 func TestMain(m *testing.M) {
 	harness.ChildMain(os.Args[1:])
+	// Let tests run the real command in a separate process (to signal it).
+	if os.Getenv("SVCLAB_TEST_RUN_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	os.Exit(m.Run())
 }
 
@@ -85,4 +93,67 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	left, err := harness.CleanupStale()
 	require.NoError(t, err)
 	assert.Empty(t, left, "a finished run must leave nothing for cleanup")
+}
+
+// A bench interrupted halfway (SIGINT) removes everything it made, and one
+// killed outright (SIGKILL) leaves objects that the next run's cleanup
+// removes.
+func TestPrivilegedInterruptedBenchLeavesNothing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			var stderr bytes.Buffer
+			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--repetitions", "10", "--output", t.TempDir())
+			cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+			cmd.Stderr = &stderr
+			require.NoError(t, cmd.Start())
+			// Wait until a trial is under way: its namespaces exist.
+			deadline := time.Now().Add(30 * time.Second)
+			for !strings.Contains(stderr.String(), "repetition 2/") {
+				require.True(t, time.Now().Before(deadline), "bench did not reach its second repetition: %s", stderr.String())
+				time.Sleep(50 * time.Millisecond)
+			}
+			m := regexp.MustCompile(`kernel objects are named (svclab-[0-9a-f]{8})-`).FindStringSubmatch(stderr.String())
+			require.NotNil(t, m, "the run names its object prefix: %s", stderr.String())
+			prefix := m[1]
+			require.NoError(t, cmd.Process.Signal(sig))
+			err := cmd.Wait()
+			require.Error(t, err, "the run was interrupted and must say so in its exit status")
+			if sig == syscall.SIGINT {
+				assert.Equal(t, 130, cmd.ProcessState.ExitCode(), stderr.String())
+				assert.Empty(t, svclabObjects(t, prefix), "an interrupted run must remove what it made")
+				return
+			}
+			// SIGKILL runs no cleanup; the next run's does.
+			time.Sleep(200 * time.Millisecond)
+			require.NotEmpty(t, svclabObjects(t, prefix), "a killed run leaves objects (or this test proves nothing)")
+			var out, errb bytes.Buffer
+			require.Equal(t, 0, run([]string{"cleanup"}, &out, &errb), errb.String())
+			assert.Contains(t, out.String(), "removed")
+			assert.Empty(t, svclabObjects(t, prefix))
+		})
+	}
+}
+
+// svclabObjects lists the objects (netns, cgroups) of the run with prefix.
+func svclabObjects(t *testing.T, prefix string) []string {
+	t.Helper()
+	var out []string
+	ents, _ := os.ReadDir("/var/run/netns")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, "netns "+e.Name())
+		}
+	}
+	mnt, err := harness.Cgroup2Mount()
+	require.NoError(t, err)
+	ents, _ = os.ReadDir(mnt)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, "cgroup "+e.Name())
+		}
+	}
+	return out
 }
