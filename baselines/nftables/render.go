@@ -1,0 +1,394 @@
+package nftables
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"svclab/datapath"
+)
+
+// The table every object of this baseline lives in. kube-proxy calls its
+// table "kube-proxy"; ours is "svclab" so that nothing in a namespace can be
+// mistaken for (or cleaned up as) a real kube-proxy's rules, and so every
+// object svclab creates carries its name. The name has no effect on the
+// packet path: lookups inside a table do not depend on it.
+const (
+	family = "ip"
+	table  = "svclab"
+)
+
+// Fixed chains and maps (kube-proxy's names).
+const (
+	chainServices       = "services"
+	chainEndpointsCheck = "endpoints-check"
+	chainReject         = "reject-chain"
+	chainMarkMasq       = "mark-for-masquerade"
+	chainMasquerading   = "masquerading"
+	mapServiceIPs       = "service-ips"
+	mapNoEndpoints      = "no-endpoint-services"
+	prefixService       = "service-"
+	prefixEndpoint      = "endpoint-"
+)
+
+// masqMark is the packet-mark bit mark-for-masquerade sets and the
+// masquerading chain turns into an SNAT (kube-proxy's default bit 14).
+const masqMark = "0x4000"
+
+// mapKeyType is the key of both service maps: destination address, L4
+// protocol and destination port, so one lookup finds the service port.
+const mapKeyType = "ipv4_addr . inet_proto . inet_service : verdict"
+
+// maxChainName is the kernel's limit on chain names (NFT_CHAIN_MAXNAMELEN
+// is 256 bytes including the terminating NUL).
+const maxChainName = 255
+
+// baseChain is a chain attached to a netfilter hook. Priorities are numbers
+// because nft 1.0.6 accepts the names dstnat/srcnat only on the hooks where
+// they are standard (dstnat on prerouting), not on output.
+type baseChain struct {
+	name, kind, hook string
+	priority         int
+	// jump is the one rule of the chain.
+	jump string
+}
+
+// baseChains are the hooks the baseline uses, like kube-proxy's nftables
+// mode:
+//   - nat prerouting (-100, dstnat) DNATs traffic from pods, and nat output
+//     (-100) traffic from processes in the node namespace itself;
+//   - nat postrouting (100, srcnat) masquerades what was marked for it;
+//   - filter input, forward and output (-110, just before dstnat) reject new
+//     connections to services without endpoints. The reject lives there and
+//     not in prerouting because kernels before 5.9 refuse reject in
+//     prerouting; this kernel would accept it, but keeping kube-proxy's hooks
+//     keeps the per-packet cost kube-proxy has (every new forwarded flow
+//     passes one more base chain), which is what the baseline is for.
+var baseChains = []baseChain{
+	{"filter-input", "filter", "input", -110, "ct state new jump " + chainEndpointsCheck},
+	{"filter-forward", "filter", "forward", -110, "ct state new jump " + chainEndpointsCheck},
+	{"filter-output", "filter", "output", -110, "ct state new jump " + chainEndpointsCheck},
+	{"nat-prerouting", "nat", "prerouting", -100, "jump " + chainServices},
+	{"nat-output", "nat", "output", -100, "jump " + chainServices},
+	{"nat-postrouting", "nat", "postrouting", 100, "jump " + chainMasquerading},
+}
+
+// nameHash is the first 8 characters of base32(sha256(name)), the same
+// hash kube-proxy's nftables mode puts in front of its readable chain names:
+// it keeps two names distinct if they ever need truncating, and makes chains
+// that differ in one digit easy to tell apart.
+func nameHash(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return base32.StdEncoding.EncodeToString(sum[:])[:8]
+}
+
+// hashedChain is prefix + hash(base) + "-" + base, cut to the kernel's
+// limit (never reached for valid Kubernetes names, but an overlong name
+// must not make the whole sync fail).
+func hashedChain(prefix, base string) string {
+	name := prefix + nameHash(base) + "-" + base
+	if len(name) > maxChainName {
+		name = name[:maxChainName-3] + "..."
+	}
+	return name
+}
+
+// portBase is "namespace/name/protocol/port" naming one service port. Like
+// kube-proxy it uses the port's name; an unnamed port uses its number, so
+// that two unnamed ports of one service cannot share a chain.
+func portBase(svc datapath.Service, p datapath.ServicePort, proto string) string {
+	port := p.Name
+	if port == "" {
+		port = strconv.Itoa(int(p.Port))
+	}
+	return fmt.Sprintf("%s/%s/%s/%s", svc.Namespace, svc.Name, proto, port)
+}
+
+// serviceChainName is service-<hash>-ns/name/proto/port.
+func serviceChainName(svc datapath.Service, p datapath.ServicePort, proto string) string {
+	return hashedChain(prefixService, portBase(svc, p, proto))
+}
+
+// endpointChainName is endpoint-<hash>-ns/name/proto/port__ip/targetport.
+// nft chain names allow only letters, digits and "/-_.", so the endpoint is
+// written ip/port, not ip:port (nft rejects ':' even in a quoted name).
+func endpointChainName(svc datapath.Service, p datapath.ServicePort, proto string, ep netip.AddrPort) string {
+	return hashedChain(prefixEndpoint, fmt.Sprintf("%s__%s/%d", portBase(svc, p, proto), ep.Addr(), ep.Port()))
+}
+
+// protoName is the lower-case protocol nft matches on.
+func protoName(p datapath.Protocol) (string, error) {
+	switch p {
+	case datapath.TCP:
+		return "tcp", nil
+	case datapath.UDP:
+		return "udp", nil
+	}
+	return "", fmt.Errorf("protocol %q not supported by the nftables baseline", p)
+}
+
+// chainBlock is one regular chain with its rules.
+type chainBlock struct {
+	name  string
+	rules []string
+}
+
+// element is one entry of a verdict map.
+type element struct {
+	key, comment, verdict string
+}
+
+// rendered is one complete nft transaction for Apply.
+type rendered struct {
+	text []byte
+	// chains is every per-service and per-endpoint chain the transaction
+	// leaves in the table (the fixed chains are not listed).
+	chains map[string]bool
+	// rules counts the rules in the table after the transaction.
+	rules int
+}
+
+// sortedChains returns the chain set in a stable order.
+func sortedChains(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for ch := range set {
+		out = append(out, ch)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// renderSetup creates the table from scratch with its fixed chains and
+// empty maps. The table is added and deleted first so that Setup starts
+// from a clean table even if an earlier run left one behind.
+func renderSetup() []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "add table %s %s\n", family, table)
+	fmt.Fprintf(&b, "delete table %s %s\n", family, table)
+	writeTable(&b, nil)
+	return b.Bytes()
+}
+
+// renderTeardown deletes the table and with it every chain, rule and map.
+func renderTeardown() []byte {
+	return []byte(fmt.Sprintf("delete table %s %s\n", family, table))
+}
+
+// renderSync renders the whole table for st as one transaction: flush every
+// rule of the table (base chains included) and both maps, delete the chains
+// of the previous sync (prev) that st no longer uses, then add everything
+// back. nft applies the file atomically, so packets see either the old or the
+// new ruleset. Deleting a chain whose map element was flushed in the same
+// transaction needs kernel 6.2 or newer; kube-proxy defers such deletions to
+// a later sync to support older kernels.
+func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (rendered, error) {
+	svcs := slices.Clone(st.Services)
+	// Sort so the output does not depend on the caller's order.
+	sort.SliceStable(svcs, func(i, j int) bool { return svcs[i].String() < svcs[j].String() })
+
+	var chains []chainBlock
+	var serviceIPs, noEndpoints []element
+	cur := map[string]bool{}
+	keys := map[string]string{} // map key → service port that uses it
+
+	for _, svc := range svcs {
+		if !svc.ClusterIP.Is4() {
+			return rendered{}, fmt.Errorf("service %s: cluster IP %v is not IPv4 (the nftables baseline is IPv4 only)", svc, svc.ClusterIP)
+		}
+		eps := uniqueEndpoints(svc.ReadyEndpoints())
+		for _, ep := range eps {
+			if !ep.Is4() {
+				return rendered{}, fmt.Errorf("service %s: endpoint %v is not IPv4", svc, ep)
+			}
+		}
+		for _, port := range svc.Ports {
+			proto, err := protoName(port.Protocol)
+			if err != nil {
+				return rendered{}, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
+			}
+			if port.Port == 0 || port.TargetPort == 0 {
+				return rendered{}, fmt.Errorf("service %s port %q: port %d and target port %d must both be non-zero", svc, port.Name, port.Port, port.TargetPort)
+			}
+			base := portBase(svc, port, proto)
+			key := fmt.Sprintf("%s . %s . %d", svc.ClusterIP, proto, port.Port)
+			if other, dup := keys[key]; dup {
+				return rendered{}, fmt.Errorf("service %s port %d/%s: %s:%d is already used by %s", svc, port.Port, proto, svc.ClusterIP, port.Port, other)
+			}
+			keys[key] = base
+
+			if len(eps) == 0 {
+				// The filter chains reject new connections to it: an
+				// ICMP port-unreachable, so connect() fails at once
+				// with ECONNREFUSED instead of timing out.
+				noEndpoints = append(noEndpoints, element{key: key, comment: base, verdict: "goto " + chainReject})
+				continue
+			}
+
+			svcChain := serviceChainName(svc, port, proto)
+			if cur[svcChain] {
+				return rendered{}, fmt.Errorf("service %s port %d/%s: chain %s is rendered twice (two ports with the same name and protocol?)", svc, port.Port, proto, svcChain)
+			}
+			cur[svcChain] = true
+			serviceIPs = append(serviceIPs, element{key: key, verdict: "goto " + svcChain})
+
+			sc := chainBlock{name: svcChain}
+			if podCIDR.IsValid() {
+				// Traffic to the VIP from outside the pod network
+				// (the node itself) is masqueraded so replies come
+				// back through this node.
+				sc.rules = append(sc.rules, fmt.Sprintf("ip daddr %s %s dport %d ip saddr != %s jump %s",
+					svc.ClusterIP, proto, port.Port, podCIDR.Masked(), chainMarkMasq))
+			}
+			// One rule picks the endpoint: a random number modulo n
+			// indexes an anonymous verdict map with one entry per
+			// endpoint, so each gets 1/n of the new connections.
+			targets := make([]string, len(eps))
+			var epChains []chainBlock
+			for i, ep := range eps {
+				dest := netip.AddrPortFrom(ep, port.TargetPort)
+				epChain := endpointChainName(svc, port, proto, dest)
+				cur[epChain] = true
+				targets[i] = fmt.Sprintf("%d : goto %s", i, epChain)
+				epChains = append(epChains, chainBlock{name: epChain, rules: []string{
+					// Hairpin: a backend reaching itself through the
+					// VIP would otherwise get a reply from its own
+					// address and drop it.
+					fmt.Sprintf("ip saddr %s jump %s", ep, chainMarkMasq),
+					fmt.Sprintf("meta l4proto %s dnat to %s", proto, dest),
+				}})
+			}
+			sc.rules = append(sc.rules, fmt.Sprintf("numgen random mod %d vmap { %s }", len(eps), strings.Join(targets, ", ")))
+			chains = append(chains, sc)
+			chains = append(chains, epChains...)
+		}
+	}
+
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "add table %s %s\n", family, table)
+	fmt.Fprintf(&b, "flush table %s %s\n", family, table)
+	// flush table empties chains but not maps.
+	fmt.Fprintf(&b, "flush map %s %s %s\n", family, table, mapServiceIPs)
+	fmt.Fprintf(&b, "flush map %s %s %s\n", family, table, mapNoEndpoints)
+	for _, ch := range sortedChains(prev) {
+		if !cur[ch] {
+			fmt.Fprintf(&b, "delete chain %s %s %s\n", family, table, ch)
+		}
+	}
+	rules := writeTable(&b, chains)
+	writeElements(&b, mapServiceIPs, serviceIPs)
+	writeElements(&b, mapNoEndpoints, noEndpoints)
+	return rendered{text: b.Bytes(), chains: cur, rules: rules}, nil
+}
+
+// writeTable writes the table block: base chains, fixed chains, the two
+// maps (declared empty; elements are added after the block) and the given
+// per-service chains. It returns the number of rules written.
+func writeTable(b *bytes.Buffer, chains []chainBlock) int {
+	rules := 0
+	fmt.Fprintf(b, "table %s %s {\n", family, table)
+	for _, bc := range baseChains {
+		fmt.Fprintf(b, "\tchain %s {\n\t\ttype %s hook %s priority %d; policy accept;\n\t\t%s\n\t}\n", bc.name, bc.kind, bc.hook, bc.priority, bc.jump)
+		rules++
+	}
+	for _, m := range []string{mapServiceIPs, mapNoEndpoints} {
+		fmt.Fprintf(b, "\tmap %s {\n\t\ttype %s\n\t}\n", m, mapKeyType)
+	}
+	fixed := []chainBlock{
+		{chainServices, []string{fmt.Sprintf("ip daddr . meta l4proto . th dport vmap @%s", mapServiceIPs)}},
+		{chainEndpointsCheck, []string{fmt.Sprintf("ip daddr . meta l4proto . th dport vmap @%s", mapNoEndpoints)}},
+		{chainReject, []string{"reject"}},
+		{chainMarkMasq, []string{"meta mark set meta mark | " + masqMark}},
+		{chainMasquerading, []string{
+			// Only marked packets are masqueraded; the mark is cleared
+			// first so a packet that re-enters the stack is not
+			// masqueraded twice.
+			fmt.Sprintf("meta mark & %s == 0 return", masqMark),
+			"meta mark set meta mark ^ " + masqMark,
+			// fully-random picks the source port at random, avoiding
+			// the SNAT port collisions that drop SYNs under churn.
+			"masquerade fully-random",
+		}},
+	}
+	for _, ch := range append(fixed, chains...) {
+		fmt.Fprintf(b, "\tchain %s {\n", ch.name)
+		for _, r := range ch.rules {
+			fmt.Fprintf(b, "\t\t%s\n", r)
+		}
+		b.WriteString("\t}\n")
+		rules += len(ch.rules)
+	}
+	b.WriteString("}\n")
+	return rules
+}
+
+// writeElements adds elements to a map, one per line.
+func writeElements(b *bytes.Buffer, m string, elems []element) {
+	if len(elems) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "add element %s %s %s {\n", family, table, m)
+	for i, e := range elems {
+		sep := ","
+		if i == len(elems)-1 {
+			sep = ""
+		}
+		comment := ""
+		if e.comment != "" {
+			comment = fmt.Sprintf(" comment %q", e.comment)
+		}
+		fmt.Fprintf(b, "\t%s%s : %s%s\n", e.key, comment, e.verdict, sep)
+	}
+	b.WriteString("}\n")
+}
+
+// uniqueEndpoints returns the endpoint addresses in order, without
+// duplicates: two EndpointSlice entries for one address would otherwise
+// render the same endpoint chain twice.
+func uniqueEndpoints(eps []datapath.Endpoint) []netip.Addr {
+	seen := map[netip.Addr]bool{}
+	var out []netip.Addr
+	for _, ep := range eps {
+		if !seen[ep.Addr] {
+			seen[ep.Addr] = true
+			out = append(out, ep.Addr)
+		}
+	}
+	return out
+}
+
+// errLine matches the location nft reports for an error in its input
+// ("/dev/stdin:12:5-9: Error: ...").
+var errLine = regexp.MustCompile(`(?m)^[^:\s]+:(\d+):\d+(?:-\d+)?: Error:`)
+
+// failedLines returns the input lines around the first one nft reported,
+// so an error names the offending rule and not just a number.
+func failedLines(input []byte, output string) string {
+	m := errLine.FindStringSubmatch(output)
+	if m == nil {
+		return ""
+	}
+	n, err := strconv.Atoi(m[1])
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(string(input), "\n")
+	if n < 1 || n > len(lines) {
+		return ""
+	}
+	var b strings.Builder
+	for i := max(n-2, 1); i <= min(n+1, len(lines)); i++ {
+		mark := "  "
+		if i == n {
+			mark = "> "
+		}
+		fmt.Fprintf(&b, "%s%d: %s\n", mark, i, lines[i-1])
+	}
+	return b.String()
+}

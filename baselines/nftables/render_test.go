@@ -1,0 +1,618 @@
+package nftables
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/datapath"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current renderer")
+
+var testPodCIDR = netip.MustParsePrefix("10.244.0.0/16")
+
+// endpoints returns n ready endpoints 10.244.<subnet>.1 … .n.
+func endpoints(subnet, n int) []datapath.Endpoint {
+	eps := make([]datapath.Endpoint, n)
+	for i := range eps {
+		eps[i] = datapath.Endpoint{
+			Pod:     fmt.Sprintf("backend-%d-%d", subnet, i),
+			Addr:    netip.AddrFrom4([4]byte{10, 244, byte(subnet), byte(i + 1)}),
+			Ready:   true,
+			Serving: true,
+		}
+	}
+	return eps
+}
+
+var (
+	httpPort = datapath.ServicePort{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: 8080}
+	dnsTCP   = datapath.ServicePort{Name: "dns-tcp", Protocol: datapath.TCP, Port: 53, TargetPort: 5353}
+	dnsUDP   = datapath.ServicePort{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: 5353}
+)
+
+func webService(n int) datapath.Service {
+	return datapath.Service{
+		Namespace: "bench", Name: "web",
+		ClusterIP: netip.MustParseAddr("10.96.0.10"),
+		Ports:     []datapath.ServicePort{httpPort},
+		Endpoints: endpoints(1, n),
+	}
+}
+
+func dnsService() datapath.Service {
+	return datapath.Service{
+		Namespace: "kube-system", Name: "dns",
+		ClusterIP: netip.MustParseAddr("10.96.0.53"),
+		Ports:     []datapath.ServicePort{dnsTCP, dnsUDP},
+		Endpoints: endpoints(2, 2),
+	}
+}
+
+func emptyService() datapath.Service {
+	return datapath.Service{
+		Namespace: "bench", Name: "empty",
+		ClusterIP: netip.MustParseAddr("10.96.0.20"),
+		Ports:     []datapath.ServicePort{httpPort},
+	}
+}
+
+// checkGolden compares got with testdata/<name>.golden, or rewrites the
+// file under -update.
+func checkGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		require.NoError(t, os.MkdirAll("testdata", 0o755))
+		require.NoError(t, os.WriteFile(path, got, 0o644))
+		return
+	}
+	want, err := os.ReadFile(path)
+	require.NoError(t, err, "read golden file (run go test -update to create it)")
+	assert.Equal(t, string(want), string(got), "rendered ruleset differs from %s (go test -update rewrites it)", path)
+}
+
+// TestRenderGolden pins the exact nft text, so any change to the rule shape
+// shows up as a reviewable diff of the golden files.
+func TestRenderGolden(t *testing.T) {
+	twoServices := datapath.State{Services: []datapath.Service{webService(3), dnsService()}}
+	first, err := renderSync(testPodCIDR, twoServices, nil)
+	require.NoError(t, err)
+
+	tests := []struct {
+		name  string
+		state datapath.State
+		prev  map[string]bool
+	}{
+		{name: "one_service_12_endpoints", state: datapath.State{Services: []datapath.Service{webService(12)}}},
+		{name: "no_endpoints", state: datapath.State{Services: []datapath.Service{emptyService()}}},
+		{name: "two_services_multiport", state: twoServices},
+		// The second sync drops kube-system/dns: its service and
+		// endpoint chains must be deleted in the same transaction.
+		{name: "second_apply_drops_service", state: datapath.State{Services: []datapath.Service{webService(3)}}, prev: first.chains},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := renderSync(testPodCIDR, tt.state, tt.prev)
+			require.NoError(t, err)
+			checkGolden(t, tt.name, r.text)
+		})
+	}
+	t.Run("setup", func(t *testing.T) { checkGolden(t, "setup", renderSetup()) })
+	t.Run("teardown", func(t *testing.T) { checkGolden(t, "teardown", renderTeardown()) })
+}
+
+// TestSecondApplyDeletesOnlyStaleChains checks the delete bookkeeping
+// directly, independent of the golden text, and through the model of what
+// the kernel holds after both transactions.
+func TestSecondApplyDeletesOnlyStaleChains(t *testing.T) {
+	first, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(3), dnsService()}}, nil)
+	require.NoError(t, err)
+	second, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(3)}}, first.chains)
+	require.NoError(t, err)
+
+	deleted := map[string]bool{}
+	for _, line := range strings.Split(string(second.text), "\n") {
+		if ch, ok := strings.CutPrefix(line, "delete chain ip svclab "); ok {
+			deleted[ch] = true
+		}
+	}
+	for ch := range first.chains {
+		assert.Equal(t, !second.chains[ch], deleted[ch], "chain %s: deleted iff no longer used", ch)
+	}
+	// dns has two ports with two endpoints each: 2 service + 4 endpoint
+	// chains.
+	assert.Len(t, deleted, 6)
+
+	m := parseNft(t, renderSetup(), first.text, second.text)
+	var left []string
+	for ch := range m.chains {
+		if strings.HasPrefix(ch, prefixService) || strings.HasPrefix(ch, prefixEndpoint) {
+			left = append(left, ch)
+		}
+	}
+	assert.ElementsMatch(t, sortedChains(second.chains), left, "per-service chains after both syncs")
+	assert.Len(t, m.maps[mapServiceIPs], 1, "only web's element is left in service-ips")
+	for ch := range m.chains {
+		assert.NotContains(t, ch, "kube-system/dns")
+	}
+}
+
+// TestChainNamesMatchKubeProxy uses chain-name bases that appear in
+// kube-proxy's nftables sources, so the hashing is checked against the real
+// thing and not only against itself.
+func TestChainNamesMatchKubeProxy(t *testing.T) {
+	svc := datapath.Service{Namespace: "ns1", Name: "svc1"}
+	p80 := datapath.ServicePort{Name: "p80", Protocol: datapath.TCP, Port: 80, TargetPort: 80}
+	assert.Equal(t, "service-ULMVA6XW-ns1/svc1/tcp/p80", serviceChainName(svc, p80, "tcp"))
+	assert.Equal(t, "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80",
+		endpointChainName(svc, p80, "tcp", netip.MustParseAddrPort("10.180.0.1:80")))
+	// Protocol is part of the name: TCP and UDP on one port must not
+	// share a chain.
+	assert.NotEqual(t, serviceChainName(svc, p80, "tcp"), serviceChainName(svc, p80, "udp"))
+	// An unnamed port is named by its number.
+	assert.Equal(t, "service-"+nameHash("ns1/svc1/udp/53")+"-ns1/svc1/udp/53",
+		serviceChainName(svc, datapath.ServicePort{Protocol: datapath.UDP, Port: 53, TargetPort: 53}, "udp"))
+	// An overlong name is cut to the kernel's limit and stays unique.
+	long := strings.Repeat("a", 300)
+	a, b := hashedChain(prefixService, long+"x"), hashedChain(prefixService, long+"y")
+	assert.Len(t, a, maxChainName)
+	assert.NotEqual(t, a, b)
+}
+
+func TestRenderRejects(t *testing.T) {
+	ip := netip.MustParseAddr("10.96.0.1")
+	tests := []struct {
+		name string
+		svcs []datapath.Service
+		want string
+	}{
+		{
+			name: "IPv6 cluster IP",
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: netip.MustParseAddr("fd00::1"), Ports: []datapath.ServicePort{httpPort}}},
+			want: "cluster IP fd00::1 is not IPv4",
+		},
+		{
+			name: "IPv6 endpoint",
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip, Ports: []datapath.ServicePort{httpPort},
+				Endpoints: []datapath.Endpoint{{Addr: netip.MustParseAddr("fd00::2"), Ready: true}}}},
+			want: "endpoint fd00::2 is not IPv4",
+		},
+		{
+			name: "SCTP port",
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip,
+				Ports: []datapath.ServicePort{{Name: "s", Protocol: "SCTP", Port: 9, TargetPort: 9}}}},
+			want: `protocol "SCTP" not supported`,
+		},
+		{
+			name: "zero target port",
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip,
+				Ports: []datapath.ServicePort{{Name: "s", Protocol: datapath.TCP, Port: 9}}}},
+			want: "must both be non-zero",
+		},
+		{
+			name: "two services on one VIP and port",
+			svcs: []datapath.Service{
+				{Namespace: "a", Name: "b", ClusterIP: ip, Ports: []datapath.ServicePort{httpPort}},
+				{Namespace: "a", Name: "c", ClusterIP: ip, Ports: []datapath.ServicePort{httpPort}},
+			},
+			want: "10.96.0.1:80 is already used by a/b/tcp/http",
+		},
+		{
+			name: "two ports with one name",
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip, Endpoints: endpoints(1, 1), Ports: []datapath.ServicePort{
+				httpPort, {Name: "http", Protocol: datapath.TCP, Port: 81, TargetPort: 8080},
+			}}},
+			want: "is rendered twice",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := renderSync(testPodCIDR, datapath.State{Services: tt.svcs}, nil)
+			assert.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestRuleCount(t *testing.T) {
+	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(12)}}, nil)
+	require.NoError(t, err)
+	// 6 base-chain jumps + 7 fixed (services 1, endpoints-check 1,
+	// reject 1, mark 1, masquerading 3) + service chain 2 (masquerade
+	// mark, numgen) + 12 endpoint chains × 2 = 39.
+	assert.Equal(t, 39, r.rules)
+	assert.Len(t, r.chains, 13, "1 service chain + 12 endpoint chains")
+}
+
+// ---- a model of the rendered ruleset, and packet-flow tracing over it ----
+
+// hook names a base chain's place: "nat prerouting", "filter forward", ….
+type nftModel struct {
+	chains map[string][]string
+	hooks  map[string]string
+	maps   map[string]map[string]string // map → key → verdict
+}
+
+var (
+	reChainOpen = regexp.MustCompile(`^\tchain (\S+) \{$`)
+	reMapOpen   = regexp.MustCompile(`^\tmap (\S+) \{$`)
+	reHookLine  = regexp.MustCompile(`^type (filter|nat) hook (\w+) priority -?\d+; policy accept;$`)
+	reAddElems  = regexp.MustCompile(`^add element ip svclab (\S+) \{$`)
+	reElement   = regexp.MustCompile(`^\t(\S+ \. (?:tcp|udp) \. \d+)(?: comment "[^"]*")? : (goto \S+?),?$`)
+)
+
+// parseNft applies rendered transactions in order to a model of the table,
+// with the semantics nft gives the commands the renderer writes. Any line it
+// does not know fails the test, so the model cannot silently drift from the
+// renderer.
+func parseNft(t *testing.T, texts ...[]byte) *nftModel {
+	t.Helper()
+	m := &nftModel{chains: map[string][]string{}, hooks: map[string]string{}, maps: map[string]map[string]string{}}
+	for _, text := range texts {
+		var chain, elemMap string
+		inTable, inMap := false, false
+		for _, line := range strings.Split(strings.TrimRight(string(text), "\n"), "\n") {
+			switch {
+			case elemMap != "":
+				if line == "}" {
+					elemMap = ""
+					continue
+				}
+				e := reElement.FindStringSubmatch(line)
+				require.NotNil(t, e, "element line %q", line)
+				_, dup := m.maps[elemMap][e[1]]
+				require.False(t, dup, "element %s added twice to %s", e[1], elemMap)
+				m.maps[elemMap][e[1]] = e[2]
+			case chain != "":
+				if line == "\t}" {
+					chain = ""
+					continue
+				}
+				r := strings.TrimPrefix(line, "\t\t")
+				if h := reHookLine.FindStringSubmatch(r); h != nil {
+					m.hooks[h[1]+" "+h[2]] = chain
+					continue
+				}
+				m.chains[chain] = append(m.chains[chain], r)
+			case inMap:
+				if line == "\t}" {
+					inMap = false
+				}
+			case inTable:
+				if line == "}" {
+					inTable = false
+				} else if c := reChainOpen.FindStringSubmatch(line); c != nil {
+					chain = c[1]
+					if m.chains[chain] == nil {
+						m.chains[chain] = []string{}
+					}
+				} else if c := reMapOpen.FindStringSubmatch(line); c != nil {
+					inMap = true
+					if m.maps[c[1]] == nil {
+						m.maps[c[1]] = map[string]string{}
+					}
+				} else {
+					t.Fatalf("unexpected line in table block: %q", line)
+				}
+			case line == "table ip svclab {":
+				inTable = true
+			case line == "add table ip svclab":
+			case line == "delete table ip svclab":
+				m.chains, m.hooks, m.maps = map[string][]string{}, map[string]string{}, map[string]map[string]string{}
+			case line == "flush table ip svclab":
+				for ch := range m.chains {
+					m.chains[ch] = []string{}
+				}
+			case strings.HasPrefix(line, "flush map ip svclab "):
+				name := strings.TrimPrefix(line, "flush map ip svclab ")
+				require.Contains(t, m.maps, name, "flush of a map that does not exist")
+				m.maps[name] = map[string]string{}
+			case strings.HasPrefix(line, "delete chain ip svclab "):
+				name := strings.TrimPrefix(line, "delete chain ip svclab ")
+				require.Contains(t, m.chains, name, "delete of a chain that does not exist")
+				require.Empty(t, m.chains[name], "delete of chain %s that still has rules", name)
+				for mp, elems := range m.maps {
+					for k, v := range elems {
+						require.NotEqual(t, "goto "+name, v, "delete of chain %s still referenced by %s[%s]", name, mp, k)
+					}
+				}
+				delete(m.chains, name)
+			default:
+				if e := reAddElems.FindStringSubmatch(line); e != nil {
+					require.Contains(t, m.maps, e[1], "elements for a map that does not exist")
+					elemMap = e[1]
+					continue
+				}
+				t.Fatalf("unexpected line: %q", line)
+			}
+		}
+	}
+	return m
+}
+
+type packet struct {
+	proto string
+	src   netip.Addr
+	dst   netip.Addr
+	dport int
+}
+
+// flow is where a packet ends up: verdict ("dnat ip:port", "reject") →
+// probability, and whether that path marked it for masquerade.
+type flow struct {
+	prob map[string]float64
+	masq map[string]bool
+}
+
+var (
+	reJump        = regexp.MustCompile(`^(?:ct state new )?jump (\S+)$`)
+	reMapLookup   = regexp.MustCompile(`^ip daddr \. meta l4proto \. th dport vmap @(\S+)$`)
+	reMasqService = regexp.MustCompile(`^ip daddr (\S+) (tcp|udp) dport (\d+) ip saddr != (\S+) jump mark-for-masquerade$`)
+	reMasqHairpin = regexp.MustCompile(`^ip saddr (\S+) jump mark-for-masquerade$`)
+	reNumgen      = regexp.MustCompile(`^numgen random mod (\d+) vmap \{ (.*) \}$`)
+	reNumgenEntry = regexp.MustCompile(`^(\d+) : goto (\S+)$`)
+	reDNAT        = regexp.MustCompile(`^meta l4proto (tcp|udp) dnat to (\S+)$`)
+)
+
+// numgenTargets parses a numgen rule into modulus and index → chain.
+func numgenTargets(t *testing.T, rule string) (int, map[int]string) {
+	t.Helper()
+	g := reNumgen.FindStringSubmatch(rule)
+	require.NotNil(t, g, "numgen rule %q", rule)
+	n, err := strconv.Atoi(g[1])
+	require.NoError(t, err)
+	out := map[int]string{}
+	for _, entry := range strings.Split(g[2], ", ") {
+		e := reNumgenEntry.FindStringSubmatch(entry)
+		require.NotNil(t, e, "numgen entry %q", entry)
+		i, err := strconv.Atoi(e[1])
+		require.NoError(t, err)
+		_, dup := out[i]
+		require.False(t, dup, "numgen index %d appears twice", i)
+		out[i] = e[2]
+	}
+	return n, out
+}
+
+// trace walks chain with the share w of packets reaching it, records
+// terminal verdicts in out and returns the share that falls off the chain's
+// end (back to whoever jumped to it). goto ends the current chain: what
+// falls off the target returns to the caller of the current chain.
+func trace(t *testing.T, m *nftModel, chain string, p packet, w float64, masq bool, out *flow) float64 {
+	t.Helper()
+	rules, ok := m.chains[chain]
+	require.True(t, ok, "chain %s does not exist", chain)
+	for _, r := range rules {
+		switch {
+		case reJump.MatchString(r):
+			target := reJump.FindStringSubmatch(r)[1]
+			if target == chainMarkMasq {
+				masq = true
+				continue
+			}
+			w = trace(t, m, target, p, w, masq, out)
+		case reMapLookup.MatchString(r):
+			mp := reMapLookup.FindStringSubmatch(r)[1]
+			v, ok := m.maps[mp][fmt.Sprintf("%s . %s . %d", p.dst, p.proto, p.dport)]
+			if !ok {
+				continue
+			}
+			return trace(t, m, strings.TrimPrefix(v, "goto "), p, w, masq, out)
+		case reMasqService.MatchString(r):
+			g := reMasqService.FindStringSubmatch(r)
+			if g[1] == p.dst.String() && g[2] == p.proto && g[3] == strconv.Itoa(p.dport) &&
+				!netip.MustParsePrefix(g[4]).Contains(p.src) {
+				masq = true
+			}
+		case reMasqHairpin.MatchString(r):
+			if reMasqHairpin.FindStringSubmatch(r)[1] == p.src.String() {
+				masq = true
+			}
+		case reNumgen.MatchString(r):
+			n, targets := numgenTargets(t, r)
+			rest := 0.0
+			for i := range n {
+				target, ok := targets[i]
+				require.True(t, ok, "numgen index %d has no target: its share would be dropped", i)
+				rest += trace(t, m, target, p, w/float64(n), masq, out)
+			}
+			return rest
+		case reDNAT.MatchString(r):
+			g := reDNAT.FindStringSubmatch(r)
+			if g[1] != p.proto {
+				continue
+			}
+			v := "dnat " + g[2]
+			out.prob[v] += w
+			out.masq[v] = out.masq[v] || masq
+			return 0
+		case r == "reject":
+			out.prob["reject"] += w
+			return 0
+		default:
+			t.Fatalf("chain %s: rule %q is not understood by the tracer", chain, r)
+		}
+	}
+	return w
+}
+
+// TestNumgenCoversEveryEndpointOnce: the one load-balancing rule of a
+// 12-endpoint service has modulus 12 and indexes 0…11, each exactly once,
+// each to a different endpoint chain that DNATs to a different endpoint,
+// so every endpoint gets 1/12 of the new connections.
+func TestNumgenCoversEveryEndpointOnce(t *testing.T) {
+	web := webService(12)
+	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{web}}, nil)
+	require.NoError(t, err)
+	m := parseNft(t, renderSetup(), r.text)
+
+	svcChain := serviceChainName(web, httpPort, "tcp")
+	var numgen []string
+	for _, rule := range m.chains[svcChain] {
+		if strings.HasPrefix(rule, "numgen ") {
+			numgen = append(numgen, rule)
+		}
+	}
+	require.Len(t, numgen, 1, "one numgen rule in %s", svcChain)
+	n, targets := numgenTargets(t, numgen[0])
+	assert.Equal(t, 12, n, "modulus")
+	idx := make([]int, 0, len(targets))
+	for i := range targets {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	assert.Equal(t, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, idx, "indexes")
+
+	var dests []string
+	for _, ch := range targets {
+		rules := m.chains[ch]
+		require.Len(t, rules, 2, "endpoint chain %s", ch)
+		g := reDNAT.FindStringSubmatch(rules[1])
+		require.NotNil(t, g, "last rule of %s is the DNAT", ch)
+		dests = append(dests, g[2])
+	}
+	var want []string
+	for _, ep := range web.Endpoints {
+		want = append(want, ep.Addr.String()+":8080")
+	}
+	assert.ElementsMatch(t, want, dests, "each endpoint is the target of exactly one index")
+}
+
+// TestPacketFlow traces packets through the rendered rules from the base
+// chains, like kube-proxy's packet-flow tests: which backends a packet can
+// reach, with which probability, and whether it is masqueraded.
+func TestPacketFlow(t *testing.T) {
+	st := datapath.State{Services: []datapath.Service{webService(12), dnsService(), emptyService()}}
+	r, err := renderSync(testPodCIDR, st, nil)
+	require.NoError(t, err)
+	m := parseNft(t, renderSetup(), r.text)
+
+	vip := netip.MustParseAddr("10.96.0.10")
+	var all12 []string
+	for _, ep := range endpoints(1, 12) {
+		all12 = append(all12, "dnat "+ep.Addr.String()+":8080")
+	}
+	pod := netip.MustParseAddr("10.244.9.9")
+	node := netip.MustParseAddr("192.168.0.1")
+	backend1 := netip.MustParseAddr("10.244.1.1")
+	empty := netip.MustParseAddr("10.96.0.20")
+	never := func(string) bool { return false }
+
+	tests := []struct {
+		name string
+		hook string
+		pkt  packet
+		want []string // verdicts, each with equal probability
+		masq func(verdict string) bool
+	}{
+		{
+			name: "pod to VIP reaches all 12 evenly, no masquerade", hook: "nat prerouting",
+			pkt: packet{"tcp", pod, vip, 80}, want: all12, masq: never,
+		},
+		{
+			name: "node to VIP is masqueraded (source outside the pod CIDR)", hook: "nat output",
+			pkt: packet{"tcp", node, vip, 80}, want: all12,
+			masq: func(string) bool { return true },
+		},
+		{
+			name: "hairpin: only the path back to the sender is masqueraded", hook: "nat prerouting",
+			pkt: packet{"tcp", backend1, vip, 80}, want: all12,
+			masq: func(v string) bool { return v == "dnat 10.244.1.1:8080" },
+		},
+		{name: "UDP to a TCP-only port is not translated", hook: "nat prerouting", pkt: packet{"udp", pod, vip, 80}},
+		{name: "TCP to another port is not translated", hook: "nat prerouting", pkt: packet{"tcp", pod, vip, 81}},
+		{
+			name: "UDP port of a multi-port service", hook: "nat prerouting",
+			pkt:  packet{"udp", pod, netip.MustParseAddr("10.96.0.53"), 53},
+			want: []string{"dnat 10.244.2.1:5353", "dnat 10.244.2.2:5353"}, masq: never,
+		},
+		{
+			name: "TCP port of a multi-port service", hook: "nat prerouting",
+			pkt:  packet{"tcp", pod, netip.MustParseAddr("10.96.0.53"), 53},
+			want: []string{"dnat 10.244.2.1:5353", "dnat 10.244.2.2:5353"}, masq: never,
+		},
+		{
+			name: "pod to a service without endpoints is rejected in forward", hook: "filter forward",
+			pkt: packet{"tcp", pod, empty, 80}, want: []string{"reject"}, masq: never,
+		},
+		{
+			name: "node to a service without endpoints is rejected in output", hook: "filter output",
+			pkt: packet{"tcp", node, empty, 80}, want: []string{"reject"}, masq: never,
+		},
+		{name: "a service without endpoints is not translated", hook: "nat prerouting", pkt: packet{"tcp", pod, empty, 80}},
+		{name: "a service with endpoints is not rejected", hook: "filter forward", pkt: packet{"tcp", pod, vip, 80}},
+		{name: "another port of a service without endpoints is not rejected", hook: "filter input", pkt: packet{"tcp", pod, empty, 81}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			chain, ok := m.hooks[tt.hook]
+			require.True(t, ok, "no base chain on %s", tt.hook)
+			out := flow{prob: map[string]float64{}, masq: map[string]bool{}}
+			rest := trace(t, m, chain, tt.pkt, 1, false, &out)
+			got := make([]string, 0, len(out.prob))
+			for v := range out.prob {
+				got = append(got, v)
+			}
+			assert.ElementsMatch(t, tt.want, got, "verdicts reachable")
+			for _, v := range tt.want {
+				assert.InDelta(t, 1/float64(len(tt.want)), out.prob[v], 1e-9, "share of %s", v)
+				assert.Equal(t, tt.masq(v), out.masq[v], "masquerade on the path to %s", v)
+			}
+			if len(tt.want) > 0 {
+				assert.InDelta(t, 0, rest, 1e-9, "no packet may fall through a service with verdicts")
+			} else {
+				assert.InDelta(t, 1, rest, 1e-9, "untranslated packets fall through")
+			}
+		})
+	}
+}
+
+// TestTerminatingFallback: with no ready endpoint, serving terminating ones
+// still receive connections (ReadyEndpoints); not-serving ones never do.
+func TestTerminatingFallback(t *testing.T) {
+	svc := webService(3)
+	for i := range svc.Endpoints {
+		svc.Endpoints[i].Ready = false
+		svc.Endpoints[i].Terminating = true
+	}
+	svc.Endpoints[2].Serving = false
+	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	require.NoError(t, err)
+	text := string(r.text)
+	assert.Contains(t, text, "dnat to 10.244.1.1:8080")
+	assert.Contains(t, text, "dnat to 10.244.1.2:8080")
+	assert.Contains(t, text, "numgen random mod 2 vmap")
+	assert.NotContains(t, text, "10.244.1.3")
+	assert.NotContains(t, text, ": goto reject-chain")
+}
+
+// TestDuplicateEndpoints: one address listed twice is one endpoint chain
+// and one numgen index, not a double share.
+func TestDuplicateEndpoints(t *testing.T) {
+	svc := webService(2)
+	svc.Endpoints = append(svc.Endpoints, svc.Endpoints[0])
+	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	require.NoError(t, err)
+	assert.Contains(t, string(r.text), "numgen random mod 2 vmap")
+	assert.Len(t, r.chains, 3)
+}
+
+func TestFailedLines(t *testing.T) {
+	input := []byte("add table ip svclab\ntable ip svclab {\n\tchain c { nope; }\n}\n")
+	got := failedLines(input, "/dev/stdin:3:12-15: Error: syntax error, unexpected string\n\tchain c { nope; }\n\t          ^^^^\n")
+	assert.Contains(t, got, "> 3: \tchain c { nope; }")
+	assert.Contains(t, got, "  2: table ip svclab {")
+	assert.Empty(t, failedLines(input, "no line number here"))
+	assert.Empty(t, failedLines(input, "/dev/stdin:99:1-2: Error: beyond the input"))
+}
