@@ -50,7 +50,7 @@ func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
 			dp := f.New()
 			require.NoError(t, dp.Setup(context.Background(), topo.Env()))
 			t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-			st := plan.State(topo)
+			st := plan.State(topo, 1, len(topo.Backends))
 			require.NoError(t, dp.Apply(context.Background(), st))
 
 			w, err := RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{

@@ -84,20 +84,36 @@ func NewPlan(s *scenarios.Scenario) (*Plan, error) {
 	return p, nil
 }
 
-// State returns the desired datapath state for a topology: the service with
-// every backend pod as a ready endpoint.
-func (p *Plan) State(t *Topology) datapath.State {
-	svc := p.Service
-	svc.Endpoints = nil
-	for _, b := range t.Backends {
-		svc.Endpoints = append(svc.Endpoints, datapath.Endpoint{Pod: b.Name, Addr: b.Addr, Ready: true, Serving: true})
+// State returns the desired datapath state for a topology: n services,
+// each with the first `endpoints` backend pods as ready endpoints. With one
+// service it is the scenario's service; with more, services are named
+// svc-00000… in the scenario's namespace with consecutive ClusterIPs, and
+// Target is the last one (last in every datapath's rendering order).
+func (p *Plan) State(t *Topology, n, endpoints int) datapath.State {
+	var eps []datapath.Endpoint
+	for _, b := range t.Backends[:min(endpoints, len(t.Backends))] {
+		eps = append(eps, datapath.Endpoint{Pod: b.Name, Addr: b.Addr, Ready: true, Serving: true})
 	}
-	return datapath.State{Services: []datapath.Service{svc}}
+	if n <= 1 {
+		svc := p.Service
+		svc.Endpoints = eps
+		return datapath.State{Services: []datapath.Service{svc}}
+	}
+	st := datapath.State{Services: make([]datapath.Service, n)}
+	for i := range n {
+		st.Services[i] = datapath.Service{Namespace: p.Service.Namespace, Name: fmt.Sprintf("svc-%05d", i),
+			ClusterIP: nthHost(p.Topology.ServiceCIDR, 10+i), Ports: p.Service.Ports, Endpoints: eps}
+	}
+	return st
 }
+
+// Target is the service the client talks to: the last one programmed.
+func Target(st datapath.State) datapath.Service { return st.Services[len(st.Services)-1] }
 
 // TrialSpec is one trial of the schedule.
 type TrialSpec struct {
 	Factory     datapath.Factory
+	Services    int
 	Concurrency int
 	Repetition  int
 }
@@ -110,11 +126,13 @@ func (p *Plan) Schedule() []TrialSpec {
 	round := 0
 	n := len(p.Factories)
 	for rep := range p.Scenario.Workload.Repetitions {
-		for _, c := range p.Scenario.Workload.Concurrency {
-			for i := range n {
-				out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Concurrency: c, Repetition: rep})
+		for _, svcs := range p.Scenario.ServiceCounts() {
+			for _, c := range p.Scenario.Workload.Concurrency {
+				for i := range n {
+					out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: svcs, Concurrency: c, Repetition: rep})
+				}
+				round++
 			}
-			round++
 		}
 	}
 	return out
@@ -179,7 +197,11 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 		if err := ctx.Err(); err != nil {
 			return nil, "", err
 		}
-		prog.Start(fmt.Sprintf("%s c=%d repetition %d/%d", ts.Factory.Name, ts.Concurrency, ts.Repetition+1, w.Repetitions))
+		what := fmt.Sprintf("%s c=%d", ts.Factory.Name, ts.Concurrency)
+		if cfg.Scenario.Scale != nil {
+			what += fmt.Sprintf(" services=%d", ts.Services)
+		}
+		prog.Start(fmt.Sprintf("%s repetition %d/%d", what, ts.Repetition+1, w.Repetitions))
 		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -249,13 +271,15 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		return nil, nil, errors.Join(fmt.Errorf("setup: %w", err), dp.Close())
 	}
 	defer func() { err = errors.Join(err, dp.Close()) }()
-	st := plan.State(topo)
+	endpoints := plan.Scenario.EndpointsPerService()
+	st := plan.State(topo, ts.Services, endpoints)
 	t0 := time.Now()
 	if err := dp.Apply(ctx, st); err != nil {
 		return nil, nil, fmt.Errorf("apply: %w", err)
 	}
 	apply := time.Since(t0)
-	svc := st.Services[0]
+	state := dp.Info()
+	svc := Target(st)
 	wl := plan.Scenario.Workload
 	w, err := RunClientProcess(ctx, topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
 		Targets:     dp.Targets(svc, plan.Port),
@@ -266,8 +290,20 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if err != nil {
 		return nil, nil, err
 	}
+	var change time.Duration
+	if sc := plan.Scenario.Scale; sc != nil && sc.MeasureChange && len(st.Services[0].Endpoints) > 1 {
+		// One endpoint of the first service goes away: the incremental
+		// cost of a sync at this scale (kube-proxy's common case).
+		st.Services[0].Endpoints = st.Services[0].Endpoints[1:]
+		t0 := time.Now()
+		if err := dp.Apply(ctx, st); err != nil {
+			return nil, nil, fmt.Errorf("apply one endpoint change: %w", err)
+		}
+		change = time.Since(t0)
+	}
 	return &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
-		ApplySeconds: apply.Seconds(), Workload: *w}, dp.Info(), nil
+		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
+		ApplyChangeSeconds: change.Seconds(), DatapathState: state, Workload: *w}, state, nil
 }
 
 // generatorCeiling measures the client and server alone, over loopback.

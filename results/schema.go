@@ -58,9 +58,20 @@ type Trial struct {
 	Repetition  int    `json:"repetition"`
 	// Order is the trial's position in the run (0-based), to see order effects.
 	Order int `json:"order"`
+	// Services and Endpoints size the programmed state: how many services
+	// were applied and how many endpoints each had (scale sweeps vary
+	// them; the client always talks to the last service programmed).
+	Services  int `json:"services,omitempty"`
+	Endpoints int `json:"endpoints,omitempty"`
 	// ApplySeconds is how long the datapath's Apply of the scenario took.
-	ApplySeconds float64  `json:"apply_seconds"`
-	Workload     Workload `json:"workload"`
+	ApplySeconds float64 `json:"apply_seconds"`
+	// ApplyChangeSeconds is how long one further Apply took that changed a
+	// single endpoint of one service at that scale (0 when not measured).
+	ApplyChangeSeconds float64 `json:"apply_change_seconds,omitempty"`
+	// DatapathState is what the datapath reports about its programmed
+	// state after Apply (rule counts, map entries, bytes), from Info().
+	DatapathState map[string]string `json:"datapath_state,omitempty"`
+	Workload      Workload          `json:"workload"`
 }
 
 // Workload is what the load generator measured in one trial.
@@ -80,6 +91,34 @@ type Workload struct {
 	// SynRetrans counts TCP SYN retransmissions in the client namespace: a
 	// clean trial has none.
 	SynRetrans int64 `json:"syn_retrans"`
+	// WrongSource counts UDP replies whose source address was not the
+	// address the request was sent to (a Service must answer from its
+	// VIP:port); such replies are counted as connections too. Always 0
+	// for TCP.
+	WrongSource int64 `json:"wrong_source,omitempty"`
+	// CPU is the machine-wide CPU time spent during the measured window
+	// (from /proc/stat), nil when not measured.
+	CPU *CPUUsage `json:"cpu,omitempty"`
+}
+
+// CPUUsage is machine-wide CPU time over a measured window: it includes the
+// generator and the backends as well as the datapath, which is the same
+// for every datapath, so differences between datapaths are the datapath's.
+type CPUUsage struct {
+	WindowSeconds  float64 `json:"window_seconds"`
+	CPUs           int     `json:"cpus"`
+	UserSeconds    float64 `json:"user_seconds"`
+	SystemSeconds  float64 `json:"system_seconds"`
+	SoftirqSeconds float64 `json:"softirq_seconds"`
+	IRQSeconds     float64 `json:"irq_seconds"`
+	IdleSeconds    float64 `json:"idle_seconds"`
+	// BusySeconds is user+nice+system+irq+softirq+steal.
+	BusySeconds float64 `json:"busy_seconds"`
+	// PerConnectionUS is BusySeconds per successful connection, in µs.
+	PerConnectionUS float64 `json:"per_connection_us"`
+	// BusyFraction is BusySeconds / (WindowSeconds × CPUs): a low value
+	// means the trial stalled (lost SYNs, timeouts), not that it was fast.
+	BusyFraction float64 `json:"busy_fraction"`
 }
 
 // Latency percentiles in microseconds.

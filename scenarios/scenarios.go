@@ -53,7 +53,43 @@ type Scenario struct {
 	Topology    Topology `json:"topology"`
 	Service     Service  `json:"service"`
 	Workload    Workload `json:"workload"`
-	Datapaths   []string `json:"datapaths"`
+	// Scale, if set, sweeps the number of services and endpoints.
+	Scale     *Scale   `json:"scale,omitempty"`
+	Datapaths []string `json:"datapaths"`
+}
+
+// Scale sweeps how much state the datapath holds: for every value of
+// Services, that many ClusterIP services are programmed, each with
+// Endpoints endpoints (drawn from the backend pods), and the client talks to
+// the last service programmed, so a datapath that scans linearly pays in
+// full.
+type Scale struct {
+	Services []int `json:"services"`
+	// Endpoints per service; at most topology.backends.
+	Endpoints int `json:"endpoints"`
+	// MeasureChange also times an Apply that changes one endpoint of one
+	// service at each scale.
+	MeasureChange bool `json:"measureChange,omitempty"`
+}
+
+// MaxServices bounds a scale sweep (the socket-LB maps hold 65,536).
+const MaxServices = 50000
+
+// ServiceCounts returns the services sweep ([1] without Scale).
+func (s *Scenario) ServiceCounts() []int {
+	if s.Scale == nil || len(s.Scale.Services) == 0 {
+		return []int{1}
+	}
+	return s.Scale.Services
+}
+
+// EndpointsPerService returns the endpoints of each service (every backend
+// without Scale).
+func (s *Scenario) EndpointsPerService() int {
+	if s.Scale == nil || s.Scale.Endpoints == 0 {
+		return s.Topology.Backends
+	}
+	return s.Scale.Endpoints
 }
 
 // Topology sizes the node and its pods.
@@ -169,6 +205,19 @@ func (s *Scenario) Validate() error {
 	}
 	if s.Workload.Repetitions < 1 || s.Workload.Repetitions > 100 {
 		bad("workload.repetitions", "%d is out of range [1, 100]", s.Workload.Repetitions)
+	}
+	if sc := s.Scale; sc != nil {
+		if len(sc.Services) == 0 {
+			bad("scale.services", "needs at least one count")
+		}
+		for _, n := range sc.Services {
+			if n < 1 || n > MaxServices {
+				bad("scale.services", "%d is out of range [1, %d]", n, MaxServices)
+			}
+		}
+		if sc.Endpoints < 0 || sc.Endpoints > s.Topology.Backends {
+			bad("scale.endpoints", "%d is out of range [0, topology.backends=%d] (0 means every backend)", sc.Endpoints, s.Topology.Backends)
+		}
 	}
 	if len(s.Datapaths) == 0 {
 		bad("datapaths", "needs at least one datapath")

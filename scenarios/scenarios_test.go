@@ -1,0 +1,81 @@
+package scenarios
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Every built-in scenario parses and validates: a broken file would only
+// show up when a user asks for it.
+func TestBuiltinScenariosAreValid(t *testing.T) {
+	names := Names()
+	require.Contains(t, names, "default")
+	for _, n := range names {
+		t.Run(n, func(t *testing.T) {
+			s, err := Load(n)
+			require.NoError(t, err)
+			assert.Equal(t, n, s.Name, "a scenario's name matches its file name")
+		})
+	}
+}
+
+func TestDefaultScenarioIsTheSkeletonComparison(t *testing.T) {
+	s, err := Load("default")
+	require.NoError(t, err)
+	assert.Equal(t, 12, s.Topology.Backends)
+	assert.Equal(t, 1, s.Topology.Clients)
+	assert.Equal(t, []string{"socketlb", "iptables", "direct"}, s.Datapaths)
+	assert.Equal(t, []int{1}, s.ServiceCounts())
+	assert.Equal(t, 12, s.EndpointsPerService())
+}
+
+func TestParseErrorsNameTheField(t *testing.T) {
+	base, err := builtin.ReadFile("default.yaml")
+	require.NoError(t, err)
+	tests := []struct {
+		name      string
+		from, to  string
+		wantField string
+	}{
+		{"malformed pod CIDR", "podCIDR: 10.244.0.0/16", "podCIDR: 10.244.0.0", "topology.podCIDR"},
+		{"malformed service CIDR", "serviceCIDR: 10.96.0.0/16", "serviceCIDR: ten", "topology.serviceCIDR"},
+		{"zero backends", "backends: 12", "backends: 0", "topology.backends"},
+		{"too many backends", "backends: 12", "backends: 10000", "topology.backends"},
+		{"bad port", "port: 80", "port: 70000", "service.port"},
+		{"unsupported protocol", "protocol: TCP", "protocol: SCTP", "service.protocol"},
+		{"negative concurrency", "concurrency: [1, 8, 32]", "concurrency: [1, -8]", "workload.concurrency"},
+		{"tiny duration", "duration: 5s", "duration: 1ms", "workload.duration"},
+		{"duration not a duration", "duration: 5s", "duration: soon", "duration"},
+		{"no datapaths", "datapaths: [socketlb, iptables, direct]", "datapaths: []", "datapaths"},
+		{"unknown field", "name: default", "name: default\ncolour: blue", "colour"},
+		{"wrong type", "backends: 12", "backends: twelve", "backends"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Contains(t, string(base), tt.from, "test case edits a line that exists")
+			_, err := Parse([]byte(strings.Replace(string(base), tt.from, tt.to, 1)), "test.yaml")
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.wantField)
+			assert.Contains(t, err.Error(), "test.yaml", "the error names the file")
+		})
+	}
+}
+
+func TestScaleValidation(t *testing.T) {
+	s, err := Load("scale")
+	require.NoError(t, err)
+	assert.Equal(t, []int{1, 100, 1000, 10000}, s.ServiceCounts())
+	s.Scale.Endpoints = 13
+	assert.ErrorContains(t, s.Validate(), "scale.endpoints")
+	s.Scale.Endpoints = 12
+	s.Scale.Services = []int{0}
+	assert.ErrorContains(t, s.Validate(), "scale.services")
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load("/nonexistent/x.yaml")
+	assert.ErrorContains(t, err, "cannot read /nonexistent/x.yaml")
+}
