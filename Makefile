@@ -15,7 +15,7 @@ export PATH := $(PATH):/usr/local/go/bin
 export BPF2GO_CC    := $(CLANG)
 export BPF2GO_STRIP := $(STRIP)
 
-GENERATED := datapath/socketlb/socketlb_bpfel.go datapath/socketlb/socketlb_bpfel.o
+GENERATED := datapath/socketlb/socketlb_bpfel.go datapath/socketlb/socketlb_bpfel.o baselines/tcebpf/tcebpf_bpfel.go baselines/tcebpf/tcebpf_bpfel.o
 
 .PHONY: all deps build generate check-generate test bench cleanup clean
 
@@ -31,7 +31,7 @@ build: deps
 
 ## generate: rebuild the BPF objects and their Go bindings from bpf/*.c
 generate: deps
-	$(GO) generate ./datapath/...
+	$(GO) generate ./datapath/... ./baselines/...
 
 ## check-generate: fail if the committed BPF objects are not what bpf/*.c compiles to
 check-generate: generate
@@ -53,3 +53,8 @@ cleanup: build
 
 clean:
 	rm -rf bin
+
+## gate: the CI regression gate: a short bench compared with ci/reference (see ci/README.md)
+.PHONY: gate
+gate: build
+	SVCLAB=$(BIN) ci/gate.sh $(BENCH_FLAGS)
