@@ -1,0 +1,361 @@
+package userspace_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"svclab/datapath"
+	"svclab/harness"
+	"svclab/internal/nsutil"
+
+	"svclab/baselines/userspace"
+)
+
+// TestMain lets the test binary act as the proxy, backend server and load
+// generator child processes, as the svclab binary does.
+func TestMain(m *testing.M) {
+	harness.ChildMain(os.Args[1:])
+	os.Exit(m.Run())
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to build a topology of network namespaces and add addresses in it")
+	}
+}
+
+// Ports of the test's own backends, next to the harness server's 8080.
+const (
+	httpPort  = 8080 // harness backend server: HTTP, waits for the client to close
+	eofPort   = 9090 // records whether it saw the client's close as EOF
+	closePort = 9091 // answers and closes first
+	udpPort   = 5353 // UDP echo
+)
+
+var (
+	webVIP   = netip.MustParseAddr("10.96.0.10")
+	eofVIP   = netip.MustParseAddr("10.96.0.11")
+	dnsVIP   = netip.MustParseAddr("10.96.0.53")
+	emptyVIP = netip.MustParseAddr("10.96.0.20")
+)
+
+func endpointsOf(pods []datapath.Pod) []datapath.Endpoint {
+	var eps []datapath.Endpoint
+	for _, p := range pods {
+		eps = append(eps, datapath.Endpoint{Pod: p.Name, Addr: p.Addr, Ready: true, Serving: true})
+	}
+	return eps
+}
+
+func tcpPort(port, target uint16) []datapath.ServicePort {
+	return []datapath.ServicePort{{Name: "p", Protocol: datapath.TCP, Port: port, TargetPort: target}}
+}
+
+// testState is the services of the test: web (HTTP, every backend), eof
+// and closer (one backend each), dns (UDP, every backend) and empty (TCP and
+// UDP, no endpoints).
+func testState(backends []datapath.Pod) datapath.State {
+	return datapath.State{Services: []datapath.Service{
+		{Namespace: "bench", Name: "web", ClusterIP: webVIP, Ports: tcpPort(80, httpPort), Endpoints: endpointsOf(backends)},
+		{Namespace: "bench", Name: "eof", ClusterIP: eofVIP, Ports: []datapath.ServicePort{
+			{Name: "eof", Protocol: datapath.TCP, Port: 80, TargetPort: eofPort},
+			{Name: "close", Protocol: datapath.TCP, Port: 81, TargetPort: closePort},
+		}, Endpoints: endpointsOf(backends[:1])},
+		{Namespace: "kube-system", Name: "dns", ClusterIP: dnsVIP, Ports: []datapath.ServicePort{
+			{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: udpPort},
+		}, Endpoints: endpointsOf(backends)},
+		{Namespace: "bench", Name: "empty", ClusterIP: emptyVIP, Ports: []datapath.ServicePort{
+			{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: httpPort},
+			{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: udpPort},
+		}},
+	}}
+}
+
+// inNS runs fn with the calling thread in ns; sockets fn creates stay in
+// ns for their whole life.
+func inNS(t *testing.T, ns *nsutil.NS, fn func() error) {
+	t.Helper()
+	require.NoError(t, ns.Do(fn))
+}
+
+// eofEvent is what the eof backend saw of one connection.
+type eofEvent struct {
+	peer netip.AddrPort
+	eof  bool
+}
+
+// startTestBackends opens, in the backend pods, a UDP echo on every pod and
+// on the first pod the eof and close-first TCP backends.
+func startTestBackends(t *testing.T, backends []datapath.Pod) chan eofEvent {
+	t.Helper()
+	events := make(chan eofEvent, 16)
+	for i, b := range backends {
+		var uc *net.UDPConn
+		inNS(t, b.NS, func() (err error) {
+			uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.Addr, udpPort)))
+			return err
+		})
+		t.Cleanup(func() { _ = uc.Close() })
+		go func(name string) {
+			buf := make([]byte, 65536)
+			for {
+				n, from, err := uc.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				_, _ = uc.WriteToUDPAddrPort(append([]byte(name+":"), buf[:n]...), from)
+			}
+		}(b.Name)
+		if i != 0 {
+			continue
+		}
+		var eofLn, closeLn net.Listener
+		inNS(t, b.NS, func() (err error) {
+			if eofLn, err = net.Listen("tcp4", netip.AddrPortFrom(b.Addr, eofPort).String()); err != nil {
+				return err
+			}
+			closeLn, err = net.Listen("tcp4", netip.AddrPortFrom(b.Addr, closePort).String())
+			return err
+		})
+		t.Cleanup(func() { _ = eofLn.Close(); _ = closeLn.Close() })
+		go serveTCP(eofLn, func(c net.Conn) {
+			_, _ = c.Write([]byte(b.Name + "\n"))
+			_, err := io.Copy(io.Discard, c)
+			events <- eofEvent{peer: netip.MustParseAddrPort(c.RemoteAddr().String()), eof: err == nil}
+		})
+		go serveTCP(closeLn, func(c net.Conn) { _, _ = c.Write([]byte(b.Name + "\n")) })
+	}
+	return events
+}
+
+func serveTCP(ln net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			handle(c)
+		}()
+	}
+}
+
+// loAddrs lists the IPv4 addresses on the node's lo.
+func loAddrs(t *testing.T, node *nsutil.NS) []string {
+	t.Helper()
+	h, err := node.NetlinkHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	require.NoError(t, err)
+	as, err := h.AddrList(lo, unix.AF_INET)
+	require.NoError(t, err)
+	var out []string
+	for _, a := range as {
+		out = append(out, a.IPNet.String())
+	}
+	return out
+}
+
+func nodeSysctl(t *testing.T, node *nsutil.NS, key string) string {
+	t.Helper()
+	var v string
+	inNS(t, node, func() error {
+		b, err := os.ReadFile("/proc/sys/" + key)
+		v = strings.Join(strings.Fields(string(b)), " ")
+		return err
+	})
+	return v
+}
+
+// TestPrivilegedUserspace drives the proxy as the harness does, as a child
+// process in a real topology of one client and 12 backend pods, through
+// real sockets in the pods.
+func TestPrivilegedUserspace(t *testing.T) {
+	requireRoot(t)
+	run, err := harness.NewRun()
+	require.NoError(t, err)
+	t.Cleanup(run.Release)
+	topo, err := harness.NewTopology(context.Background(), harness.TopologyConfig{
+		Prefix: run.Prefix + "-us", Clients: 1, Backends: 12,
+		PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	srv, err := harness.StartServer(topo.Node, topo.ServerCgroup, harness.BackendListeners(topo, httpPort))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+	events := startTestBackends(t, topo.Backends)
+	client := topo.Clients[0]
+	loBefore := loAddrs(t, topo.Node)
+	portRangeBefore := nodeSysctl(t, topo.Node, "net/ipv4/ip_local_port_range")
+
+	f, err := datapath.Lookup("userspace")
+	require.NoError(t, err)
+	require.NoError(t, f.Probe())
+	dp := f.New()
+	ctx := context.Background()
+	require.NoError(t, dp.Setup(ctx, topo.Env()))
+	t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
+	st := testState(topo.Backends)
+	start := time.Now()
+	require.NoError(t, dp.Apply(ctx, st))
+	t.Logf("first Apply (4 services, 6 frontends, 12 endpoints): %v", time.Since(start).Round(time.Microsecond))
+	info := dp.Info()
+	assert.Equal(t, "4", info["listening"], "web, eof:80, eof:81 and dns have a socket; empty's two frontends have none")
+
+	t.Run("tcp reaches all 12 backends", func(t *testing.T) {
+		w, err := harness.RunClientProcess(ctx, client.NS, topo.ClientCgroup, harness.ClientSpec{
+			Targets: dp.Targets(st.Services[0], st.Services[0].Ports[0]), Concurrency: 4, Duration: 20 * time.Second, Connections: 1200,
+		})
+		require.NoError(t, err)
+		assert.Empty(t, w.Errors)
+		assert.Len(t, w.PerBackend, 12, "backends reached: %v", w.PerBackend)
+		for pod, n := range w.PerBackend {
+			// Round robin: 100 each, give or take the connections the
+			// 4 workers had in flight when the run stopped.
+			assert.InDelta(t, w.Connections/12, n, 10, "backend %s got %d of %d connections", pod, n, w.Connections)
+		}
+	})
+
+	t.Run("client closes first, backend sees EOF", func(t *testing.T) {
+		var c net.Conn
+		inNS(t, client.NS, func() (err error) {
+			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(eofVIP, 80).String(), 5*time.Second)
+			return err
+		})
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		require.NoError(t, err)
+		assert.Equal(t, topo.Backends[0].Name+"\n", line)
+		assert.Equal(t, netip.AddrPortFrom(eofVIP, 80).String(), c.RemoteAddr().String(), "the client's peer is the VIP")
+		require.NoError(t, c.Close())
+		select {
+		case ev := <-events:
+			assert.True(t, ev.eof, "the backend must see the client's close as EOF, not a reset")
+			// The proxy terminates the connection: the backend sees the
+			// node, not the client pod (userspace mode loses the source).
+			assert.NotEqual(t, client.Addr, ev.peer.Addr(), "backend's peer")
+		case <-time.After(5 * time.Second):
+			t.Fatal("the backend did not see the client's close within 5s")
+		}
+	})
+
+	t.Run("backend closes first, client sees EOF", func(t *testing.T) {
+		var c net.Conn
+		inNS(t, client.NS, func() (err error) {
+			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(eofVIP, 81).String(), 5*time.Second)
+			return err
+		})
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		all, err := io.ReadAll(c)
+		require.NoError(t, err, "the backend's close must reach the client as EOF")
+		assert.Equal(t, topo.Backends[0].Name+"\n", string(all))
+	})
+
+	t.Run("udp request and reply via the VIP", func(t *testing.T) {
+		vip := netip.AddrPortFrom(dnsVIP, 53)
+		seen := map[string]int{}
+		for i := range 12 {
+			// A fresh socket per query: a new client address, hence a
+			// new session, hence the next backend.
+			var c *net.UDPConn
+			inNS(t, client.NS, func() (err error) {
+				c, err = net.ListenUDP("udp4", &net.UDPAddr{})
+				return err
+			})
+			q := fmt.Sprintf("query-%d", i)
+			_, err := c.WriteToUDPAddrPort([]byte(q), vip)
+			require.NoError(t, err)
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			buf := make([]byte, 2048)
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			_ = c.Close()
+			require.NoError(t, err, "reply to %s", q)
+			assert.Equal(t, vip, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), "the reply comes from VIP:port")
+			pod, payload, _ := strings.Cut(string(buf[:n]), ":")
+			assert.Equal(t, q, payload)
+			seen[pod]++
+		}
+		assert.Len(t, seen, 12, "12 sessions round robin over 12 backends: %v", seen)
+	})
+
+	t.Run("no endpoints: connection refused", func(t *testing.T) {
+		inNS(t, client.NS, func() error {
+			c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(emptyVIP, 80).String(), 3*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			assert.ErrorIs(t, err, syscall.ECONNREFUSED, "TCP")
+			uc, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(emptyVIP, 53)))
+			if err != nil {
+				return err
+			}
+			defer uc.Close()
+			if _, err := uc.Write([]byte("q")); err != nil {
+				return err
+			}
+			_ = uc.SetReadDeadline(time.Now().Add(3 * time.Second))
+			_, err = uc.Read(make([]byte, 64))
+			assert.ErrorIs(t, err, syscall.ECONNREFUSED, "UDP (ICMP port unreachable)")
+			return nil
+		})
+	})
+
+	t.Run("apply removes a backend and a service", func(t *testing.T) {
+		removed := topo.Backends[3]
+		next := testState(append(append([]datapath.Pod{}, topo.Backends[:3]...), topo.Backends[4:]...))
+		next.Services = next.Services[:1] // web only: eof, dns and empty are gone
+		start := time.Now()
+		require.NoError(t, dp.Apply(ctx, next))
+		t.Logf("shrinking Apply: %v", time.Since(start).Round(time.Microsecond))
+		w, err := harness.RunClientProcess(ctx, client.NS, topo.ClientCgroup, harness.ClientSpec{
+			Targets: dp.Targets(next.Services[0], next.Services[0].Ports[0]), Concurrency: 4, Duration: 20 * time.Second, Connections: 550,
+		})
+		require.NoError(t, err)
+		assert.Empty(t, w.Errors)
+		assert.NotContains(t, w.PerBackend, removed.Name, "a removed endpoint gets no new connections")
+		assert.Len(t, w.PerBackend, 11)
+		assert.ElementsMatch(t, append(append([]string{}, loBefore...), webVIP.String()+"/32"), loAddrs(t, topo.Node),
+			"only web's ClusterIP is left on lo")
+		assert.Equal(t, "1", dp.Info()["listening"])
+	})
+
+	t.Run("close leaves no process and no address", func(t *testing.T) {
+		pid := userspace.ProxyPID(dp)
+		require.Positive(t, pid)
+		cpu, err := strconv.ParseFloat(dp.Info()["proxy_cpu_seconds"], 64)
+		require.NoError(t, err)
+		assert.Greater(t, cpu, 0.0, "the proxy did the relaying, so it used CPU")
+		t.Logf("proxy CPU over the test: %.2fs", cpu)
+		require.NoError(t, dp.Close())
+		_, err = os.Stat(fmt.Sprintf("/proc/%d", pid))
+		assert.True(t, os.IsNotExist(err), "proxy process %d must be gone (reaped), stat: %v", pid, err)
+		assert.ElementsMatch(t, loBefore, loAddrs(t, topo.Node), "lo as before Setup")
+		assert.Equal(t, portRangeBefore, nodeSysctl(t, topo.Node, "net/ipv4/ip_local_port_range"), "node sysctl restored")
+		assert.NoError(t, dp.Close(), "a second Close is a no-op")
+		inNS(t, client.NS, func() error {
+			_, err := net.DialTimeout("tcp4", netip.AddrPortFrom(webVIP, 80).String(), 300*time.Millisecond)
+			assert.Error(t, err, "nothing answers on the VIP after Close")
+			return nil
+		})
+	})
+}
