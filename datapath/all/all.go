@@ -9,4 +9,8 @@ import (
 	// Baselines.
 	_ "svclab/baselines/direct"
 	_ "svclab/baselines/iptables"
+	_ "svclab/baselines/ipvs"
+	_ "svclab/baselines/nftables"
+	_ "svclab/baselines/tcebpf"
+	_ "svclab/baselines/userspace"
 )
