@@ -2,46 +2,42 @@ package harness
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
+	"io"
+
+	"svclab/internal/child"
 )
 
-// Child process roles: the svclab binary re-executes itself with one of
-// these as its first argument to become a backend server or a load
-// generator inside a pod's namespace and cgroup.
+// Child process roles of the harness: the svclab binary re-executes itself
+// with one of these as its first argument to become a backend server, a load
+// generator or a probe inside a pod's namespace and cgroup.
 const (
 	childServe  = "internal-serve"
 	childClient = "internal-client"
 )
 
+func init() {
+	child.Register(childServe, func(in io.Reader, out io.Writer) error {
+		var spec ServerSpec
+		if err := json.NewDecoder(in).Decode(&spec); err != nil {
+			return err
+		}
+		return Serve(spec, out)
+	})
+	child.Register(childClient, func(in io.Reader, out io.Writer) error {
+		var spec ClientSpec
+		if err := json.NewDecoder(in).Decode(&spec); err != nil {
+			return err
+		}
+		w, err := RunClient(spec)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(out).Encode(w)
+	})
+}
+
 // ChildMain runs the child role named by args[0], if it is one, and exits.
 // Both the svclab command and test binaries call it first thing, so that
-// tests start the same child processes a real run does.
-func ChildMain(args []string) {
-	if len(args) == 0 {
-		return
-	}
-	var err error
-	switch args[0] {
-	case childServe:
-		var spec ServerSpec
-		if err = json.NewDecoder(os.Stdin).Decode(&spec); err == nil {
-			err = Serve(spec, os.Stdout)
-		}
-	case childClient:
-		var spec ClientSpec
-		if err = json.NewDecoder(os.Stdin).Decode(&spec); err == nil {
-			var w any
-			if w, err = RunClient(spec); err == nil {
-				err = json.NewEncoder(os.Stdout).Encode(w)
-			}
-		}
-	default:
-		return
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "svclab %s: %v\n", args[0], err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+// tests start the same child processes a real run does. Datapaths register
+// their own roles (internal/child) in init.
+func ChildMain(args []string) { child.Main(args) }

@@ -13,11 +13,14 @@ import (
 	"time"
 
 	"svclab/datapath"
+	"svclab/internal/child"
 )
 
 // ProxyRole is the first argument that makes the svclab binary (or a test
 // binary whose TestMain calls harness.ChildMain) run as the userspace proxy.
 const ProxyRole = "internal-userspace-proxy"
+
+func init() { child.Register(ProxyRole, ProxyMain) }
 
 // Proxy timing. The dial timeouts are the schedule of a connection's
 // successive attempts, each to the next backend in round-robin order, as
