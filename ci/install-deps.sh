@@ -10,7 +10,13 @@ set -euo pipefail
 #   bpftool             diagnostics of loaded programs and maps
 #   iproute2            ip netns / ip link for users inspecting a lab topology
 #   git, ca-certificates, make
-pkgs=(clang llvm libbpf-dev iptables nftables bpftool iproute2 git ca-certificates make)
+#   qemu-system-x86     svclab vm: boots Debian kernels (IPVS, other versions) for bench and tests
+#   busybox-static      svclab vm: the guest's /init, shell and insmod/modprobe
+#   kmod                svclab vm: depmod indexes a downloaded kernel's modules
+#   xz-utils            svclab vm: unpacks .xz Packages indexes and kernel modules
+#   gpgv                svclab vm: checks the signature of Debian's indexes
+#   debian-archive-keyring  svclab vm: the keys gpgv checks them with
+pkgs=(clang llvm libbpf-dev iptables nftables bpftool iproute2 git ca-certificates make qemu-system-x86 busybox-static kmod xz-utils gpgv debian-archive-keyring)
 
 missing=()
 for p in "${pkgs[@]}"; do
