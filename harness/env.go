@@ -33,6 +33,13 @@ func CollectEnv() results.Env {
 		f.Close()
 	}
 	e.GitRev = gitRev()
+	// Set by `svclab vm` in its guest: a run under emulation must never be
+	// compared with a host run, so say so in every result.
+	for _, k := range []string{"SVCLAB_VM", "SVCLAB_VM_KERNEL", "SVCLAB_VM_ACCEL"} {
+		if v := os.Getenv(k); v != "" {
+			e.Extra[strings.ToLower(k)] = v
+		}
+	}
 	// The host's values; client pods override port range and tw_reuse in
 	// their own namespace (recorded as client_* below).
 	for _, k := range []string{"net/core/somaxconn", "net/ipv4/ip_local_port_range", "net/ipv4/tcp_tw_reuse", "net/ipv4/tcp_timestamps"} {
