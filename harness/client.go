@@ -7,137 +7,157 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"svclab/internal/nsutil"
 	"svclab/results"
+)
+
+// Client protocols and UDP modes (ClientSpec.Protocol, ClientSpec.UDPMode).
+const (
+	ProtocolTCP = "TCP"
+	ProtocolUDP = "UDP"
+	// UDPSocketPerRequest opens a new unconnected socket per request:
+	// sendto the target, recvfrom the reply, close (a DNS stub resolver's
+	// pattern; every request is a new flow for the datapath).
+	UDPSocketPerRequest = "socket-per-request"
+	// UDPLongLived keeps one unconnected socket per in-flight request slot
+	// and does sendto/recvfrom on it over and over (one flow per slot).
+	UDPLongLived = "long-lived"
 )
 
 // ClientSpec tells the load generator what to do.
 type ClientSpec struct {
 	// Targets are where connections go; one is picked at random per
 	// connection (several only for the direct datapath).
-	Targets     []netip.AddrPort `json:"targets"`
-	Concurrency int              `json:"concurrency"`
-	Warmup      time.Duration    `json:"warmup"`
-	Duration    time.Duration    `json:"duration"`
+	Targets []netip.AddrPort `json:"targets"`
+	// Concurrency is the number of connections (or UDP requests) in
+	// flight at any time, over all loops.
+	Concurrency int           `json:"concurrency"`
+	Warmup      time.Duration `json:"warmup"`
+	Duration    time.Duration `json:"duration"`
 	// Connections, if > 0, ends the run after this many measured connections
 	// instead of after Duration (used by tests).
 	Connections int64 `json:"connections,omitempty"`
-	// Timeout bounds each connect and read.
+	// Timeout bounds each connection (or UDP request) from its start; one
+	// that takes longer is abandoned and counted as an error ("ETIMEDOUT"
+	// for TCP, "timeout" for UDP). Default 5s.
 	Timeout time.Duration `json:"timeout"`
+	// Protocol is ProtocolTCP (default) or ProtocolUDP.
+	Protocol string `json:"protocol,omitempty"`
+	// UDPMode is UDPSocketPerRequest (default) or UDPLongLived.
+	UDPMode string `json:"udp_mode,omitempty"`
+	// Loops is the number of event loops (threads); 0 means half the
+	// CPUs (see defaultLoops). Never more than Concurrency.
+	Loops int `json:"loops,omitempty"`
 }
 
+// request is what the TCP client sends: a minimal HTTP/1.1 GET.
 var request = []byte("GET / HTTP/1.1\r\nHost: svclab\r\nUser-Agent: svclab\r\n\r\n")
 
-type workerStats struct {
-	hist     *results.Histogram
-	conns    int64
-	errors   map[string]int64
-	backends map[string]*int64
+// udpRequest is the datagram the UDP client sends; the server answers any.
+var udpRequest = []byte("svclab\n")
+
+func (s *ClientSpec) validate() error {
+	if len(s.Targets) == 0 {
+		return errors.New("client: targets: none given")
+	}
+	for i, t := range s.Targets {
+		if !t.Addr().Is4() {
+			return fmt.Errorf("client: targets[%d]: %s is not IPv4", i, t)
+		}
+	}
+	if s.Concurrency < 1 {
+		return fmt.Errorf("client: concurrency: %d < 1", s.Concurrency)
+	}
+	switch s.Protocol {
+	case "", ProtocolTCP, ProtocolUDP:
+	default:
+		return fmt.Errorf("client: protocol: %q is not %s or %s", s.Protocol, ProtocolTCP, ProtocolUDP)
+	}
+	switch s.UDPMode {
+	case "", UDPSocketPerRequest, UDPLongLived:
+	default:
+		return fmt.Errorf("client: udp_mode: %q is not %s or %s", s.UDPMode, UDPSocketPerRequest, UDPLongLived)
+	}
+	if s.Timeout < 0 || s.Duration < 0 || s.Warmup < 0 {
+		return errors.New("client: timeout, duration and warmup must not be negative")
+	}
+	return nil
 }
 
-// RunClient is the load generator: a closed loop of Concurrency workers,
-// each doing connect, send a small request, read the whole reply, close
-// (client closes first), over and over. Latency is connect start to close.
-// Workers use raw blocking syscalls and do not allocate per connection, so
-// that the generator costs as little as possible of the machine the
-// datapath runs on.
+// RunClient is the load generator: a closed loop keeping Concurrency
+// connections in flight, each doing connect, send a small request, read
+// the whole reply, close (the client closes first), after which a new one
+// starts. Latency is connect start to close.
+//
+// It runs epoll loops (as wrk does) with non-blocking sockets, the
+// connections spread over the loops; each loop keeps its own
+// histogram and counters, merged at the end, so loops share nothing but
+// the phase flag. Loops use raw system calls and allocate nothing per
+// connection, so the generator costs as little as possible of the machine
+// the datapath runs on.
+//
+// With Protocol UDP each "connection" is one request datagram and its
+// reply (see UDPMode); replies whose source is not the address the
+// request went to are counted in WrongSource.
 func RunClient(spec ClientSpec) (*results.Workload, error) {
-	if len(spec.Targets) == 0 {
-		return nil, errors.New("client: no targets")
-	}
-	if spec.Concurrency < 1 {
-		return nil, fmt.Errorf("client: concurrency %d < 1", spec.Concurrency)
+	if err := spec.validate(); err != nil {
+		return nil, err
 	}
 	if spec.Timeout == 0 {
 		spec.Timeout = 5 * time.Second
 	}
-	sas := make([]unix.SockaddrInet4, len(spec.Targets))
-	for i, t := range spec.Targets {
-		if !t.Addr().Is4() {
-			return nil, fmt.Errorf("client: target %s is not IPv4", t)
-		}
-		sas[i] = unix.SockaddrInet4{Port: int(t.Port()), Addr: t.Addr().As4()}
+	nloops := spec.Loops
+	if nloops <= 0 {
+		nloops = defaultLoops()
 	}
-	const (
-		phaseWarmup int32 = iota
-		phaseMeasure
-		phaseStop
-	)
-	var phase atomic.Int32
-	var measured atomic.Int64
-	stats := make([]*workerStats, spec.Concurrency)
+	nloops = min(nloops, spec.Concurrency)
+	rs := &runState{limit: spec.Connections}
+	loops := make([]*clientLoop, 0, nloops)
+	defer func() {
+		for _, l := range loops {
+			l.close()
+		}
+	}()
+	for i := range nloops {
+		slots := spec.Concurrency / nloops
+		if i < spec.Concurrency%nloops {
+			slots++
+		}
+		l, err := newClientLoop(&spec, rs, slots, uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		loops = append(loops, l)
+	}
 	var wg sync.WaitGroup
-	start := time.Now()
-	measureStart := start.Add(spec.Warmup)
-	for w := range spec.Concurrency {
-		st := &workerStats{hist: results.NewHistogram(), errors: map[string]int64{}, backends: map[string]*int64{}}
-		stats[w] = st
+	for _, l := range loops {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 4096)
-			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-			for {
-				p := phase.Load()
-				if p == phaseStop {
-					return
-				}
-				sa := &sas[0]
-				if len(sas) > 1 {
-					sa = &sas[rng.IntN(len(sas))]
-				}
-				t0 := time.Now()
-				pod, errKind := oneConnection(sa, buf, spec.Timeout)
-				t1 := time.Now()
-				// Count only connections that started and ended inside
-				// the measured window.
-				if p != phaseMeasure || phase.Load() != phaseMeasure {
-					continue
-				}
-				if errKind != "" {
-					st.errors[errKind]++
-					continue
-				}
-				st.hist.Record(int64(t1.Sub(t0)))
-				st.conns++
-				// Look up before inserting: m[string(b)] does not allocate.
-				if c, ok := st.backends[string(pod)]; ok {
-					*c++
-				} else {
-					one := int64(1)
-					st.backends[string(pod)] = &one
-				}
-				if spec.Connections > 0 && measured.Add(1) >= spec.Connections {
-					phase.Store(phaseStop)
-				}
-			}
+			l.run()
 		}()
 	}
-	time.Sleep(time.Until(measureStart))
+	time.Sleep(spec.Warmup)
 	synBefore := synRetrans()
-	phase.Store(phaseMeasure)
+	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
 	if spec.Connections > 0 {
 		deadline := t0.Add(spec.Duration)
-		for phase.Load() == phaseMeasure && time.Now().Before(deadline) {
+		for rs.phase.Load() == phaseMeasure && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	} else {
 		time.Sleep(spec.Duration)
 	}
-	phase.Store(phaseStop)
+	rs.phase.Store(phaseStop)
 	window := time.Since(t0)
 	synAfter := synRetrans()
 	wg.Wait()
@@ -149,13 +169,17 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		Histogram:       results.NewHistogram(),
 		SynRetrans:      synAfter - synBefore,
 	}
-	for _, st := range stats {
-		w.Connections += st.conns
-		w.Histogram.Merge(st.hist)
-		for k, v := range st.errors {
+	for _, l := range loops {
+		if l.err != nil {
+			return nil, l.err
+		}
+		w.Connections += l.conns
+		w.WrongSource += l.wrongSource
+		w.Histogram.Merge(l.hist)
+		for k, v := range l.errors {
 			w.Errors[k] += v
 		}
-		for k, v := range st.backends {
+		for k, v := range l.backends {
 			w.PerBackend[k] += *v
 		}
 	}
@@ -164,106 +188,23 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	return w, nil
 }
 
-// oneConnection does one short connection and returns the pod named in the
-// reply, or the kind of error.
-func oneConnection(sa *unix.SockaddrInet4, buf []byte, timeout time.Duration) ([]byte, string) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, errKind("socket", err)
+// parseReply returns the pod named in a complete HTTP reply in b: done is
+// false while more bytes are needed, bad is true if b cannot become a
+// valid reply.
+func parseReply(b []byte) (pod []byte, done, bad bool) {
+	i := bytes.Index(b, []byte("\r\n\r\n"))
+	if i < 0 {
+		return nil, false, false
 	}
-	defer unix.Close(fd)
-	tv := unix.NsecToTimeval(timeout.Nanoseconds())
-	// SO_SNDTIMEO bounds a blocking connect, SO_RCVTIMEO the reads: a
-	// dropped SYN must not hang a worker past the trial.
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	if err := connect(fd, sa, timeout); err != nil {
-		return nil, errKind("", err)
+	cl := contentLength(b[:i])
+	if cl < 0 {
+		return nil, false, true
 	}
-	for {
-		_, err := unix.Write(fd, request)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, errKind("", err)
-		}
-		break
+	end := i + 4 + cl
+	if len(b) < end {
+		return nil, false, false
 	}
-	n := 0
-	hdrEnd, total := -1, -1
-	for {
-		m, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) {
-				return nil, "ETIMEDOUT"
-			}
-			return nil, errKind("", err)
-		}
-		if m == 0 {
-			return nil, "short-reply"
-		}
-		n += m
-		if hdrEnd < 0 {
-			if i := bytes.Index(buf[:n], []byte("\r\n\r\n")); i >= 0 {
-				hdrEnd = i + 4
-				cl := contentLength(buf[:i])
-				if cl < 0 {
-					return nil, "bad-reply"
-				}
-				total = hdrEnd + cl
-			}
-		}
-		if total >= 0 && n >= total {
-			return bytes.TrimSpace(buf[hdrEnd:total]), ""
-		}
-		if n == len(buf) {
-			return nil, "bad-reply"
-		}
-	}
-}
-
-// connect is a blocking connect that survives signals: a connect with a
-// send timeout is not restarted after a signal (the Go runtime's preemption
-// signal included) but goes on in the background, so wait for it to finish.
-func connect(fd int, sa *unix.SockaddrInet4, timeout time.Duration) error {
-	err := unix.Connect(fd, sa)
-	switch err {
-	case nil:
-		return nil
-	case unix.EINPROGRESS:
-		// SO_SNDTIMEO expired.
-		return unix.ETIMEDOUT
-	case unix.EINTR:
-	default:
-		return err
-	}
-	deadline := time.Now().Add(timeout)
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return unix.ETIMEDOUT
-		}
-		n, err := unix.Poll(pfd, int(left.Milliseconds())+1)
-		if err == unix.EINTR || (err == nil && n == 0) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return err
-		}
-		if soerr != 0 {
-			return unix.Errno(soerr)
-		}
-		return nil
-	}
+	return bytes.TrimSpace(b[i+4 : end]), true, false
 }
 
 func contentLength(hdr []byte) int {
@@ -276,24 +217,18 @@ func contentLength(hdr []byte) int {
 	if j := bytes.IndexByte(v, '\r'); j >= 0 {
 		v = v[:j]
 	}
-	n, err := strconv.Atoi(string(v))
-	if err != nil {
+	n := 0
+	if len(v) == 0 || len(v) > 9 {
 		return -1
 	}
-	return n
-}
-
-func errKind(prefix string, err error) string {
-	var errno unix.Errno
-	if errors.As(err, &errno) {
-		if name := unix.ErrnoName(errno); name != "" {
-			return name
+	// By hand: strconv.Atoi(string(v)) would allocate.
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return -1
 		}
+		n = n*10 + int(c-'0')
 	}
-	if prefix != "" {
-		return prefix + ": " + err.Error()
-	}
-	return err.Error()
+	return n
 }
 
 // synRetrans reads TcpExt TCPSynRetrans of the calling thread's namespace.
@@ -337,8 +272,8 @@ func RunClientProcess(ctx context.Context, ns *nsutil.NS, cg *Cgroup, spec Clien
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, childClient)
-	// No asynchronous preemption: its signals interrupt the workers'
-	// blocking syscalls for nothing (the workers never need preempting).
+	// No asynchronous preemption: the loops never need preempting, and
+	// its signals would only interrupt their system calls.
 	cmd.Env = append(os.Environ(), "GODEBUG=asyncpreemptoff=1")
 	cmd.Stdin = bytes.NewReader(in)
 	var out, stderr bytes.Buffer

@@ -1,0 +1,108 @@
+package harness
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// countLines counts the non-empty lines of ss output.
+func countLines(b []byte) int {
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(l) != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// The generator and the backend server as child processes in a real
+// topology (client pod → node → backend pods, no datapath: the client picks
+// backends itself, as the direct datapath does).
+func TestPrivilegedClientServerInTopology(t *testing.T) {
+	requireRoot(t)
+	run := newTestRun(t)
+	topo, err := NewTopology(context.Background(), testTopologyConfig(run.Prefix+"-cs", 3))
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	const port = 8080
+	srv, err := StartServer(topo.Node, topo.ServerCgroup, BackendListeners(topo, port))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+	var targets []netip.AddrPort
+	for _, b := range topo.Backends {
+		targets = append(targets, netip.AddrPortFrom(b.Addr, port))
+	}
+	client := topo.Clients[0].NS
+	ctx := context.Background()
+
+	tests := []struct {
+		name          string
+		protocol, udp string
+	}{
+		{"TCP", ProtocolTCP, ""},
+		{"UDP socket per request", ProtocolUDP, UDPSocketPerRequest},
+		{"UDP long-lived", ProtocolUDP, UDPLongLived},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w, err := RunClientProcess(ctx, client, topo.ClientCgroup, ClientSpec{Targets: targets, Concurrency: 8,
+				Duration: 20 * time.Second, Connections: 900, Protocol: tt.protocol, UDPMode: tt.udp})
+			require.NoError(t, err)
+			assert.Empty(t, w.Errors)
+			assert.GreaterOrEqual(t, w.Connections, int64(900))
+			assert.Zero(t, w.SynRetrans, "a clean run retransmits no SYN")
+			// Straight to the pods: every reply comes from where the
+			// request went.
+			assert.Zero(t, w.WrongSource)
+			for _, b := range topo.Backends {
+				// 900 over 3: 300 expected; under 150 means the spread
+				// is broken (binomial p < 1e-12).
+				assert.Greater(t, w.PerBackend[b.Name], int64(150), "backend %s: %v", b.Name, w.PerBackend)
+			}
+		})
+	}
+
+	// The client closes first, so every TIME_WAIT of those connections is
+	// in the client's namespace and none in a backend's, where it would
+	// collide with a later trial's tuples.
+	t.Run("TIME_WAIT stays with the client", func(t *testing.T) {
+		out, err := client.Run(ctx, nil, "ss", "-Htan", "state", "time-wait")
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, countLines(out), 900, "client TIME_WAIT sockets")
+		for _, b := range topo.Backends {
+			out, err := b.NS.Run(ctx, nil, "ss", "-Htan", "state", "time-wait")
+			require.NoError(t, err)
+			assert.Zero(t, countLines(out), "TIME_WAIT in backend %s:\n%s", b.Name, out)
+		}
+	})
+
+	t.Run("refused port", func(t *testing.T) {
+		w, err := RunClientProcess(ctx, client, topo.ClientCgroup, ClientSpec{
+			Targets: []netip.AddrPort{netip.AddrPortFrom(topo.Backends[0].Addr, port+1)}, Concurrency: 2, Duration: 300 * time.Millisecond})
+		require.NoError(t, err)
+		assert.Zero(t, w.Connections)
+		assert.Greater(t, w.Errors["ECONNREFUSED"], int64(0), "errors: %v", w.Errors)
+		assert.Len(t, w.Errors, 1, "errors: %v", w.Errors)
+	})
+
+	// Traffic to an address nobody translates ends in the node's sink,
+	// which drops it: the client gives up after Timeout instead of hanging.
+	t.Run("dropped SYNs time out", func(t *testing.T) {
+		start := time.Now()
+		w, err := RunClientProcess(ctx, client, topo.ClientCgroup, ClientSpec{
+			Targets: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.99:80")}, Concurrency: 2,
+			Duration: 500 * time.Millisecond, Timeout: 100 * time.Millisecond})
+		require.NoError(t, err)
+		assert.Less(t, time.Since(start), 5*time.Second)
+		assert.Zero(t, w.Connections)
+		assert.Greater(t, w.Errors["ETIMEDOUT"], int64(0), "errors: %v", w.Errors)
+		assert.Len(t, w.Errors, 1, "errors: %v", w.Errors)
+	})
+}
