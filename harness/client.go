@@ -147,6 +147,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	}
 	time.Sleep(spec.Warmup)
 	synBefore := synRetrans()
+	cpuBefore, cpuErr := readCPUTimes()
 	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
 	if spec.Connections > 0 {
@@ -159,6 +160,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	}
 	rs.phase.Store(phaseStop)
 	window := time.Since(t0)
+	cpuAfter, cpuErr2 := readCPUTimes()
 	synAfter := synRetrans()
 	wg.Wait()
 
@@ -185,6 +187,9 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	}
 	w.QPS = float64(w.Connections) / window.Seconds()
 	w.Latency = w.Histogram.Latency()
+	if cpuErr == nil && cpuErr2 == nil {
+		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
+	}
 	return w, nil
 }
 

@@ -221,3 +221,20 @@ func TestClientDoesNotAllocatePerConnection(t *testing.T) {
 	// 2900 more connections: far fewer than one allocation each.
 	assert.Less(t, int64(many)-int64(few), int64(300), "allocations: %d for 100 connections, %d for 3000", few, many)
 }
+
+// CPU per connection is busy time (user, system, irq, softirq, steal; not
+// idle) over successful connections.
+func TestCPUUsage(t *testing.T) {
+	a := cpuTimes{user: 100, nice: 0, system: 200, idle: 1000, iowait: 0, irq: 1, softirq: 50}
+	b := cpuTimes{user: 150, nice: 10, system: 300, idle: 1040, iowait: 10, irq: 3, softirq: 80}
+	u := cpuUsage(a, b, 1.0, 10000)
+	assert.InDelta(t, 0.60, u.UserSeconds, 1e-9)
+	assert.InDelta(t, 1.00, u.SystemSeconds, 1e-9)
+	assert.InDelta(t, 0.30, u.SoftirqSeconds, 1e-9)
+	assert.InDelta(t, 0.50, u.IdleSeconds, 1e-9)
+	assert.InDelta(t, 1.92, u.BusySeconds, 1e-9)
+	assert.InDelta(t, 192.0, u.PerConnectionUS, 1e-6)
+	got, err := readCPUTimes()
+	require.NoError(t, err)
+	assert.NotZero(t, got.user+got.system+got.idle, "the machine's /proc/stat was read")
+}

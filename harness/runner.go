@@ -283,6 +283,8 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	wl := plan.Scenario.Workload
 	w, err := RunClientProcess(ctx, topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
 		Targets:     dp.Targets(svc, plan.Port),
+		Protocol:    string(plan.Port.Protocol),
+		UDPMode:     wl.UDPMode,
 		Concurrency: ts.Concurrency,
 		Warmup:      time.Duration(wl.Warmup),
 		Duration:    time.Duration(wl.Duration),
@@ -332,6 +334,7 @@ func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) 
 	defer srv.Stop()
 	wl := plan.Scenario.Workload
 	w, err := RunClientProcess(ctx, ns, cg, ClientSpec{Targets: []netip.AddrPort{target}, Concurrency: conc,
+		Protocol: string(plan.Port.Protocol), UDPMode: wl.UDPMode,
 		Warmup: time.Duration(wl.Warmup), Duration: time.Duration(wl.Duration)})
 	if err != nil {
 		return nil, err

@@ -111,6 +111,11 @@ type Service struct {
 
 // Workload is the load and the repetitions.
 type Workload struct {
+	// UDPMode, for UDP services: "socket-per-request" (a fresh unconnected
+	// socket per request, as DNS stub resolvers do) or "long-lived" (one
+	// unconnected socket per connection slot sending request after
+	// request).
+	UDPMode     string   `json:"udpMode,omitempty"`
 	Concurrency []int    `json:"concurrency"`
 	Warmup      Duration `json:"warmup"`
 	Duration    Duration `json:"duration"`
@@ -183,8 +188,19 @@ func (s *Scenario) Validate() error {
 	if s.Service.TargetPort < 1 || s.Service.TargetPort > 65535 {
 		bad("service.targetPort", "%d is not a port (1-65535)", s.Service.TargetPort)
 	}
-	if s.Service.Protocol != "TCP" {
-		bad("service.protocol", "%q is not supported by this workload (TCP)", s.Service.Protocol)
+	switch s.Service.Protocol {
+	case "TCP":
+		if s.Workload.UDPMode != "" {
+			bad("workload.udpMode", "is only for UDP services")
+		}
+	case "UDP":
+		switch s.Workload.UDPMode {
+		case "", "socket-per-request", "long-lived":
+		default:
+			bad("workload.udpMode", "%q is not one of socket-per-request, long-lived", s.Workload.UDPMode)
+		}
+	default:
+		bad("service.protocol", "%q is not supported by this workload (TCP or UDP)", s.Service.Protocol)
 	}
 	if s.Service.Name == "" || s.Service.Namespace == "" {
 		bad("service.name", "service namespace and name must not be empty")

@@ -46,6 +46,7 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"too many backends", "backends: 12", "backends: 10000", "topology.backends"},
 		{"bad port", "port: 80", "port: 70000", "service.port"},
 		{"unsupported protocol", "protocol: TCP", "protocol: SCTP", "service.protocol"},
+		{"udp mode on TCP", "concurrency: [1, 8, 32]", "udpMode: long-lived\n  concurrency: [1, 8, 32]", "workload.udpMode"},
 		{"negative concurrency", "concurrency: [1, 8, 32]", "concurrency: [1, -8]", "workload.concurrency"},
 		{"tiny duration", "duration: 5s", "duration: 1ms", "workload.duration"},
 		{"duration not a duration", "duration: 5s", "duration: soon", "duration"},
