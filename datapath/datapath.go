@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"svclab/internal/nsutil"
 )
@@ -50,6 +51,22 @@ type ServicePort struct {
 	TargetPort uint16
 }
 
+// SessionAffinity is a Service's spec.sessionAffinity.
+type SessionAffinity string
+
+// Session affinity modes, as in Kubernetes.
+const (
+	// SessionAffinityNone (or "") spreads every new connection.
+	SessionAffinityNone SessionAffinity = "None"
+	// SessionAffinityClientIP sends one client to the same endpoint until
+	// the client has been idle for the affinity timeout.
+	SessionAffinityClientIP SessionAffinity = "ClientIP"
+)
+
+// DefaultAffinityTimeout is Kubernetes' default
+// sessionAffinityConfig.clientIP.timeoutSeconds (3 hours).
+const DefaultAffinityTimeout = 10800 * time.Second
+
 // Service is one ClusterIP Service with its endpoints.
 type Service struct {
 	// Namespace/Name as in Kubernetes; used for rule comments and hashes.
@@ -58,6 +75,21 @@ type Service struct {
 	ClusterIP netip.Addr
 	Ports     []ServicePort
 	Endpoints []Endpoint
+	// SessionAffinity is None when empty. ClientIP applies to every port
+	// of the service, each port keeping its own client-to-endpoint choice.
+	SessionAffinity SessionAffinity
+	// AffinityTimeout is how long a client may stay idle and keep its
+	// endpoint under ClientIP affinity; zero means DefaultAffinityTimeout.
+	AffinityTimeout time.Duration
+}
+
+// EffectiveAffinityTimeout returns AffinityTimeout, or the Kubernetes
+// default when it is zero.
+func (s Service) EffectiveAffinityTimeout() time.Duration {
+	if s.AffinityTimeout == 0 {
+		return DefaultAffinityTimeout
+	}
+	return s.AffinityTimeout
 }
 
 // String returns "namespace/name".
@@ -91,6 +123,9 @@ type State struct {
 type Pod struct {
 	Name string
 	Addr netip.Addr
+	// Addr6 is the pod's IPv6 address in a dual-stack topology; invalid
+	// (the zero Addr) in an IPv4-only one.
+	Addr6 netip.Addr
 	// NS is the pod's network namespace.
 	NS *nsutil.NS
 	// HostVeth is the name of the pod's veth peer inside the node namespace.
@@ -109,6 +144,10 @@ type Env struct {
 	Backends     []Pod
 	PodCIDR      netip.Prefix
 	ServiceCIDR  netip.Prefix
+	// PodCIDR6 and ServiceCIDR6 are the IPv6 ranges of a dual-stack
+	// topology; invalid (zero) in an IPv4-only one.
+	PodCIDR6     netip.Prefix
+	ServiceCIDR6 netip.Prefix
 }
 
 // Datapath is a Service datapath under test.
@@ -127,6 +166,51 @@ type Datapath interface {
 	Info() map[string]string
 	// Close removes everything Setup and Apply installed.
 	Close() error
+}
+
+// CounterReader is implemented by datapaths that count connections
+// themselves (the harness type-asserts for it and records the counts with
+// the results). What "a connection" is depends on the datapath and is
+// documented by it; for socketlb it is one translated connect(), or one UDP
+// socket starting to send to a backend.
+type CounterReader interface {
+	// Counters returns the counts accumulated since Setup, including
+	// those of services and endpoints that have since been removed.
+	Counters() (Counters, error)
+}
+
+// Counters are a datapath's cumulative connection counts.
+type Counters struct {
+	// Services has one entry per service port, sorted by Service, Port
+	// and Protocol.
+	Services []ServiceCounters
+}
+
+// ServiceCounters counts the connections to one service port.
+type ServiceCounters struct {
+	// Service is "namespace/name".
+	Service  string
+	Port     uint16
+	Protocol Protocol
+	// Frontend is ClusterIP:port.
+	Frontend netip.AddrPort
+	// Connections were sent to an endpoint; Refused were rejected because
+	// the service had no endpoint.
+	Connections uint64
+	Refused     uint64
+	// Backends has one entry per endpoint that received a connection,
+	// sorted by Backend.
+	Backends []BackendCounters
+}
+
+// BackendCounters counts the connections one endpoint received through a
+// service port.
+type BackendCounters struct {
+	// Pod is the endpoint's pod name, as given in Endpoint.Pod.
+	Pod string
+	// Backend is the endpoint's address and target port.
+	Backend     netip.AddrPort
+	Connections uint64
 }
 
 // VIPTargets is the Targets of every datapath that implements the ClusterIP.

@@ -23,6 +23,13 @@ var podGateway = netip.MustParseAddr("169.254.1.1")
 // sinkGateway is the next hop of the node's route for the service CIDR.
 var sinkGateway = netip.MustParseAddr("169.254.1.2")
 
+// The IPv6 counterparts in a dual-stack topology: link-local next hops that
+// exist only as permanent neighbour entries, like the IPv4 ones.
+var (
+	podGateway6  = netip.MustParseAddr("fe80::1")
+	sinkGateway6 = netip.MustParseAddr("fe80::2")
+)
+
 // TopologyConfig describes one node with its pods.
 type TopologyConfig struct {
 	// Prefix names every object (netns, cgroup) of this topology; it must
@@ -32,7 +39,16 @@ type TopologyConfig struct {
 	Backends    int
 	PodCIDR     netip.Prefix
 	ServiceCIDR netip.Prefix
+	// PodCIDR6 and ServiceCIDR6 make the topology dual-stack: every pod
+	// also gets an IPv6 address from PodCIDR6, routed like the IPv4 one,
+	// and ServiceCIDR6 is routed to the sink. Leave both zero for an
+	// IPv4-only topology.
+	PodCIDR6     netip.Prefix
+	ServiceCIDR6 netip.Prefix
 }
+
+// DualStack reports whether the configuration asks for IPv6 as well.
+func (c TopologyConfig) DualStack() bool { return c.PodCIDR6.IsValid() || c.ServiceCIDR6.IsValid() }
 
 // Limits on topology size are the scenario's.
 const (
@@ -62,6 +78,30 @@ func (c TopologyConfig) Validate() error {
 	if prefixHosts(c.ServiceCIDR) < 1 {
 		return fmt.Errorf("service_cidr: %s has no host address for a ClusterIP", c.ServiceCIDR)
 	}
+	if c.DualStack() {
+		return c.validate6()
+	}
+	return nil
+}
+
+func (c TopologyConfig) validate6() error {
+	linkLocal := netip.MustParsePrefix("fe80::/10")
+	switch {
+	case !c.PodCIDR6.IsValid() || !c.PodCIDR6.Addr().Is6() || c.PodCIDR6.Addr().Is4In6():
+		return fmt.Errorf("pod_cidr6: %q is not an IPv6 prefix (a dual-stack topology needs both pod_cidr6 and service_cidr6)", c.PodCIDR6)
+	case !c.ServiceCIDR6.IsValid() || !c.ServiceCIDR6.Addr().Is6() || c.ServiceCIDR6.Addr().Is4In6():
+		return fmt.Errorf("service_cidr6: %q is not an IPv6 prefix (a dual-stack topology needs both pod_cidr6 and service_cidr6)", c.ServiceCIDR6)
+	case c.PodCIDR6.Overlaps(c.ServiceCIDR6):
+		return fmt.Errorf("service_cidr6: %s overlaps pod_cidr6 %s", c.ServiceCIDR6, c.PodCIDR6)
+	case c.PodCIDR6.Overlaps(linkLocal) || c.ServiceCIDR6.Overlaps(linkLocal):
+		return fmt.Errorf("pod_cidr6: %s or service_cidr6 %s overlaps the link-local range fe80::/10", c.PodCIDR6, c.ServiceCIDR6)
+	}
+	if hosts := prefixHosts(c.PodCIDR6); hosts < c.Clients+c.Backends {
+		return fmt.Errorf("pod_cidr6: %s has %d host addresses, %d pods need one each", c.PodCIDR6, hosts, c.Clients+c.Backends)
+	}
+	if prefixHosts(c.ServiceCIDR6) < 1 {
+		return fmt.Errorf("service_cidr6: %s has no host address for a ClusterIP", c.ServiceCIDR6)
+	}
 	return nil
 }
 
@@ -77,12 +117,22 @@ func prefixHosts(p netip.Prefix) int {
 	return n
 }
 
-// nthHost returns the n-th host address (1-based) of p.
+// nthHost returns the n-th host address (1-based) of p, IPv4 or IPv6.
 func nthHost(p netip.Prefix, n int) netip.Addr {
-	b := p.Masked().Addr().As4()
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	v += uint32(n)
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	if p.Addr().Is4() {
+		b := p.Masked().Addr().As4()
+		v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+		v += uint32(n)
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
+	b := p.Masked().Addr().As16()
+	carry := uint(n)
+	for i := 15; i >= 0 && carry > 0; i-- {
+		sum := uint(b[i]) + carry&0xff
+		b[i] = byte(sum)
+		carry = carry>>8 + sum>>8
+	}
+	return netip.AddrFrom16(b)
 }
 
 // Topology is a node network namespace with client and backend pod
@@ -127,8 +177,15 @@ func NewTopology(ctx context.Context, cfg TopologyConfig) (_ *Topology, err erro
 	}
 	defer nh.Close()
 	host := 1
+	// addr6 is the pod's IPv6 address, invalid in an IPv4-only topology.
+	addr6 := func(n int) netip.Addr {
+		if !cfg.DualStack() {
+			return netip.Addr{}
+		}
+		return nthHost(cfg.PodCIDR6, n)
+	}
 	for i := 0; i < cfg.Clients; i++ {
-		p, err := t.addPod(ctx, nh, fmt.Sprintf("client-%d", i), nthHost(cfg.PodCIDR, host), true)
+		p, err := t.addPod(ctx, nh, fmt.Sprintf("client-%d", i), nthHost(cfg.PodCIDR, host), addr6(host), true)
 		if err != nil {
 			return nil, err
 		}
@@ -143,7 +200,7 @@ func NewTopology(ctx context.Context, cfg TopologyConfig) (_ *Topology, err erro
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		p, err := t.addPod(ctx, nh, fmt.Sprintf("backend-%0*d", width, i), nthHost(cfg.PodCIDR, host), false)
+		p, err := t.addPod(ctx, nh, fmt.Sprintf("backend-%0*d", width, i), nthHost(cfg.PodCIDR, host), addr6(host), false)
 		if err != nil {
 			return nil, err
 		}
@@ -154,11 +211,17 @@ func NewTopology(ctx context.Context, cfg TopologyConfig) (_ *Topology, err erro
 }
 
 func (t *Topology) setupNode() error {
-	for k, v := range map[string]string{
+	sysctls := map[string]string{
 		"net/ipv4/ip_forward":             "1",
 		"net/ipv4/conf/all/rp_filter":     "0",
 		"net/ipv4/conf/default/rp_filter": "0",
-	} {
+	}
+	if t.cfg.DualStack() {
+		// Writing "all" also sets "default", so the veths created later
+		// forward too.
+		sysctls["net/ipv6/conf/all/forwarding"] = "1"
+	}
+	for k, v := range sysctls {
 		if err := t.Node.Sysctl(k, v); err != nil {
 			return err
 		}
@@ -217,11 +280,22 @@ func (t *Topology) setupNode() error {
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(t.cfg.ServiceCIDR), Gw: net.IP(sinkGateway.AsSlice()), Flags: int(netlink.FLAG_ONLINK)}); err != nil {
 		return fmt.Errorf("node: route service CIDR to the sink: %w", err)
 	}
+	if !t.cfg.DualStack() {
+		return nil
+	}
+	// The same for IPv6; the sink forwards nothing, so it drops these too.
+	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: host.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT,
+		IP: net.IP(sinkGateway6.AsSlice()), HardwareAddr: peer.Attrs().HardwareAddr}); err != nil {
+		return fmt.Errorf("node: sink neighbour %s: %w", sinkGateway6, err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(t.cfg.ServiceCIDR6), Gw: net.IP(sinkGateway6.AsSlice())}); err != nil {
+		return fmt.Errorf("node: route service CIDR %s to the sink: %w", t.cfg.ServiceCIDR6, err)
+	}
 	return nil
 }
 
-func (t *Topology) addPod(_ context.Context, nh *netlink.Handle, name string, addr netip.Addr, client bool) (datapath.Pod, error) {
-	pod := datapath.Pod{Name: name, Addr: addr, HostVeth: name}
+func (t *Topology) addPod(_ context.Context, nh *netlink.Handle, name string, addr, addr6 netip.Addr, client bool) (datapath.Pod, error) {
+	pod := datapath.Pod{Name: name, Addr: addr, Addr6: addr6, HostVeth: name}
 	ns, err := nsutil.Create(t.cfg.Prefix + "-" + name)
 	if err != nil {
 		return pod, err
@@ -279,6 +353,35 @@ func (t *Topology) addPod(_ context.Context, nh *netlink.Handle, name string, ad
 				IP: net.IP(addr.AsSlice()), HardwareAddr: eth0.Attrs().HardwareAddr})
 		}},
 	}
+	if addr6.IsValid() {
+		// IPv6 is routed the same way: a /128 on eth0, a default route via
+		// a link-local gateway that is only a permanent neighbour entry,
+		// and a /128 route plus neighbour entry on the node. NODAD makes
+		// the address usable at once instead of after duplicate address
+		// detection.
+		steps = append(steps, []struct {
+			what string
+			fn   func() error
+		}{
+			{"add pod IPv6 address", func() error {
+				return ph.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(addr6, 128)), Flags: unix.IFA_F_NODAD})
+			}},
+			{"add IPv6 gateway neighbour", func() error {
+				return ph.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT,
+					IP: net.IP(podGateway6.AsSlice()), HardwareAddr: hostLink.Attrs().HardwareAddr})
+			}},
+			{"add IPv6 default route", func() error {
+				return ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: net.IP(podGateway6.AsSlice())})
+			}},
+			{"add node IPv6 route", func() error {
+				return nh.RouteAdd(&netlink.Route{LinkIndex: hostLink.Attrs().Index, Dst: ipNet(netip.PrefixFrom(addr6, 128)), Scope: netlink.SCOPE_LINK})
+			}},
+			{"add node IPv6 neighbour", func() error {
+				return nh.NeighAdd(&netlink.Neigh{LinkIndex: hostLink.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT,
+					IP: net.IP(addr6.AsSlice()), HardwareAddr: eth0.Attrs().HardwareAddr})
+			}},
+		}...)
+	}
 	for _, s := range steps {
 		if err := s.fn(); err != nil {
 			return pod, fmt.Errorf("pod %s: %s: %w", name, s.what, err)
@@ -313,6 +416,8 @@ func (t *Topology) Env() *datapath.Env {
 		Backends:     t.Backends,
 		PodCIDR:      t.cfg.PodCIDR,
 		ServiceCIDR:  t.cfg.ServiceCIDR,
+		PodCIDR6:     t.cfg.PodCIDR6,
+		ServiceCIDR6: t.cfg.ServiceCIDR6,
 	}
 }
 

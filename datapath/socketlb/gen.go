@@ -16,4 +16,4 @@ package socketlb
 //
 // Only bpfel is built: every machine svclab benchmarks on is little-endian.
 
-//go:generate go tool bpf2go -target bpfel -tags linux -type svc_key -type svc_entry -type backend_key -type backend_entry socketlb ../../bpf/socketlb.c -- -I../../bpf/include -nostdinc -O2 -g -Wall -Werror -mcpu=v2
+//go:generate go tool bpf2go -target bpfel -tags linux -type svc_key -type svc_entry -type backend_key -type backend_entry -type member_key -type affinity_key -type affinity_entry -type revnat_key -type revnat_entry -type sock_state -type svc_counter socketlb ../../bpf/socketlb.c -- -I../../bpf/include -nostdinc -O2 -g -Wall -Werror -mcpu=v2

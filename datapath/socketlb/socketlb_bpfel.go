@@ -13,9 +13,25 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type socketlbAffinityEntry struct {
+	_          structs.HostLayout
+	Addr       [4]uint32
+	Port       uint16
+	Pad        uint16
+	Pad2       uint32
+	LastUsedNs uint64
+}
+
+type socketlbAffinityKey struct {
+	_           structs.HostLayout
+	NetnsCookie uint64
+	SvcId       uint32
+	Pad         uint32
+}
+
 type socketlbBackendEntry struct {
 	_    structs.HostLayout
-	Addr uint32
+	Addr [4]uint32
 	Port uint16
 	Pad  uint16
 }
@@ -26,16 +42,61 @@ type socketlbBackendKey struct {
 	Slot  uint32
 }
 
-type socketlbSvcEntry struct {
+type socketlbMemberKey struct {
 	_     structs.HostLayout
-	Id    uint32
-	Count uint16
-	Flags uint16
+	SvcId uint32
+	Addr  [4]uint32
+	Port  uint16
+	Pad   uint16
+}
+
+type socketlbRevnatEntry struct {
+	_       structs.HostLayout
+	Vip     [4]uint32
+	VipPort uint16
+	Proto   uint8
+	Pad     uint8
+	SvcId   uint32
+}
+
+type socketlbRevnatKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   [4]uint32
+	Port   uint16
+	Pad    uint16
+	Pad2   uint32
+}
+
+type socketlbSockState struct {
+	_           structs.HostLayout
+	Vip         [4]uint32
+	VipPort     uint16
+	Proto       uint8
+	Flags       uint8
+	SvcId       uint32
+	Backend     [4]uint32
+	BackendPort uint16
+	Pad         uint16
+}
+
+type socketlbSvcCounter struct {
+	_           structs.HostLayout
+	Connections uint64
+	Refused     uint64
+}
+
+type socketlbSvcEntry struct {
+	_                 structs.HostLayout
+	Id                uint32
+	Count             uint16
+	Flags             uint16
+	AffinityTimeoutMs uint32
 }
 
 type socketlbSvcKey struct {
 	_     structs.HostLayout
-	Addr  uint32
+	Addr  [4]uint32
 	Port  uint16
 	Proto uint8
 	Pad   uint8
@@ -45,10 +106,24 @@ type socketlbSvcKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	socketlbMapSvclabBackends      = "svclab_backends"
-	socketlbMapSvclabServices      = "svclab_services"
-	socketlbProgSvclabSock4Connect = "svclab_sock4_connect"
-	socketlbVarSvclabHaveSetRetval = "svclab_have_set_retval"
+	socketlbMapSvclabAffinity          = "svclab_affinity"
+	socketlbMapSvclabBackends          = "svclab_backends"
+	socketlbMapSvclabBeCtr             = "svclab_be_ctr"
+	socketlbMapSvclabMembers           = "svclab_members"
+	socketlbMapSvclabRevnat            = "svclab_revnat"
+	socketlbMapSvclabServices          = "svclab_services"
+	socketlbMapSvclabSock              = "svclab_sock"
+	socketlbMapSvclabSvcCtr            = "svclab_svc_ctr"
+	socketlbProgSvclabSock4Connect     = "svclab_sock4_connect"
+	socketlbProgSvclabSock4Getpeername = "svclab_sock4_getpeername"
+	socketlbProgSvclabSock4Recvmsg     = "svclab_sock4_recvmsg"
+	socketlbProgSvclabSock4Sendmsg     = "svclab_sock4_sendmsg"
+	socketlbProgSvclabSock6Connect     = "svclab_sock6_connect"
+	socketlbProgSvclabSock6Getpeername = "svclab_sock6_getpeername"
+	socketlbProgSvclabSock6Recvmsg     = "svclab_sock6_recvmsg"
+	socketlbProgSvclabSock6Sendmsg     = "svclab_sock6_sendmsg"
+	socketlbProgSvclabUdpDestroy       = "svclab_udp_destroy"
+	socketlbVarSvclabHaveSetRetval     = "svclab_have_set_retval"
 )
 
 // loadSocketlb returns the embedded CollectionSpec for socketlb.
@@ -93,15 +168,29 @@ type socketlbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socketlbProgramSpecs struct {
-	SvclabSock4Connect *ebpf.ProgramSpec `ebpf:"svclab_sock4_connect"`
+	SvclabSock4Connect     *ebpf.ProgramSpec `ebpf:"svclab_sock4_connect"`
+	SvclabSock4Getpeername *ebpf.ProgramSpec `ebpf:"svclab_sock4_getpeername"`
+	SvclabSock4Recvmsg     *ebpf.ProgramSpec `ebpf:"svclab_sock4_recvmsg"`
+	SvclabSock4Sendmsg     *ebpf.ProgramSpec `ebpf:"svclab_sock4_sendmsg"`
+	SvclabSock6Connect     *ebpf.ProgramSpec `ebpf:"svclab_sock6_connect"`
+	SvclabSock6Getpeername *ebpf.ProgramSpec `ebpf:"svclab_sock6_getpeername"`
+	SvclabSock6Recvmsg     *ebpf.ProgramSpec `ebpf:"svclab_sock6_recvmsg"`
+	SvclabSock6Sendmsg     *ebpf.ProgramSpec `ebpf:"svclab_sock6_sendmsg"`
+	SvclabUdpDestroy       *ebpf.ProgramSpec `ebpf:"svclab_udp_destroy"`
 }
 
 // socketlbMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socketlbMapSpecs struct {
+	SvclabAffinity *ebpf.MapSpec `ebpf:"svclab_affinity"`
 	SvclabBackends *ebpf.MapSpec `ebpf:"svclab_backends"`
+	SvclabBeCtr    *ebpf.MapSpec `ebpf:"svclab_be_ctr"`
+	SvclabMembers  *ebpf.MapSpec `ebpf:"svclab_members"`
+	SvclabRevnat   *ebpf.MapSpec `ebpf:"svclab_revnat"`
 	SvclabServices *ebpf.MapSpec `ebpf:"svclab_services"`
+	SvclabSock     *ebpf.MapSpec `ebpf:"svclab_sock"`
+	SvclabSvcCtr   *ebpf.MapSpec `ebpf:"svclab_svc_ctr"`
 }
 
 // socketlbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -131,14 +220,26 @@ func (o *socketlbObjects) Close() error {
 //
 // It can be passed to loadSocketlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socketlbMaps struct {
+	SvclabAffinity *ebpf.Map `ebpf:"svclab_affinity"`
 	SvclabBackends *ebpf.Map `ebpf:"svclab_backends"`
+	SvclabBeCtr    *ebpf.Map `ebpf:"svclab_be_ctr"`
+	SvclabMembers  *ebpf.Map `ebpf:"svclab_members"`
+	SvclabRevnat   *ebpf.Map `ebpf:"svclab_revnat"`
 	SvclabServices *ebpf.Map `ebpf:"svclab_services"`
+	SvclabSock     *ebpf.Map `ebpf:"svclab_sock"`
+	SvclabSvcCtr   *ebpf.Map `ebpf:"svclab_svc_ctr"`
 }
 
 func (m *socketlbMaps) Close() error {
 	return _SocketlbClose(
+		m.SvclabAffinity,
 		m.SvclabBackends,
+		m.SvclabBeCtr,
+		m.SvclabMembers,
+		m.SvclabRevnat,
 		m.SvclabServices,
+		m.SvclabSock,
+		m.SvclabSvcCtr,
 	)
 }
 
@@ -153,12 +254,28 @@ type socketlbVariables struct {
 //
 // It can be passed to loadSocketlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socketlbPrograms struct {
-	SvclabSock4Connect *ebpf.Program `ebpf:"svclab_sock4_connect"`
+	SvclabSock4Connect     *ebpf.Program `ebpf:"svclab_sock4_connect"`
+	SvclabSock4Getpeername *ebpf.Program `ebpf:"svclab_sock4_getpeername"`
+	SvclabSock4Recvmsg     *ebpf.Program `ebpf:"svclab_sock4_recvmsg"`
+	SvclabSock4Sendmsg     *ebpf.Program `ebpf:"svclab_sock4_sendmsg"`
+	SvclabSock6Connect     *ebpf.Program `ebpf:"svclab_sock6_connect"`
+	SvclabSock6Getpeername *ebpf.Program `ebpf:"svclab_sock6_getpeername"`
+	SvclabSock6Recvmsg     *ebpf.Program `ebpf:"svclab_sock6_recvmsg"`
+	SvclabSock6Sendmsg     *ebpf.Program `ebpf:"svclab_sock6_sendmsg"`
+	SvclabUdpDestroy       *ebpf.Program `ebpf:"svclab_udp_destroy"`
 }
 
 func (p *socketlbPrograms) Close() error {
 	return _SocketlbClose(
 		p.SvclabSock4Connect,
+		p.SvclabSock4Getpeername,
+		p.SvclabSock4Recvmsg,
+		p.SvclabSock4Sendmsg,
+		p.SvclabSock6Connect,
+		p.SvclabSock6Getpeername,
+		p.SvclabSock6Recvmsg,
+		p.SvclabSock6Sendmsg,
+		p.SvclabUdpDestroy,
 	)
 }
 

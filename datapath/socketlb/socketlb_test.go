@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -39,8 +40,15 @@ func TestLifecycleWithoutKernel(t *testing.T) {
 			assert.NoError(t, s.Close())
 			assert.NoError(t, s.Close())
 		}},
-		{"info before setup names the hook", func(t *testing.T, s *SocketLB) {
-			assert.Equal(t, map[string]string{"hooks": "connect4", "protocols": "TCP"}, s.Info())
+		{"info before setup names the hooks", func(t *testing.T, s *SocketLB) {
+			assert.Equal(t, map[string]string{
+				"hooks":     "connect4,connect6,sendmsg4,sendmsg6,recvmsg4,recvmsg6,getpeername4,getpeername6",
+				"protocols": "TCP,UDP",
+			}, s.Info())
+		}},
+		{"counters before setup", func(t *testing.T, s *SocketLB) {
+			_, err := s.Counters()
+			assert.ErrorIs(t, err, ErrNotSetUp)
 		}},
 		{"targets are the VIP", func(t *testing.T, s *SocketLB) {
 			sv := svc("web", "10.96.0.10", 80, 8080, ep("a", "10.0.0.1"))
@@ -50,6 +58,11 @@ func TestLifecycleWithoutKernel(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, New()) })
 	}
+}
+
+func TestHelperName(t *testing.T) {
+	assert.Equal(t, "sk_storage_get", helperName(asm.FnSkStorageGet))
+	assert.Equal(t, "get_netns_cookie", helperName(asm.FnGetNetnsCookie))
 }
 
 func TestParseCgroup2Mount(t *testing.T) {
