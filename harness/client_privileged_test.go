@@ -57,7 +57,10 @@ func TestPrivilegedClientServerInTopology(t *testing.T) {
 			require.NoError(t, err)
 			assert.Empty(t, w.Errors)
 			assert.GreaterOrEqual(t, w.Connections, int64(900))
-			assert.Zero(t, w.SynRetrans, "a clean run retransmits no SYN")
+			// A clean run retransmits (almost) no SYN; a few can happen
+			// when a loaded machine delays a SYN-ACK past the 1 s
+			// initial RTO, so this checks for systematic loss only.
+			assert.LessOrEqual(t, w.SynRetrans*100, w.Connections, "SYN retransmits beyond 1%% of connections mean SYNs are being dropped")
 			// Straight to the pods: every reply comes from where the
 			// request went.
 			assert.Zero(t, w.WrongSource)
