@@ -27,7 +27,7 @@ func TestDefaultScenarioIsTheSkeletonComparison(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 12, s.Topology.Backends)
 	assert.Equal(t, 1, s.Topology.Clients)
-	assert.Equal(t, []string{"socketlb", "iptables", "direct"}, s.Datapaths)
+	assert.Equal(t, []string{"socketlb", "iptables-nft", "iptables-legacy", "nftables", "ipvs", "tc-ebpf", "userspace", "direct"}, s.Datapaths)
 	assert.Equal(t, []int{1}, s.ServiceCounts())
 	assert.Equal(t, 12, s.EndpointsPerService())
 }
@@ -48,9 +48,9 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"unsupported protocol", "protocol: TCP", "protocol: SCTP", "service.protocol"},
 		{"udp mode on TCP", "concurrency: [1, 8, 32]", "udpMode: long-lived\n  concurrency: [1, 8, 32]", "workload.udpMode"},
 		{"negative concurrency", "concurrency: [1, 8, 32]", "concurrency: [1, -8]", "workload.concurrency"},
-		{"tiny duration", "duration: 5s", "duration: 1ms", "workload.duration"},
-		{"duration not a duration", "duration: 5s", "duration: soon", "duration"},
-		{"no datapaths", "datapaths: [socketlb, iptables, direct]", "datapaths: []", "datapaths"},
+		{"tiny duration", "duration: 3s", "duration: 1ms", "workload.duration"},
+		{"duration not a duration", "duration: 3s", "duration: soon", "duration"},
+		{"no datapaths", "datapaths: [socketlb, iptables-nft, iptables-legacy, nftables, ipvs, tc-ebpf, userspace, direct]", "datapaths: []", "datapaths"},
 		{"unknown field", "name: default", "name: default\ncolour: blue", "colour"},
 		{"wrong type", "backends: 12", "backends: twelve", "backends"},
 	}

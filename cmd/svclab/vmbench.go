@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"svclab/datapath"
+	"svclab/results"
+	"svclab/scenarios"
+	"svclab/vm"
+)
+
+// baselineName is the datapath every ratio is taken against.
+const baselineName = "direct"
+
+// vmCandidates are the scenario's datapaths this kernel cannot run.
+func vmCandidates(sc *scenarios.Scenario) []string {
+	var out []string
+	for _, name := range sc.Datapaths {
+		f, err := datapath.Lookup(name)
+		if err != nil || f.Probe == nil {
+			continue
+		}
+		if err := f.Probe(); errors.Is(err, datapath.ErrUnsupported) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// benchInVM measures the datapaths this kernel cannot run (IPVS here) under
+// a Debian kernel in QEMU, together with `direct` in that same kernel, and
+// adds them to the host run as "<datapath>@<kernel>". A VM's figures are
+// only comparable with the VM's own direct (software emulation is much
+// slower): Summarize takes each "x@k" ratio against "direct@k", and the
+// description says so.
+func benchInVM(ctx context.Context, kernel string, sc *scenarios.Scenario, run *results.Run, dir string, stderr io.Writer) error {
+	names := vmCandidates(sc)
+	if len(names) == 0 {
+		return nil
+	}
+	vsc := *sc
+	vsc.Datapaths = append(slices.Clone(names), baselineName)
+	vsc.Name = sc.Name
+	b, err := json.Marshal(vsc)
+	if err != nil {
+		return err
+	}
+	scFile := filepath.Join(dir, "vm-"+kernel+"-scenario.json")
+	if err := os.WriteFile(scFile, b, 0o644); err != nil {
+		return err
+	}
+	out := filepath.Join(dir, "vm-"+kernel)
+	fmt.Fprintf(stderr, "\nmeasuring %v under %s in QEMU (this kernel lacks them), with %s for the ratio\n", names, kernel, baselineName)
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	// The run directory is shared with the guest, so the guest writes its
+	// results straight into it.
+	cfg, err := vm.ParseArgs([]string{"--kernel", kernel, "--share", absDir, "--", "bench", "--scenario", filepath.Join(absDir, filepath.Base(scFile)), "--output", filepath.Join(absDir, filepath.Base(out))}, stderr)
+	if err != nil {
+		return err
+	}
+	cfg.Stdout, cfg.Stderr = io.Discard, stderr
+	res, err := vm.Run(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("vm %s: %w", kernel, err)
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("vm %s: the guest bench exited with status %d", kernel, res.ExitCode)
+	}
+	matches, _ := filepath.Glob(filepath.Join(out, "*", "results.json"))
+	if len(matches) != 1 {
+		return fmt.Errorf("vm %s: expected one results.json under %s, found %d", kernel, out, len(matches))
+	}
+	guest, err := results.Read(matches[0])
+	if err != nil {
+		return err
+	}
+	mergeVMRun(run, guest, kernel)
+	return nil
+}
+
+// mergeVMRun adds a guest run's trials to the host run, with datapath names
+// suffixed "@kernel" so that no figure of the guest is ever set beside a
+// host figure without saying where it was measured.
+func mergeVMRun(run, guest *results.Run, kernel string) {
+	accel := guest.Env.Extra["svclab_vm_accel"]
+	where := fmt.Sprintf("measured under %s (%s) in QEMU/%s; compare only with %s@%s", kernel, guest.Env.Kernel, accel, baselineName, kernel)
+	for _, d := range guest.Datapaths {
+		d.Name += "@" + kernel
+		if d.Description != "" {
+			d.Description += "; "
+		}
+		d.Description += where
+		run.Datapaths = append(run.Datapaths, d)
+	}
+	for _, t := range guest.Trials {
+		t.Datapath += "@" + kernel
+		t.Order += len(run.Trials)
+		run.Trials = append(run.Trials, t)
+	}
+	run.Summary = results.Summarize(run.Trials)
+}
