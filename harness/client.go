@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -54,9 +56,49 @@ type ClientSpec struct {
 	// UDPMode is UDPSocketPerRequest (default) or UDPLongLived.
 	UDPMode string `json:"udp_mode,omitempty"`
 	// Loops is the number of event loops (threads); 0 means half the
-	// CPUs (see defaultLoops). Never more than Concurrency.
+	// CPUs (see defaultLoops). Never more than Concurrency (or, open
+	// loop, MaxInFlight).
 	Loops int `json:"loops,omitempty"`
+
+	// Rate, if > 0, makes the run open-loop: connections (or UDP
+	// requests) start at Rate per second on a schedule fixed in advance
+	// by Rate, Arrivals and Seed alone, whatever the datapath or the
+	// generator do, and latency runs from each one's intended start.
+	// Concurrency and Connections are then unused.
+	Rate float64 `json:"rate,omitempty"`
+	// Arrivals is the open loop's arrival process: ArrivalsPoisson
+	// (default) or ArrivalsConstant.
+	Arrivals string `json:"arrivals,omitempty"`
+	// Seed seeds the open-loop schedule; 0 picks one, which the result
+	// records so the schedule can be replayed.
+	Seed uint64 `json:"seed,omitempty"`
+	// MaxInFlight bounds the open loop's connections in flight (default
+	// DefaultMaxInFlight); an arrival that finds them all busy is not
+	// started and counts as an "overload" error.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
 }
+
+// Open-loop arrival processes (ClientSpec.Arrivals).
+const (
+	// ArrivalsPoisson draws independent exponential gaps between starts:
+	// clients that do not coordinate with each other, bursts included,
+	// so the queueing a datapath causes at a given load shows.
+	ArrivalsPoisson = "poisson"
+	// ArrivalsConstant starts connections exactly 1/Rate apart.
+	ArrivalsConstant = "constant"
+)
+
+// DefaultMaxInFlight is the open loop's default cap on connections in
+// flight: far above what a healthy datapath needs at the rates this
+// machine reaches (rate × latency), so reaching it means overload.
+const DefaultMaxInFlight = 4096
+
+// ErrOverload is the error kind counted for an open-loop arrival that
+// found MaxInFlight connections already in flight.
+const ErrOverload = "overload"
+
+// maxRate bounds ClientSpec.Rate: far beyond what one generator starts.
+const maxRate = 1e7
 
 // request is what the TCP client sends: a minimal HTTP/1.1 GET.
 var request = []byte("GET / HTTP/1.1\r\nHost: svclab\r\nUser-Agent: svclab\r\n\r\n")
@@ -73,8 +115,28 @@ func (s *ClientSpec) validate() error {
 			return fmt.Errorf("client: targets[%d]: %s is not IPv4", i, t)
 		}
 	}
-	if s.Concurrency < 1 {
-		return fmt.Errorf("client: concurrency: %d < 1", s.Concurrency)
+	switch {
+	case math.IsNaN(s.Rate) || s.Rate < 0 || s.Rate > maxRate:
+		return fmt.Errorf("client: rate: %v is out of range [0, %g]", s.Rate, maxRate)
+	case s.Rate > 0:
+		if s.Connections > 0 {
+			return errors.New("client: connections: only the closed loop ends after a count (the open loop runs for duration)")
+		}
+		if s.MaxInFlight < 0 {
+			return fmt.Errorf("client: max_in_flight: %d < 0", s.MaxInFlight)
+		}
+		switch s.Arrivals {
+		case "", ArrivalsPoisson, ArrivalsConstant:
+		default:
+			return fmt.Errorf("client: arrivals: %q is not %s or %s", s.Arrivals, ArrivalsPoisson, ArrivalsConstant)
+		}
+	default:
+		if s.Concurrency < 1 {
+			return fmt.Errorf("client: concurrency: %d < 1", s.Concurrency)
+		}
+		if s.Arrivals != "" || s.MaxInFlight != 0 || s.Seed != 0 {
+			return errors.New("client: arrivals, max_in_flight and seed are for the open loop (rate > 0)")
+		}
 	}
 	switch s.Protocol {
 	case "", ProtocolTCP, ProtocolUDP:
@@ -95,7 +157,8 @@ func (s *ClientSpec) validate() error {
 // RunClient is the load generator: a closed loop keeping Concurrency
 // connections in flight, each doing connect, send a small request, read
 // the whole reply, close (the client closes first), after which a new one
-// starts. Latency is connect start to close.
+// starts. Latency is connect start to close. With Rate set it is an open
+// loop instead (see runOpenLoop).
 //
 // It runs epoll loops (as wrk does) with non-blocking sockets, the
 // connections spread over the loops; each loop keeps its own
@@ -113,6 +176,9 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	}
 	if spec.Timeout == 0 {
 		spec.Timeout = 5 * time.Second
+	}
+	if spec.Rate > 0 {
+		return runOpenLoop(spec)
 	}
 	nloops := spec.Loops
 	if nloops <= 0 {
@@ -171,9 +237,22 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		Histogram:       results.NewHistogram(),
 		SynRetrans:      synAfter - synBefore,
 	}
+	if err := collect(w, loops); err != nil {
+		return nil, err
+	}
+	w.QPS = float64(w.Connections) / window.Seconds()
+	w.Latency = w.Histogram.Latency()
+	if cpuErr == nil && cpuErr2 == nil {
+		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
+	}
+	return w, nil
+}
+
+// collect merges the loops' counters and histograms into w.
+func collect(w *results.Workload, loops []*clientLoop) error {
 	for _, l := range loops {
 		if l.err != nil {
-			return nil, l.err
+			return l.err
 		}
 		w.Connections += l.conns
 		w.WrongSource += l.wrongSource
@@ -184,6 +263,102 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		for k, v := range l.backends {
 			w.PerBackend[k] += *v
 		}
+	}
+	return nil
+}
+
+// runOpenLoop is RunClient's open loop: each loop starts its share of the
+// schedule (see arrivals), whatever the datapath or the generator itself
+// are doing, and a connection's latency runs from its intended start, so a
+// stall delays the connections due behind it and they show it (no
+// coordinated omission). The measured window is the span of intended
+// starts [end of warm-up, + Duration). The loops keep going, schedule
+// included so the load does not drop, until every arrival of the window
+// has ended as a connection or an error (at worst after Timeout): the
+// window's slowest connections are measured, not cut off. An arrival that
+// finds MaxInFlight connections in flight counts as an ErrOverload error,
+// so an overloaded datapath shows as errors, not as a quietly lower rate.
+func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
+	if spec.MaxInFlight == 0 {
+		spec.MaxInFlight = DefaultMaxInFlight
+	}
+	if spec.Arrivals == "" {
+		spec.Arrivals = ArrivalsPoisson
+	}
+	if spec.Seed == 0 {
+		// Below 2^53 so that JSON readers that use doubles keep it exact.
+		spec.Seed = rand.Uint64()&(1<<53-1) | 1
+	}
+	nloops := spec.Loops
+	if nloops <= 0 {
+		nloops = defaultLoops()
+	}
+	nloops = min(nloops, spec.MaxInFlight)
+	rs := &runState{}
+	loops := make([]*clientLoop, 0, nloops)
+	defer func() {
+		for _, l := range loops {
+			l.close()
+		}
+	}()
+	for i := range nloops {
+		slots := spec.MaxInFlight / nloops
+		if i < spec.MaxInFlight%nloops {
+			slots++
+		}
+		l, err := newClientLoop(&spec, rs, slots, uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		loops = append(loops, l)
+	}
+	// The schedule starts a little ahead, once the loops' threads run.
+	origin := nanotime() + int64(10*time.Millisecond)
+	from := origin + int64(spec.Warmup)
+	to := from + int64(spec.Duration)
+	for i, l := range loops {
+		l.arr = newArrivals(spec.Arrivals, spec.Rate, spec.Seed, i, nloops, origin)
+		l.from, l.to = from, to
+	}
+	var wg sync.WaitGroup
+	for _, l := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.runOpen()
+		}()
+	}
+	time.Sleep(time.Duration(from - nanotime()))
+	synBefore := synRetrans()
+	cpuBefore, cpuErr := readCPUTimes()
+	time.Sleep(time.Duration(to - nanotime()))
+	cpuAfter, cpuErr2 := readCPUTimes()
+	synAfter := synRetrans()
+	wg.Wait()
+
+	window := time.Duration(to - from)
+	w := &results.Workload{
+		DurationSeconds: window.Seconds(),
+		Errors:          map[string]int64{},
+		PerBackend:      map[string]int64{},
+		Histogram:       results.NewHistogram(),
+		SynRetrans:      synAfter - synBefore,
+		OfferedRate:     spec.Rate,
+		Arrivals:        spec.Arrivals,
+		ScheduleSeed:    spec.Seed,
+		MaxInFlight:     spec.MaxInFlight,
+	}
+	if err := collect(w, loops); err != nil {
+		return nil, err
+	}
+	lag := results.NewHistogram()
+	for _, l := range loops {
+		w.Scheduled += l.scheduled
+		lag.Merge(l.lag)
+	}
+	if lag.Count() > 0 {
+		ll := lag.Latency()
+		w.StartLag = &ll
 	}
 	w.QPS = float64(w.Connections) / window.Seconds()
 	w.Latency = w.Histogram.Latency()

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -30,7 +31,8 @@ type runState struct {
 
 // clientLoop is one event loop of the load generator: an epoll set over
 // its slots, each slot holding one connection (or UDP request) in flight
-// and starting the next as soon as it ends.
+// and, in the closed loop, starting the next as soon as it ends; in the
+// open loop a slot waits in free for the schedule's next arrival.
 type clientLoop struct {
 	spec     *ClientSpec
 	rs       *runState
@@ -54,6 +56,20 @@ type clientLoop struct {
 	wrongSource int64
 	errors      map[string]int64
 	backends    map[string]*int64
+
+	// Open loop only (see runOpenLoop).
+	open bool
+	arr  *arrivals
+	// from and to bound the measured window of intended start times.
+	from, to int64
+	// free holds the slots with nothing in flight, the last freed on top
+	// (so few long-lived UDP sockets get opened).
+	free []int32
+	// inWindow counts the measured connections in flight.
+	inWindow  int
+	scheduled int64
+	lag       *results.Histogram
+	ts        unix.Timespec
 }
 
 type cslot struct {
@@ -61,12 +77,15 @@ type cslot struct {
 	gen       uint32
 	active    bool // a connection or request is in flight
 	connected bool
-	measured  bool // started in the measure phase
+	measured  bool // started in the measure phase (open loop: intended to start in the window)
 	start     int64
-	target    int
-	n         int
-	buf       []byte
-	from      unix.RawSockaddrInet4
+	// intended is when the connection was meant to start, the origin of
+	// its latency: the open loop's schedule time, else start.
+	intended int64
+	target   int
+	n        int
+	buf      []byte
+	from     unix.RawSockaddrInet4
 }
 
 func newClientLoop(spec *ClientSpec, rs *runState, slots int, seed uint64) (*clientLoop, error) {
@@ -93,9 +112,19 @@ func newClientLoop(spec *ClientSpec, rs *runState, slots int, seed uint64) (*cli
 	for _, t := range spec.Targets {
 		l.targets = append(l.targets, rawSockaddr(t))
 	}
+	if spec.Rate > 0 {
+		l.open = true
+		l.lag = results.NewHistogram()
+		l.free = make([]int32, 0, slots)
+		for i := slots - 1; i >= 0; i-- {
+			l.free = append(l.free, int32(i))
+		}
+	}
 	for i := range l.slots {
 		l.slots[i] = cslot{fd: -1, buf: make([]byte, 2048)}
-		if l.longLive {
+		// The open loop opens long-lived sockets on first use: most of
+		// its slots may never be needed.
+		if l.longLive && !l.open {
 			if err := l.openLongLived(i); err != nil {
 				l.close()
 				return nil, err
@@ -122,19 +151,29 @@ func (l *clientLoop) close() {
 func (l *clientLoop) data(i int) uint64 { return uint64(l.slots[i].gen)<<32 | uint64(i) }
 
 func (l *clientLoop) openLongLived(i int) error {
+	if kind := l.openUDPSlot(i); kind != "" {
+		return fmt.Errorf("client: long-lived udp socket: %s", kind)
+	}
+	return nil
+}
+
+// openUDPSlot opens slot i's long-lived socket; it returns the error kind
+// on failure.
+func (l *clientLoop) openUDPSlot(i int) string {
 	s := &l.slots[i]
 	fd, e := sysSocket(unix.SOCK_DGRAM)
 	if e != 0 {
-		return fmt.Errorf("client: udp socket: %w", e)
+		return errnoName(e)
 	}
 	s.fd = fd
 	s.gen++
 	// Level-triggered: one datagram is read per report, and one more
 	// queued would simply be reported again.
 	if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN, l.data(i)); e != 0 {
-		return fmt.Errorf("client: epoll_ctl: %w", e)
+		l.closeSlot(i)
+		return errnoName(e)
 	}
-	return nil
+	return ""
 }
 
 func (l *clientLoop) run() {
@@ -160,59 +199,141 @@ func (l *clientLoop) run() {
 			}
 		}
 		n, err := epollWait(l.ep, l.evs, wait)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			l.err = fmt.Errorf("client: epoll_wait: %w", err)
-			l.rs.phase.Store(phaseStop)
+		if !l.handle(n, err) {
 			return
-		}
-		for k := range n {
-			d := epollData(&l.evs[k])
-			i := int(uint32(d))
-			if i >= len(l.slots) || l.slots[i].gen != uint32(d>>32) || l.slots[i].fd < 0 {
-				continue
-			}
-			switch {
-			case !l.udp:
-				l.tcpEvent(i, l.evs[k].Events)
-			default:
-				l.udpEvent(i)
-			}
-		}
-		if now := nanotime(); now-l.lastScan >= int64(5*time.Millisecond) {
-			l.lastScan = now
-			l.expire(now)
 		}
 	}
 }
 
-// begin starts slot i's next connection or request.
+// handle dispatches the n events epoll reported and abandons what timed
+// out; false means the loop must end.
+func (l *clientLoop) handle(n int, err error) bool {
+	if err != nil {
+		if err == unix.EINTR {
+			return true
+		}
+		l.err = fmt.Errorf("client: epoll_wait: %w", err)
+		l.rs.phase.Store(phaseStop)
+		return false
+	}
+	for k := range n {
+		d := epollData(&l.evs[k])
+		i := int(uint32(d))
+		if i >= len(l.slots) || l.slots[i].gen != uint32(d>>32) || l.slots[i].fd < 0 {
+			continue
+		}
+		switch {
+		case !l.udp:
+			l.tcpEvent(i, l.evs[k].Events)
+		default:
+			l.udpEvent(i)
+		}
+	}
+	if now := nanotime(); now-l.lastScan >= int64(5*time.Millisecond) {
+		l.lastScan = now
+		l.expire(now)
+	}
+	return true
+}
+
+// runOpen is the open loop's event loop: it starts every arrival of its
+// schedule as it falls due (all those overdue at once when it is behind:
+// their latency then counts from when they were due), handles events in
+// between, and ends when the window's last connection has ended.
+func (l *clientLoop) runOpen() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	// Wake-ups on time: the default 50 µs of timer slack would be added
+	// to the latency of connections started after a wait.
+	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	next := l.arr.next()
+	l.lastScan = nanotime()
+	for l.rs.phase.Load() != phaseStop {
+		now := nanotime()
+		for next <= now {
+			l.arrive(next)
+			next = l.arr.next()
+		}
+		if now >= l.to && l.inWindow == 0 {
+			return
+		}
+		// Bounded, as in run, for time-outs and the end of the run.
+		wait := min(next-nanotime(), int64(10*time.Millisecond))
+		n, err := epollWaitNS(l.ep, l.evs, &l.ts, wait)
+		if !l.handle(n, err) {
+			return
+		}
+	}
+}
+
+// arrive starts the connection the schedule intends at t in a free slot,
+// or counts an overload when every slot is busy. Only arrivals intended
+// inside the window are measured.
+func (l *clientLoop) arrive(t int64) {
+	measured := t >= l.from && t < l.to
+	if measured {
+		l.scheduled++
+	}
+	n := len(l.free)
+	if n == 0 {
+		if measured {
+			l.errors[ErrOverload]++
+		}
+		return
+	}
+	i := int(l.free[n-1])
+	l.free = l.free[:n-1]
+	s := &l.slots[i]
+	s.measured = measured
+	s.intended = t
+	s.start = nanotime()
+	if measured {
+		l.inWindow++
+		l.lag.Record(s.start - t)
+	}
+	l.launch(i)
+}
+
+// begin starts slot i's next connection or request (closed loop).
 func (l *clientLoop) begin(i int) {
+	s := &l.slots[i]
+	s.measured = l.rs.phase.Load() == phaseMeasure
+	s.start = nanotime()
+	s.intended = s.start
+	l.launch(i)
+}
+
+// launch opens slot i's connection, or sends its UDP request; s.measured,
+// s.start and s.intended are set.
+func (l *clientLoop) launch(i int) {
 	s := &l.slots[i]
 	s.target = 0
 	if len(l.targets) > 1 {
 		s.target = l.rng.IntN(len(l.targets))
 	}
 	s.n, s.connected = 0, false
-	s.measured = l.rs.phase.Load() == phaseMeasure
-	s.start = nanotime()
 	s.active = true
 	var kind string
 	switch {
 	case !l.udp:
 		kind = l.beginTCP(i)
 	case l.longLive:
-		if _, e := sysSendto(s.fd, udpRequest, &l.targets[s.target]); e != 0 {
-			kind = errnoName(e)
+		if s.fd < 0 {
+			kind = l.openUDPSlot(i)
+		}
+		if kind == "" {
+			if _, e := sysSendto(s.fd, udpRequest, &l.targets[s.target]); e != 0 {
+				kind = errnoName(e)
+			}
 		}
 	default:
 		kind = l.beginUDP(i)
 	}
 	if kind != "" {
 		l.done(i, kind, nil, false)
-		l.idle++
+		if !l.open {
+			l.idle++
+		}
 	}
 }
 
@@ -266,31 +387,41 @@ func (l *clientLoop) closeSlot(i int) {
 	}
 }
 
-// end closes slot i's connection, records it and starts the next one.
+// end closes slot i's connection, records it and, in the closed loop,
+// starts the next one.
 func (l *clientLoop) end(i int, kind string, pod []byte, wrong bool) {
 	if !l.longLive {
 		l.closeSlot(i)
 	}
 	l.done(i, kind, pod, wrong)
-	if l.rs.phase.Load() != phaseStop {
+	if !l.open && l.rs.phase.Load() != phaseStop {
 		l.begin(i)
 	}
 }
 
-// done records slot i's connection, which ended now, if it started and
-// ended inside the measured window.
+// done records slot i's connection, which ended now, if it is measured:
+// in the closed loop, if it started and ended inside the measured window;
+// in the open loop, if it was intended to start inside it (however late
+// it ends), whose slot goes back to the free ones.
 func (l *clientLoop) done(i int, kind string, pod []byte, wrong bool) {
 	t1 := nanotime()
 	s := &l.slots[i]
 	s.active = false
-	if !s.measured || l.rs.phase.Load() != phaseMeasure {
+	if l.open {
+		// Never beyond the capacity made in newClientLoop: no allocation.
+		l.free = append(l.free, int32(i))
+		if !s.measured {
+			return
+		}
+		l.inWindow--
+	} else if !s.measured || l.rs.phase.Load() != phaseMeasure {
 		return
 	}
 	if kind != "" {
 		l.errors[kind]++
 		return
 	}
-	l.hist.Record(t1 - s.start)
+	l.hist.Record(t1 - s.intended)
 	l.conns++
 	if wrong {
 		l.wrongSource++
@@ -406,5 +537,72 @@ func (l *clientLoop) expire(now int64) {
 			}
 		}
 		l.end(i, l.timeoutK, nil, false)
+	}
+}
+
+// arrivals is one loop's share of the open-loop schedule. Its times depend
+// on the rate, the process, the seed and the loop's index alone, never on
+// how the generator or the datapath keep up: drawing each next time when
+// needed gives the same sequence a table computed in advance would, without
+// its memory.
+type arrivals struct {
+	origin int64   // nanotime the schedule counts from
+	gap    float64 // mean gap between this loop's arrivals, ns
+	at     float64 // next arrival, ns after origin
+	rng    *rand.Rand
+}
+
+// newArrivals returns loop's share of a schedule of rate arrivals per
+// second over nloops loops, counted from origin.
+//
+// Poisson (the default) draws exponential gaps from a generator seeded by
+// seed and the loop: the loops' independent streams of rate/nloops add up
+// to one Poisson stream of rate. Constant spaces the loops' arrivals
+// nloops/rate apart, staggered by 1/rate, so together they start one
+// connection every 1/rate.
+func newArrivals(kind string, rate float64, seed uint64, loop, nloops int, origin int64) *arrivals {
+	a := &arrivals{origin: origin, gap: float64(nloops) * 1e9 / rate}
+	if kind == ArrivalsConstant {
+		a.at = float64(loop) * 1e9 / rate
+		return a
+	}
+	a.rng = rand.New(rand.NewPCG(seed, uint64(loop)))
+	a.at = a.rng.ExpFloat64() * a.gap
+	return a
+}
+
+// next returns the next intended start time (nanotime) and moves on.
+func (a *arrivals) next() int64 {
+	t := a.origin + int64(a.at)
+	if a.rng != nil {
+		a.at += a.rng.ExpFloat64() * a.gap
+	} else {
+		a.at += a.gap
+	}
+	return t
+}
+
+// epollWaitNS is epollWait with a timeout in nanoseconds (epoll_pwait2):
+// the open loop wakes for its next arrival on time, not rounded to the
+// millisecond. On kernels before 5.11 it falls back to milliseconds,
+// rounded up.
+func epollWaitNS(ep int, evs []unix.EpollEvent, ts *unix.Timespec, ns int64) (int, error) {
+	if ns <= 0 {
+		return epollWait(ep, evs, 0)
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(evs))), uintptr(len(evs)), 0, 0, 0)
+	if e == 0 && r > 0 {
+		return int(r), nil
+	}
+	*ts = unix.NsecToTimespec(ns)
+	r, _, e = unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(evs))), uintptr(len(evs)),
+		uintptr(unsafe.Pointer(ts)), 0, 0)
+	switch e {
+	case 0:
+		return int(r), nil
+	case unix.ENOSYS:
+		return unix.EpollWait(ep, evs, int((ns+999_999)/1_000_000))
+	default:
+		return 0, e
 	}
 }

@@ -108,4 +108,26 @@ func TestPrivilegedClientServerInTopology(t *testing.T) {
 		assert.Greater(t, w.Errors["ETIMEDOUT"], int64(0), "errors: %v", w.Errors)
 		assert.Len(t, w.Errors, 1, "errors: %v", w.Errors)
 	})
+
+	// The open loop at a modest rate through the topology: the datapath
+	// (here none) keeps up, so the achieved rate is the offered one and
+	// every arrival succeeds.
+	for _, tt := range tests {
+		t.Run("open loop "+tt.name, func(t *testing.T) {
+			const rate = 500
+			// A fixed seed fixes the schedule, so how many arrivals fall
+			// in the window does not vary from run to run.
+			w, err := RunClientProcess(ctx, client, topo.ClientCgroup, ClientSpec{Targets: targets, Rate: rate, Seed: 1,
+				Loops: 1, Warmup: 200 * time.Millisecond, Duration: 2 * time.Second, Protocol: tt.protocol, UDPMode: tt.udp})
+			require.NoError(t, err)
+			assert.Empty(t, w.Errors)
+			assert.Equal(t, ArrivalsPoisson, w.Arrivals)
+			assert.Equal(t, uint64(1), w.ScheduleSeed)
+			assert.Equal(t, w.Scheduled, w.Connections, "every arrival of the window succeeded")
+			assert.InEpsilon(t, float64(rate), w.QPS, 0.10, "achieved rate against offered")
+			assert.Zero(t, w.WrongSource)
+			assert.LessOrEqual(t, w.SynRetrans*100, w.Connections, "SYN retransmits beyond 1%% of connections mean SYNs are being dropped")
+			assert.Len(t, w.PerBackend, len(topo.Backends), "backends reached: %v", w.PerBackend)
+		})
+	}
 }

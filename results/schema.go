@@ -72,7 +72,19 @@ type Trial struct {
 	// state after Apply (rule counts, map entries, bytes), from Info().
 	DatapathState map[string]string `json:"datapath_state,omitempty"`
 	Workload      Workload          `json:"workload"`
+	// Model is "open" for an open-loop trial (connections started at
+	// OfferedRate per second on a schedule; Concurrency is then 0) and
+	// empty for the closed loop.
+	Model string `json:"model,omitempty"`
+	// OfferedRate is the open-loop trial's rate, LoadFraction × the
+	// capacity the run measured (the lowest median closed-loop QPS among
+	// its datapaths at the highest concurrency).
+	OfferedRate  float64 `json:"offered_rate,omitempty"`
+	LoadFraction float64 `json:"load_fraction,omitempty"`
 }
+
+// ModelOpen is Trial.Model of an open-loop trial.
+const ModelOpen = "open"
 
 // Workload is what the load generator measured in one trial.
 type Workload struct {
@@ -99,6 +111,31 @@ type Workload struct {
 	// CPU is the machine-wide CPU time spent during the measured window
 	// (from /proc/stat), nil when not measured.
 	CPU *CPUUsage `json:"cpu,omitempty"`
+
+	// The fields below are set by the open-loop generator only.
+
+	// OfferedRate is the open loop's schedule in connections (or UDP
+	// requests) per second; 0 for the closed loop. QPS is then the
+	// achieved rate: successful connections whose intended start fell in
+	// the window, per second of window, and Latency runs from each
+	// connection's intended start, queueing in the generator included.
+	OfferedRate float64 `json:"offered_rate,omitempty"`
+	// Arrivals is the open loop's arrival process ("poisson" or
+	// "constant") and ScheduleSeed the seed its schedule was drawn from.
+	Arrivals     string `json:"arrivals,omitempty"`
+	ScheduleSeed uint64 `json:"schedule_seed,omitempty"`
+	// MaxInFlight is the open loop's cap on connections in flight; an
+	// arrival that found it reached is counted in Errors as "overload".
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+	// Scheduled counts the open-loop arrivals whose intended start fell in
+	// the window; each ended as a connection or an error, so Scheduled is
+	// Connections plus the sum of Errors.
+	Scheduled int64 `json:"scheduled,omitempty"`
+	// StartLag is how late the generator started the window's connections
+	// after their intended start, in microseconds (part of Latency): when
+	// it is a large part of Latency the generator, not the datapath, fell
+	// behind.
+	StartLag *Latency `json:"start_lag_us,omitempty"`
 }
 
 // CPUUsage is machine-wide CPU time over a measured window: it includes the
@@ -148,6 +185,19 @@ type Summary struct {
 	P90RatioToDirect float64 `json:"p90_ratio_to_direct,omitempty"`
 	Errors           int64   `json:"errors"`
 	ApplySeconds     Stat    `json:"apply_seconds"`
+	// Services and Endpoints are the scale point of a sweep (0 when the
+	// run was not a sweep).
+	Services  int `json:"services,omitempty"`
+	Endpoints int `json:"endpoints,omitempty"`
+	// CPUPerConnUS is machine-wide busy CPU time per connection in µs,
+	// over the repetitions that measured it (absent when none did).
+	CPUPerConnUS Stat `json:"cpu_per_conn_us,omitzero"`
+	// CPURatioToDirect compares CPUPerConnUS medians with direct at the
+	// same scale point and concurrency (0 when there is none).
+	CPURatioToDirect float64 `json:"cpu_ratio_to_direct,omitempty"`
+	// SynRetrans totals the SYN retransmissions of all repetitions: a
+	// clean measurement has none.
+	SynRetrans int64 `json:"syn_retrans"`
 }
 
 // Stat is a figure over repetitions: the median and the spread.
@@ -157,6 +207,19 @@ type Stat struct {
 	Max    float64 `json:"max"`
 	// Values are the per-repetition figures, in repetition order.
 	Values []float64 `json:"values"`
+	// CI is the 95% confidence interval of the median (distribution-free,
+	// from order statistics); nil when there are too few repetitions for
+	// a finite interval (6 at 95%) or it was not computed.
+	CI *Interval `json:"ci95,omitempty"`
+}
+
+// Interval is a confidence interval of a median.
+type Interval struct {
+	Lo float64 `json:"lo"`
+	Hi float64 `json:"hi"`
+	// Confidence is the interval's actual coverage (at least the level
+	// asked for: order statistics give discrete levels).
+	Confidence float64 `json:"confidence"`
 }
 
 // Write stores the run as indented JSON.

@@ -120,7 +120,31 @@ type Workload struct {
 	Warmup      Duration `json:"warmup"`
 	Duration    Duration `json:"duration"`
 	Repetitions int      `json:"repetitions"`
+	// Model is the load model: ModelClosed (default: Concurrency
+	// connections in flight, each followed at once by the next, which
+	// gives the maximum rate) or ModelOpen, which runs the closed-loop
+	// trials first and then, for every LoadFractions entry f, open-loop
+	// trials of every datapath at f × the lowest median closed-loop QPS
+	// among them at the highest concurrency: connections started on a
+	// Poisson schedule, latency from each one's intended start.
+	Model string `json:"model,omitempty"`
+	// LoadFractions are the open loop's offered loads as fractions of that
+	// capacity, e.g. [0.5, 0.8]; only with model open.
+	LoadFractions []float64 `json:"loadFractions,omitempty"`
 }
+
+// Load models (Workload.Model).
+const (
+	ModelClosed = "closed"
+	ModelOpen   = "open"
+)
+
+// MaxLoadFraction bounds Workload.LoadFractions: past 1 the slowest
+// datapath is overloaded on purpose (its overload errors show it).
+const MaxLoadFraction = 2.0
+
+// OpenLoop says whether the workload has an open-loop phase.
+func (w *Workload) OpenLoop() bool { return w.Model == ModelOpen }
 
 // Names lists the built-in scenarios.
 func Names() []string {
@@ -221,6 +245,26 @@ func (s *Scenario) Validate() error {
 	}
 	if s.Workload.Repetitions < 1 || s.Workload.Repetitions > 100 {
 		bad("workload.repetitions", "%d is out of range [1, 100]", s.Workload.Repetitions)
+	}
+	switch s.Workload.Model {
+	case "", ModelClosed:
+		if len(s.Workload.LoadFractions) > 0 {
+			bad("workload.loadFractions", "is only for model %s", ModelOpen)
+		}
+	case ModelOpen:
+		if len(s.Workload.LoadFractions) == 0 {
+			bad("workload.loadFractions", "model %s needs at least one fraction of capacity (e.g. [0.5, 0.8])", ModelOpen)
+		}
+		for _, f := range s.Workload.LoadFractions {
+			if !(f > 0 && f <= MaxLoadFraction) {
+				bad("workload.loadFractions", "%v is out of range (0, %g]", f, MaxLoadFraction)
+			}
+		}
+		if s.Scale != nil {
+			bad("workload.model", "%s is not supported with scale (capacity is measured at one scale point)", ModelOpen)
+		}
+	default:
+		bad("workload.model", "%q is not one of %s, %s", s.Workload.Model, ModelClosed, ModelOpen)
 	}
 	if sc := s.Scale; sc != nil {
 		if len(sc.Services) == 0 {

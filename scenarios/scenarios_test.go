@@ -53,6 +53,11 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"no datapaths", "datapaths: [socketlb, iptables-nft, iptables-legacy, nftables, ipvs, tc-ebpf, userspace, direct]", "datapaths: []", "datapaths"},
 		{"unknown field", "name: default", "name: default\ncolour: blue", "colour"},
 		{"wrong type", "backends: 12", "backends: twelve", "backends"},
+		{"unknown load model", "repetitions: 3", "repetitions: 3\n  model: half-open", "workload.model"},
+		{"load fractions, closed loop", "repetitions: 3", "repetitions: 3\n  loadFractions: [0.5]", "workload.loadFractions"},
+		{"open loop, no fractions", "repetitions: 3", "repetitions: 3\n  model: open", "workload.loadFractions"},
+		{"load fraction out of range", "repetitions: 3", "repetitions: 3\n  model: open\n  loadFractions: [0.5, 3]", "workload.loadFractions"},
+		{"load fraction zero", "repetitions: 3", "repetitions: 3\n  model: open\n  loadFractions: [0]", "workload.loadFractions"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,4 +84,18 @@ func TestScaleValidation(t *testing.T) {
 func TestLoadMissingFile(t *testing.T) {
 	_, err := Load("/nonexistent/x.yaml")
 	assert.ErrorContains(t, err, "cannot read /nonexistent/x.yaml")
+}
+
+func TestOpenLoopScenario(t *testing.T) {
+	s, err := Load("openloop")
+	require.NoError(t, err)
+	assert.True(t, s.Workload.OpenLoop())
+	assert.Equal(t, []float64{0.5, 0.8}, s.Workload.LoadFractions)
+	// Capacity is measured at one scale point: a sweep has many.
+	s.Scale = &Scale{Services: []int{1, 10}}
+	assert.ErrorContains(t, s.Validate(), "workload.model")
+
+	d, err := Load("default")
+	require.NoError(t, err)
+	assert.False(t, d.Workload.OpenLoop(), "closed is the default")
 }
