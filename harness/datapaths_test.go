@@ -33,54 +33,11 @@ func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
 					t.Skip(err.Error())
 				}
 			}
-			sc := *sc
-			sc.Datapaths = []string{name}
-			plan, err := NewPlan(&sc)
-			require.NoError(t, err)
-			run := newTestRun(t)
-			tc := plan.Topology
-			tc.Prefix = run.Prefix + "-dp"
-			topo, err := NewTopology(context.Background(), tc)
-			require.NoError(t, err)
-			t.Cleanup(func() { assert.NoError(t, topo.Close()) })
-			srv, err := StartServer(topo.Node, topo.ServerCgroup, BackendListeners(topo, plan.Port.TargetPort))
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = srv.Stop() })
-
-			dp := f.New()
-			require.NoError(t, dp.Setup(context.Background(), topo.Env()))
-			t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-			st := plan.State(topo, 1, len(topo.Backends))
-			require.NoError(t, dp.Apply(context.Background(), st))
-
-			w, err := RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
-				Targets: dp.Targets(st.Services[0], plan.Port), Concurrency: 4, Duration: 20 * time.Second, Connections: 1200,
-			})
-			require.NoError(t, err)
-			assert.Empty(t, w.Errors)
-			want := map[string]bool{}
-			for _, b := range topo.Backends {
-				want[b.Name] = true
+			for _, proto := range []string{"TCP", "UDP"} {
+				t.Run(proto, func(t *testing.T) {
+					reachAllBackends(t, sc, f, proto)
+				})
 			}
-			for pod, n := range w.PerBackend {
-				assert.True(t, want[pod], "reply from %q, which is not a backend of the service", pod)
-				// 1200 connections over 12 backends: 100 expected each;
-				// fewer than 40 means the spread is broken, not unlucky
-				// (binomial p≈1e-12).
-				assert.Greater(t, n, int64(40), "backend %s got %d of %d connections", pod, n, w.Connections)
-			}
-			assert.Len(t, w.PerBackend, len(topo.Backends), "backends reached: %v", w.PerBackend)
-
-			// A pod's own address is not a service: the datapath must not
-			// redirect it.
-			b := topo.Backends[3]
-			w, err = RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
-				Targets: []netip.AddrPort{netip.AddrPortFrom(b.Addr, plan.Port.TargetPort)}, Concurrency: 2,
-				Duration: 20 * time.Second, Connections: 100,
-			})
-			require.NoError(t, err)
-			assert.Empty(t, w.Errors)
-			assert.Equal(t, map[string]int64{b.Name: w.Connections}, w.PerBackend, "a non-service address must be untouched")
 		})
 	}
 }
@@ -107,4 +64,66 @@ func TestScheduleInterleaves(t *testing.T) {
 		got = append(got, ts.Factory.Name)
 	}
 	assert.Equal(t, []string{"a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"}, got)
+}
+
+// reachAllBackends runs the check for one datapath and protocol in a fresh
+// topology: every backend reached, nothing else, no error, replies from the
+// address the client sent to, and a pod's own address left alone.
+func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, proto string) {
+	sc := *base
+	sc.Datapaths = []string{f.Name}
+	sc.Service.Protocol = proto
+	udpMode := ""
+	if proto == "UDP" {
+		udpMode = UDPSocketPerRequest
+	}
+	plan, err := NewPlan(&sc)
+	require.NoError(t, err)
+	run := newTestRun(t)
+	tc := plan.Topology
+	tc.Prefix = run.Prefix + "-dp"
+	topo, err := NewTopology(context.Background(), tc)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	srv, err := StartServer(topo.Node, topo.ServerCgroup, BackendListeners(topo, plan.Port.TargetPort))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+
+	dp := f.New()
+	require.NoError(t, dp.Setup(context.Background(), topo.Env()))
+	t.Cleanup(func() { assert.NoError(t, dp.Close()) })
+	st := plan.State(topo, 1, len(topo.Backends))
+	require.NoError(t, dp.Apply(context.Background(), st))
+
+	w, err := RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
+		Targets: dp.Targets(st.Services[0], plan.Port), Concurrency: 4, Duration: 20 * time.Second, Connections: 1200,
+		Protocol: proto, UDPMode: udpMode,
+	})
+	require.NoError(t, err)
+	assert.Empty(t, w.Errors)
+	assert.Zero(t, w.WrongSource, "every UDP reply must come from the ClusterIP:port the client sent to")
+	want := map[string]bool{}
+	for _, b := range topo.Backends {
+		want[b.Name] = true
+	}
+	for pod, n := range w.PerBackend {
+		assert.True(t, want[pod], "reply from %q, which is not a backend of the service", pod)
+		// 1200 connections over 12 backends: 100 expected each;
+		// fewer than 40 means the spread is broken, not unlucky
+		// (binomial p≈1e-12).
+		assert.Greater(t, n, int64(40), "backend %s got %d of %d connections", pod, n, w.Connections)
+	}
+	assert.Len(t, w.PerBackend, len(topo.Backends), "backends reached: %v", w.PerBackend)
+
+	// A pod's own address is not a service: the datapath must not
+	// redirect it.
+	b := topo.Backends[3]
+	w, err = RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{
+		Targets: []netip.AddrPort{netip.AddrPortFrom(b.Addr, plan.Port.TargetPort)}, Concurrency: 2,
+		Protocol: proto, UDPMode: udpMode,
+		Duration: 20 * time.Second, Connections: 100,
+	})
+	require.NoError(t, err)
+	assert.Empty(t, w.Errors)
+	assert.Equal(t, map[string]int64{b.Name: w.Connections}, w.PerBackend, "a non-service address must be untouched")
 }
