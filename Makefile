@@ -37,11 +37,13 @@ generate: deps
 check-generate: generate
 	@git diff --exit-code -- $(GENERATED) || { echo "generated BPF files are stale: run 'make generate' and commit them" >&2; exit 1; }
 
-## test: vet, unit and privileged integration tests (as root: the privileged ones run for real)
+## test: vet, unit and privileged integration tests (as root: the privileged ones run for real),
+## then the conformance-critical ones again under Debian's 6.1 kernel in QEMU (test-vm: IPVS exists there)
 # -p 1: packages share the machine's namespaces, cgroups and BPF; run them one at a time.
 test: deps check-generate
 	$(GO) vet ./...
 	$(GO) test -p 1 -count=1 -timeout 20m $(TESTFLAGS) ./...
+	$(MAKE) test-vm
 
 ## bench: the default scenario against every datapath; those this kernel lacks (IPVS) under Debian's 6.12 in QEMU
 VM_BENCH_KERNEL ?= debian-6.12
