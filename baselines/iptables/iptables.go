@@ -11,17 +11,16 @@ package iptables
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"os/exec"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -33,6 +32,9 @@ const lockWait = "5"
 
 // closeTimeout bounds Close, which gets no context.
 const closeTimeout = 30 * time.Second
+
+// baselineName names the baseline in render errors, whichever variant.
+const baselineName = "iptables"
 
 // variant is one way of reaching netfilter: a restore/save binary pair.
 type variant struct {
@@ -90,14 +92,9 @@ var versionRE = regexp.MustCompile(`v(\d[^\s]*)\s+\(([^)]+)\)`)
 // knows whether it is the nft or the legacy flavour.
 func (v *variant) detectVersion() (backend, version string, err error) {
 	v.versionOnce.Do(func() {
-		out, err := exec.Command(v.restore, "--version").CombinedOutput()
+		m, err := kubeproxy.ToolVersion(v.restore, versionRE)
 		if err != nil {
-			v.versionErr = fmt.Errorf("%s --version: %w: %s", v.restore, err, strings.TrimSpace(string(out)))
-			return
-		}
-		m := versionRE.FindStringSubmatch(string(out))
-		if m == nil {
-			v.versionErr = fmt.Errorf("%s --version: cannot parse %q", v.restore, strings.TrimSpace(string(out)))
+			v.versionErr = err
 			return
 		}
 		v.version, v.backend = m[1], m[2]
@@ -108,19 +105,17 @@ func (v *variant) detectVersion() (backend, version string, err error) {
 // probeFeatures names what the datapath needs from the kernel, each with a
 // minimal restore input that uses only that thing. They are tried one by
 // one only when the full probe ruleset fails, to say which one is missing.
-var probeFeatures = []struct {
-	what, input string
-}{
-	{"nat table", "*nat\nCOMMIT\n"},
-	{"filter table", "*filter\nCOMMIT\n"},
-	{"comment match", "*nat\n-A OUTPUT -m comment --comment \"svclab probe\" -j RETURN\nCOMMIT\n"},
-	{"statistic match", "*nat\n-A OUTPUT -m statistic --mode random --probability 0.5000000000 -j RETURN\nCOMMIT\n"},
-	{"mark match", "*nat\n-A OUTPUT -m mark --mark 0x4000/0x4000 -j RETURN\nCOMMIT\n"},
-	{"MARK target", "*nat\n-A OUTPUT -j MARK --or-mark 0x4000\nCOMMIT\n"},
-	{"DNAT target", "*nat\n-A OUTPUT -m tcp -p tcp -d 192.0.2.1/32 -j DNAT --to-destination 192.0.2.2:80\nCOMMIT\n"},
-	{"udp match", "*nat\n-A OUTPUT -m udp -p udp -d 192.0.2.1/32 -j RETURN\nCOMMIT\n"},
-	{"MASQUERADE target", "*nat\n-A POSTROUTING -j MASQUERADE --random-fully\nCOMMIT\n"},
-	{"REJECT target", "*filter\n-A OUTPUT -m udp -p udp -d 192.0.2.1/32 -j REJECT\nCOMMIT\n"},
+var probeFeatures = []kubeproxy.Feature{
+	{What: "nat table", Input: "*nat\nCOMMIT\n"},
+	{What: "filter table", Input: "*filter\nCOMMIT\n"},
+	{What: "comment match", Input: "*nat\n-A OUTPUT -m comment --comment \"svclab probe\" -j RETURN\nCOMMIT\n"},
+	{What: "statistic match", Input: "*nat\n-A OUTPUT -m statistic --mode random --probability 0.5000000000 -j RETURN\nCOMMIT\n"},
+	{What: "mark match", Input: "*nat\n-A OUTPUT -m mark --mark 0x4000/0x4000 -j RETURN\nCOMMIT\n"},
+	{What: "MARK target", Input: "*nat\n-A OUTPUT -j MARK --or-mark 0x4000\nCOMMIT\n"},
+	{What: "DNAT target", Input: "*nat\n-A OUTPUT -m tcp -p tcp -d 192.0.2.1/32 -j DNAT --to-destination 192.0.2.2:80\nCOMMIT\n"},
+	{What: "udp match", Input: "*nat\n-A OUTPUT -m udp -p udp -d 192.0.2.1/32 -j RETURN\nCOMMIT\n"},
+	{What: "MASQUERADE target", Input: "*nat\n-A POSTROUTING -j MASQUERADE --random-fully\nCOMMIT\n"},
+	{What: "REJECT target", Input: "*filter\n-A OUTPUT -m udp -p udp -d 192.0.2.1/32 -j REJECT\nCOMMIT\n"},
 }
 
 // probe checks that the restore binary exists and that the kernel accepts
@@ -132,69 +127,33 @@ func (v *variant) probe() error {
 }
 
 func (v *variant) runProbe() error {
-	for _, bin := range []string{v.restore, v.save} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return datapath.Unsupportedf("%s: %s not found in PATH", v.name, bin)
-		}
-	}
-	if _, _, err := v.detectVersion(); err != nil {
-		return datapath.Unsupportedf("%s: %v", v.name, err)
-	}
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return fmt.Errorf("%s probe: %w", v.name, err)
-	}
-	ns, err := nsutil.Create("svclab-probe-" + hex.EncodeToString(rnd[:]))
-	if err != nil {
-		return datapath.Unsupportedf("%s: cannot create a probe network namespace: %v", v.name, err)
-	}
-	defer ns.Close()
-
-	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-	defer cancel()
-	input := append(renderSetup(), probeRuleset()...)
-	if _, err := v.restoreIn(ctx, ns, input); err == nil {
-		return nil
-	} else if ctx.Err() != nil {
-		return fmt.Errorf("%s probe: %w", v.name, err)
-	}
-	// Something is missing: find out what, feature by feature.
-	var missing []string
-	var firstOut string
-	for _, f := range probeFeatures {
-		if out, err := v.restoreIn(ctx, ns, []byte(f.input)); err != nil {
-			missing = append(missing, f.what)
-			if firstOut == "" {
-				firstOut = firstLine(out)
-			}
-		}
-	}
-	if len(missing) == 0 {
-		return datapath.Unsupportedf("%s: probe ruleset rejected although every feature passed alone", v.name)
-	}
-	return datapath.Unsupportedf("%s: kernel lacks %s (%s)", v.name, strings.Join(missing, ", "), firstOut)
+	return kubeproxy.RulesetProbe{
+		Name: v.name,
+		Bins: []string{v.restore, v.save},
+		Version: func() error {
+			_, _, err := v.detectVersion()
+			return err
+		},
+		Input: func() ([]byte, error) {
+			return append(renderSetup(), probeRuleset()...), nil
+		},
+		Load:     v.restoreIn,
+		Features: probeFeatures,
+		Lacker:   "kernel",
+		Quote:    kubeproxy.FirstLine,
+	}.Run()
 }
 
 // probeRuleset is a rendered sync of one service with two endpoints and one
 // without, so the probe exercises exactly the rule shapes Apply writes.
 func probeRuleset() []byte {
-	st := probeState()
-	r, err := renderSync(probePodCIDR, st, nil)
+	r, err := renderSync(kubeproxy.ProbePodCIDR, kubeproxy.ProbeState(), nil)
 	if err != nil {
 		panic("iptables: probe state does not render: " + err.Error())
 	}
 	return r.text
 }
 
-func firstLine(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
-}
-
-// restoreIn applies input with one iptables-restore --noflush inside ns.
 // liveChains lists the KUBE-* chains the kernel holds in ns, per table.
 func (v *variant) liveChains(ctx context.Context, ns *nsutil.NS) (chainSet, error) {
 	out := chainSet{}
@@ -212,15 +171,9 @@ func (v *variant) liveChains(ctx context.Context, ns *nsutil.NS) (chainSet, erro
 	return out, nil
 }
 
+// restoreIn applies input with one iptables-restore --noflush inside ns.
 func (v *variant) restoreIn(ctx context.Context, ns *nsutil.NS, input []byte) ([]byte, error) {
-	out, err := ns.Run(ctx, input, v.restore, "--noflush", "-w", lockWait)
-	if err != nil {
-		if near := failedLines(input, string(out)); near != "" {
-			err = fmt.Errorf("%w\ninput near the failure:\n%s", err, near)
-		}
-		return out, err
-	}
-	return out, nil
+	return kubeproxy.Load(ctx, ns, errLine, input, v.restore, "--noflush", "-w", lockWait)
 }
 
 // Datapath is one iptables baseline instance in one node namespace.
@@ -233,7 +186,18 @@ type Datapath struct {
 	installed chainSet
 	// rules is the rule count of the last successful Apply.
 	rules int
+	// pad is the number of never-matching rules put ahead of the service
+	// rules, from padEnv at Setup (0 normally).
+	pad int
 }
+
+// padEnv names the environment variable that pads KUBE-SERVICES with that
+// many never-matching rules: an injected regression for the CI gate's
+// detection test, recorded in Info as pad_rules. Unset means 0.
+const padEnv = "SVCLAB_IPTABLES_PAD_RULES"
+
+// maxPad bounds padEnv (198.18.0.0/15 holds 131,072 addresses).
+const maxPad = 1 << 17
 
 // Setup creates the fixed chains and the jumps into them from the built-in
 // chains, in one restore.
@@ -245,6 +209,13 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) error {
 	}
 	if d.env != nil {
 		return fmt.Errorf("%s setup: already set up in %s", d.v.name, d.env.Node.Name)
+	}
+	if v := os.Getenv(padEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > maxPad {
+			return fmt.Errorf("%s setup: %s=%q: want an integer from 0 to %d", d.v.name, padEnv, v, maxPad)
+		}
+		d.pad = n
 	}
 	if _, err := d.v.restoreIn(ctx, env.Node, renderSetup()); err != nil {
 		return fmt.Errorf("%s setup: %w", d.v.name, err)
@@ -269,7 +240,7 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	if d.env == nil {
 		return fmt.Errorf("%s apply: Setup has not run", d.v.name)
 	}
-	r, err := renderSync(d.env.PodCIDR, st, d.installed)
+	r, err := renderSyncPadded(d.env.PodCIDR, st, d.installed, d.pad)
 	if err != nil {
 		return fmt.Errorf("%s apply: %w", d.v.name, err)
 	}
@@ -290,9 +261,12 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 // the last ruleset was.
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
-	rules := d.rules
+	rules, pad := d.rules, d.pad
 	d.mu.Unlock()
 	info := map[string]string{"rules": strconv.Itoa(rules)}
+	if pad > 0 {
+		info["pad_rules"] = strconv.Itoa(pad)
+	}
 	if backend, version, err := d.v.detectVersion(); err == nil {
 		info["iptables_backend"] = backend
 		info["iptables_version"] = version
@@ -334,32 +308,4 @@ func (d *Datapath) Close() error {
 	d.installed = nil
 	d.rules = 0
 	return nil
-}
-
-// probePodCIDR and probeState are the probe's small service set: one
-// service with two endpoints and a TCP and a UDP port, and one without
-// endpoints (the REJECT path).
-var probePodCIDR = netip.MustParsePrefix("10.244.0.0/16")
-
-func probeState() datapath.State {
-	ports := []datapath.ServicePort{
-		{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: 8080},
-		{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: 5353},
-	}
-	return datapath.State{Services: []datapath.Service{
-		{
-			Namespace: "svclab", Name: "probe",
-			ClusterIP: netip.MustParseAddr("10.96.0.1"),
-			Ports:     ports,
-			Endpoints: []datapath.Endpoint{
-				{Pod: "a", Addr: netip.MustParseAddr("10.244.0.2"), Ready: true, Serving: true},
-				{Pod: "b", Addr: netip.MustParseAddr("10.244.0.3"), Ready: true, Serving: true},
-			},
-		},
-		{
-			Namespace: "svclab", Name: "empty",
-			ClusterIP: netip.MustParseAddr("10.96.0.2"),
-			Ports:     ports,
-		},
-	}}
 }

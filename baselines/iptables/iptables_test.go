@@ -2,8 +2,6 @@ package iptables
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -19,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -27,22 +26,16 @@ import (
 // iptables-restore in them. On root every later failure is a real failure.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and runs iptables-restore inside them")
-	}
+	baselinetest.RequireRoot(t, "creates network namespaces and runs iptables-restore inside them")
 }
 
-// newTestNS creates a fresh named namespace, deleted when the test ends
-// whatever its outcome.
-func newTestNS(t *testing.T) *nsutil.NS {
+// requireInstalled skips the variant's subtest when its restore binary is
+// not installed.
+func requireInstalled(t *testing.T, v *variant) {
 	t.Helper()
-	var rnd [4]byte
-	_, err := rand.Read(rnd[:])
-	require.NoError(t, err)
-	ns, err := nsutil.Create("svclab-test-" + hex.EncodeToString(rnd[:]))
-	require.NoError(t, err, "create test netns")
-	t.Cleanup(func() { assert.NoError(t, ns.Close(), "delete test netns") })
-	return ns
+	if _, err := exec.LookPath(v.restore); err != nil {
+		t.Skipf("%s not installed", v.restore)
+	}
 }
 
 // counters hides packet/byte counters and the timestamped comment lines:
@@ -90,27 +83,22 @@ func saveChains(t *testing.T, v *variant, ns *nsutil.NS, table string) (string, 
 // kernel's view (the variant's save binary) after each step.
 func TestPrivilegedApply(t *testing.T) {
 	requireRoot(t)
-	before := rootSnapshot(t)
-	t.Cleanup(func() {
-		assert.Equal(t, before, rootSnapshot(t), "the root namespace's netfilter rules must not change")
-	})
+	baselinetest.CheckRootUnchanged(t, "netfilter rules", rootSnapshot)
 
-	web := webService(12)
-	full := datapath.State{Services: []datapath.Service{web, dnsService(), emptyService()}}
+	web := baselinetest.WebService(12)
+	full := datapath.State{Services: []datapath.Service{web, baselinetest.DNSService(), baselinetest.EmptyService()}}
 	shrunk := datapath.State{Services: []datapath.Service{web}}
 
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			if _, err := exec.LookPath(v.restore); err != nil {
-				t.Skipf("%s not installed", v.restore)
-			}
+			requireInstalled(t, v)
 			f, err := datapath.Lookup(v.name)
 			require.NoError(t, err)
 			require.NoError(t, f.Probe(), "probe")
 
-			ns := newTestNS(t)
+			ns := baselinetest.NewNS(t)
 			dp := f.New()
-			env := &datapath.Env{Node: ns, PodCIDR: testPodCIDR, ServiceCIDR: netip.MustParsePrefix("10.96.0.0/12")}
+			env := &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR, ServiceCIDR: netip.MustParsePrefix("10.96.0.0/12")}
 			ctx := context.Background()
 			require.NoError(t, dp.Setup(ctx, env))
 			t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
@@ -130,7 +118,7 @@ func TestPrivilegedApply(t *testing.T) {
 			t.Logf("%s: Apply 1 svc x 12 endpoints: first %v, median of 9 re-applies %v", v.name, first.Round(time.Microsecond), again[4].Round(time.Microsecond))
 
 			require.NoError(t, dp.Apply(ctx, full))
-			want, err := renderSync(testPodCIDR, full, nil)
+			want, err := renderSync(baselinetest.PodCIDR, full, nil)
 			require.NoError(t, err)
 
 			nat, chains := saveChains(t, v, ns, tableNAT)
@@ -161,7 +149,7 @@ func TestPrivilegedApply(t *testing.T) {
 
 			// Dropping services deletes their chains in the kernel too.
 			require.NoError(t, dp.Apply(ctx, shrunk))
-			want, err = renderSync(testPodCIDR, shrunk, nil)
+			want, err = renderSync(baselinetest.PodCIDR, shrunk, nil)
 			require.NoError(t, err)
 			nat, chains = saveChains(t, v, ns, tableNAT)
 			assert.Equal(t, want.chains.sorted(tableNAT), chains, "KUBE-* chains after the shrinking Apply")
@@ -187,21 +175,19 @@ func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 	requireRoot(t)
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			if _, err := exec.LookPath(v.restore); err != nil {
-				t.Skipf("%s not installed", v.restore)
-			}
-			ns := newTestNS(t)
+			requireInstalled(t, v)
+			ns := baselinetest.NewNS(t)
 			dp := &Datapath{v: v}
 			ctx := context.Background()
-			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: testPodCIDR}))
+			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
 			t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-			st := datapath.State{Services: []datapath.Service{webService(2)}}
+			st := datapath.State{Services: []datapath.Service{baselinetest.WebService(2)}}
 			require.NoError(t, dp.Apply(ctx, st))
 			_, before := saveChains(t, v, ns, tableNAT)
 
 			// A chain we do not own jumps to one of our SEP chains, so the
 			// kernel refuses to delete it: the whole sync must fail.
-			r, err := renderSync(testPodCIDR, st, nil)
+			r, err := renderSync(baselinetest.PodCIDR, st, nil)
 			require.NoError(t, err)
 			sep := r.chains.sorted(tableNAT)[3]
 			require.True(t, strings.HasPrefix(sep, prefixSEP), "picked %s", sep)
@@ -229,14 +215,9 @@ func TestPrivilegedProbe(t *testing.T) {
 	requireRoot(t)
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			if _, err := exec.LookPath(v.restore); err != nil {
-				t.Skipf("%s not installed", v.restore)
-			}
+			requireInstalled(t, v)
 			require.NoError(t, v.probe())
-			// The probe namespace must be gone.
-			left, err := nsutil.List("svclab-probe-")
-			require.NoError(t, err)
-			assert.Empty(t, left)
+			baselinetest.AssertProbeNSGone(t)
 		})
 	}
 }
@@ -267,7 +248,5 @@ printf '%s\n' "$input" | exec ` + real + ` "$@"
 	require.ErrorIs(t, err, datapath.ErrUnsupported)
 	assert.Contains(t, err.Error(), "nostat: kernel lacks statistic match (")
 	assert.NotContains(t, err.Error(), "DNAT", "only the missing feature is named")
-	left, err := nsutil.List("svclab-probe-")
-	require.NoError(t, err)
-	assert.Empty(t, left, "probe namespace deleted")
+	baselinetest.AssertProbeNSGone(t)
 }

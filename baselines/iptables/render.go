@@ -2,16 +2,13 @@ package iptables
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/base32"
 	"fmt"
 	"net/netip"
 	"regexp"
-	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -148,14 +145,11 @@ type rendered struct {
 }
 
 // chainHash names a per-service or per-endpoint chain the way kube-proxy
-// does: the first 16 characters of the base32 form of a SHA-256 over the
-// concatenated parts. iptables caps chain names at 28 characters, so the
-// readable service name cannot be used; hashing keeps the name stable across
-// restarts, which matters because kube-proxy (and we) find stale chains by
-// name.
+// does: the 16-character kube-proxy hash over the concatenated parts.
+// iptables caps chain names at 28 characters, so the readable service name
+// cannot be used.
 func chainHash(parts ...string) string {
-	sum := sha256.Sum256([]byte(strings.Join(parts, "")))
-	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+	return kubeproxy.NameHash(strings.Join(parts, ""), 16)
 }
 
 // svcChainName is KUBE-SVC-<hash(service port name, protocol)>.
@@ -182,17 +176,6 @@ func servicePortName(svc datapath.Service, p datapath.ServicePort) string {
 // decimals, like kube-proxy, so the rendered text is stable.
 func probability(remaining int) string {
 	return fmt.Sprintf("%0.10f", 1.0/float64(remaining))
-}
-
-// protoName is the lower-case protocol used in matches and hashes.
-func protoName(p datapath.Protocol) (string, error) {
-	switch p {
-	case datapath.TCP:
-		return "tcp", nil
-	case datapath.UDP:
-		return "udp", nil
-	}
-	return "", fmt.Errorf("protocol %q not supported by the iptables baseline", p)
 }
 
 // renderSetup is the ruleset Setup applies: the fixed chains with their
@@ -256,6 +239,15 @@ func renderTeardown(installed chainSet) []byte {
 // previous successful Apply installed; chains in prev that st no longer
 // needs are deleted in the same transaction.
 func renderSync(podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendered, error) {
+	return renderSyncPadded(podCIDR, st, prev, 0)
+}
+
+// renderSyncPadded is renderSync with pad rules that never match put at the
+// head of nat KUBE-SERVICES, so every new connection walks them before its
+// service's rule: a deliberate, known slowdown to prove the regression gate
+// (see padEnv). They match destinations in 198.18.0.0/15 (RFC 2544
+// benchmarking addresses, never a service or pod here).
+func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pad int) (rendered, error) {
 	filter, nat := newTableWriter(tableFilter), newTableWriter(tableNAT)
 	cur := chainSet{}
 	for table, chains := range baseChains {
@@ -270,23 +262,17 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendere
 		nat.chain(ch)
 	}
 	writeFixedNATRules(nat)
+	for i := range pad {
+		nat.rule("-A %s -d 198.%d.%d.%d/32 -p tcp -m tcp --dport 80 -j RETURN", chainServices, 18+(i>>16)&1, (i>>8)&0xff, i&0xff)
+	}
 
-	// Sort so the output does not depend on the caller's order.
-	svcs := slices.Clone(st.Services)
-	sort.SliceStable(svcs, func(i, j int) bool { return svcs[i].String() < svcs[j].String() })
-
-	for _, svc := range svcs {
-		if !svc.ClusterIP.Is4() {
-			return rendered{}, fmt.Errorf("service %s: cluster IP %v is not IPv4 (the iptables baseline is IPv4 only)", svc, svc.ClusterIP)
-		}
-		eps := uniqueEndpoints(svc.ReadyEndpoints())
-		for _, ep := range eps {
-			if !ep.Is4() {
-				return rendered{}, fmt.Errorf("service %s: endpoint %v is not IPv4", svc, ep)
-			}
+	for _, svc := range kubeproxy.SortedServices(st) {
+		eps, err := kubeproxy.IPv4Endpoints(svc, baselineName)
+		if err != nil {
+			return rendered{}, err
 		}
 		for _, port := range svc.Ports {
-			proto, err := protoName(port.Protocol)
+			proto, err := kubeproxy.Proto(port.Protocol, baselineName)
 			if err != nil {
 				return rendered{}, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
 			}
@@ -347,44 +333,6 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendere
 	return rendered{text: b.Bytes(), chains: cur, rules: filter.nrules + nat.nrules}, nil
 }
 
-// uniqueEndpoints returns the endpoint addresses in order, without
-// duplicates: two EndpointSlice entries for one address would otherwise
-// render the same KUBE-SEP chain twice.
-func uniqueEndpoints(eps []datapath.Endpoint) []netip.Addr {
-	seen := map[netip.Addr]bool{}
-	var out []netip.Addr
-	for _, ep := range eps {
-		if !seen[ep.Addr] {
-			seen[ep.Addr] = true
-			out = append(out, ep.Addr)
-		}
-	}
-	return out
-}
-
 // errLine matches the line number iptables-restore reports for a failure
 // ("Error occurred at line: 7" in 1.8; "line 7 failed" in older releases).
 var errLine = regexp.MustCompile(`line:? (\d+)`)
-
-// failedLines returns the input lines around the one iptables-restore
-// reported, so an error names the offending rule and not just a number.
-func failedLines(input []byte, output string) string {
-	m := errLine.FindStringSubmatch(output)
-	if m == nil {
-		return ""
-	}
-	n, err := strconv.Atoi(m[1])
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(string(input), "\n")
-	var b strings.Builder
-	for i := max(n-2, 1); i <= min(n+1, len(lines)); i++ {
-		mark := "  "
-		if i == n {
-			mark = "> "
-		}
-		fmt.Fprintf(&b, "%s%d: %s\n", mark, i, lines[i-1])
-	}
-	return b.String()
-}

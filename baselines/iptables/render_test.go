@@ -1,11 +1,7 @@
 package iptables
 
 import (
-	"flag"
-	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,115 +9,35 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current renderer")
-
-var testPodCIDR = netip.MustParsePrefix("10.244.0.0/16")
-
-// endpoints returns n ready endpoints 10.244.<subnet>.1 … .n.
-func endpoints(subnet, n int) []datapath.Endpoint {
-	eps := make([]datapath.Endpoint, n)
-	for i := range eps {
-		eps[i] = datapath.Endpoint{
-			Pod:     fmt.Sprintf("backend-%d-%d", subnet, i),
-			Addr:    netip.AddrFrom4([4]byte{10, 244, byte(subnet), byte(i + 1)}),
-			Ready:   true,
-			Serving: true,
-		}
-	}
-	return eps
-}
-
-var (
-	httpPort = datapath.ServicePort{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: 8080}
-	dnsTCP   = datapath.ServicePort{Name: "dns-tcp", Protocol: datapath.TCP, Port: 53, TargetPort: 5353}
-	dnsUDP   = datapath.ServicePort{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: 5353}
-)
-
-func webService(n int) datapath.Service {
-	return datapath.Service{
-		Namespace: "bench", Name: "web",
-		ClusterIP: netip.MustParseAddr("10.96.0.10"),
-		Ports:     []datapath.ServicePort{httpPort},
-		Endpoints: endpoints(1, n),
-	}
-}
-
-func dnsService() datapath.Service {
-	return datapath.Service{
-		Namespace: "kube-system", Name: "dns",
-		ClusterIP: netip.MustParseAddr("10.96.0.53"),
-		Ports:     []datapath.ServicePort{dnsTCP, dnsUDP},
-		Endpoints: endpoints(2, 2),
-	}
-}
-
-func emptyService() datapath.Service {
-	return datapath.Service{
-		Namespace: "bench", Name: "empty",
-		ClusterIP: netip.MustParseAddr("10.96.0.20"),
-		Ports:     []datapath.ServicePort{httpPort},
-	}
-}
-
-// checkGolden compares got with testdata/<name>.golden, or rewrites the
-// file under -update.
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		require.NoError(t, os.MkdirAll("testdata", 0o755))
-		require.NoError(t, os.WriteFile(path, got, 0o644))
-		return
-	}
-	want, err := os.ReadFile(path)
-	require.NoError(t, err, "read golden file (run go test -update to create it)")
-	assert.Equal(t, string(want), string(got), "rendered ruleset differs from %s (go test -update rewrites it)", path)
-}
 
 // TestRenderGolden pins the exact restore text, so any change to the rule
 // shape shows up as a reviewable diff of the golden files.
 func TestRenderGolden(t *testing.T) {
-	twoServices := datapath.State{Services: []datapath.Service{webService(3), dnsService()}}
-	first, err := renderSync(testPodCIDR, twoServices, nil)
-	require.NoError(t, err)
-
-	tests := []struct {
-		name  string
-		state datapath.State
-		prev  chainSet
-	}{
-		{name: "one_service_12_endpoints", state: datapath.State{Services: []datapath.Service{webService(12)}}},
-		{name: "no_endpoints", state: datapath.State{Services: []datapath.Service{emptyService()}}},
-		{name: "two_services_multiport", state: twoServices},
-		// The second sync drops kube-system/dns: its SVC and SEP chains
-		// must be flushed and deleted in the same transaction.
-		{name: "second_apply_drops_service", state: datapath.State{Services: []datapath.Service{webService(3)}}, prev: first.chains},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, err := renderSync(testPodCIDR, tt.state, tt.prev)
-			require.NoError(t, err)
-			checkGolden(t, tt.name, r.text)
-		})
-	}
+	baselinetest.CheckGoldenCases(t, func(st datapath.State, prev chainSet) ([]byte, chainSet, error) {
+		r, err := renderSync(baselinetest.PodCIDR, st, prev)
+		return r.text, r.chains, err
+	})
 
 	t.Run("setup", func(t *testing.T) {
-		checkGolden(t, "setup", renderSetup())
+		baselinetest.CheckGolden(t, "setup", renderSetup())
 	})
 	t.Run("teardown", func(t *testing.T) {
-		checkGolden(t, "teardown", renderTeardown(first.chains))
+		first, err := renderSync(baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
+		require.NoError(t, err)
+		baselinetest.CheckGolden(t, "teardown", renderTeardown(first.chains))
 	})
 }
 
 // TestSecondApplyDeletesOnlyStaleChains checks the -X bookkeeping directly,
 // independent of the golden text.
 func TestSecondApplyDeletesOnlyStaleChains(t *testing.T) {
-	first, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(3), dnsService()}}, nil)
+	first, err := renderSync(baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
 	require.NoError(t, err)
-	second, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(3)}}, first.chains)
+	second, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3)}}, first.chains)
 	require.NoError(t, err)
 
 	deleted := map[string]bool{}
@@ -155,7 +71,7 @@ func TestRenderRejects(t *testing.T) {
 	}{
 		{
 			name: "IPv6 cluster IP",
-			svc:  datapath.Service{Namespace: "a", Name: "b", ClusterIP: netip.MustParseAddr("fd00::1"), Ports: []datapath.ServicePort{httpPort}},
+			svc:  datapath.Service{Namespace: "a", Name: "b", ClusterIP: netip.MustParseAddr("fd00::1"), Ports: []datapath.ServicePort{baselinetest.HTTPPort}},
 			want: "IPv4 only",
 		},
 		{
@@ -167,14 +83,14 @@ func TestRenderRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{tt.svc}}, nil)
+			_, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{tt.svc}}, nil)
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
 }
 
 func TestRuleCount(t *testing.T) {
-	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(12)}}, nil)
+	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(12)}}, nil)
 	require.NoError(t, err)
 	// 4 fixed (MARK-MASQ 1, POSTROUTING 3) + 1 KUBE-SERVICES + 1 masq +
 	// 12 cascade + 2×12 SEP = 42.
@@ -286,37 +202,24 @@ func splitArgs(t *testing.T, line string) []string {
 	return out
 }
 
-type packet struct {
-	proto string
-	src   netip.Addr
-	dst   netip.Addr
-	dport int
-}
-
-func (r ipRule) matches(p packet) bool {
-	if r.proto != "" && r.proto != p.proto {
+func (r ipRule) matches(p baselinetest.Packet) bool {
+	if r.proto != "" && r.proto != p.Proto {
 		return false
 	}
-	if r.dst.IsValid() && !r.dst.Contains(p.dst) {
+	if r.dst.IsValid() && !r.dst.Contains(p.Dst) {
 		return false
 	}
-	if r.src.IsValid() && r.src.Contains(p.src) == r.negSrc {
+	if r.src.IsValid() && r.src.Contains(p.Src) == r.negSrc {
 		return false
 	}
-	return r.dport == 0 || r.dport == p.dport
-}
-
-// flow is where a packet ends up: verdict ("DNAT ip:port", "REJECT") →
-// probability, and whether that path marked it for masquerade.
-type flow struct {
-	prob map[string]float64
-	masq map[string]bool
+	return r.dport == 0 || r.dport == p.DPort
 }
 
 // trace walks chain with the share w of all packets reaching it and returns
-// the share that falls off its end. A statistic rule splits the share: q of
+// the share that falls off its end, recording in out where the rest ends
+// up: "DNAT ip:port" or "REJECT". A statistic rule splits the share: q of
 // it takes the target, the rest continues down the chain.
-func trace(tab map[string][]ipRule, chain string, p packet, w float64, masq bool, out *flow) float64 {
+func trace(tab map[string][]ipRule, chain string, p baselinetest.Packet, w float64, masq bool, out *baselinetest.Flow) float64 {
 	for _, r := range tab[chain] {
 		if w == 0 {
 			break
@@ -328,11 +231,11 @@ func trace(tab map[string][]ipRule, chain string, p packet, w float64, masq bool
 		switch {
 		case r.target == "DNAT":
 			v := "DNAT " + r.toDest
-			out.prob[v] += taken
-			out.masq[v] = out.masq[v] || masq
+			out.Prob[v] += taken
+			out.Masq[v] = out.Masq[v] || masq
 			w -= taken
 		case r.target == "REJECT":
-			out.prob["REJECT"] += taken
+			out.Prob["REJECT"] += taken
 			w -= taken
 		case r.target == chainMarkMasq:
 			// The mark chain never terminates; every later verdict on
@@ -349,14 +252,14 @@ func trace(tab map[string][]ipRule, chain string, p packet, w float64, masq bool
 // built-in chains, like kube-proxy's packet-flow tests: which backends a
 // packet can reach, with which probability, and whether it is masqueraded.
 func TestPacketFlow(t *testing.T) {
-	st := datapath.State{Services: []datapath.Service{webService(12), dnsService(), emptyService()}}
-	r, err := renderSync(testPodCIDR, st, nil)
+	st := datapath.State{Services: []datapath.Service{baselinetest.WebService(12), baselinetest.DNSService(), baselinetest.EmptyService()}}
+	r, err := renderSync(baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	rules := parseRuleset(t, renderSetup(), r.text)
 
 	vip := netip.MustParseAddr("10.96.0.10")
 	var all12 []string
-	for _, ep := range endpoints(1, 12) {
+	for _, ep := range baselinetest.Endpoints(1, 12) {
 		all12 = append(all12, "DNAT "+ep.Addr.String()+":8080")
 	}
 	pod := netip.MustParseAddr("10.244.9.9")
@@ -367,67 +270,54 @@ func TestPacketFlow(t *testing.T) {
 		name  string
 		table string
 		hook  string
-		pkt   packet
+		pkt   baselinetest.Packet
 		want  []string // verdicts, each with equal probability
 		masq  func(verdict string) bool
 	}{
 		{
 			name: "pod to VIP reaches all 12 evenly, no masquerade", table: tableNAT, hook: "PREROUTING",
-			pkt: packet{"tcp", pod, vip, 80}, want: all12,
+			pkt: baselinetest.NewPacket("tcp", pod, vip, 80), want: all12,
 			masq: func(string) bool { return false },
 		},
 		{
 			name: "node to VIP is masqueraded (source outside the pod CIDR)", table: tableNAT, hook: "OUTPUT",
-			pkt: packet{"tcp", node, vip, 80}, want: all12,
+			pkt: baselinetest.NewPacket("tcp", node, vip, 80), want: all12,
 			masq: func(string) bool { return true },
 		},
 		{
 			name: "hairpin: only the path back to the sender is masqueraded", table: tableNAT, hook: "PREROUTING",
-			pkt: packet{"tcp", backend1, vip, 80}, want: all12,
+			pkt: baselinetest.NewPacket("tcp", backend1, vip, 80), want: all12,
 			masq: func(v string) bool { return v == "DNAT 10.244.1.1:8080" },
 		},
 		{
 			name: "UDP to a TCP-only port is not translated", table: tableNAT, hook: "PREROUTING",
-			pkt: packet{"udp", pod, vip, 80},
+			pkt: baselinetest.NewPacket("udp", pod, vip, 80),
 		},
 		{
 			name: "TCP to another port is not translated", table: tableNAT, hook: "PREROUTING",
-			pkt: packet{"tcp", pod, vip, 81},
+			pkt: baselinetest.NewPacket("tcp", pod, vip, 81),
 		},
 		{
 			name: "UDP port of a multi-port service", table: tableNAT, hook: "PREROUTING",
-			pkt:  packet{"udp", pod, netip.MustParseAddr("10.96.0.53"), 53},
+			pkt:  baselinetest.NewPacket("udp", pod, netip.MustParseAddr("10.96.0.53"), 53),
 			want: []string{"DNAT 10.244.2.1:5353", "DNAT 10.244.2.2:5353"},
 			masq: func(string) bool { return false },
 		},
 		{
 			name: "service without endpoints is rejected in filter", table: tableFilter, hook: "OUTPUT",
-			pkt: packet{"tcp", pod, netip.MustParseAddr("10.96.0.20"), 80}, want: []string{"REJECT"},
+			pkt: baselinetest.NewPacket("tcp", pod, netip.MustParseAddr("10.96.0.20"), 80), want: []string{"REJECT"},
 			masq: func(string) bool { return false },
 		},
 		{
 			name: "service without endpoints is not translated in nat", table: tableNAT, hook: "PREROUTING",
-			pkt: packet{"tcp", pod, netip.MustParseAddr("10.96.0.20"), 80},
+			pkt: baselinetest.NewPacket("tcp", pod, netip.MustParseAddr("10.96.0.20"), 80),
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out := flow{prob: map[string]float64{}, masq: map[string]bool{}}
-			rest := trace(rules[tt.table], tt.hook, tt.pkt, 1, false, &out)
-			got := make([]string, 0, len(out.prob))
-			for v := range out.prob {
-				got = append(got, v)
-			}
-			assert.ElementsMatch(t, tt.want, got, "verdicts reachable")
-			for _, v := range tt.want {
-				assert.InDelta(t, 1/float64(len(tt.want)), out.prob[v], 1e-9, "share of %s", v)
-				assert.Equal(t, tt.masq(v), out.masq[v], "masquerade on the path to %s", v)
-			}
-			if len(tt.want) > 0 {
-				assert.InDelta(t, 0, rest, 1e-9, "no packet may fall through a service with verdicts")
-			} else {
-				assert.InDelta(t, 1, rest, 1e-9, "untranslated packets fall through")
-			}
+			out := baselinetest.NewFlow()
+			rest := trace(rules[tt.table], tt.hook, tt.pkt, 1, false, out)
+			baselinetest.CheckFlow(t, out, rest, tt.want, tt.masq)
 		})
 	}
 }
@@ -435,13 +325,8 @@ func TestPacketFlow(t *testing.T) {
 // TestTerminatingFallback: with no ready endpoint, serving terminating ones
 // still receive connections (ReadyEndpoints); not-serving ones never do.
 func TestTerminatingFallback(t *testing.T) {
-	svc := webService(3)
-	for i := range svc.Endpoints {
-		svc.Endpoints[i].Ready = false
-		svc.Endpoints[i].Terminating = true
-	}
-	svc.Endpoints[2].Serving = false
-	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	svc := baselinetest.DrainingWebService()
+	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
 	require.NoError(t, err)
 	text := string(r.text)
 	assert.Contains(t, text, "--to-destination 10.244.1.1:8080")
@@ -461,7 +346,7 @@ func TestProbability(t *testing.T) {
 
 func TestFailedLines(t *testing.T) {
 	input := []byte("*nat\n:A - [0:0]\n-A A -j NOPE\nCOMMIT\n")
-	got := failedLines(input, "iptables-restore v1.8.9 (legacy): Couldn't load target `NOPE'\n\nError occurred at line: 3\n")
+	got := kubeproxy.FailedLines(errLine, input, "iptables-restore v1.8.9 (legacy): Couldn't load target `NOPE'\n\nError occurred at line: 3\n")
 	assert.Contains(t, got, "> 3: -A A -j NOPE")
-	assert.Empty(t, failedLines(input, "no line number here"))
+	assert.Empty(t, kubeproxy.FailedLines(errLine, input, "no line number here"))
 }

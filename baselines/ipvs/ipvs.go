@@ -26,13 +26,9 @@ package ipvs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +37,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -54,10 +51,10 @@ const linkName = "kube-ipvs0"
 // and dropping connections whose real server was deleted or quiesced
 // instead of forwarding more packets to it. They exist per namespace once
 // the kernel has IPVS. Close restores the previous values.
-var nodeSysctls = []struct{ key, value string }{
-	{"net/ipv4/vs/conntrack", "1"},
-	{"net/ipv4/vs/expire_nodest_conn", "1"},
-	{"net/ipv4/vs/expire_quiescent_template", "1"},
+var nodeSysctls = []kubeproxy.Sysctl{
+	{Key: "net/ipv4/vs/conntrack", Value: "1"},
+	{Key: "net/ipv4/vs/expire_nodest_conn", Value: "1"},
+	{Key: "net/ipv4/vs/expire_quiescent_template", Value: "1"},
 }
 
 func init() {
@@ -82,13 +79,9 @@ func probe() error {
 }
 
 func runProbe() error {
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return fmt.Errorf("ipvs probe: %w", err)
-	}
-	ns, err := nsutil.Create("svclab-probe-" + hex.EncodeToString(rnd[:]))
+	ns, err := kubeproxy.ProbeNS("ipvs")
 	if err != nil {
-		return datapath.Unsupportedf("ipvs: cannot create a probe network namespace: %v", err)
+		return err
 	}
 	defer ns.Close()
 	nh, err := ns.NetlinkHandle()
@@ -268,30 +261,10 @@ func (d *Datapath) Setup(_ context.Context, env *datapath.Env) (err error) {
 		return fmt.Errorf("ipvs setup: ipvs handle in %s: %w", env.Node.Name, err)
 	}
 	d.ipvs = h
-	for _, s := range nodeSysctls {
-		old, err := readSysctl(env.Node, s.key)
-		if err != nil {
-			return fmt.Errorf("ipvs setup: %w", err)
-		}
-		if err := env.Node.Sysctl(s.key, s.value); err != nil {
-			return fmt.Errorf("ipvs setup: %w", err)
-		}
-		d.restore[s.key] = old
+	if err := kubeproxy.SetSysctls(env.Node, nodeSysctls, d.restore); err != nil {
+		return fmt.Errorf("ipvs setup: %w", err)
 	}
 	return nil
-}
-
-func readSysctl(ns *nsutil.NS, key string) (string, error) {
-	var v string
-	err := ns.Do(func() error {
-		b, err := os.ReadFile("/proc/sys/" + key)
-		if err != nil {
-			return fmt.Errorf("netns %s: read sysctl %s: %w", ns.Name, key, err)
-		}
-		v = strings.TrimSpace(string(b))
-		return nil
-	})
-	return v, err
 }
 
 // linkAddrs returns the IPv4 addresses on kube-ipvs0.
@@ -307,10 +280,6 @@ func (d *Datapath) linkAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
-}
-
-func hostAddr(a netip.Addr) *netlink.Addr {
-	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}}
 }
 
 // Apply makes the kernel implement exactly st. The virtual servers it
@@ -336,9 +305,9 @@ func (d *Datapath) Apply(_ context.Context, st datapath.State) error {
 	if err != nil {
 		return fmt.Errorf("ipvs apply: %w", err)
 	}
-	add, remove := addrDiff(bound, vips)
+	add, remove := kubeproxy.AddrDiff(bound, vips)
 	for _, a := range add {
-		if err := d.nl.AddrAdd(d.link, hostAddr(a)); err != nil {
+		if err := d.nl.AddrAdd(d.link, kubeproxy.HostAddr(a)); err != nil {
 			return fmt.Errorf("ipvs apply: add ClusterIP %s to %s: %w", a, linkName, err)
 		}
 	}
@@ -347,7 +316,7 @@ func (d *Datapath) Apply(_ context.Context, st datapath.State) error {
 		return fmt.Errorf("ipvs apply: %w", err)
 	}
 	for _, a := range remove {
-		if err := d.nl.AddrDel(d.link, hostAddr(a)); err != nil {
+		if err := d.nl.AddrDel(d.link, kubeproxy.HostAddr(a)); err != nil {
 			return fmt.Errorf("ipvs apply: remove ClusterIP %s from %s: %w", a, linkName, err)
 		}
 	}
@@ -426,10 +395,8 @@ func (d *Datapath) closeLocked() error {
 		}
 		d.link = nil
 	}
-	for k, v := range d.restore {
-		if err := d.env.Node.Sysctl(k, v); err != nil {
-			errs = append(errs, fmt.Errorf("ipvs close: restore: %w", err))
-		}
+	for _, err := range kubeproxy.RestoreSysctls(d.env.Node, d.restore) {
+		errs = append(errs, fmt.Errorf("ipvs close: restore: %w", err))
 	}
 	d.restore = nil
 	if d.nl != nil {

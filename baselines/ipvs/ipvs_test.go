@@ -2,12 +2,9 @@ package ipvs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -17,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -26,9 +24,7 @@ import (
 // names what the kernel lacks. On such a kernel every later failure fails.
 func requirePrivilegedIPVS(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, dummy links and IPVS services")
-	}
+	baselinetest.RequireRoot(t, "creates network namespaces, dummy links and IPVS services")
 	f, err := datapath.Lookup("ipvs")
 	require.NoError(t, err)
 	if err := f.Probe(); err != nil {
@@ -37,23 +33,9 @@ func requirePrivilegedIPVS(t *testing.T) {
 	}
 }
 
-// newTestNS creates a fresh named namespace, deleted when the test ends.
-func newTestNS(t *testing.T) *nsutil.NS {
-	t.Helper()
-	var rnd [4]byte
-	_, err := rand.Read(rnd[:])
-	require.NoError(t, err)
-	ns, err := nsutil.Create("svclab-test-" + hex.EncodeToString(rnd[:]))
-	require.NoError(t, err, "create test netns")
-	t.Cleanup(func() { assert.NoError(t, ns.Close(), "delete test netns") })
-	return ns
-}
-
 // The probe must say what is missing, whichever answer it gives here.
 func TestProbe(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the probe creates a network namespace")
-	}
+	baselinetest.RequireRoot(t, "the probe creates a network namespace")
 	err := probe()
 	if err == nil {
 		return
@@ -126,7 +108,7 @@ func destAddrs(ds []*libipvs.Destination) []string {
 // back after each step.
 func TestPrivilegedApply(t *testing.T) {
 	requirePrivilegedIPVS(t)
-	ns := newTestNS(t)
+	ns := baselinetest.NewNS(t)
 	f, err := datapath.Lookup("ipvs")
 	require.NoError(t, err)
 	dp := f.New()
@@ -204,10 +186,8 @@ func TestPrivilegedApply(t *testing.T) {
 // Setup on a kernel without IPVS fails with an error that wraps
 // ErrUnsupported and names IP_VS, and leaves nothing behind.
 func TestPrivilegedSetupWithoutIPVS(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
-	ns := newTestNS(t)
+	baselinetest.RequireRoot(t, "creates a network namespace")
+	ns := baselinetest.NewNS(t)
 	nh, err := ns.NetlinkHandle()
 	require.NoError(t, err)
 	defer nh.Close()

@@ -10,6 +10,7 @@ import (
 	libipvs "github.com/moby/ipvs"
 	"golang.org/x/sys/unix"
 
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -98,48 +99,20 @@ func (t table) keys() []vsKey {
 // but sets its weight to 0 and deletes it when its connections are gone
 // (graceful termination); here it is deleted in the same sync.
 func desired(st datapath.State) (table, []netip.Addr, error) {
+	ports, vips, err := kubeproxy.VIPPorts(st, "ipvs", "virtual server")
+	if err != nil {
+		return nil, nil, err
+	}
 	want := table{}
-	owner := map[vsKey]string{}
-	vipSet := map[netip.Addr]bool{}
-	for _, svc := range st.Services {
-		if !svc.ClusterIP.IsValid() || !svc.ClusterIP.Is4() || svc.ClusterIP.IsUnspecified() {
-			return nil, nil, fmt.Errorf("service %s: cluster IP %v is not a usable IPv4 address (the ipvs baseline is IPv4 only)", svc, svc.ClusterIP)
+	for _, p := range ports {
+		k := vsKey{p.VIP.Addr(), p.VIP.Port(), p.Protocol}
+		vs := &virtualServer{key: k, scheduler: scheduler, dests: map[netip.AddrPort]realServer{}}
+		for _, ep := range p.Ready {
+			a := netip.AddrPortFrom(ep.Addr, p.TargetPort)
+			vs.dests[a] = realServer{addr: a, weight: weight, forward: forward}
 		}
-		ready := svc.ReadyEndpoints()
-		for _, ep := range ready {
-			if !ep.Addr.Is4() {
-				return nil, nil, fmt.Errorf("service %s: endpoint %s (%s) is not IPv4", svc, ep.Addr, ep.Pod)
-			}
-		}
-		for _, p := range svc.Ports {
-			name := fmt.Sprintf("%s:%d", svc, p.Port)
-			switch {
-			case p.Protocol != datapath.TCP && p.Protocol != datapath.UDP:
-				return nil, nil, fmt.Errorf("service %s: protocol %q not supported by the ipvs baseline", name, p.Protocol)
-			case p.Port == 0:
-				return nil, nil, fmt.Errorf("service %s port %q: port is 0", svc, p.Name)
-			case p.TargetPort == 0:
-				return nil, nil, fmt.Errorf("service %s: target port is 0", name)
-			}
-			k := vsKey{svc.ClusterIP, p.Port, p.Protocol}
-			if other, dup := owner[k]; dup {
-				return nil, nil, fmt.Errorf("service %s: virtual server %s already used by %s", name, k, other)
-			}
-			owner[k] = name
-			vs := &virtualServer{key: k, scheduler: scheduler, dests: map[netip.AddrPort]realServer{}}
-			for _, ep := range ready {
-				a := netip.AddrPortFrom(ep.Addr, p.TargetPort)
-				vs.dests[a] = realServer{addr: a, weight: weight, forward: forward}
-			}
-			want[k] = vs
-			vipSet[svc.ClusterIP] = true
-		}
+		want[k] = vs
 	}
-	vips := make([]netip.Addr, 0, len(vipSet))
-	for a := range vipSet {
-		vips = append(vips, a)
-	}
-	slices.SortFunc(vips, netip.Addr.Compare)
 	return want, vips, nil
 }
 
@@ -230,30 +203,6 @@ func sortedDests(m map[netip.AddrPort]realServer) []netip.AddrPort {
 	}
 	slices.SortFunc(as, netip.AddrPort.Compare)
 	return as
-}
-
-// addrDiff returns the addresses to add to have and remove from it to make
-// it want.
-func addrDiff(have, want []netip.Addr) (add, remove []netip.Addr) {
-	wantSet := map[netip.Addr]bool{}
-	for _, a := range want {
-		wantSet[a] = true
-	}
-	haveSet := map[netip.Addr]bool{}
-	for _, a := range have {
-		haveSet[a] = true
-		if !wantSet[a] {
-			remove = append(remove, a)
-		}
-	}
-	for _, a := range want {
-		if !haveSet[a] {
-			add = append(add, a)
-		}
-	}
-	slices.SortFunc(add, netip.Addr.Compare)
-	slices.SortFunc(remove, netip.Addr.Compare)
-	return add, remove
 }
 
 // Conversions between this package's model and moby/ipvs's netlink

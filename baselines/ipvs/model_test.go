@@ -205,27 +205,6 @@ func TestDiff(t *testing.T) {
 	}
 }
 
-func TestAddrDiff(t *testing.T) {
-	a := netip.MustParseAddr
-	tests := []struct {
-		name        string
-		have, want  []netip.Addr
-		add, remove []string
-	}{
-		{"from nothing", nil, []netip.Addr{a("10.96.0.2"), a("10.96.0.1")}, []string{"10.96.0.1", "10.96.0.2"}, []string{}},
-		{"unchanged", []netip.Addr{a("10.96.0.1")}, []netip.Addr{a("10.96.0.1")}, []string{}, []string{}},
-		{"swap", []netip.Addr{a("10.96.0.3"), a("10.96.0.1")}, []netip.Addr{a("10.96.0.1"), a("10.96.0.2")}, []string{"10.96.0.2"}, []string{"10.96.0.3"}},
-		{"to nothing", []netip.Addr{a("10.96.0.1")}, nil, []string{}, []string{"10.96.0.1"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			add, remove := addrDiff(tt.have, tt.want)
-			assert.Equal(t, tt.add, addrStrings(add), "add")
-			assert.Equal(t, tt.remove, addrStrings(remove), "remove")
-		})
-	}
-}
-
 // The netlink structures: what is sent, and what comes back from a kernel
 // (which adds the hashed flag and returns IPv4 destinations in 16 bytes).
 func TestConversions(t *testing.T) {

@@ -11,17 +11,15 @@ package nftables
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -29,7 +27,7 @@ import (
 // Name is the datapath's registered name.
 const Name = "nftables"
 
-// closeTimeout bounds Close and the probe, which get no context.
+// closeTimeout bounds Close, which gets no context.
 const closeTimeout = 30 * time.Second
 
 // tool is one nft binary with what the baseline learned about it once.
@@ -62,14 +60,9 @@ var versionRE = regexp.MustCompile(`\bv(\d[^\s]*)`)
 // detectVersion asks nft for its release once.
 func (t *tool) detectVersion() (string, error) {
 	t.versionOnce.Do(func() {
-		out, err := exec.Command(t.bin, "--version").CombinedOutput()
+		m, err := kubeproxy.ToolVersion(t.bin, versionRE)
 		if err != nil {
-			t.versionErr = fmt.Errorf("%s --version: %w: %s", t.bin, err, strings.TrimSpace(string(out)))
-			return
-		}
-		m := versionRE.FindStringSubmatch(string(out))
-		if m == nil {
-			t.versionErr = fmt.Errorf("%s --version: cannot parse %q", t.bin, strings.TrimSpace(string(out)))
+			t.versionErr = err
 			return
 		}
 		t.version = m[1]
@@ -78,32 +71,33 @@ func (t *tool) detectVersion() (string, error) {
 }
 
 // probeFeatures names what the baseline needs from nft and the kernel, each
-// with a minimal input that uses only that thing in a scratch table. They
-// are tried one by one only when the full probe ruleset fails, to say which
-// one is missing.
-var probeFeatures = []struct {
-	what, input string
-}{
-	{"nf_tables ip table", probeTable("")},
-	{"nat base chain", probeTable("chain c { type nat hook prerouting priority -100; policy accept; }")},
-	{"filter base chain", probeTable("chain c { type filter hook forward priority -110; policy accept; }")},
-	{"ct state match", probeTable("chain c { type filter hook forward priority -110; policy accept; ct state new accept; }")},
-	{"concatenated verdict map (ipv4_addr . inet_proto . inet_service)", probeTable(
+// with a minimal input that uses only that thing in a fresh scratch table.
+// They are tried one by one only when the full probe ruleset fails, to say
+// which one is missing.
+var probeFeatures = []kubeproxy.Feature{
+	{What: "nf_tables ip table", Input: probeTable("")},
+	{What: "nat base chain", Input: probeTable("chain c { type nat hook prerouting priority -100; policy accept; }")},
+	{What: "filter base chain", Input: probeTable("chain c { type filter hook forward priority -110; policy accept; }")},
+	{What: "ct state match", Input: probeTable("chain c { type filter hook forward priority -110; policy accept; ct state new accept; }")},
+	{What: "concatenated verdict map (ipv4_addr . inet_proto . inet_service)", Input: probeTable(
 		"map m { type ipv4_addr . inet_proto . inet_service : verdict; }",
 		"chain t { }",
 		"chain c { ip daddr . meta l4proto . th dport vmap @m; }",
 	) + "add element ip svclab-probe m { 192.0.2.1 . tcp . 80 comment \"probe\" : goto t }\n"},
-	{"numgen random with a verdict map", probeTable("chain t { }", "chain c { numgen random mod 2 vmap { 0 : goto t, 1 : goto t }; }")},
-	{"meta mark", probeTable("chain c { meta mark set meta mark | 0x4000; meta mark & 0x4000 == 0 return; }")},
-	{"dnat", probeTable("chain c { type nat hook output priority -100; policy accept; meta l4proto tcp dnat to 192.0.2.2:80; }")},
-	{"masquerade fully-random", probeTable("chain c { type nat hook postrouting priority 100; policy accept; masquerade fully-random; }")},
-	{"reject", probeTable("chain c { type filter hook output priority -110; policy accept; ip daddr 192.0.2.1 reject; }")},
+	{What: "numgen random with a verdict map", Input: probeTable("chain t { }", "chain c { numgen random mod 2 vmap { 0 : goto t, 1 : goto t }; }")},
+	{What: "meta mark", Input: probeTable("chain c { meta mark set meta mark | 0x4000; meta mark & 0x4000 == 0 return; }")},
+	{What: "dnat", Input: probeTable("chain c { type nat hook output priority -100; policy accept; meta l4proto tcp dnat to 192.0.2.2:80; }")},
+	{What: "masquerade fully-random", Input: probeTable("chain c { type nat hook postrouting priority 100; policy accept; masquerade fully-random; }")},
+	{What: "reject", Input: probeTable("chain c { type filter hook output priority -110; policy accept; ip daddr 192.0.2.1 reject; }")},
 }
 
 // probeTable is a scratch table holding the given declarations, one a line
 // (nft wants a newline or ';' between a block's closing brace and the next).
+// The table is added and deleted first, so that each feature starts from an
+// empty one.
 func probeTable(decls ...string) string {
 	var b strings.Builder
+	b.WriteString("add table ip svclab-probe\ndelete table ip svclab-probe\n")
 	b.WriteString("table ip svclab-probe {\n")
 	for _, d := range decls {
 		b.WriteString("\t" + d + "\n")
@@ -121,79 +115,42 @@ func (t *tool) probe() error {
 }
 
 func (t *tool) runProbe() error {
-	if _, err := exec.LookPath(t.bin); err != nil {
-		return datapath.Unsupportedf("%s: %s not found in PATH", Name, t.bin)
-	}
-	if _, err := t.detectVersion(); err != nil {
-		return datapath.Unsupportedf("%s: %v", Name, err)
-	}
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return fmt.Errorf("%s probe: %w", Name, err)
-	}
-	ns, err := nsutil.Create("svclab-probe-" + hex.EncodeToString(rnd[:]))
-	if err != nil {
-		return datapath.Unsupportedf("%s: cannot create a probe network namespace: %v", Name, err)
-	}
-	defer ns.Close()
-
-	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-	defer cancel()
-	r, err := renderSync(probePodCIDR, probeState(), nil)
-	if err != nil {
-		return fmt.Errorf("%s probe: probe state does not render: %w", Name, err)
-	}
-	input := append(renderSetup(), r.text...)
-	if _, err := t.apply(ctx, ns, input); err == nil {
-		return nil
-	} else if ctx.Err() != nil {
-		return fmt.Errorf("%s probe: %w", Name, err)
-	}
-	// Something is missing: find out what, feature by feature, each in a
-	// fresh scratch table.
-	var missing []string
-	var firstOut string
-	for _, f := range probeFeatures {
-		in := "add table ip svclab-probe\ndelete table ip svclab-probe\n" + f.input
-		if out, err := t.apply(ctx, ns, []byte(in)); err != nil {
-			missing = append(missing, f.what)
-			if firstOut == "" {
-				firstOut = firstErrorLine(out)
+	return kubeproxy.RulesetProbe{
+		Name: Name,
+		Bins: []string{t.bin},
+		Version: func() error {
+			_, err := t.detectVersion()
+			return err
+		},
+		Input: func() ([]byte, error) {
+			r, err := renderSync(kubeproxy.ProbePodCIDR, kubeproxy.ProbeState(), nil)
+			if err != nil {
+				return nil, fmt.Errorf("probe state does not render: %w", err)
 			}
-		}
-	}
-	if len(missing) == 0 {
-		return datapath.Unsupportedf("%s: probe ruleset rejected although every feature passed alone", Name)
-	}
-	return datapath.Unsupportedf("%s: nft or the kernel lacks %s (%s)", Name, strings.Join(missing, ", "), firstOut)
+			return append(renderSetup(), r.text...), nil
+		},
+		Load:     t.apply,
+		Features: probeFeatures,
+		Lacker:   "nft or the kernel",
+		Quote:    firstErrorLine,
+	}.Run()
 }
 
 // firstErrorLine is nft's first "Error:" line, or its first line.
 func firstErrorLine(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	for _, line := range strings.Split(s, "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if strings.Contains(line, "Error:") {
 			return strings.TrimSpace(line)
 		}
 	}
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
+	return kubeproxy.FirstLine(b)
 }
 
 // apply runs input through one `nft -f -` inside ns: one kernel
 // transaction. On failure the error quotes the input around the line nft
 // complained about.
 func (t *tool) apply(ctx context.Context, ns *nsutil.NS, input []byte) ([]byte, error) {
-	out, err := ns.Run(ctx, input, t.bin, "-f", "-")
-	if err != nil {
-		if near := failedLines(input, string(out)); near != "" {
-			err = fmt.Errorf("%w\ninput near the failure:\n%s", err, near)
-		}
-		return out, err
-	}
-	return out, nil
+	return kubeproxy.Load(ctx, ns, errLine, input, t.bin, "-f", "-")
 }
 
 // Datapath is one nftables baseline instance in one node namespace.
@@ -290,32 +247,4 @@ func (d *Datapath) Close() error {
 	d.installed = nil
 	d.rules = 0
 	return nil
-}
-
-// probePodCIDR and probeState are the probe's small service set: one
-// service with two endpoints and a TCP and a UDP port, and one without
-// endpoints (the reject path).
-var probePodCIDR = netip.MustParsePrefix("10.244.0.0/16")
-
-func probeState() datapath.State {
-	ports := []datapath.ServicePort{
-		{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: 8080},
-		{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: 5353},
-	}
-	return datapath.State{Services: []datapath.Service{
-		{
-			Namespace: "svclab", Name: "probe",
-			ClusterIP: netip.MustParseAddr("10.96.0.1"),
-			Ports:     ports,
-			Endpoints: []datapath.Endpoint{
-				{Pod: "a", Addr: netip.MustParseAddr("10.244.0.2"), Ready: true, Serving: true},
-				{Pod: "b", Addr: netip.MustParseAddr("10.244.0.3"), Ready: true, Serving: true},
-			},
-		},
-		{
-			Namespace: "svclab", Name: "empty",
-			ClusterIP: netip.MustParseAddr("10.96.0.2"),
-			Ports:     ports,
-		},
-	}}
 }

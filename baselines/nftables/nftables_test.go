@@ -2,8 +2,6 @@ package nftables
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -20,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -29,25 +28,10 @@ import (
 // failure: the probe must then pass.
 func requireNft(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and runs nft inside them")
-	}
+	baselinetest.RequireRoot(t, "creates network namespaces and runs nft inside them")
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("nft (the nftables CLI) is not installed")
 	}
-}
-
-// newTestNS creates a fresh named namespace, deleted when the test ends
-// whatever its outcome.
-func newTestNS(t *testing.T) *nsutil.NS {
-	t.Helper()
-	var rnd [4]byte
-	_, err := rand.Read(rnd[:])
-	require.NoError(t, err)
-	ns, err := nsutil.Create("svclab-test-" + hex.EncodeToString(rnd[:]))
-	require.NoError(t, err, "create test netns")
-	t.Cleanup(func() { assert.NoError(t, ns.Close(), "delete test netns") })
-	return ns
 }
 
 // rootRuleset reads, without writing, the root namespace's nftables
@@ -158,18 +142,9 @@ func fixedChains() []string {
 // wantChains is every chain the table must hold for st.
 func wantChains(t *testing.T, st datapath.State) []string {
 	t.Helper()
-	r, err := renderSync(testPodCIDR, st, nil)
+	r, err := renderSync(baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	out := append(fixedChains(), sortedChains(r.chains)...)
-	sort.Strings(out)
-	return out
-}
-
-func keys(set map[string]bool) []string {
-	out := make([]string, 0, len(set))
-	for k := range set {
-		out = append(out, k)
-	}
 	sort.Strings(out)
 	return out
 }
@@ -180,27 +155,24 @@ func keys(set map[string]bool) []string {
 // ruleset never changes.
 func TestPrivilegedApply(t *testing.T) {
 	requireNft(t)
-	before := rootRuleset(t)
-	t.Cleanup(func() {
-		assert.Equal(t, before, rootRuleset(t), "the root namespace's nftables ruleset must not change")
-	})
+	baselinetest.CheckRootUnchanged(t, "nftables ruleset", rootRuleset)
 	f, err := datapath.Lookup(Name)
 	require.NoError(t, err)
 	require.NoError(t, f.Probe(), "probe")
 
-	web := webService(12)
-	full := datapath.State{Services: []datapath.Service{web, dnsService(), emptyService()}}
+	web := baselinetest.WebService(12)
+	full := datapath.State{Services: []datapath.Service{web, baselinetest.DNSService(), baselinetest.EmptyService()}}
 	shrunk := datapath.State{Services: []datapath.Service{web}}
 
-	ns := newTestNS(t)
+	ns := baselinetest.NewNS(t)
 	dp := f.New()
-	env := &datapath.Env{Node: ns, PodCIDR: testPodCIDR, ServiceCIDR: netip.MustParsePrefix("10.96.0.0/12")}
+	env := &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR, ServiceCIDR: netip.MustParsePrefix("10.96.0.0/12")}
 	ctx := context.Background()
 	require.NoError(t, dp.Setup(ctx, env))
 	t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
 
 	l := listTable(t, ns)
-	assert.Equal(t, wantChains(t, datapath.State{}), keys(l.chains), "chains after Setup")
+	assert.Equal(t, wantChains(t, datapath.State{}), sortedChains(l.chains), "chains after Setup")
 	assert.Equal(t, map[string]string{
 		"filter-input": "input", "filter-forward": "forward", "filter-output": "output",
 		"nat-prerouting": "prerouting", "nat-output": "output", "nat-postrouting": "postrouting",
@@ -210,7 +182,7 @@ func TestPrivilegedApply(t *testing.T) {
 
 	require.NoError(t, dp.Apply(ctx, full))
 	l = listTable(t, ns)
-	assert.Equal(t, wantChains(t, full), keys(l.chains), "chains after the full Apply")
+	assert.Equal(t, wantChains(t, full), sortedChains(l.chains), "chains after the full Apply")
 	assert.Equal(t, []string{
 		"10.96.0.10 . tcp . 80",
 		"10.96.0.53 . tcp . 53",
@@ -222,7 +194,7 @@ func TestPrivilegedApply(t *testing.T) {
 	}
 	assert.Contains(t, l.text, "numgen random mod 12 vmap {")
 	assert.Contains(t, l.text, "meta l4proto udp dnat to 10.244.2.2:5353")
-	want, err := renderSync(testPodCIDR, full, nil)
+	want, err := renderSync(baselinetest.PodCIDR, full, nil)
 	require.NoError(t, err)
 	assert.Equal(t, want.rules, l.rules, "rules in the kernel = rules rendered")
 
@@ -239,7 +211,7 @@ func TestPrivilegedApply(t *testing.T) {
 	// Dropping services deletes their chains and elements in the kernel.
 	require.NoError(t, dp.Apply(ctx, shrunk))
 	l = listTable(t, ns)
-	assert.Equal(t, wantChains(t, shrunk), keys(l.chains), "chains after the shrinking Apply")
+	assert.Equal(t, wantChains(t, shrunk), sortedChains(l.chains), "chains after the shrinking Apply")
 	assert.Equal(t, []string{"10.96.0.10 . tcp . 80"}, l.maps[mapServiceIPs])
 	assert.Empty(t, l.maps[mapNoEndpoints])
 	assert.NotContains(t, l.text, "kube-system/dns")
@@ -256,19 +228,19 @@ func TestPrivilegedApply(t *testing.T) {
 // installed, so the next good sync still deletes the right chains.
 func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 	requireNft(t)
-	ns := newTestNS(t)
+	ns := baselinetest.NewNS(t)
 	dp := &Datapath{t: nft}
 	ctx := context.Background()
-	require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: testPodCIDR}))
+	require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
 	t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-	st := datapath.State{Services: []datapath.Service{webService(2)}}
+	st := datapath.State{Services: []datapath.Service{baselinetest.WebService(2)}}
 	require.NoError(t, dp.Apply(ctx, st))
 	before := listTable(t, ns)
 
 	// A map we do not own points at one of our endpoint chains, so the
 	// kernel refuses to delete that chain (flush table empties rules, not
 	// maps): the whole sync must fail.
-	r, err := renderSync(testPodCIDR, st, nil)
+	r, err := renderSync(baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	ep := sortedChains(r.chains)[0]
 	require.True(t, strings.HasPrefix(ep, prefixEndpoint), "picked %s", ep)
@@ -289,7 +261,7 @@ func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 	_, err = nft.apply(ctx, ns, []byte("delete map ip svclab foreign\n"))
 	require.NoError(t, err)
 	require.NoError(t, dp.Apply(ctx, datapath.State{}))
-	assert.Equal(t, wantChains(t, datapath.State{}), keys(listTable(t, ns).chains), "the next good sync deletes every service chain")
+	assert.Equal(t, wantChains(t, datapath.State{}), sortedChains(listTable(t, ns).chains), "the next good sync deletes every service chain")
 }
 
 // TestPrivilegedApplyTiming measures single syncs of the sizes the lead
@@ -302,13 +274,13 @@ func TestPrivilegedApplyTiming(t *testing.T) {
 	}
 	for _, n := range []int{1, 1000} {
 		t.Run(fmt.Sprintf("%d_services", n), func(t *testing.T) {
-			ns := newTestNS(t)
+			ns := baselinetest.NewNS(t)
 			dp := &Datapath{t: nft}
 			ctx := context.Background()
-			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: testPodCIDR}))
+			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
 			t.Cleanup(func() { assert.NoError(t, dp.Close()) })
 			st := manyServices(n, 12)
-			r, err := renderSync(testPodCIDR, st, nil)
+			r, err := renderSync(baselinetest.PodCIDR, st, nil)
 			require.NoError(t, err)
 
 			start := time.Now()
@@ -338,7 +310,7 @@ func manyServices(n, eps int) datapath.State {
 		svc := datapath.Service{
 			Namespace: "bench", Name: fmt.Sprintf("svc-%04d", i),
 			ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte((i + 1) >> 8), byte(i + 1)}),
-			Ports:     []datapath.ServicePort{httpPort},
+			Ports:     []datapath.ServicePort{baselinetest.HTTPPort},
 		}
 		for j := range eps {
 			k := i*eps + j + 1
@@ -355,10 +327,7 @@ func manyServices(n, eps int) datapath.State {
 func TestPrivilegedProbe(t *testing.T) {
 	requireNft(t)
 	require.NoError(t, nft.probe())
-	// The probe namespace must be gone.
-	left, err := nsutil.List("svclab-probe-")
-	require.NoError(t, err)
-	assert.Empty(t, left)
+	baselinetest.AssertProbeNSGone(t)
 }
 
 // TestPrivilegedProbeNamesMissingFeature stands in for a kernel without
@@ -386,9 +355,7 @@ printf '%s\n' "$input" | exec ` + real + ` "$@"
 	assert.Contains(t, err.Error(), "nftables: nft or the kernel lacks numgen random with a verdict map (")
 	assert.NotContains(t, err.Error(), "dnat", "only the missing feature is named")
 	assert.Equal(t, err, tl.probe(), "the answer is cached")
-	left, err := nsutil.List("svclab-probe-")
-	require.NoError(t, err)
-	assert.Empty(t, left, "probe namespace deleted")
+	baselinetest.AssertProbeNSGone(t)
 }
 
 // TestPrivilegedProbeFeatures: every single-feature input of the probe is
@@ -396,11 +363,10 @@ printf '%s\n' "$input" | exec ` + real + ` "$@"
 // blame the wrong feature.
 func TestPrivilegedProbeFeatures(t *testing.T) {
 	requireNft(t)
-	ns := newTestNS(t)
+	ns := baselinetest.NewNS(t)
 	for _, f := range probeFeatures {
-		t.Run(f.what, func(t *testing.T) {
-			in := "add table ip svclab-probe\ndelete table ip svclab-probe\n" + f.input
-			_, err := nft.apply(context.Background(), ns, []byte(in))
+		t.Run(f.What, func(t *testing.T) {
+			_, err := nft.apply(context.Background(), ns, []byte(f.Input))
 			assert.NoError(t, err)
 		})
 	}

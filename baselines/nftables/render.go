@@ -2,16 +2,14 @@ package nftables
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/base32"
 	"fmt"
 	"net/netip"
 	"regexp"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -80,13 +78,12 @@ var baseChains = []baseChain{
 	{"nat-postrouting", "nat", "postrouting", 100, "jump " + chainMasquerading},
 }
 
-// nameHash is the first 8 characters of base32(sha256(name)), the same
-// hash kube-proxy's nftables mode puts in front of its readable chain names:
-// it keeps two names distinct if they ever need truncating, and makes chains
-// that differ in one digit easy to tell apart.
+// nameHash is the 8-character kube-proxy hash of name, which kube-proxy's
+// nftables mode puts in front of its readable chain names: it keeps two
+// names distinct if they ever need truncating, and makes chains that differ
+// in one digit easy to tell apart.
 func nameHash(name string) string {
-	sum := sha256.Sum256([]byte(name))
-	return base32.StdEncoding.EncodeToString(sum[:])[:8]
+	return kubeproxy.NameHash(name, 8)
 }
 
 // hashedChain is prefix + hash(base) + "-" + base, cut to the kernel's
@@ -121,17 +118,6 @@ func serviceChainName(svc datapath.Service, p datapath.ServicePort, proto string
 // written ip/port, not ip:port (nft rejects ':' even in a quoted name).
 func endpointChainName(svc datapath.Service, p datapath.ServicePort, proto string, ep netip.AddrPort) string {
 	return hashedChain(prefixEndpoint, fmt.Sprintf("%s__%s/%d", portBase(svc, p, proto), ep.Addr(), ep.Port()))
-}
-
-// protoName is the lower-case protocol nft matches on.
-func protoName(p datapath.Protocol) (string, error) {
-	switch p {
-	case datapath.TCP:
-		return "tcp", nil
-	case datapath.UDP:
-		return "udp", nil
-	}
-	return "", fmt.Errorf("protocol %q not supported by the nftables baseline", p)
 }
 
 // chainBlock is one regular chain with its rules.
@@ -189,27 +175,18 @@ func renderTeardown() []byte {
 // transaction needs kernel 6.2 or newer; kube-proxy defers such deletions to
 // a later sync to support older kernels.
 func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (rendered, error) {
-	svcs := slices.Clone(st.Services)
-	// Sort so the output does not depend on the caller's order.
-	sort.SliceStable(svcs, func(i, j int) bool { return svcs[i].String() < svcs[j].String() })
-
 	var chains []chainBlock
 	var serviceIPs, noEndpoints []element
 	cur := map[string]bool{}
 	keys := map[string]string{} // map key → service port that uses it
 
-	for _, svc := range svcs {
-		if !svc.ClusterIP.Is4() {
-			return rendered{}, fmt.Errorf("service %s: cluster IP %v is not IPv4 (the nftables baseline is IPv4 only)", svc, svc.ClusterIP)
-		}
-		eps := uniqueEndpoints(svc.ReadyEndpoints())
-		for _, ep := range eps {
-			if !ep.Is4() {
-				return rendered{}, fmt.Errorf("service %s: endpoint %v is not IPv4", svc, ep)
-			}
+	for _, svc := range kubeproxy.SortedServices(st) {
+		eps, err := kubeproxy.IPv4Endpoints(svc, Name)
+		if err != nil {
+			return rendered{}, err
 		}
 		for _, port := range svc.Ports {
-			proto, err := protoName(port.Protocol)
+			proto, err := kubeproxy.Proto(port.Protocol, Name)
 			if err != nil {
 				return rendered{}, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
 			}
@@ -348,47 +325,6 @@ func writeElements(b *bytes.Buffer, m string, elems []element) {
 	b.WriteString("}\n")
 }
 
-// uniqueEndpoints returns the endpoint addresses in order, without
-// duplicates: two EndpointSlice entries for one address would otherwise
-// render the same endpoint chain twice.
-func uniqueEndpoints(eps []datapath.Endpoint) []netip.Addr {
-	seen := map[netip.Addr]bool{}
-	var out []netip.Addr
-	for _, ep := range eps {
-		if !seen[ep.Addr] {
-			seen[ep.Addr] = true
-			out = append(out, ep.Addr)
-		}
-	}
-	return out
-}
-
 // errLine matches the location nft reports for an error in its input
 // ("/dev/stdin:12:5-9: Error: ...").
 var errLine = regexp.MustCompile(`(?m)^[^:\s]+:(\d+):\d+(?:-\d+)?: Error:`)
-
-// failedLines returns the input lines around the first one nft reported,
-// so an error names the offending rule and not just a number.
-func failedLines(input []byte, output string) string {
-	m := errLine.FindStringSubmatch(output)
-	if m == nil {
-		return ""
-	}
-	n, err := strconv.Atoi(m[1])
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(string(input), "\n")
-	if n < 1 || n > len(lines) {
-		return ""
-	}
-	var b strings.Builder
-	for i := max(n-2, 1); i <= min(n+1, len(lines)); i++ {
-		mark := "  "
-		if i == n {
-			mark = "> "
-		}
-		fmt.Fprintf(&b, "%s%d: %s\n", mark, i, lines[i-1])
-	}
-	return b.String()
-}

@@ -1,11 +1,8 @@
 package nftables
 
 import (
-	"flag"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -15,111 +12,29 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current renderer")
-
-var testPodCIDR = netip.MustParsePrefix("10.244.0.0/16")
-
-// endpoints returns n ready endpoints 10.244.<subnet>.1 … .n.
-func endpoints(subnet, n int) []datapath.Endpoint {
-	eps := make([]datapath.Endpoint, n)
-	for i := range eps {
-		eps[i] = datapath.Endpoint{
-			Pod:     fmt.Sprintf("backend-%d-%d", subnet, i),
-			Addr:    netip.AddrFrom4([4]byte{10, 244, byte(subnet), byte(i + 1)}),
-			Ready:   true,
-			Serving: true,
-		}
-	}
-	return eps
-}
-
-var (
-	httpPort = datapath.ServicePort{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: 8080}
-	dnsTCP   = datapath.ServicePort{Name: "dns-tcp", Protocol: datapath.TCP, Port: 53, TargetPort: 5353}
-	dnsUDP   = datapath.ServicePort{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: 5353}
-)
-
-func webService(n int) datapath.Service {
-	return datapath.Service{
-		Namespace: "bench", Name: "web",
-		ClusterIP: netip.MustParseAddr("10.96.0.10"),
-		Ports:     []datapath.ServicePort{httpPort},
-		Endpoints: endpoints(1, n),
-	}
-}
-
-func dnsService() datapath.Service {
-	return datapath.Service{
-		Namespace: "kube-system", Name: "dns",
-		ClusterIP: netip.MustParseAddr("10.96.0.53"),
-		Ports:     []datapath.ServicePort{dnsTCP, dnsUDP},
-		Endpoints: endpoints(2, 2),
-	}
-}
-
-func emptyService() datapath.Service {
-	return datapath.Service{
-		Namespace: "bench", Name: "empty",
-		ClusterIP: netip.MustParseAddr("10.96.0.20"),
-		Ports:     []datapath.ServicePort{httpPort},
-	}
-}
-
-// checkGolden compares got with testdata/<name>.golden, or rewrites the
-// file under -update.
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		require.NoError(t, os.MkdirAll("testdata", 0o755))
-		require.NoError(t, os.WriteFile(path, got, 0o644))
-		return
-	}
-	want, err := os.ReadFile(path)
-	require.NoError(t, err, "read golden file (run go test -update to create it)")
-	assert.Equal(t, string(want), string(got), "rendered ruleset differs from %s (go test -update rewrites it)", path)
-}
 
 // TestRenderGolden pins the exact nft text, so any change to the rule shape
 // shows up as a reviewable diff of the golden files.
 func TestRenderGolden(t *testing.T) {
-	twoServices := datapath.State{Services: []datapath.Service{webService(3), dnsService()}}
-	first, err := renderSync(testPodCIDR, twoServices, nil)
-	require.NoError(t, err)
-
-	tests := []struct {
-		name  string
-		state datapath.State
-		prev  map[string]bool
-	}{
-		{name: "one_service_12_endpoints", state: datapath.State{Services: []datapath.Service{webService(12)}}},
-		{name: "no_endpoints", state: datapath.State{Services: []datapath.Service{emptyService()}}},
-		{name: "two_services_multiport", state: twoServices},
-		// The second sync drops kube-system/dns: its service and
-		// endpoint chains must be deleted in the same transaction.
-		{name: "second_apply_drops_service", state: datapath.State{Services: []datapath.Service{webService(3)}}, prev: first.chains},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, err := renderSync(testPodCIDR, tt.state, tt.prev)
-			require.NoError(t, err)
-			checkGolden(t, tt.name, r.text)
-		})
-	}
-	t.Run("setup", func(t *testing.T) { checkGolden(t, "setup", renderSetup()) })
-	t.Run("teardown", func(t *testing.T) { checkGolden(t, "teardown", renderTeardown()) })
+	baselinetest.CheckGoldenCases(t, func(st datapath.State, prev map[string]bool) ([]byte, map[string]bool, error) {
+		r, err := renderSync(baselinetest.PodCIDR, st, prev)
+		return r.text, r.chains, err
+	})
+	t.Run("setup", func(t *testing.T) { baselinetest.CheckGolden(t, "setup", renderSetup()) })
+	t.Run("teardown", func(t *testing.T) { baselinetest.CheckGolden(t, "teardown", renderTeardown()) })
 }
 
 // TestSecondApplyDeletesOnlyStaleChains checks the delete bookkeeping
 // directly, independent of the golden text, and through the model of what
 // the kernel holds after both transactions.
 func TestSecondApplyDeletesOnlyStaleChains(t *testing.T) {
-	first, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(3), dnsService()}}, nil)
+	first, err := renderSync(baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
 	require.NoError(t, err)
-	second, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(3)}}, first.chains)
+	second, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3)}}, first.chains)
 	require.NoError(t, err)
 
 	deleted := map[string]bool{}
@@ -180,12 +95,12 @@ func TestRenderRejects(t *testing.T) {
 	}{
 		{
 			name: "IPv6 cluster IP",
-			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: netip.MustParseAddr("fd00::1"), Ports: []datapath.ServicePort{httpPort}}},
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: netip.MustParseAddr("fd00::1"), Ports: []datapath.ServicePort{baselinetest.HTTPPort}}},
 			want: "cluster IP fd00::1 is not IPv4",
 		},
 		{
 			name: "IPv6 endpoint",
-			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip, Ports: []datapath.ServicePort{httpPort},
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip, Ports: []datapath.ServicePort{baselinetest.HTTPPort},
 				Endpoints: []datapath.Endpoint{{Addr: netip.MustParseAddr("fd00::2"), Ready: true}}}},
 			want: "endpoint fd00::2 is not IPv4",
 		},
@@ -204,29 +119,29 @@ func TestRenderRejects(t *testing.T) {
 		{
 			name: "two services on one VIP and port",
 			svcs: []datapath.Service{
-				{Namespace: "a", Name: "b", ClusterIP: ip, Ports: []datapath.ServicePort{httpPort}},
-				{Namespace: "a", Name: "c", ClusterIP: ip, Ports: []datapath.ServicePort{httpPort}},
+				{Namespace: "a", Name: "b", ClusterIP: ip, Ports: []datapath.ServicePort{baselinetest.HTTPPort}},
+				{Namespace: "a", Name: "c", ClusterIP: ip, Ports: []datapath.ServicePort{baselinetest.HTTPPort}},
 			},
 			want: "10.96.0.1:80 is already used by a/b/tcp/http",
 		},
 		{
 			name: "two ports with one name",
-			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip, Endpoints: endpoints(1, 1), Ports: []datapath.ServicePort{
-				httpPort, {Name: "http", Protocol: datapath.TCP, Port: 81, TargetPort: 8080},
+			svcs: []datapath.Service{{Namespace: "a", Name: "b", ClusterIP: ip, Endpoints: baselinetest.Endpoints(1, 1), Ports: []datapath.ServicePort{
+				baselinetest.HTTPPort, {Name: "http", Protocol: datapath.TCP, Port: 81, TargetPort: 8080},
 			}}},
 			want: "is rendered twice",
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := renderSync(testPodCIDR, datapath.State{Services: tt.svcs}, nil)
+			_, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: tt.svcs}, nil)
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
 }
 
 func TestRuleCount(t *testing.T) {
-	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{webService(12)}}, nil)
+	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(12)}}, nil)
 	require.NoError(t, err)
 	// 6 base-chain jumps + 7 fixed (services 1, endpoints-check 1,
 	// reject 1, mark 1, masquerading 3) + service chain 2 (masquerade
@@ -341,20 +256,6 @@ func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 	return m
 }
 
-type packet struct {
-	proto string
-	src   netip.Addr
-	dst   netip.Addr
-	dport int
-}
-
-// flow is where a packet ends up: verdict ("dnat ip:port", "reject") →
-// probability, and whether that path marked it for masquerade.
-type flow struct {
-	prob map[string]float64
-	masq map[string]bool
-}
-
 var (
 	reJump        = regexp.MustCompile(`^(?:ct state new )?jump (\S+)$`)
 	reMapLookup   = regexp.MustCompile(`^ip daddr \. meta l4proto \. th dport vmap @(\S+)$`)
@@ -386,10 +287,11 @@ func numgenTargets(t *testing.T, rule string) (int, map[int]string) {
 }
 
 // trace walks chain with the share w of packets reaching it, records
-// terminal verdicts in out and returns the share that falls off the chain's
-// end (back to whoever jumped to it). goto ends the current chain: what
-// falls off the target returns to the caller of the current chain.
-func trace(t *testing.T, m *nftModel, chain string, p packet, w float64, masq bool, out *flow) float64 {
+// terminal verdicts ("dnat ip:port", "reject") in out and returns the share
+// that falls off the chain's end (back to whoever jumped to it). goto ends
+// the current chain: what falls off the target returns to the caller of
+// the current chain.
+func trace(t *testing.T, m *nftModel, chain string, p baselinetest.Packet, w float64, masq bool, out *baselinetest.Flow) float64 {
 	t.Helper()
 	rules, ok := m.chains[chain]
 	require.True(t, ok, "chain %s does not exist", chain)
@@ -404,19 +306,19 @@ func trace(t *testing.T, m *nftModel, chain string, p packet, w float64, masq bo
 			w = trace(t, m, target, p, w, masq, out)
 		case reMapLookup.MatchString(r):
 			mp := reMapLookup.FindStringSubmatch(r)[1]
-			v, ok := m.maps[mp][fmt.Sprintf("%s . %s . %d", p.dst, p.proto, p.dport)]
+			v, ok := m.maps[mp][fmt.Sprintf("%s . %s . %d", p.Dst, p.Proto, p.DPort)]
 			if !ok {
 				continue
 			}
 			return trace(t, m, strings.TrimPrefix(v, "goto "), p, w, masq, out)
 		case reMasqService.MatchString(r):
 			g := reMasqService.FindStringSubmatch(r)
-			if g[1] == p.dst.String() && g[2] == p.proto && g[3] == strconv.Itoa(p.dport) &&
-				!netip.MustParsePrefix(g[4]).Contains(p.src) {
+			if g[1] == p.Dst.String() && g[2] == p.Proto && g[3] == strconv.Itoa(p.DPort) &&
+				!netip.MustParsePrefix(g[4]).Contains(p.Src) {
 				masq = true
 			}
 		case reMasqHairpin.MatchString(r):
-			if reMasqHairpin.FindStringSubmatch(r)[1] == p.src.String() {
+			if reMasqHairpin.FindStringSubmatch(r)[1] == p.Src.String() {
 				masq = true
 			}
 		case reNumgen.MatchString(r):
@@ -430,15 +332,15 @@ func trace(t *testing.T, m *nftModel, chain string, p packet, w float64, masq bo
 			return rest
 		case reDNAT.MatchString(r):
 			g := reDNAT.FindStringSubmatch(r)
-			if g[1] != p.proto {
+			if g[1] != p.Proto {
 				continue
 			}
 			v := "dnat " + g[2]
-			out.prob[v] += w
-			out.masq[v] = out.masq[v] || masq
+			out.Prob[v] += w
+			out.Masq[v] = out.Masq[v] || masq
 			return 0
 		case r == "reject":
-			out.prob["reject"] += w
+			out.Prob["reject"] += w
 			return 0
 		default:
 			t.Fatalf("chain %s: rule %q is not understood by the tracer", chain, r)
@@ -452,12 +354,12 @@ func trace(t *testing.T, m *nftModel, chain string, p packet, w float64, masq bo
 // each to a different endpoint chain that DNATs to a different endpoint,
 // so every endpoint gets 1/12 of the new connections.
 func TestNumgenCoversEveryEndpointOnce(t *testing.T) {
-	web := webService(12)
-	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{web}}, nil)
+	web := baselinetest.WebService(12)
+	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{web}}, nil)
 	require.NoError(t, err)
 	m := parseNft(t, renderSetup(), r.text)
 
-	svcChain := serviceChainName(web, httpPort, "tcp")
+	svcChain := serviceChainName(web, baselinetest.HTTPPort, "tcp")
 	var numgen []string
 	for _, rule := range m.chains[svcChain] {
 		if strings.HasPrefix(rule, "numgen ") {
@@ -493,14 +395,14 @@ func TestNumgenCoversEveryEndpointOnce(t *testing.T) {
 // chains, like kube-proxy's packet-flow tests: which backends a packet can
 // reach, with which probability, and whether it is masqueraded.
 func TestPacketFlow(t *testing.T) {
-	st := datapath.State{Services: []datapath.Service{webService(12), dnsService(), emptyService()}}
-	r, err := renderSync(testPodCIDR, st, nil)
+	st := datapath.State{Services: []datapath.Service{baselinetest.WebService(12), baselinetest.DNSService(), baselinetest.EmptyService()}}
+	r, err := renderSync(baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	m := parseNft(t, renderSetup(), r.text)
 
 	vip := netip.MustParseAddr("10.96.0.10")
 	var all12 []string
-	for _, ep := range endpoints(1, 12) {
+	for _, ep := range baselinetest.Endpoints(1, 12) {
 		all12 = append(all12, "dnat "+ep.Addr.String()+":8080")
 	}
 	pod := netip.MustParseAddr("10.244.9.9")
@@ -512,68 +414,55 @@ func TestPacketFlow(t *testing.T) {
 	tests := []struct {
 		name string
 		hook string
-		pkt  packet
+		pkt  baselinetest.Packet
 		want []string // verdicts, each with equal probability
 		masq func(verdict string) bool
 	}{
 		{
 			name: "pod to VIP reaches all 12 evenly, no masquerade", hook: "nat prerouting",
-			pkt: packet{"tcp", pod, vip, 80}, want: all12, masq: never,
+			pkt: baselinetest.NewPacket("tcp", pod, vip, 80), want: all12, masq: never,
 		},
 		{
 			name: "node to VIP is masqueraded (source outside the pod CIDR)", hook: "nat output",
-			pkt: packet{"tcp", node, vip, 80}, want: all12,
+			pkt: baselinetest.NewPacket("tcp", node, vip, 80), want: all12,
 			masq: func(string) bool { return true },
 		},
 		{
 			name: "hairpin: only the path back to the sender is masqueraded", hook: "nat prerouting",
-			pkt: packet{"tcp", backend1, vip, 80}, want: all12,
+			pkt: baselinetest.NewPacket("tcp", backend1, vip, 80), want: all12,
 			masq: func(v string) bool { return v == "dnat 10.244.1.1:8080" },
 		},
-		{name: "UDP to a TCP-only port is not translated", hook: "nat prerouting", pkt: packet{"udp", pod, vip, 80}},
-		{name: "TCP to another port is not translated", hook: "nat prerouting", pkt: packet{"tcp", pod, vip, 81}},
+		{name: "UDP to a TCP-only port is not translated", hook: "nat prerouting", pkt: baselinetest.NewPacket("udp", pod, vip, 80)},
+		{name: "TCP to another port is not translated", hook: "nat prerouting", pkt: baselinetest.NewPacket("tcp", pod, vip, 81)},
 		{
 			name: "UDP port of a multi-port service", hook: "nat prerouting",
-			pkt:  packet{"udp", pod, netip.MustParseAddr("10.96.0.53"), 53},
+			pkt:  baselinetest.NewPacket("udp", pod, netip.MustParseAddr("10.96.0.53"), 53),
 			want: []string{"dnat 10.244.2.1:5353", "dnat 10.244.2.2:5353"}, masq: never,
 		},
 		{
 			name: "TCP port of a multi-port service", hook: "nat prerouting",
-			pkt:  packet{"tcp", pod, netip.MustParseAddr("10.96.0.53"), 53},
+			pkt:  baselinetest.NewPacket("tcp", pod, netip.MustParseAddr("10.96.0.53"), 53),
 			want: []string{"dnat 10.244.2.1:5353", "dnat 10.244.2.2:5353"}, masq: never,
 		},
 		{
 			name: "pod to a service without endpoints is rejected in forward", hook: "filter forward",
-			pkt: packet{"tcp", pod, empty, 80}, want: []string{"reject"}, masq: never,
+			pkt: baselinetest.NewPacket("tcp", pod, empty, 80), want: []string{"reject"}, masq: never,
 		},
 		{
 			name: "node to a service without endpoints is rejected in output", hook: "filter output",
-			pkt: packet{"tcp", node, empty, 80}, want: []string{"reject"}, masq: never,
+			pkt: baselinetest.NewPacket("tcp", node, empty, 80), want: []string{"reject"}, masq: never,
 		},
-		{name: "a service without endpoints is not translated", hook: "nat prerouting", pkt: packet{"tcp", pod, empty, 80}},
-		{name: "a service with endpoints is not rejected", hook: "filter forward", pkt: packet{"tcp", pod, vip, 80}},
-		{name: "another port of a service without endpoints is not rejected", hook: "filter input", pkt: packet{"tcp", pod, empty, 81}},
+		{name: "a service without endpoints is not translated", hook: "nat prerouting", pkt: baselinetest.NewPacket("tcp", pod, empty, 80)},
+		{name: "a service with endpoints is not rejected", hook: "filter forward", pkt: baselinetest.NewPacket("tcp", pod, vip, 80)},
+		{name: "another port of a service without endpoints is not rejected", hook: "filter input", pkt: baselinetest.NewPacket("tcp", pod, empty, 81)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			chain, ok := m.hooks[tt.hook]
 			require.True(t, ok, "no base chain on %s", tt.hook)
-			out := flow{prob: map[string]float64{}, masq: map[string]bool{}}
-			rest := trace(t, m, chain, tt.pkt, 1, false, &out)
-			got := make([]string, 0, len(out.prob))
-			for v := range out.prob {
-				got = append(got, v)
-			}
-			assert.ElementsMatch(t, tt.want, got, "verdicts reachable")
-			for _, v := range tt.want {
-				assert.InDelta(t, 1/float64(len(tt.want)), out.prob[v], 1e-9, "share of %s", v)
-				assert.Equal(t, tt.masq(v), out.masq[v], "masquerade on the path to %s", v)
-			}
-			if len(tt.want) > 0 {
-				assert.InDelta(t, 0, rest, 1e-9, "no packet may fall through a service with verdicts")
-			} else {
-				assert.InDelta(t, 1, rest, 1e-9, "untranslated packets fall through")
-			}
+			out := baselinetest.NewFlow()
+			rest := trace(t, m, chain, tt.pkt, 1, false, out)
+			baselinetest.CheckFlow(t, out, rest, tt.want, tt.masq)
 		})
 	}
 }
@@ -581,13 +470,8 @@ func TestPacketFlow(t *testing.T) {
 // TestTerminatingFallback: with no ready endpoint, serving terminating ones
 // still receive connections (ReadyEndpoints); not-serving ones never do.
 func TestTerminatingFallback(t *testing.T) {
-	svc := webService(3)
-	for i := range svc.Endpoints {
-		svc.Endpoints[i].Ready = false
-		svc.Endpoints[i].Terminating = true
-	}
-	svc.Endpoints[2].Serving = false
-	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	svc := baselinetest.DrainingWebService()
+	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
 	require.NoError(t, err)
 	text := string(r.text)
 	assert.Contains(t, text, "dnat to 10.244.1.1:8080")
@@ -600,9 +484,9 @@ func TestTerminatingFallback(t *testing.T) {
 // TestDuplicateEndpoints: one address listed twice is one endpoint chain
 // and one numgen index, not a double share.
 func TestDuplicateEndpoints(t *testing.T) {
-	svc := webService(2)
+	svc := baselinetest.WebService(2)
 	svc.Endpoints = append(svc.Endpoints, svc.Endpoints[0])
-	r, err := renderSync(testPodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
 	require.NoError(t, err)
 	assert.Contains(t, string(r.text), "numgen random mod 2 vmap")
 	assert.Len(t, r.chains, 3)
@@ -610,9 +494,9 @@ func TestDuplicateEndpoints(t *testing.T) {
 
 func TestFailedLines(t *testing.T) {
 	input := []byte("add table ip svclab\ntable ip svclab {\n\tchain c { nope; }\n}\n")
-	got := failedLines(input, "/dev/stdin:3:12-15: Error: syntax error, unexpected string\n\tchain c { nope; }\n\t          ^^^^\n")
+	got := kubeproxy.FailedLines(errLine, input, "/dev/stdin:3:12-15: Error: syntax error, unexpected string\n\tchain c { nope; }\n\t          ^^^^\n")
 	assert.Contains(t, got, "> 3: \tchain c { nope; }")
 	assert.Contains(t, got, "  2: table ip svclab {")
-	assert.Empty(t, failedLines(input, "no line number here"))
-	assert.Empty(t, failedLines(input, "/dev/stdin:99:1-2: Error: beyond the input"))
+	assert.Empty(t, kubeproxy.FailedLines(errLine, input, "no line number here"))
+	assert.Empty(t, kubeproxy.FailedLines(errLine, input, "/dev/stdin:99:1-2: Error: beyond the input"))
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -37,7 +38,7 @@ var (
 
 func newMiniTopology(t *testing.T) *miniTopology {
 	t.Helper()
-	m := &miniTopology{node: newTestNS(t), client: newTestNS(t), backend: newTestNS(t)}
+	m := &miniTopology{node: baselinetest.NewNS(t), client: baselinetest.NewNS(t), backend: baselinetest.NewNS(t)}
 	ctx := context.Background()
 	run := func(ns *nsutil.NS, args ...string) {
 		t.Helper()
@@ -143,13 +144,13 @@ func TestPrivilegedSockets(t *testing.T) {
 	serve(t, m.backend, netip.AddrPortFrom(miniBackend, 5353))
 
 	one := []datapath.Endpoint{{Pod: "backend", Addr: miniBackend, Ready: true, Serving: true}}
-	web, dns, empty := webService(1), dnsService(), emptyService()
+	web, dns, empty := baselinetest.WebService(1), baselinetest.DNSService(), baselinetest.EmptyService()
 	web.Endpoints, dns.Endpoints = one, one
 	emptyUDP := datapath.Service{Namespace: "bench", Name: "empty-udp", ClusterIP: netip.MustParseAddr("10.96.0.21"),
-		Ports: []datapath.ServicePort{dnsUDP}}
+		Ports: []datapath.ServicePort{baselinetest.DNSUDP}}
 	dp := &Datapath{t: nft}
 	ctx := context.Background()
-	require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: m.node, PodCIDR: testPodCIDR}))
+	require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: m.node, PodCIDR: baselinetest.PodCIDR}))
 	t.Cleanup(func() { assert.NoError(t, dp.Close()) })
 	require.NoError(t, dp.Apply(ctx, datapath.State{Services: []datapath.Service{web, dns, empty, emptyUDP}}))
 

@@ -6,19 +6,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
-	"slices"
-
-	"github.com/cilium/ebpf"
 
 	"svclab/datapath"
+	"svclab/internal/lbmaps"
 )
 
-// The service and backend maps are laid out and synced exactly as
-// datapath/socketlb does it (the same C structs, the same diff-and-order
-// plan); only the Go types differ, because bpf2go generates them per
-// package.
+// The service and backend maps are laid out and synced by internal/lbmaps,
+// as datapath/socketlb's are (the same C structs, the same diff-and-order
+// plan, no membership map); this file holds the encodings of the Go types
+// bpf2go generates for this package.
 
 // Capacities of the BPF maps; they must match SVCLAB_MAX_SERVICES,
 // SVCLAB_MAX_BACKENDS and SVCLAB_MAX_FLOWS in bpf/tc_dnat.c (a test checks
@@ -91,6 +88,10 @@ func (k tcebpfSvcKey) String() string {
 	return fmt.Sprintf("%s/%d", netip.AddrPortFrom(netip.AddrFrom4(a), binary.BigEndian.Uint16(p[:])), k.Proto)
 }
 
+func (k tcebpfBackendKey) String() string {
+	return fmt.Sprintf("%d/%d", k.SvcId, k.Slot)
+}
+
 // frontend is one service port reduced to what the maps hold.
 type frontend struct {
 	key tcebpfSvcKey
@@ -100,77 +101,65 @@ type frontend struct {
 	backends []tcebpfBackendEntry
 }
 
+// rules are what the maps can hold: IPv4 only.
+var rules = lbmaps.Rules[struct{}, tcebpfBackendEntry]{
+	MaxServices:        maxServices,
+	MaxBackends:        maxBackends,
+	MaxServiceBackends: maxServiceBackends,
+	ErrUnsupported:     ErrUnsupportedService,
+	ErrCapacity:        ErrCapacity,
+	Backend:            backendEntry,
+	Service: func(svc datapath.Service, vip netip.Addr) (struct{}, error) {
+		if !vip.Is4() {
+			return struct{}{}, fmt.Errorf("service %s: ClusterIP %s is not IPv4: %w", svc, svc.ClusterIP, ErrUnsupportedService)
+		}
+		return struct{}{}, nil
+	},
+	Endpoint: func(port string, _ netip.Addr, ep datapath.Endpoint) error {
+		if !ep.Addr.Unmap().Is4() {
+			return fmt.Errorf("service %s: endpoint %s (%s) is not IPv4: %w", port, ep.Addr, ep.Pod, ErrUnsupportedService)
+		}
+		return nil
+	},
+}
+
 // frontends converts a State into one frontend per service port, checking
 // everything the maps cannot hold before anything is written.
 func frontends(st datapath.State) ([]frontend, error) {
+	ports, err := rules.Ports(st)
+	if err != nil {
+		return nil, err
+	}
 	var out []frontend
-	seen := map[tcebpfSvcKey]string{}
-	total := 0
-	for _, svc := range st.Services {
-		// A headless service has no ClusterIP to translate.
-		if !svc.ClusterIP.IsValid() {
-			continue
-		}
-		vip := svc.ClusterIP.Unmap()
-		if !vip.Is4() {
-			return nil, fmt.Errorf("service %s: ClusterIP %s is not IPv4: %w", svc, svc.ClusterIP, ErrUnsupportedService)
-		}
-		ready := svc.ReadyEndpoints()
-		for _, p := range svc.Ports {
-			name := fmt.Sprintf("%s:%d", svc, p.Port)
-			var proto uint8
-			switch p.Protocol {
-			case datapath.TCP:
-				proto = ipprotoTCP
-			case datapath.UDP:
-				proto = ipprotoUDP
-			default:
-				return nil, fmt.Errorf("service %s: protocol %q: %w", name, p.Protocol, ErrUnsupportedService)
-			}
-			if p.Port == 0 {
-				return nil, fmt.Errorf("service %s: port 0: %w", name, ErrUnsupportedService)
-			}
-			target := p.TargetPort
-			if target == 0 {
-				// Kubernetes defaults targetPort to port.
-				target = p.Port
-			}
-
-			key := svcKey(vip, p.Port, proto)
-			if other, dup := seen[key]; dup {
-				return nil, fmt.Errorf("service %s: frontend %s/%s already used by %s: %w", name, netip.AddrPortFrom(vip, p.Port), p.Protocol, other, ErrUnsupportedService)
-			}
-			seen[key] = name
-
-			f := frontend{key: key, name: name}
-			dedup := map[tcebpfBackendEntry]bool{}
-			for _, ep := range ready {
-				addr := ep.Addr.Unmap()
-				if !addr.Is4() {
-					return nil, fmt.Errorf("service %s: endpoint %s (%s) is not IPv4: %w", name, ep.Addr, ep.Pod, ErrUnsupportedService)
-				}
-				be := backendEntry(netip.AddrPortFrom(addr, target))
-				if dedup[be] {
-					continue
-				}
-				dedup[be] = true
-				f.backends = append(f.backends, be)
-			}
-			if len(f.backends) > maxServiceBackends {
-				return nil, fmt.Errorf("service %s: %d endpoints, at most %d: %w", name, len(f.backends), maxServiceBackends, ErrCapacity)
-			}
-			total += len(f.backends)
-			out = append(out, f)
-		}
+	if len(ports) > 0 {
+		out = make([]frontend, 0, len(ports))
 	}
-	if len(out) > maxServices {
-		return nil, fmt.Errorf("%d service ports, at most %d: %w", len(out), maxServices, ErrCapacity)
-	}
-	if total > maxBackends {
-		return nil, fmt.Errorf("%d backends, at most %d: %w", total, maxBackends, ErrCapacity)
+	for _, p := range ports {
+		out = append(out, frontend{key: svcKey(p.Frontend.Addr(), p.Frontend.Port(), p.Protocol), name: p.Name, backends: p.Backends})
 	}
 	return out, nil
 }
+
+// layout is how lbmaps reads and builds the entries of the services and
+// backends maps.
+var layout = lbmaps.Layout[tcebpfSvcKey, tcebpfSvcEntry, tcebpfBackendKey, tcebpfBackendEntry, lbmaps.NoMember]{
+	Name:    "tc-ebpf",
+	SlotKey: func(id, slot uint32) tcebpfBackendKey { return tcebpfBackendKey{SvcId: id, Slot: slot} },
+	SlotOf:  func(k tcebpfBackendKey) (uint32, uint32) { return k.SvcId, k.Slot },
+	Slots:   func(e tcebpfSvcEntry) (uint32, uint32) { return e.Id, uint32(e.Count) },
+	SetSlots: func(e tcebpfSvcEntry, id, count uint32) tcebpfSvcEntry {
+		e.Id, e.Count = id, uint16(count)
+		return e
+	},
+	CompareServices: func(a, b tcebpfSvcKey) int {
+		return cmp.Or(cmp.Compare(a.Addr, b.Addr), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto))
+	},
+}
+
+type (
+	lbTables = lbmaps.Tables[tcebpfSvcKey, tcebpfSvcEntry, tcebpfBackendKey, tcebpfBackendEntry, lbmaps.NoMember]
+	op       = lbmaps.Op[tcebpfSvcKey, tcebpfSvcEntry, tcebpfBackendKey, tcebpfBackendEntry, lbmaps.NoMember]
+)
 
 // tables is the content of both BPF maps.
 type tables struct {
@@ -178,22 +167,21 @@ type tables struct {
 	backends map[tcebpfBackendKey]tcebpfBackendEntry
 }
 
-func newTables() tables {
-	return tables{
-		services: map[tcebpfSvcKey]tcebpfSvcEntry{},
-		backends: map[tcebpfBackendKey]tcebpfBackendEntry{},
-	}
-}
+func newTables() tables { return fromLB(layout.NewTables()) }
 
-// desiredTables lays the frontends out in map entries, reusing as much of
-// what is installed as possible: a frontend keeps its service id, and a
-// backend that stays keeps its slot, so a resync that adds or removes one
-// endpoint rewrites a slot or two, not the whole service.
+// lb returns t as lbmaps holds it: the same maps, so what lbmaps writes
+// into them t holds too.
+func (t tables) lb() lbTables { return lbTables{Services: t.services, Backends: t.backends} }
+
+func fromLB(t lbTables) tables { return tables{services: t.Services, backends: t.Backends} }
+
+// desiredTables lays the frontends out in map entries (see
+// lbmaps.Layout.Desired). A new frontend takes the lowest id that nothing
+// installed uses, including backend slots a failed Apply left without a
+// service: adopting those before they are deleted could briefly show a
+// live service a stranger's backends. Flows hold backends, not ids, so an
+// id may be reused once it is gone.
 func desiredTables(installed tables, fronts []frontend) tables {
-	// Ids in use by anything installed, including backend slots a failed
-	// Apply left without a service: a new frontend must not adopt those
-	// until they are deleted, or a live service could briefly see a
-	// stranger's backends.
 	used := map[uint32]bool{}
 	for _, e := range installed.services {
 		used[e.Id] = true
@@ -201,137 +189,30 @@ func desiredTables(installed tables, fronts []frontend) tables {
 	for k := range installed.backends {
 		used[k.SvcId] = true
 	}
-
-	want := newTables()
 	next := uint32(1)
-	for _, f := range fronts {
-		old, exists := installed.services[f.key]
-		id := old.Id
-		if !exists {
-			for used[next] {
-				next++
-			}
-			id = next
-			used[id] = true
+	newID := func() uint32 {
+		for used[next] {
+			next++
 		}
-		slots := assignSlots(f.backends, func(slot uint32) (tcebpfBackendEntry, bool) {
-			if !exists || slot >= uint32(old.Count) {
-				return tcebpfBackendEntry{}, false
-			}
-			be, ok := installed.backends[tcebpfBackendKey{SvcId: id, Slot: slot}]
-			return be, ok
-		})
-		want.services[f.key] = tcebpfSvcEntry{Id: id, Count: uint16(len(slots))}
-		for i, be := range slots {
-			want.backends[tcebpfBackendKey{SvcId: id, Slot: uint32(i)}] = be
-		}
+		used[next] = true
+		return next
 	}
-	return want
+
+	lf := make([]lbmaps.Frontend[tcebpfSvcKey, tcebpfSvcEntry, tcebpfBackendEntry], len(fronts))
+	for i, f := range fronts {
+		lf[i].Key, lf[i].Backends = f.key, f.backends
+	}
+	return fromLB(layout.Desired(installed.lb(), lf, newID))
 }
 
-// assignSlots places backends in slots 0..len-1. A backend already live in a
-// slot below the new count stays there; the others fill the gaps in order.
-func assignSlots(backends []tcebpfBackendEntry, live func(slot uint32) (tcebpfBackendEntry, bool)) []tcebpfBackendEntry {
-	n := len(backends)
-	out := make([]tcebpfBackendEntry, n)
-	filled := make([]bool, n)
-	pending := make(map[tcebpfBackendEntry]bool, n)
-	for _, be := range backends {
-		pending[be] = true
-	}
-	for i := range n {
-		if be, ok := live(uint32(i)); ok && pending[be] {
-			out[i], filled[i] = be, true
-			delete(pending, be)
-		}
-	}
-	gap := 0
-	for _, be := range backends {
-		if !pending[be] {
-			continue
-		}
-		for filled[gap] {
-			gap++
-		}
-		out[gap], filled[gap] = be, true
-		delete(pending, be)
-	}
-	return out
-}
-
-// opKind orders the steps of a resync; see plan.
-type opKind int
-
-const (
-	putBackend opKind = iota
-	putService
-	deleteService
-	deleteBackend
-)
-
-func (k opKind) String() string {
-	return [...]string{"put backend", "put service", "delete service", "delete backend"}[k]
-}
-
-// op is one map write.
-type op struct {
-	kind opKind
-	svc  tcebpfSvcKey
-	sval tcebpfSvcEntry
-	be   tcebpfBackendKey
-	bval tcebpfBackendEntry
-}
-
-// plan returns the map writes that turn have into want, in an order that is
-// safe for concurrent lookups: first every new or changed backend slot (no
-// live service points at a slot that does not exist yet), then every new or
-// changed service entry (it flips to slots already in place), then removed
-// services, and last the slots nothing points at any more. Within a step
-// keys are sorted so plans are deterministic.
-func plan(have, want tables) []op {
-	var ops []op
-	for _, k := range sortedKeys(want.backends, cmpBackendKey) {
-		if v, ok := have.backends[k]; !ok || v != want.backends[k] {
-			ops = append(ops, op{kind: putBackend, be: k, bval: want.backends[k]})
-		}
-	}
-	for _, k := range sortedKeys(want.services, cmpSvcKey) {
-		if v, ok := have.services[k]; !ok || v != want.services[k] {
-			ops = append(ops, op{kind: putService, svc: k, sval: want.services[k]})
-		}
-	}
-	for _, k := range sortedKeys(have.services, cmpSvcKey) {
-		if _, ok := want.services[k]; !ok {
-			ops = append(ops, op{kind: deleteService, svc: k})
-		}
-	}
-	for _, k := range sortedKeys(have.backends, cmpBackendKey) {
-		if _, ok := want.backends[k]; !ok {
-			ops = append(ops, op{kind: deleteBackend, be: k})
-		}
-	}
-	return ops
-}
-
-func sortedKeys[K comparable, V any](m map[K]V, cmp func(a, b K) int) []K {
-	keys := slices.Collect(maps.Keys(m))
-	slices.SortFunc(keys, cmp)
-	return keys
-}
-
-func cmpSvcKey(a, b tcebpfSvcKey) int {
-	return cmp.Or(cmp.Compare(a.Addr, b.Addr), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Proto, b.Proto))
-}
-
-func cmpBackendKey(a, b tcebpfBackendKey) int {
-	return cmp.Or(cmp.Compare(a.SvcId, b.SvcId), cmp.Compare(a.Slot, b.Slot))
-}
+// plan returns the map writes that turn have into want, in the order of
+// lbmaps.Layout.Plan: first every new or changed backend slot, then every
+// new or changed service entry, then removed services, and last the slots
+// nothing points at any more.
+func plan(have, want tables) []op { return layout.Plan(have.lb(), want.lb()) }
 
 // bpfMap is the part of *ebpf.Map a resync uses; tests substitute a fake.
-type bpfMap interface {
-	Put(key, value any) error
-	Delete(key any) error
-}
+type bpfMap = lbmaps.Map
 
 // syncMaps makes the maps hold st and keeps installed equal to them. It
 // also returns the UDP frontends that lose backends (udpLost), whose flows
@@ -349,47 +230,10 @@ func syncMaps(ctx context.Context, installed *tables, st datapath.State, service
 }
 
 // execute performs ops in order and records each successful one in
-// installed. Every single map update or delete is atomic, so after an error
-// installed still describes the kernel exactly and the next sync repairs
-// whatever is left.
+// installed (see lbmaps.Layout.Execute), one syscall per element as this
+// baseline always has, so its Apply times stay comparable with earlier
+// results.
 func execute(ctx context.Context, installed *tables, ops []op, services, backends bpfMap) error {
-	for _, o := range ops {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("sync tc-ebpf maps: %w", err)
-		}
-		var err error
-		switch o.kind {
-		case putBackend:
-			if err = backends.Put(o.be, o.bval); err == nil {
-				installed.backends[o.be] = o.bval
-			}
-		case putService:
-			if err = services.Put(o.svc, o.sval); err == nil {
-				installed.services[o.svc] = o.sval
-			}
-		case deleteService:
-			if err = services.Delete(o.svc); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
-				err = nil
-				delete(installed.services, o.svc)
-			}
-		case deleteBackend:
-			if err = backends.Delete(o.be); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
-				err = nil
-				delete(installed.backends, o.be)
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", o, err)
-		}
-	}
-	return nil
-}
-
-func (o op) String() string {
-	switch o.kind {
-	case putBackend, deleteBackend:
-		return fmt.Sprintf("%s %d/%d", o.kind, o.be.SvcId, o.be.Slot)
-	default:
-		return fmt.Sprintf("%s %s", o.kind, o.svc)
-	}
+	lb := installed.lb()
+	return layout.Execute(ctx, &lb, ops, lbmaps.Maps{Services: services, Backends: backends})
 }

@@ -2,7 +2,6 @@ package tcebpf
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -16,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"svclab/datapath"
+	"svclab/internal/lbmaps"
+	"svclab/internal/lbmaps/lbmapstest"
 )
 
 // rawBytes returns a map key or value exactly as cilium/ebpf hands it to the
@@ -225,11 +226,11 @@ func TestFrontendsRejects(t *testing.T) {
 
 // fmtOp renders an op with its value, for readable plan expectations.
 func fmtOp(o op) string {
-	switch o.kind {
-	case putBackend:
-		return fmt.Sprintf("%s = %s", o, o.bval.addrPort())
-	case putService:
-		return fmt.Sprintf("%s = id %d count %d", o, o.sval.Id, o.sval.Count)
+	switch o.Kind {
+	case lbmaps.PutBackend:
+		return fmt.Sprintf("%s = %s", o, o.Backend.addrPort())
+	case lbmaps.PutService:
+		return fmt.Sprintf("%s = id %d count %d", o, o.Entry.Id, o.Entry.Count)
 	default:
 		return o.String()
 	}
@@ -353,57 +354,21 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-// fakeMaps stands in for both BPF maps. After every write it plays a
-// connect() that looks up each service and each of its slots, the way the
-// program does, and records any service whose slot is missing.
+// fakeMaps stands in for both BPF maps (see lbmapstest.Maps); tables are
+// the same maps as the package sees them.
 type fakeMaps struct {
-	tables
-	writes    int
-	failAt    int      // fail the failAt-th write (1-based); 0 never fails
-	violation []string // the first few
+	*lbmapstest.Maps[tcebpfSvcKey, tcebpfSvcEntry, tcebpfBackendKey, tcebpfBackendEntry, lbmaps.NoMember]
+	tables tables
 }
 
-func newFakeMaps() *fakeMaps { return &fakeMaps{tables: newTables()} }
-
-func (f *fakeMaps) write(fn func()) error {
-	f.writes++
-	if f.writes == f.failAt {
-		return errors.New("injected map failure")
-	}
-	fn()
-	for k, s := range f.tables.services {
-		for slot := range uint32(s.Count) {
-			if _, ok := f.tables.backends[tcebpfBackendKey{SvcId: s.Id, Slot: slot}]; !ok && len(f.violation) < 5 {
-				f.violation = append(f.violation, fmt.Sprintf("write %d: %s points at missing slot %d/%d", f.writes, k, s.Id, slot))
-			}
-		}
-	}
-	return nil
+func newFakeMaps() *fakeMaps {
+	f := lbmapstest.New(&layout)
+	return &fakeMaps{Maps: f, tables: fromLB(f.Tables)}
 }
 
-type fakeMap[K comparable, V any] struct {
-	f *fakeMaps
-	m map[K]V
-}
+func (f *fakeMaps) services() bpfMap { return f.Services() }
 
-func (m fakeMap[K, V]) Put(key, value any) error {
-	return m.f.write(func() { m.m[key.(K)] = value.(V) })
-}
-
-func (m fakeMap[K, V]) Delete(key any) error {
-	if _, ok := m.m[key.(K)]; !ok {
-		return ebpf.ErrKeyNotExist
-	}
-	return m.f.write(func() { delete(m.m, key.(K)) })
-}
-
-func (f *fakeMaps) services() bpfMap {
-	return fakeMap[tcebpfSvcKey, tcebpfSvcEntry]{f, f.tables.services}
-}
-
-func (f *fakeMaps) backends() bpfMap {
-	return fakeMap[tcebpfBackendKey, tcebpfBackendEntry]{f, f.tables.backends}
-}
+func (f *fakeMaps) backends() bpfMap { return f.Backends() }
 
 // randomState draws services with random endpoint sets from small pools, so
 // consecutive states share services, endpoints and ids.
@@ -480,7 +445,7 @@ func TestSyncConvergesAndNeverExposesMissingSlots(t *testing.T) {
 			for step := range 200 {
 				st := randomState(r)
 				if tt.fails {
-					m.failAt = m.writes + 1 + r.IntN(6)
+					m.FailAt = m.Writes + 1 + r.IntN(6)
 					_, err := syncMaps(context.Background(), &installed, st, m.services(), m.backends())
 					if err != nil {
 						require.ErrorContains(t, err, "injected map failure")
@@ -488,7 +453,7 @@ func TestSyncConvergesAndNeverExposesMissingSlots(t *testing.T) {
 						// to the maps so the next one starts from the truth.
 						require.Equal(t, m.tables, installed, "step %d: cache diverged from the maps after a failure", step)
 					}
-					m.failAt = 0
+					m.FailAt = 0
 				}
 				_, err := syncMaps(context.Background(), &installed, st, m.services(), m.backends())
 				require.NoError(t, err, "step %d", step)
@@ -500,7 +465,7 @@ func TestSyncConvergesAndNeverExposesMissingSlots(t *testing.T) {
 				require.NoError(t, err)
 				require.Empty(t, plan(installed, desiredTables(installed, fronts)), "step %d", step)
 			}
-			assert.Empty(t, m.violation)
+			assert.Empty(t, m.Violations)
 		})
 	}
 }
@@ -520,5 +485,5 @@ func TestSyncStopsOnCancelledContext(t *testing.T) {
 	cancel()
 	_, err := syncMaps(ctx, &installed, datapath.State{Services: []datapath.Service{svc("web", "10.96.0.10", 80, 80, ep("a", "10.0.0.1"))}}, m.services(), m.backends())
 	require.ErrorIs(t, err, context.Canceled)
-	assert.Zero(t, m.writes)
+	assert.Zero(t, m.Writes)
 }

@@ -109,36 +109,6 @@ func TestDesiredRejects(t *testing.T) {
 	}
 }
 
-func TestAddrDiff(t *testing.T) {
-	a := netip.MustParseAddr
-	tests := []struct {
-		name        string
-		have        []string
-		want        []string
-		add, remove []netip.Addr
-	}{
-		{"from nothing", nil, []string{"10.96.0.2", "10.96.0.1"}, []netip.Addr{a("10.96.0.1"), a("10.96.0.2")}, nil},
-		{"unchanged", []string{"10.96.0.1"}, []string{"10.96.0.1"}, nil, nil},
-		{"swap", []string{"10.96.0.1", "10.96.0.3"}, []string{"10.96.0.1", "10.96.0.2"}, []netip.Addr{a("10.96.0.2")}, []netip.Addr{a("10.96.0.3")}},
-		{"to nothing", []string{"10.96.0.1"}, nil, nil, []netip.Addr{a("10.96.0.1")}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			have := map[netip.Addr]bool{}
-			for _, s := range tt.have {
-				have[a(s)] = true
-			}
-			var want []netip.Addr
-			for _, s := range tt.want {
-				want = append(want, a(s))
-			}
-			add, remove := addrDiff(have, want)
-			assert.Equal(t, tt.add, add, "add")
-			assert.Equal(t, tt.remove, remove, "remove")
-		})
-	}
-}
-
 func TestProcessCPU(t *testing.T) {
 	_, err := processCPU(1 << 30)
 	assert.Error(t, err, "a pid that cannot exist")

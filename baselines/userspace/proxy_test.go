@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 )
 
@@ -39,27 +40,17 @@ func startTCPBackend(t *testing.T, name, ip string, closeFirst bool) *tcpBackend
 	require.NoError(t, err)
 	b := &tcpBackend{name: name, addr: netip.MustParseAddrPort(ln.Addr().String()), ln: ln, eof: make(chan struct{}, 100)}
 	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				if _, err := c.Write([]byte(b.name + "\n")); err != nil {
-					return
-				}
-				if closeFirst {
-					return
-				}
-				if _, err := io.Copy(io.Discard, c); err == nil {
-					b.eof <- struct{}{}
-				}
-			}()
+	go baselinetest.ServeTCP(ln, func(c net.Conn) {
+		if _, err := c.Write([]byte(b.name + "\n")); err != nil {
+			return
 		}
-	}()
+		if closeFirst {
+			return
+		}
+		if _, err := io.Copy(io.Discard, c); err == nil {
+			b.eof <- struct{}{}
+		}
+	})
 	return b
 }
 

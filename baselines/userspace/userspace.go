@@ -26,10 +26,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -58,9 +60,9 @@ const (
 // (passing on the client's FIN), so TIME_WAIT piles up on the node, to a
 // few backend addresses. These are the values the harness gives client
 // pods for the same reason. Close restores the previous values.
-var nodeSysctls = []struct{ key, value string }{
-	{"net/ipv4/ip_local_port_range", "1024 65535"},
-	{"net/ipv4/tcp_tw_reuse", "1"},
+var nodeSysctls = []kubeproxy.Sysctl{
+	{Key: "net/ipv4/ip_local_port_range", Value: "1024 65535"},
+	{Key: "net/ipv4/tcp_tw_reuse", Value: "1"},
 }
 
 func init() {
@@ -127,30 +129,10 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 	if d.lo, err = d.nl.LinkByName("lo"); err != nil {
 		return fmt.Errorf("userspace setup: find lo in %s: %w", env.Node.Name, err)
 	}
-	for _, s := range nodeSysctls {
-		old, err := readSysctl(env, s.key)
-		if err != nil {
-			return fmt.Errorf("userspace setup: %w", err)
-		}
-		if err := env.Node.Sysctl(s.key, s.value); err != nil {
-			return fmt.Errorf("userspace setup: %w", err)
-		}
-		d.restore[s.key] = old
+	if err := kubeproxy.SetSysctls(env.Node, nodeSysctls, d.restore); err != nil {
+		return fmt.Errorf("userspace setup: %w", err)
 	}
 	return d.start(ctx)
-}
-
-func readSysctl(env *datapath.Env, key string) (string, error) {
-	var v string
-	err := env.Node.Do(func() error {
-		b, err := os.ReadFile("/proc/sys/" + key)
-		if err != nil {
-			return fmt.Errorf("netns %s: read sysctl %s: %w", env.Node.Name, key, err)
-		}
-		v = strings.Join(strings.Fields(string(b)), " ")
-		return nil
-	})
-	return v, err
 }
 
 // start launches the proxy process in the node namespace.
@@ -240,9 +222,9 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	if err != nil {
 		return fmt.Errorf("userspace apply: %w", err)
 	}
-	add, remove := addrDiff(d.vips, vips)
+	add, remove := kubeproxy.AddrDiff(slices.Collect(maps.Keys(d.vips)), vips)
 	for _, a := range add {
-		if err := d.nl.AddrAdd(d.lo, vipAddr(a)); err != nil {
+		if err := d.nl.AddrAdd(d.lo, kubeproxy.HostAddr(a)); err != nil {
 			return fmt.Errorf("userspace apply: add ClusterIP %s to lo in %s: %w", a, d.env.Node.Name, err)
 		}
 		d.vips[a] = true
@@ -266,16 +248,12 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	}
 	d.listening = a.Listening
 	for _, a := range remove {
-		if err := d.nl.AddrDel(d.lo, vipAddr(a)); err != nil {
+		if err := d.nl.AddrDel(d.lo, kubeproxy.HostAddr(a)); err != nil {
 			return fmt.Errorf("userspace apply: remove ClusterIP %s from lo in %s: %w", a, d.env.Node.Name, err)
 		}
 		delete(d.vips, a)
 	}
 	return nil
-}
-
-func vipAddr(a netip.Addr) *netlink.Addr {
-	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}}
 }
 
 // Targets is the ClusterIP: the proxy picks the endpoint.
@@ -358,7 +336,7 @@ func (d *Datapath) closeLocked() error {
 	}
 	if d.nl != nil {
 		for a := range d.vips {
-			if err := d.nl.AddrDel(d.lo, vipAddr(a)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			if err := d.nl.AddrDel(d.lo, kubeproxy.HostAddr(a)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				errs = append(errs, fmt.Errorf("userspace close: remove ClusterIP %s from lo in %s: %w", a, d.env.Node.Name, err))
 				continue
 			}
@@ -367,10 +345,8 @@ func (d *Datapath) closeLocked() error {
 		d.nl.Close()
 		d.nl = nil
 	}
-	for k, v := range d.restore {
-		if err := d.env.Node.Sysctl(k, v); err != nil {
-			errs = append(errs, fmt.Errorf("userspace close: restore: %w", err))
-		}
+	for _, err := range kubeproxy.RestoreSysctls(d.env.Node, d.restore) {
+		errs = append(errs, fmt.Errorf("userspace close: restore: %w", err))
 	}
 	d.restore = nil
 	d.env = nil

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 	"svclab/harness"
 	"svclab/internal/nsutil"
@@ -133,28 +134,14 @@ func startTestBackends(t *testing.T, backends []datapath.Pod) chan eofEvent {
 			return err
 		})
 		t.Cleanup(func() { _ = eofLn.Close(); _ = closeLn.Close() })
-		go serveTCP(eofLn, func(c net.Conn) {
+		go baselinetest.ServeTCP(eofLn, func(c net.Conn) {
 			_, _ = c.Write([]byte(b.Name + "\n"))
 			_, err := io.Copy(io.Discard, c)
 			events <- eofEvent{peer: netip.MustParseAddrPort(c.RemoteAddr().String()), eof: err == nil}
 		})
-		go serveTCP(closeLn, func(c net.Conn) { _, _ = c.Write([]byte(b.Name + "\n")) })
+		go baselinetest.ServeTCP(closeLn, func(c net.Conn) { _, _ = c.Write([]byte(b.Name + "\n")) })
 	}
 	return events
-}
-
-func serveTCP(ln net.Listener, handle func(net.Conn)) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-			handle(c)
-		}()
-	}
 }
 
 // loAddrs lists the IPv4 addresses on the node's lo.

@@ -1,0 +1,69 @@
+package kubeproxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"svclab/internal/nsutil"
+)
+
+// Sysctl is one node sysctl a baseline sets: Key is the path under
+// /proc/sys ("net/ipv4/vs/conntrack").
+type Sysctl struct {
+	Key, Value string
+}
+
+// SetSysctls sets each sysctl in ns, recording in restore the value it had
+// before, once it has been changed: Close writes restore back, also after a
+// Setup that failed half-way.
+func SetSysctls(ns *nsutil.NS, set []Sysctl, restore map[string]string) error {
+	for _, s := range set {
+		old, err := ReadSysctl(ns, s.Key)
+		if err != nil {
+			return err
+		}
+		if err := ns.Sysctl(s.Key, s.Value); err != nil {
+			return err
+		}
+		restore[s.Key] = old
+	}
+	return nil
+}
+
+// RestoreSysctls writes back the values SetSysctls recorded in restore,
+// going on after a failure, and returns every failure.
+func RestoreSysctls(ns *nsutil.NS, restore map[string]string) []error {
+	var errs []error
+	for k, v := range restore {
+		if err := ns.Sysctl(k, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// ReadSysctl reads a sysctl in ns, with runs of white space (the tab in
+// "1024\t65535") folded into one space, the form it is written back in.
+func ReadSysctl(ns *nsutil.NS, key string) (string, error) {
+	var v string
+	err := ns.Do(func() error {
+		b, err := os.ReadFile("/proc/sys/" + key)
+		if err != nil {
+			return fmt.Errorf("netns %s: read sysctl %s: %w", ns.Name, key, err)
+		}
+		v = strings.Join(strings.Fields(string(b)), " ")
+		return nil
+	})
+	return v, err
+}
+
+// HostAddr is a as a /32 interface address, the way a ClusterIP is put on
+// a node's interface (kube-ipvs0, lo).
+func HostAddr(a netip.Addr) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}}
+}
