@@ -2,7 +2,6 @@ package socketlb
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -18,6 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"svclab/datapath"
+	"svclab/internal/lbmaps"
+	"svclab/internal/lbmaps/lbmapstest"
 )
 
 // rawBytes returns a map key or value exactly as cilium/ebpf hands it to the
@@ -264,15 +265,15 @@ func TestFrontendsRejects(t *testing.T) {
 // fmtOp renders an op with its value, for readable plan expectations.
 func fmtOp(o op) string {
 	switch o.kind {
-	case putBackend:
+	case lbmaps.PutBackend:
 		return fmt.Sprintf("%s = %s", o, o.bval.addrPort())
-	case putService:
+	case lbmaps.PutService:
 		s := fmt.Sprintf("%s = id %d count %d", o, o.sval.Id, o.sval.Count)
 		if o.sval.Flags&svcFlagAffinity != 0 {
 			s += fmt.Sprintf(" affinity %dms", o.sval.AffinityTimeoutMs)
 		}
 		return s
-	case putMember:
+	case lbmaps.PutMember:
 		return fmt.Sprintf("%s = slot %d", o, o.mval)
 	default:
 		return o.String()
@@ -432,87 +433,20 @@ func TestPlan(t *testing.T) {
 	})
 }
 
-// fakeMaps stands in for the three BPF maps. After every element written it
-// plays a connect() that looks up each service and each of its slots, the
-// way the program does, and records any service whose slot is missing. The
-// batch calls apply elements one by one, like the kernel.
+// fakeMaps stands in for the three BPF maps (see lbmapstest.Maps); tables
+// are the same maps as the package sees them.
 type fakeMaps struct {
-	tables
-	writes    int
-	failAt    int  // fail the failAt-th element write (1-based); 0 never fails
-	noBatch   bool // answer batch calls with ErrNotSupported
-	batches   int
-	violation []string // the first few
+	*lbmapstest.Maps[socketlbSvcKey, socketlbSvcEntry, socketlbBackendKey, socketlbBackendEntry, socketlbMemberKey]
+	tables tables
 }
 
-func newFakeMaps() *fakeMaps { return &fakeMaps{tables: newTables()} }
-
-func (f *fakeMaps) write(fn func()) error {
-	f.writes++
-	if f.writes == f.failAt {
-		return errors.New("injected map failure")
-	}
-	fn()
-	for k, s := range f.tables.services {
-		for slot := range uint32(s.Count) {
-			if _, ok := f.tables.backends[socketlbBackendKey{SvcId: s.Id, Slot: slot}]; !ok && len(f.violation) < 5 {
-				f.violation = append(f.violation, fmt.Sprintf("write %d: %s points at missing slot %d/%d", f.writes, k, s.Id, slot))
-			}
-		}
-	}
-	return nil
-}
-
-type fakeMap[K comparable, V any] struct {
-	f *fakeMaps
-	m map[K]V
-}
-
-func (m fakeMap[K, V]) Put(key, value any) error {
-	return m.f.write(func() { m.m[key.(K)] = value.(V) })
-}
-
-func (m fakeMap[K, V]) Delete(key any) error {
-	if _, ok := m.m[key.(K)]; !ok {
-		return ebpf.ErrKeyNotExist
-	}
-	return m.f.write(func() { delete(m.m, key.(K)) })
-}
-
-func (m fakeMap[K, V]) BatchUpdate(keys, values any, _ *ebpf.BatchOptions) (int, error) {
-	if m.f.noBatch {
-		return 0, ebpf.ErrNotSupported
-	}
-	m.f.batches++
-	ks, vs := keys.([]K), values.([]V)
-	for i := range ks {
-		if err := m.Put(ks[i], vs[i]); err != nil {
-			return i, err
-		}
-	}
-	return len(ks), nil
-}
-
-func (m fakeMap[K, V]) BatchDelete(keys any, _ *ebpf.BatchOptions) (int, error) {
-	if m.f.noBatch {
-		return 0, ebpf.ErrNotSupported
-	}
-	m.f.batches++
-	ks := keys.([]K)
-	for i := range ks {
-		if err := m.Delete(ks[i]); err != nil {
-			return i, err
-		}
-	}
-	return len(ks), nil
+func newFakeMaps() *fakeMaps {
+	f := lbmapstest.New(&layout)
+	return &fakeMaps{Maps: f, tables: fromLB(f.Tables)}
 }
 
 func (f *fakeMaps) set() mapSet {
-	return mapSet{
-		services: fakeMap[socketlbSvcKey, socketlbSvcEntry]{f, f.tables.services},
-		backends: fakeMap[socketlbBackendKey, socketlbBackendEntry]{f, f.tables.backends},
-		members:  fakeMap[socketlbMemberKey, uint32]{f, f.tables.members},
-	}
+	return mapSet{services: f.Services(), backends: f.Backends(), members: f.Members()}
 }
 
 // randomState draws services with random endpoint sets from small pools, so
@@ -608,11 +542,11 @@ func TestSyncConvergesAndNeverExposesMissingSlots(t *testing.T) {
 			installed := newTables()
 			var lastID uint32
 			m := newFakeMaps()
-			m.noBatch = tt.noBatch
+			m.NoBatch = tt.noBatch
 			for step := range 200 {
 				st := randomState(r)
 				if tt.fails {
-					m.failAt = m.writes + 1 + r.IntN(6)
+					m.FailAt = m.Writes + 1 + r.IntN(6)
 					err := syncMaps(context.Background(), &installed, &lastID, st, m.set())
 					if err != nil {
 						require.ErrorContains(t, err, "injected map failure")
@@ -620,7 +554,7 @@ func TestSyncConvergesAndNeverExposesMissingSlots(t *testing.T) {
 						// to the maps so the next one starts from the truth.
 						require.Equal(t, m.tables, installed, "step %d: cache diverged from the maps after a failure", step)
 					}
-					m.failAt = 0
+					m.FailAt = 0
 				}
 				require.NoError(t, syncMaps(context.Background(), &installed, &lastID, st, m.set()), "step %d", step)
 				require.Equal(t, wantTables(t, st), contents(t, m.tables), "step %d", step)
@@ -631,11 +565,11 @@ func TestSyncConvergesAndNeverExposesMissingSlots(t *testing.T) {
 				require.NoError(t, err)
 				require.Empty(t, plan(installed, desiredTables(installed, fronts, &lastID)), "step %d", step)
 			}
-			assert.Empty(t, m.violation)
+			assert.Empty(t, m.Violations)
 			if tt.noBatch {
-				assert.Zero(t, m.batches)
+				assert.Zero(t, m.Batches)
 			} else {
-				assert.NotZero(t, m.batches)
+				assert.NotZero(t, m.Batches)
 			}
 		})
 	}
@@ -657,7 +591,7 @@ func TestSyncStopsOnCancelledContext(t *testing.T) {
 	cancel()
 	err := syncMaps(ctx, &installed, &lastID, datapath.State{Services: []datapath.Service{svc("web", "10.96.0.10", 80, 80, ep("a", "10.0.0.1"))}}, m.set())
 	require.ErrorIs(t, err, context.Canceled)
-	assert.Zero(t, m.writes)
+	assert.Zero(t, m.Writes)
 }
 
 func TestExecuteToleratesAlreadyDeletedKeys(t *testing.T) {
