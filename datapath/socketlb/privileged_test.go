@@ -187,7 +187,11 @@ func TestPrivilegedUDP(t *testing.T) {
 		t.Run(fam.name+": fresh unconnected sockets spread and every reply comes from the VIP", func(t *testing.T) {
 			r := c.do(clientCmd{Op: "udp", Net: fam.net, Addr: fam.vip, N: 60})
 			assert.Equal(t, fam.backends, keysOf(r.Replies), "errors: %v", r.Errors)
-			assert.Equal(t, map[string]int{fam.vip: 60}, r.Froms)
+			// Every reply that arrives comes from the VIP. UDP may lose a
+			// datagram on a loaded machine; losing more than a few is a
+			// datapath fault, not load.
+			assert.Equal(t, []string{fam.vip}, keysOf(r.Froms))
+			assert.GreaterOrEqual(t, r.Froms[fam.vip], 57, "replies of 60 (errors: %v)", r.Errors)
 		})
 		t.Run(fam.name+": one unconnected socket keeps its backend", func(t *testing.T) {
 			id := "u-" + fam.name
