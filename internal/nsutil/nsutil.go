@@ -114,10 +114,21 @@ func (n *NS) Close() error {
 	return Delete(n.Name)
 }
 
-// Delete removes a named namespace; a missing one is not an error.
+// Delete removes a named namespace; a missing one is not an error. A name
+// whose bind mount is already gone (a run killed between creating the file
+// and mounting it, or between unmounting and removing it) is just a file:
+// it is removed too.
 func Delete(name string) error {
-	err := netns.DeleteNamed(name)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	p := filepath.Join(RunDir, name)
+	err := unix.Unmount(p, unix.MNT_DETACH)
+	switch {
+	case err == nil, errors.Is(err, unix.EINVAL):
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	default:
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete netns %s: %w", name, err)
 	}
 	return nil
