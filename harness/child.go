@@ -34,6 +34,7 @@ func init() {
 		}
 		return json.NewEncoder(out).Encode(w)
 	})
+	child.Register(childProbe, probeMain)
 }
 
 // ChildMain runs the child role named by args[0], if it is one, and exits.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -116,6 +117,12 @@ type TrialSpec struct {
 	Services    int
 	Concurrency int
 	Repetition  int
+	// Rate, if > 0, makes the trial open-loop (Concurrency 0) at Rate
+	// connections per second, LoadFraction of the measured capacity, on
+	// the schedule drawn from Seed.
+	Rate         float64
+	LoadFraction float64
+	Seed         uint64
 }
 
 // Schedule interleaves datapaths: within each repetition and concurrency
@@ -170,7 +177,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 	sched := plan.Schedule()
 	w := cfg.Scenario.Workload
 	per := time.Duration(w.Warmup) + time.Duration(w.Duration) + 2*time.Second
-	prog := NewProgress(cfg.Log, cfg.TTY, len(sched)+1, per)
+	prog := NewProgress(cfg.Log, cfg.TTY, len(sched)+1+plan.openTrials(), per)
 	defer prog.Finish()
 	prog.Logf("svclab run %s: %d trials; kernel objects are named %s-*", run.ID, len(sched), lock.Prefix)
 	for _, s := range plan.Skipped {
@@ -217,6 +224,11 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 		run.Trials = append(run.Trials, *tr)
 		prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, sumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
 	}
+	if w.OpenLoop() {
+		if err := runOpenLoopPhase(ctx, prog, lock.Prefix, plan, run); err != nil {
+			return nil, "", err
+		}
+	}
 	prog.Finish()
 
 	for _, f := range plan.Factories {
@@ -224,14 +236,31 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 	}
 	run.Datapaths = append(run.Datapaths, plan.Skipped...)
 	run.Finished = time.Now().UTC()
-	run.Summary = results.Summarize(run.Trials)
-	if err := run.Write(filepath.Join(dir, "results.json")); err != nil {
-		return nil, "", err
-	}
-	if _, err := results.WriteCharts(dir, run); err != nil {
+	run.Summary = results.Summarize(closedLoopTrials(run.Trials))
+	if err := WriteRun(dir, run); err != nil {
 		return nil, "", err
 	}
 	return run, dir, nil
+}
+
+// WriteRun writes a run's results.json, its charts and its Go benchmark
+// format lines (bench.txt, for benchstat) into dir.
+func WriteRun(dir string, run *results.Run) error {
+	if err := run.Write(filepath.Join(dir, "results.json")); err != nil {
+		return err
+	}
+	if _, err := results.WriteCharts(dir, run); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "bench.txt"))
+	if err != nil {
+		return err
+	}
+	if err := results.WriteBenchFormat(f, run); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func sumErrors(m map[string]int64) int64 {
@@ -288,6 +317,8 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		Concurrency: ts.Concurrency,
 		Warmup:      time.Duration(wl.Warmup),
 		Duration:    time.Duration(wl.Duration),
+		Rate:        ts.Rate,
+		Seed:        ts.Seed,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -303,9 +334,125 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		}
 		change = time.Since(t0)
 	}
-	return &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
+	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
 		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
-		ApplyChangeSeconds: change.Seconds(), DatapathState: state, Workload: *w}, state, nil
+		ApplyChangeSeconds: change.Seconds(), DatapathState: state, Workload: *w}
+	if ts.Rate > 0 {
+		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
+	}
+	return tr, state, nil
+}
+
+// openTrials is the number of open-loop trials the plan runs.
+func (p *Plan) openTrials() int {
+	w := p.Scenario.Workload
+	if !w.OpenLoop() {
+		return 0
+	}
+	return w.Repetitions * len(w.LoadFractions) * len(p.Factories)
+}
+
+// OpenSchedule is the open-loop phase's trials at capacity × each load
+// fraction, interleaved and rotated as Schedule does. Every datapath of a
+// repetition and fraction gets the same seed, so the same arrivals: they
+// differ by their datapath only.
+func (p *Plan) OpenSchedule(capacity float64, seed uint64) []TrialSpec {
+	w := p.Scenario.Workload
+	var out []TrialSpec
+	round := 0
+	n := len(p.Factories)
+	for rep := range w.Repetitions {
+		for fi, f := range w.LoadFractions {
+			s := seed + uint64(rep*len(w.LoadFractions)+fi)
+			for i := range n {
+				out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: 1, Repetition: rep,
+					Rate: f * capacity, LoadFraction: f, Seed: s})
+			}
+			round++
+		}
+	}
+	return out
+}
+
+// openLoopCapacity is the rate the open loop's fractions apply to: the
+// lowest median closed-loop QPS among the datapaths at the highest
+// concurrency, so that every datapath is offered the same load and even
+// the slowest one is below its capacity at fractions under 1.
+func openLoopCapacity(trials []results.Trial, concurrency int) (rate float64, slowest string, err error) {
+	qps := map[string][]float64{}
+	var order []string
+	for _, t := range trials {
+		if t.Model != "" || t.Concurrency != concurrency {
+			continue
+		}
+		if _, ok := qps[t.Datapath]; !ok {
+			order = append(order, t.Datapath)
+		}
+		qps[t.Datapath] = append(qps[t.Datapath], t.Workload.QPS)
+	}
+	if len(order) == 0 {
+		return 0, "", fmt.Errorf("open loop: no closed-loop trial at concurrency %d to take the capacity from", concurrency)
+	}
+	for _, dp := range order {
+		m := results.NewStat(qps[dp]).Median
+		if slowest == "" || m < rate {
+			rate, slowest = m, dp
+		}
+	}
+	if rate < 1 {
+		return 0, "", fmt.Errorf("open loop: capacity: %s reached %.1f conn/s at concurrency %d, nothing to take fractions of", slowest, rate, concurrency)
+	}
+	return rate, slowest, nil
+}
+
+// runOpenLoopPhase runs the open-loop trials after the closed-loop ones
+// of run and appends them to run.Trials.
+func runOpenLoopPhase(ctx context.Context, prog *Progress, prefix string, plan *Plan, run *results.Run) error {
+	w := plan.Scenario.Workload
+	maxC := slicesMax(w.Concurrency)
+	capacity, slowest, err := openLoopCapacity(run.Trials, maxC)
+	if err != nil {
+		return err
+	}
+	// Below 2^53 (exact in JSON readers that use doubles); never 0, which
+	// would make each trial draw its own.
+	seed := rand.Uint64()&(1<<52-1) | 1
+	sched := plan.OpenSchedule(capacity, seed)
+	prog.Logf("open loop: capacity %.0f conn/s (%s, median at c=%d); %d trials at %v of it", capacity, slowest, maxC, len(sched), w.LoadFractions)
+	first := len(run.Trials)
+	for i, ts := range sched {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := first + i
+		prog.Start(fmt.Sprintf("%s open loop %.0f/s (%.0f%% of capacity) repetition %d/%d", ts.Factory.Name, ts.Rate, 100*ts.LoadFraction, ts.Repetition+1, w.Repetitions))
+		tr, _, err := runTrial(ctx, fmt.Sprintf("%s-t%d", prefix, n), plan, ts)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("interrupted during trial %d; everything it made was removed: %w", n+1, ctx.Err())
+			}
+			return fmt.Errorf("trial %d (%s, open loop at %.0f/s): %w", n+1, ts.Factory.Name, ts.Rate, err)
+		}
+		tr.Order = n
+		run.Trials = append(run.Trials, *tr)
+		lw := tr.Workload
+		prog.Done(fmt.Sprintf("%.0f of %.0f conn/s, p50 %.0f µs, p99 %.0f µs, %d errors (%d overload)", lw.QPS, lw.OfferedRate,
+			lw.Latency.P50, lw.Latency.P99, sumErrors(lw.Errors), lw.Errors[ErrOverload]))
+	}
+	return nil
+}
+
+// closedLoopTrials returns the closed-loop trials: Summarize groups by
+// datapath and concurrency only, and would pool the open loop's load
+// fractions into one meaningless row.
+func closedLoopTrials(trials []results.Trial) []results.Trial {
+	var out []results.Trial
+	for _, t := range trials {
+		if t.Model == "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // generatorCeiling measures the client and server alone, over loopback.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -206,6 +208,9 @@ func NewTopology(ctx context.Context, cfg TopologyConfig) (_ *Topology, err erro
 		}
 		t.Backends = append(t.Backends, p)
 		host++
+	}
+	if err := waitLinksUp(ctx, t, 10*time.Second); err != nil {
+		return nil, err
 	}
 	return t, nil
 }
@@ -440,4 +445,64 @@ func (t *Topology) Close() error {
 	}
 	errs = append(errs, t.Node.Close())
 	return errors.Join(errs...)
+}
+
+// waitLinksUp waits until every link of the topology (the node's veths and
+// each pod's eth0) is operationally up. A freshly created veth passes no
+// traffic until the kernel's link watcher has activated it, which it does
+// asynchronously and, when many links change at once, up to a second
+// later: a probe started before that loses its first packets.
+func waitLinksUp(ctx context.Context, t *Topology, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	nss := []*nsutil.NS{t.Node}
+	for _, p := range append(append([]datapath.Pod{}, t.Clients...), t.Backends...) {
+		nss = append(nss, p.NS)
+	}
+	for _, ns := range nss {
+		h, err := ns.NetlinkHandle()
+		if err != nil {
+			return err
+		}
+		for {
+			down, err := linksDown(h)
+			if err != nil {
+				h.Close()
+				return fmt.Errorf("netns %s: list links: %w", ns.Name, err)
+			}
+			if len(down) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				h.Close()
+				return fmt.Errorf("netns %s: links %s not up after %s", ns.Name, strings.Join(down, ", "), timeout)
+			}
+			select {
+			case <-ctx.Done():
+				h.Close()
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		h.Close()
+	}
+	return nil
+}
+
+// linksDown names the links (other than lo) that are not operationally up.
+func linksDown(h *netlink.Handle) ([]string, error) {
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	var down []string
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Name == "lo" {
+			continue
+		}
+		if a.OperState != netlink.OperUp {
+			down = append(down, a.Name)
+		}
+	}
+	return down, nil
 }

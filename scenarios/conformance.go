@@ -42,6 +42,10 @@ type Conformance struct {
 	// scenario passes: "errno" (what the failures were and how fast), or
 	// "backends" (how many distinct backends answered).
 	Report string `json:"report,omitempty"`
+	// Advisory, if set, says why the scenario shows a known structural
+	// difference rather than a requirement: its failures are in the table
+	// but `svclab conform --strict` does not count them.
+	Advisory string `json:"advisory,omitempty"`
 }
 
 // ConformanceService is one ClusterIP service of a scenario; services get
@@ -90,9 +94,10 @@ func (e EndpointSet) IsServing() bool {
 }
 
 // Step is one thing the runner does, in order. Exactly one of Probe,
-// Update, Kill, Sleep and Wait is set. Every step that has an ID leaves a
-// time mark when it completes (an update: when Apply returned; a
-// background probe: when it started), which expectations use as windows.
+// Update, Kill, Sleep and Wait is set. Every step that has an ID leaves two
+// time marks, when it began and when it completed (an update: when Apply
+// returned; a background probe: when it started), which expectations use
+// as windows.
 type Step struct {
 	ID string `json:"id,omitempty"`
 	// Probe runs socket operations from a pod.
@@ -170,7 +175,8 @@ type Expect struct {
 	// mark plus Grace count.
 	After string   `json:"after,omitempty"`
 	Grace Duration `json:"grace,omitempty"`
-	// Before is a step ID: only attempts that started before its mark.
+	// Before is a step ID: only attempts that started before that step
+	// began (a change may show while its step runs).
 	Before string `json:"before,omitempty"`
 	// Phase selects udp-reconnect records: "first" or "second".
 	Phase string `json:"phase,omitempty"`

@@ -35,6 +35,13 @@ Usage:
   svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,qps.png,p90.png}
   svclab datapaths       list the datapaths and whether this machine can run them
   svclab cleanup         remove network namespaces and cgroups left by killed svclab runs
+  svclab conform [flags] check Service behaviours against datapaths; writes results/<run-id>/conformance.{json,md}
+  svclab up [flags]      bring a lab up (topology, backends, datapath) and keep it until Ctrl-C or 'svclab down'
+  svclab exec POD -- CMD run CMD in a lab pod's network namespace and cgroup, e.g. exec client-0 -- curl -s http://10.96.0.10/
+  svclab status          list the labs that are up
+  svclab down [ID]       stop a lab and remove everything it made
+  svclab compare OLD NEW compare two runs with CIs and p-values; exit 1 on a significant regression (see ci/)
+  svclab vm [flags] -- COMMAND   run a svclab command under another kernel (e.g. --kernel debian-6.1) in QEMU
 
 Run 'svclab bench -h' for the bench flags. svclab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF).
 `
@@ -57,6 +64,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDatapaths(stdout)
 	case "cleanup":
 		err = cmdCleanup(stdout)
+	case "conform":
+		err = cmdConform(args[1:], stdout, stderr)
+	case "up":
+		err = cmdUp(args[1:], stdout, stderr)
+	case "exec":
+		return cmdExec(args[1:], stderr)
+	case "status":
+		err = cmdStatus(stdout)
+	case "down":
+		err = cmdDown(args[1:], stdout, stderr)
+	case "compare":
+		return cmdCompare(args[1:], stdout, stderr)
+	case "vm":
+		err = cmdVM(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -66,6 +87,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	if errors.Is(err, errStrict) {
+		return 1
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "svclab %s: %v\n", args[0], err)
@@ -87,6 +111,7 @@ type benchFlags struct {
 	duration    time.Duration
 	warmup      time.Duration
 	repetitions int
+	vmKernel    string
 }
 
 func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.Scenario, error) {
@@ -101,6 +126,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	fs.DurationVar(&f.duration, "duration", 0, "measured time per trial, e.g. 5s")
 	fs.DurationVar(&f.warmup, "warmup", -1, "warm-up per trial before measuring, e.g. 1s")
 	fs.IntVar(&f.repetitions, "repetitions", 0, "repetitions of every datapath × concurrency")
+	fs.StringVar(&f.vmKernel, "vm-kernel", "", "also measure the datapaths this kernel cannot run (e.g. ipvs) under this Debian kernel in QEMU (debian-6.1, debian-6.12), with direct for the ratio")
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
@@ -175,6 +201,19 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	run, dir, err := harness.Bench(ctx, harness.BenchConfig{Scenario: sc, OutputDir: f.output, Log: stderr, TTY: tty})
 	if err != nil {
 		return err
+	}
+	if f.vmKernel != "" {
+		// The host's figures are written already; a VM that cannot boot
+		// (no network for the kernel package, say) costs the VM's rows,
+		// not the run.
+		if err := benchInVM(ctx, f.vmKernel, sc, run, dir, stderr); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "\nwarning: the %s VM phase failed, its datapaths are missing from the results: %v\n", f.vmKernel, err)
+		} else if err := harness.WriteRun(dir, run); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintln(stdout)
 	if err := results.WriteTable(stdout, run); err != nil {

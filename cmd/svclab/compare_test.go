@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/results"
+)
+
+// compareRun is a run of direct and iptables at concurrency 8 with six
+// repetitions; iptablesQPS sets iptables' level (direct stays at 10000).
+func compareRun(id string, iptablesQPS float64) *results.Run {
+	run := &results.Run{SchemaVersion: results.SchemaVersion, ID: id, Env: results.Env{Kernel: "6.18", CPUModel: "x", CPUs: 2}}
+	for rep := range 6 {
+		jitter := 1 + 0.01*float64(rep%3)
+		for _, dp := range []struct {
+			name string
+			qps  float64
+		}{{"direct", 10000}, {"iptables", iptablesQPS}} {
+			run.Trials = append(run.Trials, results.Trial{Datapath: dp.name, Concurrency: 8, Repetition: rep, Order: len(run.Trials),
+				Workload: results.Workload{DurationSeconds: 2, QPS: dp.qps * jitter, Connections: int64(2 * dp.qps * jitter),
+					Latency: results.Latency{P50: 500, P90: 900, P99: 2000}}})
+		}
+	}
+	run.Summary = results.Summarize(run.Trials)
+	return run
+}
+
+// writeRun stores run as <dir>/<name>/results.json and bench.txt and
+// returns the run directory.
+func writeRun(t *testing.T, dir, name string, run *results.Run) string {
+	t.Helper()
+	d := filepath.Join(dir, name)
+	require.NoError(t, os.MkdirAll(d, 0o755))
+	require.NoError(t, run.Write(filepath.Join(d, "results.json")))
+	var b bytes.Buffer
+	require.NoError(t, results.WriteBenchFormat(&b, run))
+	require.NoError(t, os.WriteFile(filepath.Join(d, "bench.txt"), b.Bytes(), 0o644))
+	return d
+}
+
+// TestCompareCommand checks the exit status contract the CI gate relies
+// on (0 pass, 1 regression, 2 bad input), both input formats, and flags
+// after the positional arguments.
+func TestCompareCommand(t *testing.T) {
+	dir := t.TempDir()
+	base := writeRun(t, dir, "base", compareRun("base", 8000))
+	same := writeRun(t, dir, "same", compareRun("same", 8000))
+	slow := writeRun(t, dir, "slow", compareRun("slow", 6000))
+	onlyBench := filepath.Join(dir, "bench-only")
+	require.NoError(t, os.MkdirAll(onlyBench, 0o755))
+	b, err := os.ReadFile(filepath.Join(slow, "bench.txt"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(onlyBench, "bench.txt"), b, 0o644))
+	badTh := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(badTh, []byte("metrics:\n  p90: fifteen\n"), 0o644))
+	empty := filepath.Join(dir, "empty")
+	require.NoError(t, os.MkdirAll(empty, 0o755))
+
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		wantStatus int
+		wantOut    []string
+		wantErr    []string
+	}{
+		{"same figures pass", []string{base, same}, 0, []string{"PASS"}, nil},
+		{"results.json files", []string{filepath.Join(base, "results.json"), filepath.Join(same, "results.json")}, 0, []string{"PASS"}, nil},
+		{"regression fails", []string{base, slow}, 1, []string{"FAIL: 1 regression(s):", "iptables conc=8 qps×direct: 0.800 → 0.600 (-25.0%"}, nil},
+		{"bench.txt against results.json", []string{filepath.Join(base, "results.json"), onlyBench}, 1, []string{"iptables conc=8 qps×direct"}, nil},
+		{"thresholds flag after the arguments", []string{base, slow, "--thresholds", "../../ci/thresholds.yaml"}, 1, []string{"FAIL"}, nil},
+		{"bad thresholds file", []string{"--thresholds", badTh, base, slow}, 2, nil, []string{"thresholds " + badTh + ": metrics.p90:", "not a percentage"}},
+		{"missing thresholds file", []string{"--thresholds", filepath.Join(dir, "nope.yaml"), base, slow}, 2, nil, []string{"nope.yaml"}},
+		{"one argument", []string{base}, 2, nil, []string{"want OLD and NEW, got 1"}},
+		{"missing run", []string{base, filepath.Join(dir, "nope")}, 2, nil, []string{"NEW:", "nope"}},
+		{"directory without results", []string{empty, base}, 2, nil, []string{"OLD:", "neither results.json nor bench.txt"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			status := run(append([]string{"compare"}, tc.args...), &stdout, &stderr)
+			assert.Equal(t, tc.wantStatus, status, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+			for _, s := range tc.wantOut {
+				assert.Contains(t, stdout.String(), s)
+			}
+			for _, s := range tc.wantErr {
+				assert.Contains(t, stderr.String(), s)
+			}
+		})
+	}
+}

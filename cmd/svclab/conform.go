@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/term"
+
+	"svclab/datapath"
+	"svclab/harness"
+	"svclab/scenarios"
+)
+
+// errStrict is returned when a --strict datapath failed a scenario; the
+// message has already been printed.
+var errStrict = errors.New("strict datapath failed")
+
+func cmdConform(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("conform", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dps := fs.String("datapaths", "", "comma-separated datapaths (default: every registered one; see 'svclab datapaths')")
+	scs := fs.String("scenarios", "", "comma-separated conformance scenarios or scenario files (default: all built-in: "+strings.Join(scenarios.ConformanceNames(), ", ")+")")
+	output := fs.String("output", "results", "directory that receives <run-id>/conformance.{json,md}")
+	strict := fs.String("strict", "", "comma-separated datapaths that must pass every scenario they can run: exit 1 if one fails or errors")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: svclab conform [flags]\n\nRuns every conformance scenario against every datapath, each in a fresh topology,\nand writes a behaviour × datapath table. Failures are findings: the exit status is 0\nunless the harness failed or a --strict datapath failed.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var list []*scenarios.Conformance
+	if *scs == "" {
+		all, err := scenarios.LoadAllConformance()
+		if err != nil {
+			return err
+		}
+		list = all
+	} else {
+		seen := map[string]bool{}
+		for _, n := range splitList(*scs) {
+			if seen[n] {
+				return fmt.Errorf("--scenarios: %q listed twice", n)
+			}
+			seen[n] = true
+			c, err := scenarios.LoadConformance(n)
+			if err != nil {
+				return fmt.Errorf("--scenarios: %w", err)
+			}
+			list = append(list, c)
+		}
+	}
+	names := splitList(*dps)
+	for _, n := range append(append([]string{}, names...), splitList(*strict)...) {
+		if _, err := datapath.Lookup(n); err != nil {
+			return fmt.Errorf("--datapaths/--strict: %w", err)
+		}
+	}
+	if len(names) == 0 {
+		names = datapath.Names()
+	}
+	for _, s := range splitList(*strict) {
+		found := false
+		for _, n := range names {
+			found = found || n == s
+		}
+		if !found {
+			return fmt.Errorf("--strict: %q is not among the datapaths checked (%s)", s, strings.Join(names, ", "))
+		}
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	tty := false
+	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
+		tty = term.IsTerminal(int(fd.Fd()))
+	}
+	run, dir, err := harness.Conform(ctx, harness.ConformConfig{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
+	if run != nil {
+		fmt.Fprintln(stdout)
+		if werr := harness.WriteConformanceMarkdown(stdout, run); werr != nil {
+			return werr
+		}
+		fmt.Fprintf(stdout, "\nwrote %s\n      %s\n", filepath.Join(dir, "conformance.json"), filepath.Join(dir, "conformance.md"))
+	}
+	if err != nil {
+		return err
+	}
+	failed := false
+	for _, s := range splitList(*strict) {
+		for _, d := range run.Datapaths {
+			if d.Name == s && d.Skipped != "" {
+				fmt.Fprintf(stderr, "svclab conform: --strict %s: the datapath cannot run here: %s\n", s, d.Skipped)
+				failed = true
+			}
+		}
+		for _, c := range run.Failing(s) {
+			fmt.Fprintf(stderr, "svclab conform: --strict %s: %s: %s: %s\n", s, c.Scenario, c.Status, c.Summary)
+			failed = true
+		}
+	}
+	if failed {
+		return errStrict
+	}
+	return nil
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"svclab/harness"
+)
+
+func cmdUp(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg harness.LabConfig
+	fs.StringVar(&cfg.Datapath, "datapath", "socketlb", "datapath implementing the service (see 'svclab datapaths')")
+	fs.IntVar(&cfg.Backends, "backends", 3, "number of backend pods, all endpoints of the service")
+	fs.IntVar(&cfg.Clients, "clients", 1, "number of client pods")
+	fs.BoolVar(&cfg.UDP, "udp", false, "also serve the service port over UDP (backends answer any datagram with their name)")
+	affinity := fs.String("affinity", "none", "session affinity: none, clientip or clientip:TIMEOUT (e.g. clientip:30s)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: svclab up [flags]\n\nBuilds a lab: client and backend pods, a ClusterIP service default/web (10.96.0.10:80 -> :%d)\nthrough the datapath, and keeps it in the foreground until Ctrl-C or 'svclab down'.\nBackends answer HTTP/1.1 naming themselves. Run anything in a pod with 'svclab exec POD -- CMD'.\n\n", harness.LabTargetPort)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if cfg.Affinity, cfg.AffinityTimeout, err = harness.ParseAffinity(*affinity); err != nil {
+		return fmt.Errorf("--%w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("--%w", err)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	err = harness.Up(ctx, cfg, stderr, func(st *harness.LabState) { harness.WriteLab(stdout, st) })
+	if err == nil {
+		fmt.Fprintln(stdout, "lab removed")
+	}
+	return err
+}
+
+// cmdExec returns the command's exit status; 125 for svclab's own errors
+// and 127 for a command that cannot be found, as env(1) and docker do.
+func cmdExec(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	lab := fs.String("lab", "", "lab id (default: the only lab that is up)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: svclab exec [--lab ID] POD -- COMMAND [ARG...]\n\nRuns COMMAND in the pod's network namespace and the lab's client cgroup, with\nstdin, stdout and stderr passed through; exits with the command's status.\nExample: svclab exec client-0 -- curl -s http://10.96.0.10/\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 125
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fmt.Fprintln(stderr, "svclab exec: no pod given")
+		fs.Usage()
+		return 125
+	}
+	pod, argv := rest[0], rest[1:]
+	if len(argv) > 0 && argv[0] == "--" {
+		argv = argv[1:]
+	}
+	if len(argv) == 0 {
+		fmt.Fprintln(stderr, "svclab exec: no command given (svclab exec POD -- COMMAND)")
+		return 125
+	}
+	st, err := harness.FindLab(*lab)
+	if err != nil {
+		fmt.Fprintf(stderr, "svclab exec: %v\n", err)
+		return 125
+	}
+	code, err := st.Exec(pod, argv, os.Stdin, os.Stdout, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "svclab %v\n", err)
+		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
+			return 127
+		}
+		return 125
+	}
+	return code
+}
+
+func cmdStatus(stdout io.Writer) error {
+	labs, err := harness.Labs()
+	if err != nil {
+		return err
+	}
+	if len(labs) == 0 {
+		fmt.Fprintln(stdout, "no lab is up")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tDATAPATH\tPID\tUP\tSERVICES\tPODS")
+	for _, l := range labs {
+		var svcs []string
+		for _, s := range l.Services {
+			svcs = append(svcs, fmt.Sprintf("%s %s %s", s.Name, s.ClusterIP, strings.Join(s.Ports, ",")))
+		}
+		var pods []string
+		for _, p := range l.Pods {
+			pods = append(pods, p.Name+"="+p.Addr)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", l.ID, l.Datapath, l.PID, time.Since(l.Started).Round(time.Second),
+			strings.Join(svcs, "; "), strings.Join(pods, " "))
+	}
+	return tw.Flush()
+}
+
+func cmdDown(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("down", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	timeout := fs.Duration("timeout", time.Minute, "how long to wait for the lab to remove everything")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: svclab down [--timeout D] [ID]\n\nStops a lab (the only one, or ID) and waits until everything it made is removed.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(1))
+	}
+	st, err := harness.Down(context.Background(), fs.Arg(0), *timeout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "lab %s is down\n", st.ID)
+	return nil
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/datapath"
+	"svclab/harness"
+)
+
+// labUp starts `svclab up` as a child process (the lab lives as long as
+// it does) and returns it with the lab id it printed.
+func labUp(t *testing.T, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"up"}, args...)...)
+	cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		_, _ = harness.CleanupStale()
+	})
+	lines := make(chan string)
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+		close(lines)
+	}()
+	re := regexp.MustCompile(`^lab ([0-9a-f]{8}) is up`)
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			require.True(t, ok, "svclab up ended before the lab was up: %s", stderr.String())
+			if m := re.FindStringSubmatch(l); m != nil {
+				// Keep draining what it prints.
+				go func() {
+					for range lines {
+					}
+				}()
+				return cmd, m[1]
+			}
+		case <-timeout:
+			t.Fatalf("lab not up after 30s: %s", stderr.String())
+		}
+	}
+}
+
+// A lab is up in the background; a command run with `svclab exec` in
+// client-0 (the test binary as a probe, fed on stdin) reaches the backends
+// through the VIP; exit statuses come back; status lists the lab; down
+// removes everything it made. A lab killed outright is pruned from status
+// and its objects go with `svclab cleanup`.
+func TestPrivilegedLabUpExecStatusDown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build a lab")
+	}
+	f, err := datapath.Lookup("socketlb")
+	require.NoError(t, err)
+	if err := f.Probe(); err != nil {
+		require.ErrorIs(t, err, datapath.ErrUnsupported)
+		t.Skip(err.Error())
+	}
+	up, id := labUp(t, "--datapath", "socketlb", "--backends", "3")
+	prefix := "svclab-" + id
+	require.NotEmpty(t, svclabObjects(t, prefix))
+
+	spec, err := json.Marshal(harness.ProbeSpec{Op: harness.ProbeTCP, Count: 6, Timeout: 3 * time.Second,
+		Targets: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:80")}})
+	require.NoError(t, err)
+	ex := exec.Command(os.Args[0], "exec", "client-0", "--", os.Args[0], "internal-probe")
+	ex.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+	ex.Stdin = bytes.NewReader(spec)
+	var exErr bytes.Buffer
+	ex.Stderr = &exErr
+	out, err := ex.Output()
+	require.NoError(t, err, exErr.String())
+	var atts []harness.ProbeAttempt
+	require.NoError(t, json.Unmarshal(out, &atts), string(out))
+	require.Len(t, atts, 6)
+	for _, a := range atts {
+		assert.Equal(t, "", a.Errno, "attempt %+v", a)
+		assert.Regexp(t, `^backend-0[0-2]$`, a.Reply)
+		assert.True(t, strings.HasPrefix(a.Local, "10.244.0.1:"), "the command runs in client-0's namespace: local %s", a.Local)
+	}
+
+	status := func(args ...string) int {
+		ex := exec.Command(os.Args[0], append([]string{"exec"}, args...)...)
+		ex.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+		_ = ex.Run()
+		return ex.ProcessState.ExitCode()
+	}
+	assert.Equal(t, 7, status("backend-01", "--", "sh", "-c", "exit 7"), "the command's exit status is svclab exec's")
+	assert.Equal(t, 127, status("client-0", "--", "no-such-command-svclab"))
+	assert.Equal(t, 125, status("no-such-pod", "--", "true"))
+
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, run([]string{"status"}, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stdout.String(), id)
+	assert.Contains(t, stdout.String(), "10.96.0.10")
+
+	stdout.Reset()
+	require.Equal(t, 0, run([]string{"down", id}, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stdout.String(), "lab "+id+" is down")
+	require.NoError(t, up.Wait(), "svclab up exits cleanly when brought down")
+	assert.Empty(t, svclabObjects(t, prefix), "down must leave nothing of the lab")
+	assert.NoFileExists(t, filepath.Join("/run/svclab/labs", id+".json"))
+
+	// Killed: nothing runs its teardown; status forgets it, cleanup
+	// removes its objects.
+	up, id = labUp(t, "--datapath", "socketlb", "--backends", "1")
+	prefix = "svclab-" + id
+	require.NoError(t, up.Process.Kill())
+	_ = up.Wait()
+	stdout.Reset()
+	require.Equal(t, 0, run([]string{"status"}, &stdout, &stderr), stderr.String())
+	assert.NotContains(t, stdout.String(), id)
+	require.NotEmpty(t, svclabObjects(t, prefix), "a killed lab leaves objects (or this test proves nothing)")
+	require.Equal(t, 0, run([]string{"cleanup"}, io.Discard, &stderr), stderr.String())
+	assert.Empty(t, svclabObjects(t, prefix))
+}
+
+// Bad command lines end with an error naming the flag, before anything is
+// created.
+func TestConformAndLabBadInput(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"conform", "--datapaths", "warp-drive"}, `unknown datapath "warp-drive"`},
+		{[]string{"conform", "--scenarios", "nosuch"}, `"nosuch" is neither a built-in one`},
+		{[]string{"conform", "--scenarios", "tcp-spread,tcp-spread"}, "listed twice"},
+		{[]string{"conform", "--datapaths", "direct", "--strict", "iptables"}, "--strict"},
+		{[]string{"up", "--backends", "0"}, "--backends: 0 is out of range"},
+		{[]string{"up", "--affinity", "sticky"}, "--affinity"},
+		{[]string{"up", "--datapath", "warp-drive"}, `unknown datapath "warp-drive"`},
+		{[]string{"down", "0badf00d"}, `lab "0badf00d"`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(tt.args, &stdout, &stderr)
+			assert.NotEqual(t, 0, code)
+			assert.Contains(t, stderr.String(), tt.want)
+		})
+	}
+}
+
+// Failed expectations are findings (exit 0) unless the datapath is named
+// in --strict (exit 1, naming the scenario). The scenario is a file whose
+// expectation no datapath without affinity can meet.
+func TestPrivilegedConformStrict(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to build topologies")
+	}
+	file := filepath.Join(t.TempDir(), "always-one-backend.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(`
+behaviour: every connection lands on one endpoint (true only with affinity)
+source: test
+backends: 4
+services:
+- name: web
+  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
+  endpoints: [{pods: 0-3}]
+steps:
+- probe: {op: tcp, target: {service: web, port: http}, count: 40, timeout: 3s}
+  expect:
+  - {check: single-backend}
+`), 0o644))
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, run([]string{"conform", "--datapaths", "direct", "--scenarios", file, "--output", out}, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stdout.String(), "**FAIL**")
+	assert.Contains(t, stdout.String(), "conformance.md")
+
+	stdout.Reset()
+	stderr.Reset()
+	assert.Equal(t, 1, run([]string{"conform", "--datapaths", "direct", "--scenarios", file, "--output", out, "--strict", "direct"}, &stdout, &stderr))
+	assert.Contains(t, stderr.String(), "--strict direct: always-one-backend: fail")
+}
