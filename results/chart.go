@@ -54,9 +54,9 @@ type chartSpec struct {
 
 // WriteCharts draws qps.png and p90.png into dir and returns their paths.
 //
-// Each is a grouped bar chart: one group per concurrency level, one bar per
-// datapath (the order of the summaries, i.e. the run's datapath order), bar
-// height the median over repetitions and whiskers the min–max. The title,
+// Each is a grouped bar chart: one group per concurrency level (per scale
+// point and concurrency in a services sweep), one bar per datapath (the
+// order of the summaries, i.e. the run's datapath order), bar height the median over repetitions and whiskers the min–max. The title,
 // a subtitle with CPU, kernel and run id, and a caption naming skipped
 // datapaths and the generator ceiling are part of the image, so a chart
 // published on its own still says what was measured and where.
@@ -170,16 +170,19 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 	}
 	top -= 4
 
-	// Series: one per datapath, one slot per concurrency level.
-	var levels []int
-	levelIdx := map[int]int{}
+	// Series: one per datapath, one slot per point (concurrency level, and
+	// scale in a sweep).
+	var levels []point
+	levelIdx := map[point]int{}
+	scales := map[[2]int]bool{}
 	for _, s := range sums {
-		if _, ok := levelIdx[s.Concurrency]; !ok {
-			levelIdx[s.Concurrency] = 0
-			levels = append(levels, s.Concurrency)
+		if _, ok := levelIdx[pointOf(s)]; !ok {
+			levelIdx[pointOf(s)] = 0
+			levels = append(levels, pointOf(s))
 		}
+		scales[[2]int{s.Services, s.Endpoints}] = true
 	}
-	slices.Sort(levels)
+	slices.SortFunc(levels, comparePoint)
 	for i, l := range levels {
 		levelIdx[l] = i
 	}
@@ -197,7 +200,7 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 			})
 		}
 		st := spec.stat(s)
-		bars.series[i].stats[levelIdx[s.Concurrency]] = &st
+		bars.series[i].stats[levelIdx[pointOf(s)]] = &st
 	}
 
 	// Legend row(s), centred.
@@ -234,7 +237,13 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 	p.Y.Label.Text = spec.yLabel
 	names := make([]string, len(levels))
 	for i, l := range levels {
-		names[i] = strconv.Itoa(l)
+		names[i] = strconv.Itoa(l.concurrency)
+		if len(scales) > 1 {
+			names[i] = fmt.Sprintf("%d×%d, c=%d", l.services, l.endpoints, l.concurrency)
+		}
+	}
+	if len(scales) > 1 {
+		p.X.Label.Text = "services × endpoints, concurrent connections"
 	}
 	p.NominalX(names...)
 	grid := plotter.NewGrid()

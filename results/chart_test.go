@@ -20,12 +20,19 @@ func TestWriteCharts(t *testing.T) {
 	oneRep := sampleRun()
 	oneRep.Trials = oneRep.Trials[:9] // repetition 0 only: no whiskers
 	oneRep.Summary = nil
+	// A services sweep: one slot per scale point, none overwritten.
+	sweep := sampleRun()
+	for i := range sweep.Trials {
+		sweep.Trials[i].Services, sweep.Trials[i].Endpoints = []int{1, 1000}[sweep.Trials[i].Repetition%2], 12
+	}
+	sweep.Summary = nil
 	for _, tc := range []struct {
 		name string
 		run  *Run
 	}{
 		{"sample", sampleRun()},
 		{"single repetition", oneRep},
+		{"services sweep", sweep},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(dir, filepath.Base(t.Name()))

@@ -2,7 +2,10 @@ package results
 
 import (
 	"cmp"
+	"math"
 	"slices"
+
+	"golang.org/x/perf/benchmath"
 )
 
 // DirectDatapath names the baseline datapath: a client talking straight to a
@@ -11,40 +14,39 @@ import (
 // mean something on the machine they were measured on.
 const DirectDatapath = "direct"
 
-// Summarize aggregates trials per (datapath, concurrency).
+// Summarize aggregates trials per (datapath, services, endpoints,
+// concurrency).
 //
 // Summaries come out ordered by datapath in the order the datapaths first
 // appear in trials (the caller's order, e.g. --datapaths, which is also the
 // order a reader expects in the table and the chart legend), then by
-// concurrency ascending. Per-repetition values are in repetition order so a
-// drift across repetitions (thermal throttling, a noisy neighbour) stays
-// visible in results.json.
+// services, endpoints and concurrency ascending. Per-repetition values are
+// in repetition order so a drift across repetitions (thermal throttling, a
+// noisy neighbour) stays visible in results.json. Trials that are not part
+// of a scale sweep carry 0 services and endpoints and group as before.
 //
 // Latency figures come from each trial's Workload.Latency; a trial that only
-// carries a histogram has its percentiles computed from it. Ratios to
-// DirectDatapath use medians and are 0 when direct was not measured at that
-// concurrency (0 rather than NaN so results.json stays valid JSON).
+// carries a histogram has its percentiles computed from it. QPS, p90 and CPU
+// per connection carry a 95% confidence interval of the median (see
+// MedianCI). Ratios to DirectDatapath use medians at the same services,
+// endpoints and concurrency, and are 0 when direct was not measured there
+// (0 rather than NaN so results.json stays valid JSON).
 func Summarize(trials []Trial) []Summary {
-	type key struct {
-		datapath    string
-		concurrency int
-	}
 	dpOrder := map[string]int{}
-	groups := map[key][]Trial{}
+	groups := map[groupKey][]Trial{}
 	for _, t := range trials {
 		if _, ok := dpOrder[t.Datapath]; !ok {
 			dpOrder[t.Datapath] = len(dpOrder)
 		}
-		k := key{t.Datapath, t.Concurrency}
+		k := keyOf(t)
 		groups[k] = append(groups[k], t)
 	}
-	keys := make([]key, 0, len(groups))
+	keys := make([]groupKey, 0, len(groups))
 	for k := range groups {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b key) int {
-		return cmp.Or(cmp.Compare(dpOrder[a.datapath], dpOrder[b.datapath]),
-			cmp.Compare(a.concurrency, b.concurrency))
+	slices.SortFunc(keys, func(a, b groupKey) int {
+		return cmp.Or(cmp.Compare(dpOrder[a.datapath], dpOrder[b.datapath]), comparePoint(a.point, b.point))
 	})
 
 	out := make([]Summary, 0, len(keys))
@@ -53,50 +55,93 @@ func Summarize(trials []Trial) []Summary {
 		// Stable, so trials sharing a repetition number (a retried trial)
 		// keep the order they were run in.
 		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
-		var qps, p50, p90, p99, apply []float64
-		var errs int64
+		var qps, p50, p90, p99, apply, cpu []float64
+		var errs, synRetrans int64
 		for _, t := range ts {
-			lat := t.Workload.Latency
-			if lat == (Latency{}) && t.Workload.Histogram != nil {
-				lat = t.Workload.Histogram.Latency()
-			}
+			lat := trialLatency(t)
 			qps = append(qps, t.Workload.QPS)
 			p50 = append(p50, lat.P50)
 			p90 = append(p90, lat.P90)
 			p99 = append(p99, lat.P99)
 			apply = append(apply, t.ApplySeconds)
+			if c := t.Workload.CPU; c != nil {
+				cpu = append(cpu, c.PerConnectionUS)
+			}
 			for _, n := range t.Workload.Errors {
 				errs += n
 			}
+			synRetrans += t.Workload.SynRetrans
 		}
-		out = append(out, Summary{
+		s := Summary{
 			Datapath:     k.datapath,
 			Concurrency:  k.concurrency,
+			Services:     k.services,
+			Endpoints:    k.endpoints,
 			Repetitions:  len(ts),
-			QPS:          NewStat(qps),
+			QPS:          NewStat(qps).WithCI(),
 			P50:          NewStat(p50),
-			P90:          NewStat(p90),
+			P90:          NewStat(p90).WithCI(),
 			P99:          NewStat(p99),
 			Errors:       errs,
+			SynRetrans:   synRetrans,
 			ApplySeconds: NewStat(apply),
-		})
+		}
+		if len(cpu) > 0 {
+			s.CPUPerConnUS = NewStat(cpu).WithCI()
+		}
+		out = append(out, s)
 	}
 
-	direct := map[int]Summary{}
+	direct := map[point]Summary{}
 	for _, s := range out {
 		if s.Datapath == DirectDatapath {
-			direct[s.Concurrency] = s
+			direct[pointOf(s)] = s
 		}
 	}
 	for i := range out {
-		d, ok := direct[out[i].Concurrency]
+		d, ok := direct[pointOf(out[i])]
 		if !ok {
 			continue
 		}
 		out[i].QPSRatioToDirect = ratio(out[i].QPS.Median, d.QPS.Median)
 		out[i].P90RatioToDirect = ratio(out[i].P90.Median, d.P90.Median)
+		out[i].CPURatioToDirect = ratio(out[i].CPUPerConnUS.Median, d.CPUPerConnUS.Median)
 	}
 	return out
+}
+
+// point is where in a run's parameter space a figure was measured: the
+// scale (0, 0 outside sweeps) and the concurrency. Ratios to direct and
+// comparisons between runs pair figures at the same point.
+type point struct {
+	services, endpoints, concurrency int
+}
+
+// groupKey is one summary: a datapath at a point.
+type groupKey struct {
+	datapath string
+	point
+}
+
+func keyOf(t Trial) groupKey {
+	return groupKey{t.Datapath, point{t.Services, t.Endpoints, t.Concurrency}}
+}
+
+func pointOf(s Summary) point { return point{s.Services, s.Endpoints, s.Concurrency} }
+
+func comparePoint(a, b point) int {
+	return cmp.Or(cmp.Compare(a.services, b.services), cmp.Compare(a.endpoints, b.endpoints),
+		cmp.Compare(a.concurrency, b.concurrency))
+}
+
+// trialLatency is the trial's latency percentiles, computed from its
+// histogram when only that was recorded.
+func trialLatency(t Trial) Latency {
+	lat := t.Workload.Latency
+	if lat == (Latency{}) && t.Workload.Histogram != nil {
+		lat = t.Workload.Histogram.Latency()
+	}
+	return lat
 }
 
 // ratio is a/b, or 0 when b is 0: a zero baseline (direct measured nothing)
@@ -125,5 +170,31 @@ func NewStat(values []float64) Stat {
 	} else {
 		s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
 	}
+	return s
+}
+
+// CIConfidence is the confidence level of the intervals in summaries and
+// comparisons.
+const CIConfidence = 0.95
+
+// MedianCI is the confidence interval of the median of values at the given
+// level, from order statistics (benchmath's AssumeNothing: no assumption
+// about the distribution, which benchmark figures do not follow). It is
+// nil when values are too few for a finite interval: at 95% that takes 6.
+func MedianCI(values []float64, confidence float64) *Interval {
+	if len(values) == 0 {
+		return nil
+	}
+	sum := benchmath.AssumeNothing.Summary(benchmath.NewSample(slices.Clone(values), &benchmath.DefaultThresholds), confidence)
+	if math.IsInf(sum.Lo, 0) || math.IsInf(sum.Hi, 0) || math.IsNaN(sum.Lo) || math.IsNaN(sum.Hi) {
+		return nil
+	}
+	return &Interval{Lo: sum.Lo, Hi: sum.Hi, Confidence: sum.Confidence}
+}
+
+// WithCI returns s with the CIConfidence interval of its median set (nil
+// when its values are too few).
+func (s Stat) WithCI() Stat {
+	s.CI = MedianCI(s.Values, CIConfidence)
 	return s
 }

@@ -118,3 +118,98 @@ func TestSummarizeHistogramOnly(t *testing.T) {
 	assert.InEpsilon(t, 90.0, got[0].P90.Median, hdrPrecision)
 	assert.Empty(t, Summarize(nil))
 }
+
+// TestSummarizeScale checks the scale sweep key: summaries per (datapath,
+// services, endpoints, concurrency), ratios to direct only at the same
+// point, in services/endpoints/concurrency order.
+func TestSummarizeScale(t *testing.T) {
+	at := func(dp string, svcs, eps, conc int, qps float64) Trial {
+		tr := trial(dp, conc, 0, qps, 10, 20, 30, 0, 0)
+		tr.Services, tr.Endpoints = svcs, eps
+		return tr
+	}
+	got := Summarize([]Trial{
+		at("iptables", 1000, 12, 8, 50),
+		at("iptables", 1, 12, 8, 90),
+		at("direct", 1, 12, 8, 100),
+		at("direct", 1000, 12, 8, 100),
+		at("iptables", 1000, 1, 8, 70),
+	})
+	type row struct {
+		dp              string
+		svcs, eps, conc int
+		ratio           float64
+	}
+	var rows []row
+	for _, s := range got {
+		rows = append(rows, row{s.Datapath, s.Services, s.Endpoints, s.Concurrency, s.QPSRatioToDirect})
+	}
+	assert.Equal(t, []row{
+		{"iptables", 1, 12, 8, 0.9},
+		{"iptables", 1000, 1, 8, 0}, // no direct at 1000×1
+		{"iptables", 1000, 12, 8, 0.5},
+		{"direct", 1, 12, 8, 1},
+		{"direct", 1000, 12, 8, 1},
+	}, rows)
+}
+
+// TestSummarizeCIAndCPU checks the figures a gate needs: the 95% CI of the
+// median (only from 6 repetitions on; it is then min..max), CPU per
+// connection over the trials that measured it, its ratio to direct, and
+// the SYN retransmit total.
+func TestSummarizeCIAndCPU(t *testing.T) {
+	var trials []Trial
+	for rep := range 6 {
+		for _, dp := range []string{"direct", "socketlb"} {
+			tr := trial(dp, 8, rep, 100+float64(rep), 10, 20+float64(rep), 30, 0, 0)
+			if rep != 5 { // one repetition without CPU figures
+				tr.Workload.CPU = &CPUUsage{PerConnectionUS: map[string]float64{"direct": 200, "socketlb": 210}[dp] + float64(rep)}
+			}
+			tr.Workload.SynRetrans = 2
+			trials = append(trials, tr)
+		}
+	}
+	got := Summarize(trials)
+	require.Len(t, got, 2)
+	s := got[1]
+	require.Equal(t, "socketlb", s.Datapath)
+	require.NotNil(t, s.QPS.CI)
+	assert.Equal(t, 100.0, s.QPS.CI.Lo)
+	assert.Equal(t, 105.0, s.QPS.CI.Hi)
+	assert.GreaterOrEqual(t, s.QPS.CI.Confidence, 0.95)
+	require.NotNil(t, s.P90.CI)
+	assert.Nil(t, s.P50.CI, "CIs only where the gate reads them")
+	assert.Equal(t, []float64{210, 211, 212, 213, 214}, s.CPUPerConnUS.Values)
+	assert.Nil(t, s.CPUPerConnUS.CI, "5 values: no finite 95% interval")
+	assert.InDelta(t, 212.0/202, s.CPURatioToDirect, 1e-12)
+	assert.Equal(t, int64(12), s.SynRetrans)
+
+	// Too few repetitions: no interval rather than ±Inf (invalid JSON).
+	few := Summarize(trials[:6])
+	assert.Nil(t, few[0].QPS.CI)
+	// Without any CPU figure the field stays zero (and out of the JSON).
+	noCPU := Summarize([]Trial{trial("direct", 1, 0, 1, 1, 1, 1, 0, 0)})
+	assert.Zero(t, noCPU[0].CPUPerConnUS.Median)
+	assert.Nil(t, noCPU[0].CPUPerConnUS.Values)
+}
+
+// TestMedianCI pins the distribution-free interval: order statistics of
+// the sorted sample, nil below 6 values at 95%, input left unsorted.
+func TestMedianCI(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values []float64
+		want   *Interval
+	}{
+		{"5 values: none", []float64{5, 4, 3, 2, 1}, nil},
+		{"6 values: min..max", []float64{6, 1, 5, 2, 4, 3}, &Interval{Lo: 1, Hi: 6, Confidence: 0.96875}},
+		{"9 values: 2nd..8th", []float64{9, 8, 7, 6, 5, 4, 3, 2, 1}, &Interval{Lo: 2, Hi: 8, Confidence: 0.9609375}},
+		{"empty", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := append([]float64(nil), tc.values...)
+			assert.Equal(t, tc.want, MedianCI(in, 0.95))
+			assert.Equal(t, tc.values, in, "caller's slice untouched")
+		})
+	}
+}

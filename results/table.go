@@ -17,9 +17,12 @@ const generatorBoundFraction = 0.9
 const tablePad = 2
 
 // WriteTable prints the run's summaries as a fixed-width table for a
-// terminal (it fits in 120 columns for datapath names up to ~20 characters),
-// then one line per skipped or unmeasured datapath and one for the load
-// generator's ceiling, so the table alone tells what was and was not measured.
+// terminal (it fits in 120 columns for datapath names up to ~20 characters,
+// ~12 when CPU per connection is measured), then one line per skipped or
+// unmeasured datapath and one for the load generator's ceiling, so the
+// table alone tells what was and was not measured. The ± column is the
+// QPS median's 95% confidence interval; scale (services, endpoints)
+// columns appear only when the run swept it.
 //
 // It uses run.Summary, or summarises run.Trials when Summary is empty (a run
 // that was interrupted before summarising still prints).
@@ -37,17 +40,49 @@ func WriteTable(w io.Writer, run *Run) error {
 	// datapath is padded by hand so that it alone reads left-aligned.
 	// AlignRight also puts the column padding before the first cell, so
 	// the table goes through a buffer that drops it.
+	// Scale columns only when the run has several scale points (a single
+	// one goes in a note), CPU columns only when measured, so a plain
+	// run's table stays narrow.
+	withCPU, rangeOnly := false, false
+	scales := map[[2]int]bool{}
+	for _, s := range sums {
+		scales[[2]int{s.Services, s.Endpoints}] = true
+		withCPU = withCPU || len(s.CPUPerConnUS.Values) > 0
+	}
+	sweep := len(scales) > 1
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 0, tablePad, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%-*s\tCONC\tREPS\tQPS\tQPS MIN–MAX\tQPS×DIRECT\tP50 µs\tP90 µs\tP99 µs\tP90×DIRECT\tERRORS\tAPPLY s\t\n", dpWidth, "DATAPATH")
+	header := fmt.Sprintf("%-*s\t", dpWidth, "DATAPATH")
+	if sweep {
+		header += "SVCS\tEPS\t"
+	}
+	header += "CONC\tREPS\tQPS\t±\tQPS×DIR\tP50 µs\tP90 µs\tP99 µs\tP90×DIR\t"
+	if withCPU {
+		header += "CPU µs/C\tCPU×DIR\t"
+	}
+	header += "ERRORS\tSYNRTX\tAPPLY s\t\n"
+	fmt.Fprint(tw, header)
 	for _, s := range sums {
-		fmt.Fprintf(tw, "%-*s\t%d\t%d\t%s\t%s–%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t\n",
-			dpWidth, s.Datapath, s.Concurrency, s.Repetitions,
-			fmtQPS(s.QPS.Median), fmtQPS(s.QPS.Min), fmtQPS(s.QPS.Max),
+		row := fmt.Sprintf("%-*s\t", dpWidth, s.Datapath)
+		if sweep {
+			row += fmt.Sprintf("%d\t%d\t", s.Services, s.Endpoints)
+		}
+		spread := fmtSpread(s.QPS)
+		rangeOnly = rangeOnly || strings.HasPrefix(spread, "(")
+		row += fmt.Sprintf("%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
+			s.Concurrency, s.Repetitions, fmtQPS(s.QPS.Median), spread,
 			fmtRatio(s.QPSRatioToDirect),
 			fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median),
-			fmtRatio(s.P90RatioToDirect),
-			s.Errors, fmt.Sprintf("%.2f", s.ApplySeconds.Median))
+			fmtRatio(s.P90RatioToDirect))
+		if withCPU {
+			cpu := "-"
+			if len(s.CPUPerConnUS.Values) > 0 {
+				cpu = fmtMicros(s.CPUPerConnUS.Median)
+			}
+			row += fmt.Sprintf("%s\t%s\t", cpu, fmtRatio(s.CPURatioToDirect))
+		}
+		row += fmt.Sprintf("%d\t%d\t%.2f\t\n", s.Errors, s.SynRetrans, s.ApplySeconds.Median)
+		fmt.Fprint(tw, row)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("results table: %w", err)
@@ -69,6 +104,15 @@ func WriteTable(w io.Writer, run *Run) error {
 			notes = append(notes, fmt.Sprintf("skipped %s: %s", d.Name, d.Skipped))
 		case !measured[d.Name]:
 			notes = append(notes, fmt.Sprintf("no trials for %s", d.Name))
+		}
+	}
+	if !sweep && len(sums) > 0 && (sums[0].Services > 0 || sums[0].Endpoints > 0) {
+		notes = append(notes, fmt.Sprintf("scale: %d service(s), %d endpoint(s) each", sums[0].Services, sums[0].Endpoints))
+	}
+	if len(sums) > 0 {
+		notes = append(notes, "±: half-width of the 95% confidence interval of the QPS median, in % of the median")
+		if rangeOnly {
+			notes = append(notes, "(±x%): fewer than 6 repetitions give no finite 95% interval; half the min–max range instead")
 		}
 	}
 	if g := run.Generator; g != nil {
@@ -115,6 +159,20 @@ func fmtMicros(v float64) string {
 	default:
 		return fmt.Sprintf("%.0f", v)
 	}
+}
+
+// fmtSpread prints the half-width of the median's 95% confidence interval
+// in % of the median (the larger side, as benchstat does), or, in
+// parentheses, half the min–max range when the repetitions are too few for
+// a finite interval.
+func fmtSpread(s Stat) string {
+	if s.Median == 0 {
+		return "-"
+	}
+	if s.CI != nil {
+		return fmt.Sprintf("±%.0f%%", 100*max(s.CI.Hi/s.Median-1, 1-s.CI.Lo/s.Median))
+	}
+	return fmt.Sprintf("(±%.0f%%)", 100*(s.Max-s.Min)/2/s.Median)
 }
 
 // fmtRatio prints a ratio to direct, or "-" when there is none (0).

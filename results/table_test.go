@@ -40,8 +40,10 @@ func TestWriteTable(t *testing.T) {
 				rows[f[0]+"/"+f[1]] = f
 			}
 			require.Len(t, rows, 9, "one row per datapath and concurrency")
-			// socketlb at 64: median 28500 over 27645..29355, 0.95 of direct.
-			assert.Equal(t, []string{"socketlb", "64", "3", "28500", "27645–29355", "0.95"}, rows["socketlb/64"][:6])
+			// socketlb at 64: median 28500 over 27645..29355 (±3%: three
+			// repetitions give no finite CI, so half the range), 0.95 of
+			// direct.
+			assert.Equal(t, []string{"socketlb", "64", "3", "28500", "(±3%)", "0.95"}, rows["socketlb/64"][:6])
 			assert.Equal(t, "0.70", rows["iptables/8"][5])
 			assert.Equal(t, "1.00", rows["direct/1"][5])
 
@@ -77,4 +79,56 @@ func TestWriteTableEmpty(t *testing.T) {
 	require.NoError(t, WriteTable(&buf, run))
 	assert.Contains(t, buf.String(), "DATAPATH")
 	assert.Contains(t, buf.String(), "skipped ipvs: no ip_vs")
+}
+
+// TestWriteTableCIAndCPU checks the columns a CI-grade run adds: a finite
+// 95% interval with six repetitions, CPU per connection and its ratio,
+// SYN retransmits; and that a one-point scale is a note, not columns.
+func TestWriteTableCIAndCPU(t *testing.T) {
+	var trials []Trial
+	for rep := range 6 {
+		for _, dp := range []string{"direct", "iptables"} {
+			qps := map[string]float64{"direct": 10000, "iptables": 8000}[dp] * (1 + 0.01*float64(rep))
+			tr := trial(dp, 8, rep, qps, 50, 80, 200, 0.01, 0)
+			tr.Services, tr.Endpoints = 1, 12
+			tr.Workload.CPU = &CPUUsage{PerConnectionUS: map[string]float64{"direct": 200, "iptables": 250}[dp]}
+			tr.Workload.SynRetrans = int64(rep % 2)
+			trials = append(trials, tr)
+		}
+	}
+	var buf bytes.Buffer
+	require.NoError(t, WriteTable(&buf, &Run{Trials: trials}))
+	out := buf.String()
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	for _, l := range lines {
+		assert.LessOrEqual(t, utf8.RuneCountInString(l), 120, "line too wide: %q", l)
+	}
+	assert.Equal(t, []string{"DATAPATH", "CONC", "REPS", "QPS", "±", "QPS×DIR", "P50", "µs"}, strings.Fields(lines[0])[:8])
+	ipt := strings.Fields(lines[2])
+	// Six values 8000..8400 step 80: the 95% interval of the median is
+	// min..max (order statistics 1 and 6), i.e. ±2.4% of 8200.
+	assert.Equal(t, []string{"iptables", "8", "6", "8200", "±2%", "0.80"}, ipt[:6])
+	assert.Contains(t, lines[0], "CPU µs/C")
+	assert.Equal(t, []string{"250", "1.25", "0", "3"}, ipt[10:14], "CPU, CPU×DIR, errors, SYN retransmits")
+	assert.Contains(t, out, "scale: 1 service(s), 12 endpoint(s) each")
+	assert.NotContains(t, out, "(±x%)", "no range fallback when every row has a CI")
+}
+
+// TestWriteTableSweep checks a scale sweep gets SVCS and EPS columns.
+func TestWriteTableSweep(t *testing.T) {
+	var trials []Trial
+	for _, svcs := range []int{1, 1000} {
+		for _, dp := range []string{"direct", "iptables"} {
+			tr := trial(dp, 8, 0, 1000, 50, 80, 200, 0.01, 0)
+			tr.Services, tr.Endpoints = svcs, 12
+			trials = append(trials, tr)
+		}
+	}
+	var buf bytes.Buffer
+	require.NoError(t, WriteTable(&buf, &Run{Trials: trials}))
+	lines := strings.Split(buf.String(), "\n")
+	assert.Equal(t, []string{"DATAPATH", "SVCS", "EPS", "CONC"}, strings.Fields(lines[0])[:4])
+	assert.Equal(t, []string{"direct", "1", "12", "8"}, strings.Fields(lines[1])[:4])
+	assert.Equal(t, []string{"direct", "1000", "12", "8"}, strings.Fields(lines[2])[:4])
+	assert.NotContains(t, buf.String(), "scale:")
 }

@@ -1,0 +1,587 @@
+package results
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"golang.org/x/perf/benchmath"
+)
+
+// metric is one figure `svclab compare` tests.
+type metric struct {
+	key   string // the thresholds-file key
+	label string
+	// higherBetter: a drop is the regression (QPS); otherwise a rise is
+	// (latency, CPU).
+	higherBetter bool
+	value        func(Trial) (float64, bool)
+}
+
+var compareMetrics = []metric{
+	{"qps", "qps conn/s", true, func(t Trial) (float64, bool) { return t.Workload.QPS, true }},
+	{"p50", "p50 µs", false, func(t Trial) (float64, bool) { return trialLatency(t).P50, true }},
+	{"p90", "p90 µs", false, func(t Trial) (float64, bool) { return trialLatency(t).P90, true }},
+	{"p99", "p99 µs", false, func(t Trial) (float64, bool) { return trialLatency(t).P99, true }},
+	{"cpu_per_conn", "cpu µs/conn", false, func(t Trial) (float64, bool) {
+		if t.Workload.CPU == nil {
+			return 0, false
+		}
+		return t.Workload.CPU.PerConnectionUS, true
+	}},
+}
+
+// MetricKeys are the metrics compare tests, as named in a thresholds file.
+func MetricKeys() []string {
+	out := make([]string, len(compareMetrics))
+	for i, m := range compareMetrics {
+		out[i] = m.key
+	}
+	return out
+}
+
+// Verdict is compare's judgement of one row.
+type Verdict string
+
+// Verdicts. Only VerdictRegression fails the gate.
+const (
+	// VerdictSame: no significant difference (p >= alpha).
+	VerdictSame Verdict = "~"
+	// VerdictNTooSmall: too few repetitions for any difference to reach
+	// p < alpha, however large; not a failure, but the row proves nothing.
+	VerdictNTooSmall Verdict = "n too small"
+	// VerdictBetter: a significant change in the good direction.
+	VerdictBetter Verdict = "better"
+	// VerdictWorse: a significant change in the bad direction, within
+	// the threshold.
+	VerdictWorse Verdict = "worse, within threshold"
+	// VerdictWorseReported: significant and beyond the threshold in the
+	// bad direction, on a figure that is reported but not gated.
+	VerdictWorseReported Verdict = "worse, not gated"
+	// VerdictRegression: significant and beyond the threshold in the bad
+	// direction on a gated figure: the gate fails.
+	VerdictRegression Verdict = "REGRESSION"
+)
+
+// Figure summarises one side of a comparison row.
+type Figure struct {
+	N      int
+	Median float64
+	// CI is the 95% interval of the median; nil when N is too small.
+	CI     *Interval
+	Values []float64
+}
+
+// CompareRow is one metric of one datapath at one point, OLD against NEW.
+type CompareRow struct {
+	Datapath                         string
+	Services, Endpoints, Concurrency int
+	Metric                           string
+	// Ratio: the figure is the datapath's divided by direct's in the
+	// same round (same repetition and point) of the same run.
+	Ratio    bool
+	Old, New Figure
+	// Change is new/old - 1 of the medians (NaN when old is 0).
+	Change float64
+	// P is the Mann-Whitney U test's p-value (two-sided).
+	P float64
+	// Threshold is the tolerated change in the bad direction (fraction).
+	Threshold float64
+	// Gated rows can fail the gate; the others are reported.
+	Gated   bool
+	Verdict Verdict
+}
+
+// Name identifies the row in messages, e.g. "iptables conc=8 qps×direct".
+func (r CompareRow) Name() string {
+	return r.Datapath + " " + pointLabel(point{r.Services, r.Endpoints, r.Concurrency}) + " " + r.figureName()
+}
+
+func (r CompareRow) figureName() string {
+	if r.Ratio {
+		return r.Metric + "×direct"
+	}
+	return r.Metric
+}
+
+// Comparison is the result of comparing two runs.
+type Comparison struct {
+	OldID, NewID string
+	Thresholds   Thresholds
+	Rows         []CompareRow
+	// OnlyOld and OnlyNew name what one run measured and the other did
+	// not (datapaths, or a datapath at a point): listed, not an error.
+	OnlyOld, OnlyNew []string
+	// Notes explain the table: fallbacks, unclean measurements, different
+	// machines.
+	Notes []string
+}
+
+// Regressions are the rows that fail the gate.
+func (c *Comparison) Regressions() []CompareRow {
+	var out []CompareRow
+	for _, r := range c.Rows {
+		if r.Verdict == VerdictRegression {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// side is one run's trials, indexed for pairing.
+type side struct {
+	run    *Run
+	groups map[groupKey][]Trial // in repetition order
+	order  []groupKey
+	// direct has direct's trial per point and repetition.
+	direct map[point]map[int]Trial
+}
+
+func newSide(run *Run) side {
+	s := side{run: run, groups: map[groupKey][]Trial{}, direct: map[point]map[int]Trial{}}
+	dpOrder := map[string]int{}
+	for _, t := range run.Trials {
+		if _, ok := dpOrder[t.Datapath]; !ok {
+			dpOrder[t.Datapath] = len(dpOrder)
+		}
+		k := keyOf(t)
+		if _, ok := s.groups[k]; !ok {
+			s.order = append(s.order, k)
+		}
+		s.groups[k] = append(s.groups[k], t)
+		if t.Datapath == DirectDatapath {
+			if s.direct[k.point] == nil {
+				s.direct[k.point] = map[int]Trial{}
+			}
+			// A retried repetition: the later trial is the one kept.
+			s.direct[k.point][t.Repetition] = t
+		}
+	}
+	for _, ts := range s.groups {
+		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
+	}
+	slices.SortStableFunc(s.order, func(a, b groupKey) int {
+		return cmp.Or(cmp.Compare(dpOrder[a.datapath], dpOrder[b.datapath]), comparePoint(a.point, b.point))
+	})
+	return s
+}
+
+// absolute is the metric's per-repetition values of a group.
+func (s side) absolute(k groupKey, m metric) []float64 {
+	var out []float64
+	for _, t := range s.groups[k] {
+		if v, ok := m.value(t); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// ratios divides each repetition's figure by direct's: by direct's in the
+// same round (PairRound), or by the median of direct's repetitions in the
+// run (PairMedian). Repetitions without a direct trial, or where direct's
+// figure is 0, are left out. ok is false when the run has no direct at
+// that point.
+func (s side) ratios(k groupKey, m metric, pairing Pairing) (out []float64, ok bool) {
+	d, ok := s.direct[k.point]
+	if !ok {
+		return nil, false
+	}
+	var dMedian float64
+	if pairing == PairMedian {
+		dMedian = NewStat(s.absolute(groupKey{DirectDatapath, k.point}, m)).Median
+	}
+	for _, t := range s.groups[k] {
+		v, ok1 := m.value(t)
+		dv, ok2 := dMedian, dMedian != 0
+		if pairing != PairMedian {
+			dt, found := d[t.Repetition]
+			if !found {
+				continue
+			}
+			dv, ok2 = m.value(dt)
+		}
+		if ok1 && ok2 && dv != 0 {
+			out = append(out, v/dv)
+		}
+	}
+	return out, true
+}
+
+// Compare tests every metric of every datapath and point measured in both
+// runs, OLD against NEW, and judges each row against th.
+//
+// Each row's p-value is the Mann-Whitney U test over the per-repetition
+// values (benchmath's AssumeNothing: benchmark figures are not normal), the
+// centres are medians with 95% confidence intervals, and a row fails the
+// gate only when it is gated, p < alpha, and the median moved beyond the
+// threshold in the bad direction (QPS down; latency or CPU up).
+func Compare(old, new *Run, th Thresholds) *Comparison {
+	c := &Comparison{OldID: old.ID, NewID: new.ID, Thresholds: th}
+	o, n := newSide(old), newSide(new)
+
+	// Rows in NEW's order, then what only OLD has.
+	var keys []groupKey
+	oldDP, newDP := map[string]bool{}, map[string]bool{}
+	for _, k := range o.order {
+		oldDP[k.datapath] = true
+	}
+	for _, k := range n.order {
+		newDP[k.datapath] = true
+	}
+	for _, k := range n.order {
+		switch {
+		case !oldDP[k.datapath]:
+			c.OnlyNew = appendOnce(c.OnlyNew, k.datapath)
+		case o.groups[k] == nil:
+			c.OnlyNew = append(c.OnlyNew, k.datapath+" "+pointLabel(k.point))
+		default:
+			keys = append(keys, k)
+		}
+	}
+	for _, k := range o.order {
+		switch {
+		case !newDP[k.datapath]:
+			c.OnlyOld = appendOnce(c.OnlyOld, k.datapath)
+		case n.groups[k] == nil:
+			c.OnlyOld = append(c.OnlyOld, k.datapath+" "+pointLabel(k.point))
+		}
+	}
+
+	alpha := th.Alpha
+	if !(alpha > 0 && alpha < 1) {
+		alpha = DefaultThresholds().Alpha
+	}
+	var tooSmall, noCPU bool
+	fallback := map[point]bool{}
+	for _, k := range keys {
+		_, oldHasDirect := o.direct[k.point]
+		_, newHasDirect := n.direct[k.point]
+		hasDirect := oldHasDirect && newHasDirect
+		if !hasDirect && th.Gate == GateRatio {
+			fallback[k.point] = true
+		}
+		for _, m := range compareMetrics {
+			ov, nv := o.absolute(k, m), n.absolute(k, m)
+			if len(ov) == 0 || len(nv) == 0 {
+				noCPU = noCPU || m.key == "cpu_per_conn"
+				continue
+			}
+			thr := th.For(k.datapath, m.key)
+			off := math.IsInf(thr, 1) // reported only
+			gateAbs := th.Gate == GateAbsolute || th.Gate == GateBoth || (th.Gate == GateRatio && !hasDirect)
+			// Direct is the ratios' reference: gating its absolute
+			// figures in ratio mode would gate the machine, not a
+			// datapath.
+			if (th.Gate == GateRatio && k.datapath == DirectDatapath) || off {
+				gateAbs = false
+			}
+			if hasDirect && k.datapath != DirectDatapath {
+				or, _ := o.ratios(k, m, th.Pairing)
+				nr, _ := n.ratios(k, m, th.Pairing)
+				if len(or) > 0 && len(nr) > 0 {
+					r := judge(k, m, true, or, nr, thr, th.Gate != GateAbsolute && !off, alpha)
+					tooSmall = tooSmall || r.Verdict == VerdictNTooSmall
+					c.Rows = append(c.Rows, r)
+				}
+			}
+			r := judge(k, m, false, ov, nv, thr, gateAbs, alpha)
+			tooSmall = tooSmall || r.Verdict == VerdictNTooSmall
+			c.Rows = append(c.Rows, r)
+		}
+	}
+
+	switch th.Gate {
+	case GateRatio:
+		c.Notes = append(c.Notes, "gated: ratios to direct ("+pairingPhrase(th.Pairing)+"): they cancel what slows or speeds every datapath alike (a faster or slower machine, a busy neighbour), leaving the datapath's own cost; absolute figures are reported, not gated")
+	case GateAbsolute:
+		c.Notes = append(c.Notes, "gated: absolute figures (gate: absolute): a slower or busier machine can fail the gate; ratios to direct are reported, not gated")
+	case GateBoth:
+		c.Notes = append(c.Notes, "gated: ratios to direct ("+pairingPhrase(th.Pairing)+") and absolute figures (gate: both)")
+	}
+	for _, p := range slices.SortedFunc(maps.Keys(fallback), comparePoint) {
+		c.Notes = append(c.Notes, fmt.Sprintf("no direct at %s in both runs: its absolute figures are gated instead of ratios", pointLabel(p)))
+	}
+	if tooSmall {
+		need := 2
+		for minUTestP(need, need) >= alpha && need < 100 {
+			need++
+		}
+		c.Notes = append(c.Notes, fmt.Sprintf("n too small: with so few repetitions no difference can reach p < %g (the U test needs at least %d per side); those rows pass but prove nothing: run more repetitions", alpha, need))
+	}
+	// Rows whose intervals are wider than their threshold cannot catch a
+	// regression of the threshold's size: a pass there says little.
+	var noisy []string
+	for _, r := range c.Rows {
+		if r.Gated && r.Verdict != VerdictRegression && r.Verdict != VerdictNTooSmall &&
+			(ciHalfWidth(r.Old) > 2*r.Threshold || ciHalfWidth(r.New) > 2*r.Threshold) {
+			noisy = append(noisy, r.Name())
+		}
+	}
+	if len(noisy) > 0 {
+		c.Notes = append(c.Notes, fmt.Sprintf("too noisy to catch a regression of its threshold's size (a 95%% interval wider than ±2× the threshold): %s; rerun on a quieter machine or with more repetitions", strings.Join(noisy, ", ")))
+	}
+	if noCPU {
+		c.Notes = append(c.Notes, "cpu µs/conn is missing from one run or both: not compared")
+	}
+	if len(c.OnlyOld) > 0 {
+		c.Notes = append(c.Notes, "only in OLD (not compared): "+strings.Join(c.OnlyOld, ", "))
+	}
+	if len(c.OnlyNew) > 0 {
+		c.Notes = append(c.Notes, "only in NEW (not compared): "+strings.Join(c.OnlyNew, ", "))
+	}
+	if old.Env.CPUModel != new.Env.CPUModel || old.Env.CPUs != new.Env.CPUs || old.Env.Kernel != new.Env.Kernel {
+		c.Notes = append(c.Notes, fmt.Sprintf("the runs come from different machines or kernels (OLD %s ×%d, %s; NEW %s ×%d, %s): absolute figures are not comparable, ratios to direct may be",
+			old.Env.CPUModel, old.Env.CPUs, old.Env.Kernel, new.Env.CPUModel, new.Env.CPUs, new.Env.Kernel))
+	}
+	for _, s := range []struct {
+		name string
+		run  *Run
+	}{{"OLD", old}, {"NEW", new}} {
+		var errs, syn int64
+		for _, t := range s.run.Trials {
+			syn += t.Workload.SynRetrans
+			for _, e := range t.Workload.Errors {
+				errs += e
+			}
+		}
+		if errs > 0 || syn > 0 {
+			c.Notes = append(c.Notes, fmt.Sprintf("%s is not clean: %d failed connections, %d SYN retransmits (lost SYNs stall trials; its figures mix in stalls)", s.name, errs, syn))
+		}
+	}
+	return c
+}
+
+func pairingPhrase(p Pairing) string {
+	if p == PairMedian {
+		return "each repetition ÷ the median of direct's in the same run"
+	}
+	return "each repetition ÷ direct's in the same round of the same run"
+}
+
+// judge compares one figure's samples.
+func judge(k groupKey, m metric, ratio bool, oldV, newV []float64, thr float64, gated bool, alpha float64) CompareRow {
+	r := CompareRow{
+		Datapath: k.datapath, Services: k.services, Endpoints: k.endpoints, Concurrency: k.concurrency,
+		Metric: m.key, Ratio: ratio, Old: figure(oldV), New: figure(newV), Threshold: thr, Gated: gated,
+	}
+	r.Change = math.NaN()
+	if r.Old.Median != 0 {
+		r.Change = r.New.Median/r.Old.Median - 1
+	}
+	thresh := benchmath.Thresholds{CompareAlpha: alpha}
+	res := benchmath.AssumeNothing.Compare(benchmath.NewSample(slices.Clone(oldV), &thresh), benchmath.NewSample(slices.Clone(newV), &thresh))
+	r.P = res.P
+	bad := r.Change < 0
+	if !m.higherBetter {
+		bad = r.Change > 0
+	}
+	switch {
+	case minUTestP(len(oldV), len(newV)) >= alpha:
+		r.Verdict = VerdictNTooSmall
+	case !(r.P < alpha) || math.IsNaN(r.Change):
+		r.Verdict = VerdictSame
+	case !bad:
+		r.Verdict = VerdictBetter
+	case math.IsInf(thr, 1):
+		r.Verdict = VerdictWorseReported // the metric is "off": reported only
+	case math.Abs(r.Change) <= thr:
+		r.Verdict = VerdictWorse
+	case gated:
+		r.Verdict = VerdictRegression
+	default:
+		r.Verdict = VerdictWorseReported
+	}
+	return r
+}
+
+func figure(v []float64) Figure {
+	return Figure{N: len(v), Median: NewStat(v).Median, CI: MedianCI(v, CIConfidence), Values: slices.Clone(v)}
+}
+
+// minUTestP is the smallest two-sided p-value the exact Mann-Whitney U
+// test can give for samples of n1 and n2 without ties (complete
+// separation): 2 / C(n1+n2, n1).
+func minUTestP(n1, n2 int) float64 {
+	if n1 == 0 || n2 == 0 {
+		return 1
+	}
+	c := 1.0
+	for i := 1; i <= n1; i++ {
+		c = c * float64(n2+i) / float64(i)
+	}
+	return math.Min(1, 2/c)
+}
+
+func appendOnce(xs []string, x string) []string {
+	if slices.Contains(xs, x) {
+		return xs
+	}
+	return append(xs, x)
+}
+
+// pointLabel names a point: "conc=8", or "svcs=1000 eps=12 conc=8" in a
+// scale sweep.
+func pointLabel(p point) string {
+	var parts []string
+	if p.services > 0 {
+		parts = append(parts, fmt.Sprintf("svcs=%d", p.services))
+	}
+	if p.endpoints > 0 {
+		parts = append(parts, fmt.Sprintf("eps=%d", p.endpoints))
+	}
+	return strings.Join(append(parts, fmt.Sprintf("conc=%d", p.concurrency)), " ")
+}
+
+// WriteTable prints the comparison like benchstat: per datapath and point,
+// one row per figure with OLD and NEW medians ± the 95% CI half-width, the
+// change, the p-value and the verdict; then the notes and the outcome.
+func (c *Comparison) WriteTable(w io.Writer) error {
+	var buf, rows bytes.Buffer
+	fmt.Fprintf(&buf, "OLD %s\nNEW %s\n", c.OldID, c.NewID)
+	var thr []string
+	for _, k := range MetricKeys() {
+		thr = append(thr, k+" "+fmtThreshold(c.Thresholds.Metrics[k], k == "qps"))
+	}
+	alpha := c.Thresholds.Alpha
+	buf.WriteString(wrap(fmt.Sprintf("fails when a gated figure changes beyond its threshold (%s) with p < %g (Mann-Whitney U test over the repetitions); ± is the 95%% confidence interval of the median",
+		strings.Join(thr, ", "), alpha), "", 100))
+	buf.WriteString("\n")
+
+	tw := tabwriter.NewWriter(&rows, 0, 0, 2, ' ', 0)
+	last := ""
+	for _, r := range c.Rows {
+		block := r.Datapath + "  " + pointLabel(point{r.Services, r.Endpoints, r.Concurrency})
+		if block != last {
+			if last != "" {
+				// Cells, not an empty line, so the columns stay aligned
+				// across blocks; trimmed below.
+				fmt.Fprintln(tw, "\t\t\t\t\t\t")
+			}
+			fmt.Fprintf(tw, "%s\tGATED\tOLD\tNEW\tCHANGE\tP\tVERDICT\n", block)
+			last = block
+		}
+		gated := ""
+		if r.Gated {
+			gated = "yes"
+		}
+		verdict := string(r.Verdict)
+		if r.Verdict == VerdictRegression || r.Verdict == VerdictWorseReported {
+			if !math.IsInf(r.Threshold, 1) {
+				verdict += fmt.Sprintf(" (beyond %.0f%%)", 100*r.Threshold)
+			}
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.figureName(), gated,
+			fmtFigure(r.Old, r.Ratio), fmtFigure(r.New, r.Ratio), fmtChange(r.Change), fmtP(r.P), verdict)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("compare table: %w", err)
+	}
+	for _, l := range strings.SplitAfter(rows.String(), "\n") {
+		if l != "" {
+			buf.WriteString(strings.TrimRight(l, " \n") + "\n")
+		}
+	}
+	if len(c.Rows) == 0 {
+		buf.WriteString("nothing measured in both runs\n")
+	}
+	buf.WriteString("\n")
+	for _, n := range c.Notes {
+		buf.WriteString(wrap("note: "+n, "      ", 100))
+	}
+	regs := c.Regressions()
+	if len(regs) == 0 {
+		buf.WriteString("PASS: no gated figure regressed beyond its threshold with significance\n")
+	} else {
+		fmt.Fprintf(&buf, "FAIL: %d regression(s):\n", len(regs))
+		for _, r := range regs {
+			fmt.Fprintf(&buf, "  %s: %s → %s (%s, p=%.3g, threshold %.0f%%)\n", r.Name(),
+				fmtValue(r.Old.Median, r.Ratio), fmtValue(r.New.Median, r.Ratio), fmtChange(r.Change), r.P, 100*r.Threshold)
+		}
+	}
+	if _, err := w.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("compare table: %w", err)
+	}
+	return nil
+}
+
+// ciHalfWidth is the larger side of a figure's 95% interval relative to
+// its median (+Inf without a finite interval).
+func ciHalfWidth(f Figure) float64 {
+	if f.CI == nil || f.Median == 0 {
+		return math.Inf(1)
+	}
+	return max(f.CI.Hi/f.Median-1, 1-f.CI.Lo/f.Median)
+}
+
+// fmtFigure prints "median ±x%" (benchstat's style) or "median ±∞" when
+// the repetitions are too few for a finite 95% interval.
+func fmtFigure(f Figure, ratio bool) string {
+	ci := "±∞"
+	if w := ciHalfWidth(f); !math.IsInf(w, 0) {
+		ci = fmt.Sprintf("±%.0f%%", 100*w)
+	}
+	return fmt.Sprintf("%s %s n=%d", fmtValue(f.Median, ratio), ci, f.N)
+}
+
+func fmtValue(v float64, ratio bool) string {
+	if ratio {
+		return fmt.Sprintf("%.3f", v)
+	}
+	if v >= 1000 {
+		return fmtQPS(v)
+	}
+	return fmtMicros(v)
+}
+
+// fmtThreshold prints a threshold with the bad direction's sign, or "off"
+// for a metric that is reported only.
+func fmtThreshold(t float64, higherBetter bool) string {
+	switch {
+	case math.IsInf(t, 1):
+		return "off"
+	case higherBetter:
+		return fmt.Sprintf("-%.0f%%", 100*t)
+	}
+	return fmt.Sprintf("+%.0f%%", 100*t)
+}
+
+func fmtChange(c float64) string {
+	if math.IsNaN(c) {
+		return "?"
+	}
+	return fmt.Sprintf("%+.1f%%", 100*c)
+}
+
+func fmtP(p float64) string {
+	return fmt.Sprintf("p=%.3f", p)
+}
+
+// wrap breaks text into lines of at most width runes at spaces, the lines
+// after the first starting with indent; it ends with a newline.
+func wrap(text, indent string, width int) string {
+	var b strings.Builder
+	line := 0
+	for i, word := range strings.Fields(text) {
+		n := len([]rune(word))
+		switch {
+		case i == 0:
+		case line+1+n > width:
+			b.WriteString("\n" + indent)
+			line = len([]rune(indent))
+		default:
+			b.WriteByte(' ')
+			line++
+		}
+		b.WriteString(word)
+		line += n
+	}
+	b.WriteByte('\n')
+	return b.String()
+}
