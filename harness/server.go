@@ -386,7 +386,7 @@ func (l *serverLoop) run(stop *atomic.Bool) {
 			idx := int(uint32(d))
 			switch d &^ 0xffffffff {
 			case kindConn:
-				l.serve(idx)
+				l.serve(idx, l.evs[i].Events)
 			case kindListener:
 				l.accept(l.tcp[idx])
 			case kindUDP:
@@ -415,7 +415,7 @@ func (l *serverLoop) accept(ln podSock) {
 		l.conns[fd] = srvConn{resp: ln.resp}
 		// The request is usually there already: read it now rather than
 		// after a round through epoll.
-		l.serve(fd)
+		l.serve(fd, 0)
 	}
 }
 
@@ -423,7 +423,10 @@ func (l *serverLoop) accept(ln podSock) {
 // the client's EOF and close. Registration is edge-triggered: every read
 // that returns less than the buffer has emptied the socket, and more data
 // or the FIN raises a new edge.
-func (l *serverLoop) serve(fd int) {
+// serve handles readiness of a connection; ev is the epoll event mask (0
+// right after accept, before the connection is in epoll: adding it then
+// reports whatever is still pending).
+func (l *serverLoop) serve(fd int, ev uint32) {
 	c := &l.conns[fd]
 	if c.resp == nil {
 		return
@@ -453,7 +456,10 @@ func (l *serverLoop) serve(fd int) {
 				return
 			}
 		}
-		if m < len(l.buf) {
+		// A short read drained the socket, unless the peer's FIN came
+		// with this edge (EPOLLRDHUP): edge-triggered epoll will not
+		// report it again, so read on to the EOF.
+		if m < len(l.buf) && ev&unix.EPOLLRDHUP == 0 {
 			break
 		}
 	}
