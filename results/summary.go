@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"math"
 	"slices"
+	"strings"
 
 	"golang.org/x/perf/benchmath"
 )
@@ -92,14 +93,22 @@ func Summarize(trials []Trial) []Summary {
 		out = append(out, s)
 	}
 
-	direct := map[point]Summary{}
+	// A datapath measured elsewhere is named "<datapath>@<where>" (e.g.
+	// "ipvs@debian-6.12", measured in a VM): its ratios are to
+	// "direct@<where>", measured there too, never to the host's direct.
+	type site struct {
+		point
+		where string
+	}
+	direct := map[site]Summary{}
 	for _, s := range out {
-		if s.Datapath == DirectDatapath {
-			direct[pointOf(s)] = s
+		if name, where := SplitSite(s.Datapath); name == DirectDatapath {
+			direct[site{pointOf(s), where}] = s
 		}
 	}
 	for i := range out {
-		d, ok := direct[pointOf(out[i])]
+		_, where := SplitSite(out[i].Datapath)
+		d, ok := direct[site{pointOf(out[i]), where}]
 		if !ok {
 			continue
 		}
@@ -108,6 +117,13 @@ func Summarize(trials []Trial) []Summary {
 		out[i].CPURatioToDirect = ratio(out[i].CPUPerConnUS.Median, d.CPUPerConnUS.Median)
 	}
 	return out
+}
+
+// SplitSite splits "ipvs@debian-6.12" into the datapath and where it was
+// measured ("" for the run's own machine).
+func SplitSite(name string) (datapath, where string) {
+	datapath, where, _ = strings.Cut(name, "@")
+	return datapath, where
 }
 
 // point is where in a run's parameter space a figure was measured: the
