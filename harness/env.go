@@ -33,6 +33,14 @@ func CollectEnv() results.Env {
 		f.Close()
 	}
 	e.GitRev = gitRev()
+	// The BPF objects are committed, built by the clang of bpf/README.md;
+	// the local clang is recorded in case they were regenerated.
+	if out, err := exec.Command("clang", "--version").Output(); err == nil {
+		e.Extra["clang_version"] = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	if out, err := exec.Command("iptables", "--version").Output(); err == nil {
+		e.Extra["iptables_default"] = strings.TrimSpace(string(out))
+	}
 	// Set by `svclab vm` in its guest: a run under emulation must never be
 	// compared with a host run, so say so in every result.
 	for _, k := range []string{"SVCLAB_VM", "SVCLAB_VM_KERNEL", "SVCLAB_VM_ACCEL"} {
