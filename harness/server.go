@@ -46,7 +46,11 @@ type Listener struct {
 	// NetNS is the pod's named network namespace; empty means the server
 	// process's own namespace.
 	NetNS string `json:"netns"`
-	Addr  string `json:"addr"` // ip:port; port 0 picks a free one (tests)
+	// Addr is ip:port, IPv4 ("10.244.0.5:8080") or IPv6
+	// ("[fd00::5]:8080"); port 0 picks a free one (tests). An IPv6
+	// listener takes only IPv6 (IPV6_V6ONLY): a pod with both families
+	// has one listener per family.
+	Addr string `json:"addr"`
 }
 
 // Response returns the HTTP/1.1 reply a backend sends over TCP: valid HTTP
@@ -135,9 +139,12 @@ type serverLoop struct {
 	// UDP batches: received datagrams and the replies to them.
 	in, out []unix.Mmsghdr
 	inIov   []unix.Iovec
-	names   []unix.RawSockaddrInet4
-	bufs    [][]byte
-	outIov  []unix.Iovec
+	// names are the datagrams' sources, where the replies go: room for
+	// an IPv6 sockaddr, so one batch buffer serves sockets of both
+	// families (the kernel says in msg_namelen which it wrote).
+	names  []unix.RawSockaddrInet6
+	bufs   [][]byte
+	outIov []unix.Iovec
 }
 
 // srvConn is the state of one accepted connection.
@@ -182,9 +189,9 @@ func newServer(spec ServerSpec) (_ *server, err error) {
 		perPod = 1
 	}
 	for i, ln := range spec.Listeners {
-		ap, err := netip.ParseAddrPort(ln.Addr)
-		if err != nil || !ap.Addr().Is4() {
-			return nil, fmt.Errorf("serve: listeners[%d].addr %q: not an IPv4 ip:port", i, ln.Addr)
+		ap, err := listenAddr(ln.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("serve: listeners[%d].addr %q: %w", i, ln.Addr, err)
 		}
 		var tcp, udp []int
 		open := func() error {
@@ -242,6 +249,20 @@ func newServer(spec ServerSpec) (_ *server, err error) {
 	return s, nil
 }
 
+// listenAddr parses a listener's ip:port. An IPv4-mapped IPv6 address
+// means its IPv4 address (an IPv6-only socket could not take it); a zone
+// is refused, since a pod address is never link-local.
+func listenAddr(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return ap, errors.New("not an ip:port (IPv6 in brackets)")
+	}
+	if ap.Addr().Zone() != "" {
+		return ap, errors.New("IPv6 zone not supported")
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
 // openPodSockets opens n TCP listening sockets and n UDP sockets on ap in
 // the calling thread's namespace, all in one SO_REUSEPORT group per
 // protocol. Port 0 picks a port free for both protocols.
@@ -267,7 +288,12 @@ func openPodSockets(ap netip.AddrPort, n int) (tcp, udp []int, _ netip.AddrPort,
 					closeAll()
 					return nil, nil, ap, fmt.Errorf("getsockname: %w", err)
 				}
-				want = netip.AddrPortFrom(want.Addr(), uint16(sa.(*unix.SockaddrInet4).Port))
+				switch sa := sa.(type) {
+				case *unix.SockaddrInet4:
+					want = netip.AddrPortFrom(want.Addr(), uint16(sa.Port))
+				case *unix.SockaddrInet6:
+					want = netip.AddrPortFrom(want.Addr(), uint16(sa.Port))
+				}
 			}
 			// A backlog as deep as the kernel allows (somaxconn caps it):
 			// bursts of SYNs must not overflow it.
@@ -294,18 +320,35 @@ func openPodSockets(ap netip.AddrPort, n int) (tcp, udp []int, _ netip.AddrPort,
 	}
 }
 
+// bindSocket opens a non-blocking socket of ap's family and binds it to
+// ap, in the SO_REUSEPORT group of that address and port. An IPv6 socket
+// is IPV6_V6ONLY: bound to an IPv6 address it takes only IPv6 anyway, and
+// the option keeps an unspecified address ([::]) from also claiming the
+// IPv4 port.
 func bindSocket(typ int, ap netip.AddrPort) (int, error) {
-	fd, e := sysSocket(typ)
+	family := unix.AF_INET
+	var sa unix.Sockaddr
+	if ap.Addr().Is6() {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+	} else {
+		sa = &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	}
+	fd, e := sysSocketFamily(family, typ)
 	if e != 0 {
 		return -1, fmt.Errorf("socket: %w", e)
 	}
-	for _, o := range []int{unix.SO_REUSEADDR, unix.SO_REUSEPORT} {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o, 1); err != nil {
+	opts := []struct{ level, opt int }{{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}}
+	if family == unix.AF_INET6 {
+		opts = append(opts, struct{ level, opt int }{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY})
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, 1); err != nil {
 			unix.Close(fd)
 			return -1, fmt.Errorf("setsockopt: %w", err)
 		}
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
+	if err := unix.Bind(fd, sa); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("bind %s: %w", ap, err)
 	}
@@ -351,7 +394,7 @@ func (l *serverLoop) initUDP() {
 	l.out = make([]unix.Mmsghdr, udpBatch)
 	l.inIov = make([]unix.Iovec, udpBatch)
 	l.outIov = make([]unix.Iovec, udpBatch)
-	l.names = make([]unix.RawSockaddrInet4, udpBatch)
+	l.names = make([]unix.RawSockaddrInet6, udpBatch)
 	l.bufs = make([][]byte, udpBatch)
 	for i := range udpBatch {
 		l.bufs[i] = make([]byte, 2048)
@@ -363,7 +406,6 @@ func (l *serverLoop) initUDP() {
 		l.out[i].Hdr.Iov = &l.outIov[i]
 		l.out[i].Hdr.Iovlen = 1
 		l.out[i].Hdr.Name = (*byte)(unsafe.Pointer(&l.names[i]))
-		l.out[i].Hdr.Namelen = unix.SizeofSockaddrInet4
 	}
 }
 
@@ -523,17 +565,22 @@ func scanBlankLine(b []byte, match uint8) uint8 {
 
 // answerUDP answers every queued datagram, in batches of recvmmsg and
 // sendmmsg: a reply goes to each datagram's source from the socket it came
-// in on.
+// in on. The socket is bound to the pod's own address (never a wildcard),
+// so the reply's source is the address and port the datagram was sent to,
+// in either family.
 func (l *serverLoop) answerUDP(s podSock) {
 	for range 8 {
 		for i := range l.in {
-			l.in[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+			l.in[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		}
 		n, e := sysRecvmmsg(s.fd, l.in)
 		if e != 0 || n <= 0 {
 			return
 		}
 		for i := range n {
+			// The source as the kernel wrote it: a sockaddr_in or a
+			// sockaddr_in6, per the socket's family.
+			l.out[i].Hdr.Namelen = l.in[i].Hdr.Namelen
 			l.outIov[i].Base = unsafe.SliceData(s.resp)
 			l.outIov[i].SetLen(len(s.resp))
 		}
@@ -565,11 +612,16 @@ type ServerProcess struct {
 	cmd *exec.Cmd
 }
 
-// BackendListeners returns a listener on port in every backend pod of t.
+// BackendListeners returns a listener on port in every backend pod of t,
+// and a second one on the pod's IPv6 address when the topology is dual
+// stack; both answer with the pod's name.
 func BackendListeners(t *Topology, port uint16) ServerSpec {
 	var spec ServerSpec
 	for _, b := range t.Backends {
-		spec.Listeners = append(spec.Listeners, Listener{Pod: b.Name, NetNS: b.NS.Name, Addr: fmt.Sprintf("%s:%d", b.Addr, port)})
+		spec.Listeners = append(spec.Listeners, Listener{Pod: b.Name, NetNS: b.NS.Name, Addr: netip.AddrPortFrom(b.Addr, port).String()})
+		if b.Addr6.IsValid() {
+			spec.Listeners = append(spec.Listeners, Listener{Pod: b.Name, NetNS: b.NS.Name, Addr: netip.AddrPortFrom(b.Addr6, port).String()})
+		}
 	}
 	return spec
 }

@@ -18,8 +18,13 @@ import (
 // blocks, goes through unix.EpollWait so the Go runtime can hand its P to
 // another thread meanwhile.
 
-func sysSocket(typ int) (int, unix.Errno) {
-	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, uintptr(typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC), 0)
+// sysSocket opens a non-blocking IPv4 socket of type typ.
+func sysSocket(typ int) (int, unix.Errno) { return sysSocketFamily(unix.AF_INET, typ) }
+
+// sysSocketFamily opens a non-blocking socket of family (AF_INET or
+// AF_INET6) and type typ.
+func sysSocketFamily(family, typ int) (int, unix.Errno) {
+	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), uintptr(typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC), 0)
 	return int(r), e
 }
 

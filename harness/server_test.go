@@ -3,6 +3,9 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +19,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"svclab/internal/nsutil"
 )
 
 // startLocalServer runs the event-driven server in this process, on
@@ -85,7 +92,8 @@ func TestNewServerBadSpec(t *testing.T) {
 	}{
 		{"no listeners", ServerSpec{}, "listeners: none given"},
 		{"not ip:port", ServerSpec{Listeners: []Listener{{Pod: "a", Addr: "127.0.0.1"}}}, "listeners[0].addr"},
-		{"IPv6", ServerSpec{Listeners: []Listener{{Pod: "a", Addr: "[::1]:80"}}}, "listeners[0].addr"},
+		{"IPv6 without brackets", ServerSpec{Listeners: []Listener{{Pod: "a", Addr: "::1:80"}}}, "listeners[0].addr"},
+		{"IPv6 zone", ServerSpec{Listeners: []Listener{{Pod: "a", Addr: "[fe80::1%lo]:80"}}}, "listeners[0].addr \"[fe80::1%lo]:80\": IPv6 zone not supported"},
 		{"missing netns", ServerSpec{Listeners: []Listener{{Pod: "a", Addr: "127.0.0.1:0", NetNS: "svclab-test-does-not-exist"}}}, "listeners[0]"},
 	}
 	for _, tt := range tests {
@@ -202,4 +210,156 @@ func TestServerUDP(t *testing.T) {
 			})
 		}
 	}
+}
+
+// An IPv6 listener is an IPv6-only socket bound to its address, and an
+// IPv4-mapped address means the IPv4 one.
+func TestListenAddr(t *testing.T) {
+	tests := []struct {
+		in, want string
+	}{
+		{"10.244.0.5:8080", "10.244.0.5:8080"},
+		{"[fd00::5]:8080", "[fd00::5]:8080"},
+		{"[::ffff:10.244.0.5]:8080", "10.244.0.5:8080"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			ap, err := listenAddr(tt.in)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, ap.String())
+		})
+	}
+}
+
+// newV6Namespace creates a namespace for the test with fd00::5 and fd00::6
+// on its loopback (no DAD: usable at once), removed at the end of the test.
+// It skips when the kernel has no IPv6.
+func newV6Namespace(t *testing.T) *nsutil.NS {
+	t.Helper()
+	requireRoot(t)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	ns, err := nsutil.Create("svclab-test-" + hex.EncodeToString(b))
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, ns.Close()) })
+	h, err := ns.NetlinkHandle()
+	require.NoError(t, err)
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	require.NoError(t, err)
+	for _, a := range []string{"fd00::5/128", "fd00::6/128"} {
+		err := h.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(a)), Flags: unix.IFA_F_NODAD})
+		if errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EACCES) {
+			t.Skipf("kernel without IPv6 (adding %s to lo: %v)", a, err)
+		}
+		require.NoError(t, err, "add %s to lo", a)
+	}
+	return ns
+}
+
+// A pod's IPv6 listener answers TCP and UDP over IPv6, and every UDP reply
+// comes from the address and port the datagram was sent to: two pods share
+// a port on two addresses of one namespace, next to an IPv4 listener on
+// that port, all served by the same loops (whose batch buffers then hold
+// sockaddrs of both families).
+func TestPrivilegedServerIPv6(t *testing.T) {
+	ns := newV6Namespace(t)
+	pods := []struct{ pod, addr string }{
+		{"pod-a", "[fd00::5]:5353"},
+		{"pod-b", "[fd00::6]:5353"},
+		{"pod-c", "127.0.0.1:5353"},
+	}
+	spec := ServerSpec{Loops: 2}
+	for _, p := range pods {
+		spec.Listeners = append(spec.Listeners, Listener{Pod: p.pod, NetNS: ns.Name, Addr: p.addr})
+	}
+	s, err := newServer(spec)
+	require.NoError(t, err)
+	s.start()
+	t.Cleanup(s.close)
+	for i, p := range pods {
+		require.Equal(t, p.addr, s.addrs[i].String())
+	}
+
+	// The client sockets are created in the namespace; once created they
+	// can be used from any thread.
+	var udp4, udp6 *net.UDPConn
+	require.NoError(t, ns.Do(func() error {
+		var err error
+		if udp6, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified}); err != nil {
+			return err
+		}
+		udp4, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4zero})
+		return err
+	}))
+	defer udp6.Close()
+	defer udp4.Close()
+
+	for _, p := range pods {
+		dst := netip.MustParseAddrPort(p.addr)
+		t.Run("udp/"+p.pod, func(t *testing.T) {
+			c := udp4
+			if dst.Addr().Is6() {
+				c = udp6
+			}
+			// A few datagrams at once, so that a recvmmsg batch may hold
+			// more than one.
+			for range 4 {
+				_, err := c.WriteToUDPAddrPort([]byte("hello"), dst)
+				require.NoError(t, err)
+			}
+			for range 4 {
+				require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+				buf := make([]byte, 100)
+				n, from, err := c.ReadFromUDPAddrPort(buf)
+				require.NoError(t, err)
+				assert.Equal(t, p.pod+"\n", string(buf[:n]))
+				assert.Equal(t, dst, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), "reply source")
+			}
+		})
+		t.Run("tcp/"+p.pod, func(t *testing.T) {
+			var c net.Conn
+			require.NoError(t, ns.Do(func() error {
+				var err error
+				c, err = net.Dial("tcp", dst.String())
+				return err
+			}))
+			defer c.Close()
+			_, err := c.Write(request)
+			require.NoError(t, err)
+			require.NoError(t, c.(*net.TCPConn).CloseWrite())
+			require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+			b, err := io.ReadAll(c)
+			require.NoError(t, err)
+			assert.Equal(t, string(Response(p.pod)), string(b))
+			assert.Equal(t, dst.String(), c.RemoteAddr().String())
+		})
+	}
+}
+
+// With port 0, an IPv6 listener picks one port free for TCP and UDP, and
+// the IPv6 sockets leave the IPv4 side of that port alone (IPV6_V6ONLY): a
+// plain IPv4 wildcard socket (no SO_REUSEPORT, which would let it share
+// the port anyway) still binds it.
+func TestPrivilegedServerIPv6OnlyAndPickedPort(t *testing.T) {
+	ns := newV6Namespace(t)
+	s, err := newServer(ServerSpec{Loops: 2, Listeners: []Listener{{Pod: "pod-a", NetNS: ns.Name, Addr: "[::]:0"}}})
+	require.NoError(t, err)
+	t.Cleanup(s.close)
+	picked := s.addrs[0]
+	require.True(t, picked.Addr().Is6())
+	require.NotZero(t, picked.Port())
+	v4 := fmt.Sprintf("0.0.0.0:%d", picked.Port())
+	require.NoError(t, ns.Do(func() error {
+		l, err := net.Listen("tcp4", v4)
+		if err != nil {
+			return fmt.Errorf("the IPv6 listener took the IPv4 TCP port: %w", err)
+		}
+		l.Close()
+		c, err := net.ListenPacket("udp4", v4)
+		if err != nil {
+			return fmt.Errorf("the IPv6 listener took the IPv4 UDP port: %w", err)
+		}
+		return c.Close()
+	}))
 }

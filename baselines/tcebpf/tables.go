@@ -111,13 +111,13 @@ var rules = lbmaps.Rules[struct{}, tcebpfBackendEntry]{
 	Backend:            backendEntry,
 	Service: func(svc datapath.Service, vip netip.Addr) (struct{}, error) {
 		if !vip.Is4() {
-			return struct{}{}, fmt.Errorf("service %s: ClusterIP %s is not IPv4: %w", svc, svc.ClusterIP, ErrUnsupportedService)
+			return struct{}{}, fmt.Errorf("service %s: ClusterIP %s is not IPv4: %w (%w)", svc, svc.ClusterIP, ErrUnsupportedService, datapath.ErrUnsupported)
 		}
 		return struct{}{}, nil
 	},
 	Endpoint: func(port string, _ netip.Addr, ep datapath.Endpoint) error {
 		if !ep.Addr.Unmap().Is4() {
-			return fmt.Errorf("service %s: endpoint %s (%s) is not IPv4: %w", port, ep.Addr, ep.Pod, ErrUnsupportedService)
+			return fmt.Errorf("service %s: endpoint %s (%s) is not IPv4: %w (%w)", port, ep.Addr, ep.Pod, ErrUnsupportedService, datapath.ErrUnsupported)
 		}
 		return nil
 	},

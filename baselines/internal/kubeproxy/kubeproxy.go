@@ -66,16 +66,27 @@ func UniqueEndpoints(eps []datapath.Endpoint) []netip.Addr {
 // without duplicates. baseline names the datapath in the error.
 func IPv4Endpoints(svc datapath.Service, baseline string) ([]netip.Addr, error) {
 	if !svc.ClusterIP.Is4() {
-		return nil, fmt.Errorf("service %s: cluster IP %v is not IPv4 (the %s baseline is IPv4 only)", svc, svc.ClusterIP, baseline)
+		return nil, unsupported(fmt.Errorf("service %s: cluster IP %v is not IPv4 (the %s baseline is IPv4 only)", svc, svc.ClusterIP, baseline))
 	}
 	eps := UniqueEndpoints(svc.ReadyEndpoints())
 	for _, ep := range eps {
 		if !ep.Is4() {
-			return nil, fmt.Errorf("service %s: endpoint %v is not IPv4", svc, ep)
+			return nil, unsupported(fmt.Errorf("service %s: endpoint %v is not IPv4", svc, ep))
 		}
 	}
 	return eps, nil
 }
+
+// unsupportedError marks a State the baseline cannot program at all (an
+// IPv6 service in an IPv4-only baseline): errors.Is matches
+// datapath.ErrUnsupported, so a harness reports a skip with the reason
+// rather than a failure, and the message stays the baseline's own.
+type unsupportedError struct{ error }
+
+func (e unsupportedError) Is(target error) bool { return target == datapath.ErrUnsupported }
+func (e unsupportedError) Unwrap() error        { return e.error }
+
+func unsupported(err error) error { return unsupportedError{err} }
 
 // VIPPort is one service port of a baseline that serves ClusterIP:port on
 // the node itself (IPVS virtual servers, the userspace proxy's sockets).
@@ -102,12 +113,16 @@ func VIPPorts(st datapath.State, baseline, what string) ([]VIPPort, []netip.Addr
 	vipSet := map[netip.Addr]bool{}
 	for _, svc := range st.Services {
 		if !svc.ClusterIP.IsValid() || !svc.ClusterIP.Is4() || svc.ClusterIP.IsUnspecified() {
-			return nil, nil, fmt.Errorf("service %s: cluster IP %v is not a usable IPv4 address (the %s baseline is IPv4 only)", svc, svc.ClusterIP, baseline)
+			err := fmt.Errorf("service %s: cluster IP %v is not a usable IPv4 address (the %s baseline is IPv4 only)", svc, svc.ClusterIP, baseline)
+			if svc.ClusterIP.Is6() {
+				err = unsupported(err)
+			}
+			return nil, nil, err
 		}
 		ready := svc.ReadyEndpoints()
 		for _, ep := range ready {
 			if !ep.Addr.Is4() {
-				return nil, nil, fmt.Errorf("service %s: endpoint %s (%s) is not IPv4", svc, ep.Addr, ep.Pod)
+				return nil, nil, unsupported(fmt.Errorf("service %s: endpoint %s (%s) is not IPv4", svc, ep.Addr, ep.Pod))
 			}
 		}
 		for _, p := range svc.Ports {
