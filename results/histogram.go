@@ -64,20 +64,59 @@ func (h *Histogram) Latency() Latency {
 	}
 }
 
-// MarshalJSON encodes the histogram as its HdrHistogram snapshot.
-func (h *Histogram) MarshalJSON() ([]byte, error) {
-	return json.Marshal(h.h.Export())
+// histogramJSON is the stored form: only the buckets that hold values, as
+// [lowest value of the bucket, count] pairs. HdrHistogram's own snapshot
+// stores every bucket of the 1 ns–60 s range, mostly zeros: about half a
+// megabyte per trial.
+type histogramJSON struct {
+	Lowest  int64      `json:"lowest"`
+	Highest int64      `json:"highest"`
+	SigFigs int        `json:"sigfigs"`
+	Buckets [][2]int64 `json:"buckets"`
 }
 
-// UnmarshalJSON restores a histogram from its snapshot.
+// MarshalJSON encodes the non-empty buckets.
+func (h *Histogram) MarshalJSON() ([]byte, error) {
+	out := histogramJSON{Lowest: h.h.LowestTrackableValue(), Highest: h.h.HighestTrackableValue(),
+		SigFigs: int(h.h.SignificantFigures()), Buckets: [][2]int64{}}
+	for _, b := range h.h.Distribution() {
+		if b.Count > 0 {
+			out.Buckets = append(out.Buckets, [2]int64{b.From, b.Count})
+		}
+	}
+	return json.Marshal(out)
+}
+
+// UnmarshalJSON restores a histogram from its buckets (or from an
+// HdrHistogram snapshot, the format of earlier results).
 func (h *Histogram) UnmarshalJSON(b []byte) error {
-	var s hdrhistogram.Snapshot
-	if err := json.Unmarshal(b, &s); err != nil {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(b, &probe); err != nil {
 		return fmt.Errorf("decode histogram: %w", err)
 	}
-	if s.SignificantFigures == 0 {
-		return fmt.Errorf("decode histogram: no significant figures in snapshot")
+	if _, ok := probe["buckets"]; !ok {
+		var s hdrhistogram.Snapshot
+		if err := json.Unmarshal(b, &s); err != nil {
+			return fmt.Errorf("decode histogram: %w", err)
+		}
+		if s.SignificantFigures == 0 {
+			return fmt.Errorf("decode histogram: no significant figures in snapshot")
+		}
+		h.h = hdrhistogram.Import(&s)
+		return nil
 	}
-	h.h = hdrhistogram.Import(&s)
+	var in histogramJSON
+	if err := json.Unmarshal(b, &in); err != nil {
+		return fmt.Errorf("decode histogram: %w", err)
+	}
+	if in.SigFigs < 1 || in.SigFigs > 5 || in.Lowest < 1 || in.Highest <= in.Lowest {
+		return fmt.Errorf("decode histogram: bad range %d..%d or significant figures %d", in.Lowest, in.Highest, in.SigFigs)
+	}
+	h.h = hdrhistogram.New(in.Lowest, in.Highest, in.SigFigs)
+	for _, bk := range in.Buckets {
+		if err := h.h.RecordValues(bk[0], bk[1]); err != nil {
+			return fmt.Errorf("decode histogram: bucket %d: %w", bk[0], err)
+		}
+	}
 	return nil
 }

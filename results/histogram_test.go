@@ -110,3 +110,20 @@ func TestHistogramJSON(t *testing.T) {
 	assert.Error(t, json.Unmarshal([]byte(`{}`), &got))
 	assert.Equal(t, Latency{}, NewHistogram().Latency(), "an empty histogram has no percentiles")
 }
+
+// The stored form keeps only non-empty buckets: a trial's histogram is a few
+// kilobytes, not HdrHistogram's dense half-megabyte snapshot, and it still
+// round-trips exactly.
+func TestHistogramJSONIsCompact(t *testing.T) {
+	h := NewHistogram()
+	for i := int64(1); i <= 20000; i++ {
+		h.Record(50_000 + i*37)
+	}
+	b, err := h.MarshalJSON()
+	require.NoError(t, err)
+	assert.Less(t, len(b), 64<<10, "stored histogram is %d bytes", len(b))
+	var back Histogram
+	require.NoError(t, back.UnmarshalJSON(b))
+	assert.Equal(t, h.Latency(), back.Latency())
+	assert.Equal(t, h.Count(), back.Count())
+}
