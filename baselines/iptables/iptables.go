@@ -115,6 +115,7 @@ var probeFeatures = []kubeproxy.Feature{
 	{What: "DNAT target", Input: "*nat\n-A OUTPUT -m tcp -p tcp -d 192.0.2.1/32 -j DNAT --to-destination 192.0.2.2:80\nCOMMIT\n"},
 	{What: "udp match", Input: "*nat\n-A OUTPUT -m udp -p udp -d 192.0.2.1/32 -j RETURN\nCOMMIT\n"},
 	{What: "MASQUERADE target", Input: "*nat\n-A POSTROUTING -j MASQUERADE --random-fully\nCOMMIT\n"},
+	{What: "recent match (xt_recent, for ClientIP affinity)", Input: "*nat\n-A OUTPUT -m recent --name svclab-probe --rcheck --seconds 60 --reap -j RETURN\n-A OUTPUT -m recent --name svclab-probe --set -j RETURN\nCOMMIT\n"},
 	{What: "REJECT target", Input: "*filter\n-A OUTPUT -m udp -p udp -d 192.0.2.1/32 -j REJECT\nCOMMIT\n"},
 }
 
@@ -186,6 +187,9 @@ type Datapath struct {
 	installed chainSet
 	// rules is the rule count of the last successful Apply.
 	rules int
+	// udp is the UDP service ports and endpoints of the last successful
+	// Apply, for the conntrack cleanup of the next one.
+	udp kubeproxy.UDPEndpoints
 	// pad is the number of never-matching rules put ahead of the service
 	// rules, from padEnv at Setup (0 normally).
 	pad int
@@ -249,6 +253,13 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	}
 	d.installed = r.chains
 	d.rules = r.rules
+	// The new rules decide only new flows: drop the UDP conntrack entries
+	// that would keep sending clients to endpoints st no longer has.
+	prev, cur := d.udp, kubeproxy.UDPServing(st)
+	d.udp = cur
+	if _, err := kubeproxy.CleanStaleUDP(d.env.Node, prev, cur); err != nil {
+		return fmt.Errorf("%s apply: ruleset installed, but: %w", d.v.name, err)
+	}
 	return nil
 }
 
@@ -306,6 +317,7 @@ func (d *Datapath) Close() error {
 	}
 	d.env = nil
 	d.installed = nil
+	d.udp = nil
 	d.rules = 0
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
@@ -296,12 +297,28 @@ func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pa
 				// masqueraded so replies come back through this node.
 				nat.rule("-A %s -m comment --comment %q %s ! -s %s -j %s", svcChain, comment, match, podCIDR.Masked(), chainMarkMasq)
 			}
+			affinity := svc.SessionAffinity == datapath.SessionAffinityClientIP
 			seps := make([]string, len(eps))
 			for i, ep := range eps {
 				dest := netip.AddrPortFrom(ep, port.TargetPort).String()
 				seps[i] = sepChainName(spn, proto, dest)
 				nat.chain(seps[i])
 				cur.add(tableNAT, seps[i])
+			}
+			if affinity {
+				// ClientIP affinity: a client whose address the SEP chain
+				// recorded (in the xt_recent list named after it) less than
+				// the timeout ago goes straight back to that endpoint;
+				// --reap drops expired addresses so the list cannot grow
+				// without bound. Only clients in no list reach the cascade.
+				secs := int64(svc.EffectiveAffinityTimeout() / time.Second)
+				for i, ep := range eps {
+					dest := netip.AddrPortFrom(ep, port.TargetPort).String()
+					nat.rule("-A %s -m comment --comment %q -m recent --name %s --rcheck --seconds %d --reap -j %s", svcChain, spn+" -> "+dest, seps[i], secs, seps[i])
+				}
+			}
+			for i, ep := range eps {
+				dest := netip.AddrPortFrom(ep, port.TargetPort).String()
 				rule := fmt.Sprintf("-A %s -m comment --comment %q", svcChain, spn+" -> "+dest)
 				if i < len(eps)-1 {
 					rule += " -m statistic --mode random --probability " + probability(len(eps)-i)
@@ -313,6 +330,12 @@ func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pa
 				// Hairpin: a backend reaching itself through the VIP would
 				// otherwise get a reply from its own address and drop it.
 				nat.rule("-A %s -m comment --comment %q -s %s/32 -j %s", seps[i], spn, ep, chainMarkMasq)
+				if affinity {
+					// Record (or refresh) the client's address, so its next
+					// packets take the affinity rule above.
+					nat.rule("-A %s -m comment --comment %q -m recent --name %s --set -m %s -p %s -j DNAT --to-destination %s", seps[i], spn, seps[i], proto, proto, dest)
+					continue
+				}
 				nat.rule("-A %s -m comment --comment %q -m %s -p %s -j DNAT --to-destination %s", seps[i], spn, proto, proto, dest)
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -25,11 +26,69 @@ func TestRenderGolden(t *testing.T) {
 	t.Run("setup", func(t *testing.T) {
 		baselinetest.CheckGolden(t, "setup", renderSetup())
 	})
+	t.Run("affinity_clientip", func(t *testing.T) {
+		r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+		require.NoError(t, err)
+		baselinetest.CheckGolden(t, "affinity_clientip", r.text)
+	})
 	t.Run("teardown", func(t *testing.T) {
 		first, err := renderSync(baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
 		require.NoError(t, err)
 		baselinetest.CheckGolden(t, "teardown", renderTeardown(first.chains))
 	})
+}
+
+// affinityState is a three-endpoint web service with ClientIP affinity and
+// a 10-minute timeout, next to the multi-port DNS service without, so the
+// golden file shows that affinity rules are per service.
+func affinityState() datapath.State {
+	web := baselinetest.WebService(3)
+	web.SessionAffinity = datapath.SessionAffinityClientIP
+	web.AffinityTimeout = 10 * time.Minute
+	return datapath.State{Services: []datapath.Service{web, baselinetest.DNSService()}}
+}
+
+// TestAffinityRules checks the ClientIP shape independent of the golden
+// text: one recent-check per endpoint before the cascade, each naming its
+// own SEP chain, and a recent-set on every DNAT; nothing for None.
+func TestAffinityRules(t *testing.T) {
+	r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+	require.NoError(t, err)
+	var checks, sets, cascadeBeforeCheck int
+	seenCascade := false
+	for _, line := range strings.Split(string(r.text), "\n") {
+		f := splitArgs(t, line)
+		if len(f) < 2 || f[0] != "-A" {
+			continue
+		}
+		switch {
+		case strings.Contains(line, "--rcheck"):
+			checks++
+			assert.Contains(t, line, "--seconds 600 --reap")
+			assert.Equal(t, f[len(f)-1], f[slicesIndex(f, "--name")+1], "rcheck list is the jump target: %s", line)
+			if seenCascade {
+				cascadeBeforeCheck++
+			}
+		case strings.Contains(line, "--set"):
+			sets++
+			assert.Equal(t, f[1], f[slicesIndex(f, "--name")+1], "set list is the SEP chain itself: %s", line)
+			assert.Contains(t, line, "-j DNAT")
+		case strings.HasPrefix(f[1], prefixSVC) && strings.Contains(line, "-j "+prefixSEP):
+			seenCascade = true
+		}
+	}
+	assert.Equal(t, 3, checks, "one rcheck per web endpoint, none for dns")
+	assert.Equal(t, 3, sets, "one set per web endpoint, none for dns")
+	assert.Zero(t, cascadeBeforeCheck, "affinity checks come before the statistic cascade")
+}
+
+func slicesIndex(f []string, s string) int {
+	for i, v := range f {
+		if v == s {
+			return i
+		}
+	}
+	return -1
 }
 
 // TestSecondApplyDeletesOnlyStaleChains checks the -X bookkeeping directly,
@@ -106,6 +165,9 @@ type ipRule struct {
 	negSrc                bool
 	dport                 int
 	prob                  float64 // 1 when there is no statistic match
+	// rcheck marks an affinity rule (-m recent --rcheck): it matches only
+	// a client its endpoint's list already holds.
+	rcheck bool
 }
 
 // parseRuleset reads restore text into table → chain → rules, honouring
@@ -159,7 +221,9 @@ func parseRuleset(t *testing.T, texts ...[]byte) map[string]map[string][]ipRule 
 					r.target = next()
 				case "--to-destination":
 					r.toDest = next()
-				case "-m", "--comment", "--mode", "--or-mark", "--xor-mark", "--mark":
+				case "--rcheck":
+					r.rcheck = true
+				case "-m", "--comment", "--mode", "--or-mark", "--xor-mark", "--mark", "--name", "--seconds":
 					next()
 				}
 			}
@@ -224,7 +288,9 @@ func trace(tab map[string][]ipRule, chain string, p baselinetest.Packet, w float
 		if w == 0 {
 			break
 		}
-		if !r.matches(p) {
+		if !r.matches(p) || r.rcheck {
+			// A traced packet is a client's first: no affinity list
+			// holds it yet.
 			continue
 		}
 		taken := w * r.prob
@@ -252,7 +318,10 @@ func trace(tab map[string][]ipRule, chain string, p baselinetest.Packet, w float
 // built-in chains, like kube-proxy's packet-flow tests: which backends a
 // packet can reach, with which probability, and whether it is masqueraded.
 func TestPacketFlow(t *testing.T) {
-	st := datapath.State{Services: []datapath.Service{baselinetest.WebService(12), baselinetest.DNSService(), baselinetest.EmptyService()}}
+	sticky := baselinetest.WebService(3)
+	sticky.Name, sticky.ClusterIP = "sticky", netip.MustParseAddr("10.96.0.30")
+	sticky.SessionAffinity = datapath.SessionAffinityClientIP
+	st := datapath.State{Services: []datapath.Service{baselinetest.WebService(12), baselinetest.DNSService(), baselinetest.EmptyService(), sticky}}
 	r, err := renderSync(baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	rules := parseRuleset(t, renderSetup(), r.text)
@@ -306,6 +375,14 @@ func TestPacketFlow(t *testing.T) {
 		{
 			name: "service without endpoints is rejected in filter", table: tableFilter, hook: "OUTPUT",
 			pkt: baselinetest.NewPacket("tcp", pod, netip.MustParseAddr("10.96.0.20"), 80), want: []string{"REJECT"},
+			masq: func(string) bool { return false },
+		},
+		{
+			// The affinity checks come first but hold no one yet, so a
+			// new client falls through to the cascade.
+			name: "ClientIP affinity: a new client is spread evenly", table: tableNAT, hook: "PREROUTING",
+			pkt:  baselinetest.NewPacket("tcp", pod, netip.MustParseAddr("10.96.0.30"), 80),
+			want: []string{"DNAT 10.244.1.1:8080", "DNAT 10.244.1.2:8080", "DNAT 10.244.1.3:8080"},
 			masq: func(string) bool { return false },
 		},
 		{

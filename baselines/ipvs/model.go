@@ -3,9 +3,11 @@ package ipvs
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	libipvs "github.com/moby/ipvs"
 	"golang.org/x/sys/unix"
@@ -27,8 +29,15 @@ const (
 	// its table (IP_VS_SVC_F_HASHED); it is never ours to set, so it is
 	// masked out of what is read back.
 	flagHashed = 0x2
-	// netmask4 is the netmask attribute of an IPv4 service (only used by
-	// persistence, which this baseline does not program yet).
+	// flagPersistent is IP_VS_SVC_F_PERSISTENT (moby/ipvs v1.1.0 has no
+	// name for it): connections from one client address go to the real
+	// server it last used until the service's timeout has passed since its
+	// last connection ended. It is how kube-proxy's IPVS mode implements
+	// ClientIP session affinity.
+	flagPersistent = 0x1
+	// netmask4 is the netmask attribute of an IPv4 service: with
+	// persistence, /32 makes each client address its own persistence
+	// group, as ClientIP affinity means.
 	netmask4 = 0xffffffff
 )
 
@@ -92,9 +101,10 @@ func (t table) keys() []vsKey {
 // see ECONNREFUSED, as with the other datapaths. It also returns the
 // ClusterIPs, sorted, that must be on the dummy interface.
 //
-// TODO: session affinity (ClientIP) maps to IPVS persistence: the
-// persistent flag (IP_VS_SVC_F_PERSISTENT) with the affinity timeout, once
-// the Service model carries affinity.
+// ClientIP session affinity is IPVS persistence: the persistent flag with
+// the affinity timeout in seconds (IPVS counts the timeout from a client's
+// last connection's end, Kubernetes from its last packet; close enough for
+// the idle-timeout behaviour both describe).
 // TODO: kube-proxy does not delete a removed endpoint's real server at once
 // but sets its weight to 0 and deletes it when its connections are gone
 // (graceful termination); here it is deleted in the same sync.
@@ -107,6 +117,14 @@ func desired(st datapath.State) (table, []netip.Addr, error) {
 	for _, p := range ports {
 		k := vsKey{p.VIP.Addr(), p.VIP.Port(), p.Protocol}
 		vs := &virtualServer{key: k, scheduler: scheduler, dests: map[netip.AddrPort]realServer{}}
+		if p.Affinity == datapath.SessionAffinityClientIP {
+			secs := p.AffinityTimeout / time.Second
+			if secs < 1 || secs > math.MaxUint32 {
+				return nil, nil, fmt.Errorf("service port %s: affinity timeout %v is outside 1s..%ds", p.Name, p.AffinityTimeout, uint32(math.MaxUint32))
+			}
+			vs.flags |= flagPersistent
+			vs.timeout = uint32(secs)
+		}
 		for _, ep := range p.Ready {
 			a := netip.AddrPortFrom(ep.Addr, p.TargetPort)
 			vs.dests[a] = realServer{addr: a, weight: weight, forward: forward}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	libipvs "github.com/moby/ipvs"
 	"github.com/stretchr/testify/assert"
@@ -142,6 +143,55 @@ func TestDesiredRejects(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.errHas)
 		})
 	}
+}
+
+// TestAffinityIsPersistence: ClientIP affinity becomes the persistent
+// flag with the timeout in seconds (the default when unset), per virtual
+// server of the service; None leaves both zero; turning affinity on or off
+// is an update of the service, not a re-creation that would drop its
+// connections.
+func TestAffinityIsPersistence(t *testing.T) {
+	sticky := func(timeout time.Duration) datapath.Service {
+		s := webService(2)
+		s.SessionAffinity = datapath.SessionAffinityClientIP
+		s.AffinityTimeout = timeout
+		return s
+	}
+	k := vsKey{netip.MustParseAddr("10.96.0.10"), 80, datapath.TCP}
+	tests := []struct {
+		name           string
+		svc            datapath.Service
+		flags, timeout uint32
+	}{
+		{"None", webService(2), 0, 0},
+		{"ClientIP 10m", sticky(10 * time.Minute), flagPersistent, 600},
+		{"ClientIP default timeout", sticky(0), flagPersistent, 10800},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := mustDesired(t, tt.svc)
+			assert.Equal(t, tt.flags, want[k].flags)
+			assert.Equal(t, tt.timeout, want[k].timeout)
+			ipvsSvc := toIPVSService(want[k])
+			assert.Equal(t, tt.flags, ipvsSvc.Flags)
+			assert.Equal(t, tt.timeout, ipvsSvc.Timeout)
+			assert.Equal(t, uint32(netmask4), ipvsSvc.Netmask, "one persistence group per client address")
+			back, ok := fromIPVSService(&libipvs.Service{AddressFamily: ipvsSvc.AddressFamily, Address: ipvsSvc.Address, Protocol: ipvsSvc.Protocol,
+				Port: ipvsSvc.Port, SchedName: ipvsSvc.SchedName, Flags: ipvsSvc.Flags | flagHashed, Timeout: ipvsSvc.Timeout})
+			require.True(t, ok)
+			assert.Equal(t, tt.flags, back.flags, "read back without the kernel's hashed flag")
+		})
+	}
+	t.Run("toggling affinity updates the service in place", func(t *testing.T) {
+		assert.Equal(t, []string{"update-service 10.96.0.10:80/TCP rr flags=0x1 timeout=600"},
+			opStrings(diff(mustDesired(t, webService(2)), mustDesired(t, sticky(10*time.Minute)))))
+		assert.Equal(t, []string{"update-service 10.96.0.10:80/TCP rr flags=0x0 timeout=0"},
+			opStrings(diff(mustDesired(t, sticky(10*time.Minute)), mustDesired(t, webService(2)))))
+	})
+	t.Run("sub-second timeout is rejected", func(t *testing.T) {
+		_, _, err := desired(datapath.State{Services: []datapath.Service{sticky(time.Millisecond)}})
+		assert.ErrorContains(t, err, "affinity timeout 1ms")
+	})
 }
 
 func mustDesired(t *testing.T, svcs ...datapath.Service) table {

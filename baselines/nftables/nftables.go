@@ -85,6 +85,11 @@ var probeFeatures = []kubeproxy.Feature{
 		"chain c { ip daddr . meta l4proto . th dport vmap @m; }",
 	) + "add element ip svclab-probe m { 192.0.2.1 . tcp . 80 comment \"probe\" : goto t }\n"},
 	{What: "numgen random with a verdict map", Input: probeTable("chain t { }", "chain c { numgen random mod 2 vmap { 0 : goto t, 1 : goto t }; }")},
+	{What: "dynamic set with timeouts and update (ClientIP affinity)", Input: probeTable(
+		"set s { type ipv4_addr; flags dynamic,timeout; timeout 60s; }",
+		"chain t { }",
+		"chain c { ip saddr @s goto t; update @s { ip saddr }; }",
+	)},
 	{What: "meta mark", Input: probeTable("chain c { meta mark set meta mark | 0x4000; meta mark & 0x4000 == 0 return; }")},
 	{What: "dnat", Input: probeTable("chain c { type nat hook output priority -100; policy accept; meta l4proto tcp dnat to 192.0.2.2:80; }")},
 	{What: "masquerade fully-random", Input: probeTable("chain c { type nat hook postrouting priority 100; policy accept; masquerade fully-random; }")},
@@ -165,6 +170,9 @@ type Datapath struct {
 	// rules is the rule count of the table after the last successful
 	// Setup or Apply.
 	rules int
+	// udp is the UDP service ports and endpoints of the last successful
+	// Apply, for the conntrack cleanup of the next one.
+	udp kubeproxy.UDPEndpoints
 }
 
 // Setup creates the table with its base chains, fixed chains and empty
@@ -210,6 +218,13 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	}
 	d.installed = r.chains
 	d.rules = r.rules
+	// The new rules decide only new flows: drop the UDP conntrack entries
+	// that would keep sending clients to endpoints st no longer has.
+	prev, cur := d.udp, kubeproxy.UDPServing(st)
+	d.udp = cur
+	if _, err := kubeproxy.CleanStaleUDP(d.env.Node, prev, cur); err != nil {
+		return fmt.Errorf("%s apply: ruleset installed, but: %w", Name, err)
+	}
 	return nil
 }
 
@@ -245,6 +260,7 @@ func (d *Datapath) Close() error {
 	}
 	d.env = nil
 	d.installed = nil
+	d.udp = nil
 	d.rules = 0
 	return nil
 }

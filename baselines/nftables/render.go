@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
@@ -34,6 +35,7 @@ const (
 	mapNoEndpoints      = "no-endpoint-services"
 	prefixService       = "service-"
 	prefixEndpoint      = "endpoint-"
+	prefixAffinity      = "affinity-"
 )
 
 // masqMark is the packet-mark bit mark-for-masquerade sets and the
@@ -120,6 +122,20 @@ func endpointChainName(svc datapath.Service, p datapath.ServicePort, proto strin
 	return hashedChain(prefixEndpoint, fmt.Sprintf("%s__%s/%d", portBase(svc, p, proto), ep.Addr(), ep.Port()))
 }
 
+// affinitySetName is affinity-<hash>-ns/name/proto/port__ip/targetport: the
+// set of client addresses stuck to one endpoint under ClientIP affinity.
+// Set names share the chain namespace's length limit.
+func affinitySetName(svc datapath.Service, p datapath.ServicePort, proto string, ep netip.AddrPort) string {
+	return hashedChain(prefixAffinity, fmt.Sprintf("%s__%s/%d", portBase(svc, p, proto), ep.Addr(), ep.Port()))
+}
+
+// affinitySet is one ClientIP-affinity set: client addresses whose
+// elements expire after timeout seconds unless a packet refreshes them.
+type affinitySet struct {
+	name    string
+	timeout int64
+}
+
 // chainBlock is one regular chain with its rules.
 type chainBlock struct {
 	name  string
@@ -134,8 +150,9 @@ type element struct {
 // rendered is one complete nft transaction for Apply.
 type rendered struct {
 	text []byte
-	// chains is every per-service and per-endpoint chain the transaction
-	// leaves in the table (the fixed chains are not listed).
+	// chains is every per-service and per-endpoint chain, and every
+	// affinity set (named affinity-…, which no chain is), the transaction
+	// leaves in the table (the fixed chains and maps are not listed).
 	chains map[string]bool
 	// rules counts the rules in the table after the transaction.
 	rules int
@@ -158,7 +175,7 @@ func renderSetup() []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "add table %s %s\n", family, table)
 	fmt.Fprintf(&b, "delete table %s %s\n", family, table)
-	writeTable(&b, nil)
+	writeTable(&b, nil, nil)
 	return b.Bytes()
 }
 
@@ -176,6 +193,7 @@ func renderTeardown() []byte {
 // a later sync to support older kernels.
 func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (rendered, error) {
 	var chains []chainBlock
+	var sets []affinitySet
 	var serviceIPs, noEndpoints []element
 	cur := map[string]bool{}
 	keys := map[string]string{} // map key → service port that uses it
@@ -226,6 +244,7 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 			// One rule picks the endpoint: a random number modulo n
 			// indexes an anonymous verdict map with one entry per
 			// endpoint, so each gets 1/n of the new connections.
+			affinity := svc.SessionAffinity == datapath.SessionAffinityClientIP
 			targets := make([]string, len(eps))
 			var epChains []chainBlock
 			for i, ep := range eps {
@@ -233,13 +252,26 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 				epChain := endpointChainName(svc, port, proto, dest)
 				cur[epChain] = true
 				targets[i] = fmt.Sprintf("%d : goto %s", i, epChain)
-				epChains = append(epChains, chainBlock{name: epChain, rules: []string{
+				ec := chainBlock{name: epChain, rules: []string{
 					// Hairpin: a backend reaching itself through the
 					// VIP would otherwise get a reply from its own
 					// address and drop it.
 					fmt.Sprintf("ip saddr %s jump %s", ep, chainMarkMasq),
-					fmt.Sprintf("meta l4proto %s dnat to %s", proto, dest),
-				}})
+				}}
+				if affinity {
+					// ClientIP affinity: a client already in this
+					// endpoint's set (and not idle past the timeout)
+					// goes straight back to it, before the random
+					// pick; every packet through the endpoint adds the
+					// client or restarts its timeout.
+					set := affinitySetName(svc, port, proto, dest)
+					cur[set] = true
+					sets = append(sets, affinitySet{name: set, timeout: int64(svc.EffectiveAffinityTimeout() / time.Second)})
+					sc.rules = append(sc.rules, fmt.Sprintf("ip saddr @%s goto %s", set, epChain))
+					ec.rules = append(ec.rules, fmt.Sprintf("update @%s { ip saddr }", set))
+				}
+				ec.rules = append(ec.rules, fmt.Sprintf("meta l4proto %s dnat to %s", proto, dest))
+				epChains = append(epChains, ec)
 			}
 			sc.rules = append(sc.rules, fmt.Sprintf("numgen random mod %d vmap { %s }", len(eps), strings.Join(targets, ", ")))
 			chains = append(chains, sc)
@@ -255,10 +287,14 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 	fmt.Fprintf(&b, "flush map %s %s %s\n", family, table, mapNoEndpoints)
 	for _, ch := range sortedChains(prev) {
 		if !cur[ch] {
-			fmt.Fprintf(&b, "delete chain %s %s %s\n", family, table, ch)
+			kind := "chain"
+			if strings.HasPrefix(ch, prefixAffinity) {
+				kind = "set"
+			}
+			fmt.Fprintf(&b, "delete %s %s %s %s\n", kind, family, table, ch)
 		}
 	}
-	rules := writeTable(&b, chains)
+	rules := writeTable(&b, chains, sets)
 	writeElements(&b, mapServiceIPs, serviceIPs)
 	writeElements(&b, mapNoEndpoints, noEndpoints)
 	return rendered{text: b.Bytes(), chains: cur, rules: rules}, nil
@@ -266,8 +302,9 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 
 // writeTable writes the table block: base chains, fixed chains, the two
 // maps (declared empty; elements are added after the block) and the given
-// per-service chains. It returns the number of rules written.
-func writeTable(b *bytes.Buffer, chains []chainBlock) int {
+// per-service chains and affinity sets. Sets are declared before the chains
+// whose rules name them. It returns the number of rules written.
+func writeTable(b *bytes.Buffer, chains []chainBlock, sets []affinitySet) int {
 	rules := 0
 	fmt.Fprintf(b, "table %s %s {\n", family, table)
 	for _, bc := range baseChains {
@@ -276,6 +313,9 @@ func writeTable(b *bytes.Buffer, chains []chainBlock) int {
 	}
 	for _, m := range []string{mapServiceIPs, mapNoEndpoints} {
 		fmt.Fprintf(b, "\tmap %s {\n\t\ttype %s\n\t}\n", m, mapKeyType)
+	}
+	for _, s := range sets {
+		fmt.Fprintf(b, "\tset %s {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout %ds\n\t}\n", s.name, s.timeout)
 	}
 	fixed := []chainBlock{
 		{chainServices, []string{fmt.Sprintf("ip daddr . meta l4proto . th dport vmap @%s", mapServiceIPs)}},

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -26,6 +27,53 @@ func TestRenderGolden(t *testing.T) {
 	})
 	t.Run("setup", func(t *testing.T) { baselinetest.CheckGolden(t, "setup", renderSetup()) })
 	t.Run("teardown", func(t *testing.T) { baselinetest.CheckGolden(t, "teardown", renderTeardown()) })
+	t.Run("affinity_clientip", func(t *testing.T) {
+		r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+		require.NoError(t, err)
+		baselinetest.CheckGolden(t, "affinity_clientip", r.text)
+	})
+	t.Run("affinity_dropped", func(t *testing.T) {
+		// Turning affinity off deletes the sets in the same transaction.
+		first, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+		require.NoError(t, err)
+		r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3), baselinetest.DNSService()}}, first.chains)
+		require.NoError(t, err)
+		baselinetest.CheckGolden(t, "affinity_dropped", r.text)
+	})
+}
+
+// affinityState is a three-endpoint web service with ClientIP affinity and
+// a 10-minute timeout, next to the DNS service without, so the golden file
+// shows that affinity is per service.
+func affinityState() datapath.State {
+	web := baselinetest.WebService(3)
+	web.SessionAffinity = datapath.SessionAffinityClientIP
+	web.AffinityTimeout = 10 * time.Minute
+	return datapath.State{Services: []datapath.Service{web, baselinetest.DNSService()}}
+}
+
+// TestAffinityRules checks the ClientIP shape independent of the golden
+// text: per endpoint a set, a lookup in the service chain before the
+// numgen, and an update in the endpoint chain before the dnat.
+func TestAffinityRules(t *testing.T) {
+	r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+	require.NoError(t, err)
+	text := string(r.text)
+	var sets []string
+	for ch := range r.chains {
+		if strings.HasPrefix(ch, prefixAffinity) {
+			sets = append(sets, ch)
+		}
+	}
+	require.Len(t, sets, 3, "one set per web endpoint, none for dns")
+	numgen := strings.Index(text, "numgen random mod 3")
+	require.Positive(t, numgen)
+	for _, set := range sets {
+		assert.Contains(t, text, "set "+set+" {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 600s\n")
+		lookup := strings.Index(text, "ip saddr @"+set+" goto endpoint-")
+		assert.True(t, lookup > 0 && lookup < numgen, "lookup of %s before the numgen", set)
+		assert.Contains(t, text, "update @"+set+" { ip saddr }\n\t\tmeta l4proto tcp dnat to")
+	}
 }
 
 // TestSecondApplyDeletesOnlyStaleChains checks the delete bookkeeping

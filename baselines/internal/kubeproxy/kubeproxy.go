@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"time"
 
 	"svclab/datapath"
 )
@@ -98,6 +99,10 @@ type VIPPort struct {
 	TargetPort uint16
 	// Ready are the endpoints that should take new connections.
 	Ready []datapath.Endpoint
+	// Affinity is the service's session affinity (None when empty), and
+	// AffinityTimeout its effective timeout when Affinity is ClientIP.
+	Affinity        datapath.SessionAffinity
+	AffinityTimeout time.Duration
 }
 
 // VIPPorts checks st for a baseline that owns the ClusterIP addresses and
@@ -136,6 +141,10 @@ func VIPPorts(st datapath.State, baseline, what string) ([]VIPPort, []netip.Addr
 				return nil, nil, fmt.Errorf("service %s: target port is 0", name)
 			}
 			vp := VIPPort{Name: name, Protocol: p.Protocol, VIP: netip.AddrPortFrom(svc.ClusterIP, p.Port), TargetPort: p.TargetPort, Ready: ready}
+			if svc.SessionAffinity == datapath.SessionAffinityClientIP {
+				vp.Affinity = datapath.SessionAffinityClientIP
+				vp.AffinityTimeout = svc.EffectiveAffinityTimeout()
+			}
 			key := vp.VIP.String() + "/" + string(vp.Protocol)
 			if other, dup := owner[key]; dup {
 				return nil, nil, fmt.Errorf("service %s: %s %s already used by %s", name, what, key, other)

@@ -22,7 +22,8 @@ var ProbePodCIDR = netip.MustParsePrefix("10.244.0.0/16")
 
 // ProbeState is the probe's small service set: one service with two
 // endpoints and a TCP and a UDP port, and one without endpoints (the
-// reject path), so a probe exercises every rule shape a sync writes.
+// reject path), and a ClientIP-affinity copy of the first, so a probe
+// exercises every rule shape a sync writes.
 func ProbeState() datapath.State {
 	ports := []datapath.ServicePort{
 		{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: 8080},
@@ -36,6 +37,15 @@ func ProbeState() datapath.State {
 			Endpoints: []datapath.Endpoint{
 				{Pod: "a", Addr: netip.MustParseAddr("10.244.0.2"), Ready: true, Serving: true},
 				{Pod: "b", Addr: netip.MustParseAddr("10.244.0.3"), Ready: true, Serving: true},
+			},
+		},
+		{
+			Namespace: "svclab", Name: "sticky",
+			ClusterIP:       netip.MustParseAddr("10.96.0.3"),
+			Ports:           ports,
+			SessionAffinity: datapath.SessionAffinityClientIP,
+			Endpoints: []datapath.Endpoint{
+				{Pod: "a", Addr: netip.MustParseAddr("10.244.0.2"), Ready: true, Serving: true},
 			},
 		},
 		{
