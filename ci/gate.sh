@@ -9,6 +9,8 @@
 #   REFERENCE   reference result (default: ci/reference/results.json)
 #   THRESHOLDS  thresholds file (default: ci/thresholds.yaml)
 #   GATE_OUTPUT directory that receives the run (default: results/ci-gate)
+#   SCENARIO    scenario (default: the built-in ci-gate; the reference must
+#               have been made with the same one)
 #   UPDATE_REFERENCE=1  make this run the new reference instead of comparing
 #               (histograms stripped: compare needs the percentiles only;
 #               needs jq). Do it on the machine kind CI uses, when the
@@ -36,8 +38,8 @@ before=$(mktemp)
 trap 'rm -f "$before"' EXIT
 ls -1 "$output" >"$before"
 
-echo "gate: svclab bench --scenario ci-gate $*" >&2
-if ! "$svclab" bench --scenario ci-gate --output "$output" "$@" >&2; then
+echo "gate: svclab bench --scenario ${SCENARIO:-ci-gate} $*" >&2
+if ! "$svclab" bench --scenario "${SCENARIO:-ci-gate}" --output "$output" "$@" >&2; then
   echo "gate: the bench failed; nothing was compared" >&2
   exit 2
 fi

@@ -8,8 +8,8 @@
 #   ci/prove-gate.sh evaluate DIR            compare A/B (A/A), A/P (injected), and every run
 #                                            against the reference; print rates and QPS CVs
 #
-# Environment: SVCLAB (default bin/svclab), REFERENCE, THRESHOLDS as for
-# ci/gate.sh. Each round takes about 2.5 minutes. Needs root and jq.
+# Environment: SVCLAB (default bin/svclab), REFERENCE, THRESHOLDS, SCENARIO
+# as for ci/gate.sh. Each round takes about 2.5 minutes. Needs root and jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 svclab=${SVCLAB:-bin/svclab}
@@ -19,7 +19,7 @@ thresholds=${THRESHOLDS:-ci/thresholds.yaml}
 bench() { # bench OUTDIR [env...]: one ci-gate run into OUTDIR/<id>
   local out=$1; shift
   mkdir -p "$out"
-  env "$@" "$svclab" bench --scenario ci-gate --output "$out" >/dev/null 2>"$out.log" || {
+  env "$@" "$svclab" bench --scenario "${SCENARIO:-ci-gate}" --output "$out" >/dev/null 2>"$out.log" || {
     echo "bench failed, see $out.log" >&2; return 1; }
 }
 
