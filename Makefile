@@ -15,7 +15,7 @@ export PATH := $(PATH):/usr/local/go/bin
 export BPF2GO_CC    := $(CLANG)
 export BPF2GO_STRIP := $(STRIP)
 
-GENERATED := datapath/socketlb/socketlb_bpfel.go datapath/socketlb/socketlb_bpfel.o baselines/tcebpf/tcebpf_bpfel.go baselines/tcebpf/tcebpf_bpfel.o
+GENERATED := datapath/socketlb/socketlb_bpfel.go datapath/socketlb/socketlb_bpfel.o datapath/socketlb/progtest/progtest_bpfel.go datapath/socketlb/progtest/progtest_bpfel.o baselines/tcebpf/tcebpf_bpfel.go baselines/tcebpf/tcebpf_bpfel.o
 
 .PHONY: all deps build generate check-generate test bench cleanup clean
 
