@@ -236,7 +236,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 	}
 	run.Datapaths = append(run.Datapaths, plan.Skipped...)
 	run.Finished = time.Now().UTC()
-	run.Summary = results.Summarize(closedLoopTrials(run.Trials))
+	run.Summary = results.Summarize(run.Trials)
 	if err := WriteRun(dir, run); err != nil {
 		return nil, "", err
 	}
@@ -440,19 +440,6 @@ func runOpenLoopPhase(ctx context.Context, prog *Progress, prefix string, plan *
 			lw.Latency.P50, lw.Latency.P99, sumErrors(lw.Errors), lw.Errors[ErrOverload]))
 	}
 	return nil
-}
-
-// closedLoopTrials returns the closed-loop trials: Summarize groups by
-// datapath and concurrency only, and would pool the open loop's load
-// fractions into one meaningless row.
-func closedLoopTrials(trials []results.Trial) []results.Trial {
-	var out []results.Trial
-	for _, t := range trials {
-		if t.Model == "" {
-			out = append(out, t)
-		}
-	}
-	return out
 }
 
 // generatorCeiling measures the client and server alone, over loopback.

@@ -21,7 +21,9 @@ import (
 //
 // where "-2" is the machine's CPU count (benchstat's GOMAXPROCS slot), svcs
 // and eps appear only for a scale point (non-zero), and cpu-µs/conn only
-// when CPU was measured. The generator ceiling is a BenchmarkGenerator line.
+// when CPU was measured. An open-loop trial's name ends in
+// /model=open/load=<fraction> (its conc is 0, conn/s is the achieved rate
+// and latency runs from the intended start). The generator ceiling is a BenchmarkGenerator line.
 // Repetitions are repeated lines, which is how benchstat sees a sample.
 const (
 	benchSvc       = "Svc"
@@ -120,6 +122,9 @@ func WriteBenchFormat(w io.Writer, run *Run) error {
 		}
 		if t.Endpoints > 0 {
 			name += fmt.Sprintf("/eps=%d", t.Endpoints)
+		}
+		if t.Model != "" {
+			name += fmt.Sprintf("/model=%s/load=%s", t.Model, strconv.FormatFloat(t.LoadFraction, 'g', -1, 64))
 		}
 		if err := write(name+procs, t); err != nil {
 			return err
@@ -240,6 +245,12 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 				t.Services, err = strconv.Atoi(v)
 			case "eps":
 				t.Endpoints, err = strconv.Atoi(v)
+			case "model":
+				t.Model = v
+			case "load":
+				if t.LoadFraction, err = strconv.ParseFloat(v, 64); err != nil {
+					return nil, fmt.Errorf("%s:%d: benchmark name %s: load=%q is not a number", file, line, rec.Name, v)
+				}
 			}
 			if err != nil {
 				return nil, fmt.Errorf("%s:%d: benchmark name %s: %s=%q is not an integer", file, line, rec.Name, k, v)

@@ -122,3 +122,33 @@ func TestReadBenchFormatErrors(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, got.Trials, 1)
 }
+
+// TestBenchFormatOpenLoop checks open-loop trials are named by their load
+// model and fraction, so benchstat and compare keep fractions apart, and
+// that the names read back into the same groups.
+func TestBenchFormatOpenLoop(t *testing.T) {
+	run := sampleRun()
+	for rep := range 3 {
+		run.Trials = append(run.Trials,
+			openTrial("direct", 0.8, rep, 1000, 990, 100, 10, 0),
+			openTrial("direct", 0.5, rep, 600, 600, 60, 5, 0))
+	}
+	var buf bytes.Buffer
+	require.NoError(t, WriteBenchFormat(&buf, run))
+	assert.Contains(t, buf.String(), "BenchmarkSvc/dp=direct/conc=0/model=open/load=0.8-2 ")
+	assert.Contains(t, buf.String(), "BenchmarkSvc/dp=direct/conc=0/model=open/load=0.5-2 ")
+
+	got, err := ReadBenchFormat(&buf, "bench.txt")
+	require.NoError(t, err)
+	want := Summarize(run.Trials)
+	require.Len(t, got.Summary, len(want))
+	for i, s := range want {
+		assert.Equal(t, [3]any{s.Datapath, s.Model, s.LoadFraction},
+			[3]any{got.Summary[i].Datapath, got.Summary[i].Model, got.Summary[i].LoadFraction})
+		assert.InDelta(t, s.QPS.Median, got.Summary[i].QPS.Median, 0.05)
+		assert.Equal(t, s.Repetitions, got.Summary[i].Repetitions)
+	}
+
+	_, err = ReadBenchFormat(strings.NewReader("BenchmarkSvc/dp=direct/conc=0/model=open/load=x-2 1 1 ns/conn 1 conn/s\n"), "bench.txt")
+	assert.ErrorContains(t, err, `load="x" is not a number`)
+}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -82,7 +83,11 @@ type Figure struct {
 type CompareRow struct {
 	Datapath                         string
 	Services, Endpoints, Concurrency int
-	Metric                           string
+	// Model and LoadFraction place an open-loop row ("" and 0 for the
+	// closed loop).
+	Model        string
+	LoadFraction float64
+	Metric       string
 	// Ratio: the figure is the datapath's divided by direct's in the
 	// same round (same repetition and point) of the same run.
 	Ratio    bool
@@ -98,9 +103,14 @@ type CompareRow struct {
 	Verdict Verdict
 }
 
+// point is where the row was measured.
+func (r CompareRow) point() point {
+	return point{r.Services, r.Endpoints, r.Concurrency, r.Model, r.LoadFraction}
+}
+
 // Name identifies the row in messages, e.g. "iptables conc=8 qps×direct".
 func (r CompareRow) Name() string {
-	return r.Datapath + " " + pointLabel(point{r.Services, r.Endpoints, r.Concurrency}) + " " + r.figureName()
+	return r.Datapath + " " + pointLabel(r.point()) + " " + r.figureName()
 }
 
 func (r CompareRow) figureName() string {
@@ -369,6 +379,7 @@ func pairingPhrase(p Pairing) string {
 func judge(k groupKey, m metric, ratio bool, oldV, newV []float64, thr float64, gated bool, alpha float64) CompareRow {
 	r := CompareRow{
 		Datapath: k.datapath, Services: k.services, Endpoints: k.endpoints, Concurrency: k.concurrency,
+		Model: k.model, LoadFraction: k.fraction,
 		Metric: m.key, Ratio: ratio, Old: figure(oldV), New: figure(newV), Threshold: thr, Gated: gated,
 	}
 	r.Change = math.NaN()
@@ -427,16 +438,23 @@ func appendOnce(xs []string, x string) []string {
 }
 
 // pointLabel names a point: "conc=8", or "svcs=1000 eps=12 conc=8" in a
-// scale sweep.
+// scale sweep, or "model=open load=0.8" for the open loop (whose
+// concurrency is 0 and not named).
 func pointLabel(p point) string {
 	var parts []string
+	if p.model != "" {
+		parts = append(parts, "model="+p.model, "load="+strconv.FormatFloat(p.fraction, 'g', -1, 64))
+	}
 	if p.services > 0 {
 		parts = append(parts, fmt.Sprintf("svcs=%d", p.services))
 	}
 	if p.endpoints > 0 {
 		parts = append(parts, fmt.Sprintf("eps=%d", p.endpoints))
 	}
-	return strings.Join(append(parts, fmt.Sprintf("conc=%d", p.concurrency)), " ")
+	if p.model == "" || p.concurrency != 0 {
+		parts = append(parts, fmt.Sprintf("conc=%d", p.concurrency))
+	}
+	return strings.Join(parts, " ")
 }
 
 // WriteTable prints the comparison like benchstat: per datapath and point,
@@ -457,7 +475,7 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(&rows, 0, 0, 2, ' ', 0)
 	last := ""
 	for _, r := range c.Rows {
-		block := r.Datapath + "  " + pointLabel(point{r.Services, r.Endpoints, r.Concurrency})
+		block := r.Datapath + "  " + pointLabel(r.point())
 		if block != last {
 			if last != "" {
 				// Cells, not an empty line, so the columns stay aligned

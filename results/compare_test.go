@@ -389,3 +389,44 @@ func TestCompareMetricOff(t *testing.T) {
 	assert.Equal(t, []string{"iptables conc=8 p50×direct", "iptables conc=8 p90×direct"}, regs)
 	assert.Contains(t, table(t, c), "p99 off")
 }
+
+// TestCompareOpenLoop checks open-loop trials are compared per load
+// fraction and paired with direct at the same fraction: a p99 rise at 0.8
+// must not be averaged away by 0.5, nor compared with the closed loop.
+func TestCompareOpenLoop(t *testing.T) {
+	mk := func(id string, iptP99At08 float64) *Run {
+		r := &Run{ID: id}
+		for rep := range 6 {
+			r.Trials = append(r.Trials,
+				trial("direct", 8, rep, 100, 10, 20, 30, 0, 0),
+				trial("iptables", 8, rep, 90, 10, 20, 30, 0, 0),
+				openTrial("direct", 0.5, rep, 50, 50, 60, 5, 0),
+				openTrial("iptables", 0.5, rep, 50, 50, 60, 5, 0),
+				openTrial("direct", 0.8, rep, 80, 80, 90, 5, 0),
+				openTrial("iptables", 0.8, rep, 80, 80, iptP99At08+float64(rep), 5, 0))
+		}
+		return r
+	}
+	c := Compare(mk("a", 90), mk("b", 180), DefaultThresholds())
+	assert.Empty(t, c.OnlyOld)
+	assert.Empty(t, c.OnlyNew)
+	at08, ok := rowByName(c, "iptables model=open load=0.8 p90×direct")
+	require.True(t, ok, "rows: %v", rowNames(c))
+	assert.InDelta(t, 2.0, at08.New.Median/at08.Old.Median, 0.05, "p90 (p99/2) doubled at 0.8")
+	at05, ok := rowByName(c, "iptables model=open load=0.5 p90×direct")
+	require.True(t, ok)
+	assert.Equal(t, VerdictSame, at05.Verdict)
+	closed, ok := rowByName(c, "iptables conc=8 p90×direct")
+	require.True(t, ok)
+	assert.Equal(t, VerdictSame, closed.Verdict)
+	assert.Contains(t, table(t, c), "iptables  model=open load=0.8")
+}
+
+// rowNames lists the comparison's row names, for failure messages.
+func rowNames(c *Comparison) []string {
+	var names []string
+	for _, r := range c.Rows {
+		names = append(names, r.Name())
+	}
+	return names
+}

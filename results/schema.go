@@ -198,6 +198,19 @@ type Summary struct {
 	// SynRetrans totals the SYN retransmissions of all repetitions: a
 	// clean measurement has none.
 	SynRetrans int64 `json:"syn_retrans"`
+	// Model and LoadFraction are those of the summarised trials (empty and
+	// 0 for the closed loop); OfferedRate is the median of their offered
+	// rates. An open-loop summary's QPS is the achieved rate, its latency
+	// runs from the intended start and its Errors include overload.
+	Model        string  `json:"model,omitempty"`
+	LoadFraction float64 `json:"load_fraction,omitempty"`
+	OfferedRate  float64 `json:"offered_rate,omitempty"`
+	// Overload is the part of Errors the open-loop generator counted as
+	// "overload" (an arrival that found its in-flight cap reached).
+	Overload int64 `json:"overload,omitempty"`
+	// StartLagP99 is the open-loop generator's p99 start lag in µs per
+	// repetition (absent for the closed loop).
+	StartLagP99 Stat `json:"start_lag_p99_us,omitzero"`
 }
 
 // Stat is a figure over repetitions: the median and the spread.

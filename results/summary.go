@@ -15,8 +15,17 @@ import (
 // mean something on the machine they were measured on.
 const DirectDatapath = "direct"
 
+// overloadError is the Workload.Errors kind of an open-loop arrival that
+// found the generator's in-flight cap reached (harness.ErrOverload).
+const overloadError = "overload"
+
 // Summarize aggregates trials per (datapath, services, endpoints,
-// concurrency).
+// concurrency, load model, load fraction): open-loop trials (Model
+// ModelOpen) get their own summaries, one per load fraction, after the
+// closed-loop ones of the same datapath. For them QPS is the achieved rate,
+// latency runs from each connection's intended start, Errors includes
+// overload, OfferedRate is the median offered rate and StartLagP99 the
+// generator's p99 start lag per repetition.
 //
 // Summaries come out ordered by datapath in the order the datapaths first
 // appear in trials (the caller's order, e.g. --datapaths, which is also the
@@ -30,7 +39,7 @@ const DirectDatapath = "direct"
 // carries a histogram has its percentiles computed from it. QPS, p90 and CPU
 // per connection carry a 95% confidence interval of the median (see
 // MedianCI). Ratios to DirectDatapath use medians at the same services,
-// endpoints and concurrency, and are 0 when direct was not measured there
+// endpoints, concurrency, load model and fraction, and are 0 when direct was not measured there
 // (0 rather than NaN so results.json stays valid JSON).
 func Summarize(trials []Trial) []Summary {
 	dpOrder := map[string]int{}
@@ -56,10 +65,16 @@ func Summarize(trials []Trial) []Summary {
 		// Stable, so trials sharing a repetition number (a retried trial)
 		// keep the order they were run in.
 		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
-		var qps, p50, p90, p99, apply, cpu []float64
-		var errs, synRetrans int64
+		var qps, p50, p90, p99, apply, cpu, offered, lag []float64
+		var errs, synRetrans, overload int64
 		for _, t := range ts {
 			lat := trialLatency(t)
+			if t.Model != "" {
+				offered = append(offered, t.OfferedRate)
+				if l := t.Workload.StartLag; l != nil {
+					lag = append(lag, l.P99)
+				}
+			}
 			qps = append(qps, t.Workload.QPS)
 			p50 = append(p50, lat.P50)
 			p90 = append(p90, lat.P90)
@@ -71,6 +86,7 @@ func Summarize(trials []Trial) []Summary {
 			for _, n := range t.Workload.Errors {
 				errs += n
 			}
+			overload += t.Workload.Errors[overloadError]
 			synRetrans += t.Workload.SynRetrans
 		}
 		s := Summary{
@@ -86,6 +102,15 @@ func Summarize(trials []Trial) []Summary {
 			Errors:       errs,
 			SynRetrans:   synRetrans,
 			ApplySeconds: NewStat(apply),
+			Overload:     overload,
+			Model:        k.model,
+			LoadFraction: k.fraction,
+		}
+		if len(offered) > 0 {
+			s.OfferedRate = NewStat(offered).Median
+		}
+		if len(lag) > 0 {
+			s.StartLagP99 = NewStat(lag)
 		}
 		if len(cpu) > 0 {
 			s.CPUPerConnUS = NewStat(cpu).WithCI()
@@ -127,10 +152,15 @@ func SplitSite(name string) (datapath, where string) {
 }
 
 // point is where in a run's parameter space a figure was measured: the
-// scale (0, 0 outside sweeps) and the concurrency. Ratios to direct and
-// comparisons between runs pair figures at the same point.
+// scale (0, 0 outside sweeps), the load model ("" for the closed loop,
+// ModelOpen) with the open loop's load fraction, and the concurrency (0 for
+// the open loop). Ratios to direct and comparisons between runs pair figures
+// at the same point, so an open-loop figure is only ever paired with one at
+// the same fraction of capacity.
 type point struct {
 	services, endpoints, concurrency int
+	model                            string
+	fraction                         float64
 }
 
 // groupKey is one summary: a datapath at a point.
@@ -140,13 +170,19 @@ type groupKey struct {
 }
 
 func keyOf(t Trial) groupKey {
-	return groupKey{t.Datapath, point{t.Services, t.Endpoints, t.Concurrency}}
+	return groupKey{t.Datapath, point{t.Services, t.Endpoints, t.Concurrency, t.Model, t.LoadFraction}}
 }
 
-func pointOf(s Summary) point { return point{s.Services, s.Endpoints, s.Concurrency} }
+func pointOf(s Summary) point {
+	return point{s.Services, s.Endpoints, s.Concurrency, s.Model, s.LoadFraction}
+}
 
+// comparePoint orders closed-loop points before open-loop ones (the model
+// "" sorts first), open-loop ones by load fraction, then by scale and
+// concurrency.
 func comparePoint(a, b point) int {
-	return cmp.Or(cmp.Compare(a.services, b.services), cmp.Compare(a.endpoints, b.endpoints),
+	return cmp.Or(cmp.Compare(a.model, b.model), cmp.Compare(a.fraction, b.fraction),
+		cmp.Compare(a.services, b.services), cmp.Compare(a.endpoints, b.endpoints),
 		cmp.Compare(a.concurrency, b.concurrency))
 }
 

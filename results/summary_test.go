@@ -1,6 +1,7 @@
 package results
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -234,4 +235,73 @@ func TestSummarizeRatiosPerSite(t *testing.T) {
 	dp, where := SplitSite("ipvs@debian-6.12")
 	assert.Equal(t, "ipvs", dp)
 	assert.Equal(t, "debian-6.12", where)
+}
+
+// openTrial builds an open-loop trial at a load fraction: concurrency 0,
+// an offered rate, overload errors and a start lag, as runOpenLoopPhase
+// records them.
+func openTrial(dp string, fraction float64, rep int, offered, achieved, p99, lagP99 float64, overload int64) Trial {
+	t := trial(dp, 0, rep, achieved, p99/3, p99/2, p99, 0.1, 0)
+	t.Model, t.LoadFraction, t.OfferedRate = ModelOpen, fraction, offered
+	t.Workload.OfferedRate = offered
+	t.Workload.StartLag = &Latency{P50: lagP99 / 4, P99: lagP99}
+	if overload > 0 {
+		t.Workload.Errors = map[string]int64{overloadError: overload, "ETIMEDOUT": 1}
+	}
+	return t
+}
+
+// TestSummarizeOpenLoop checks that open-loop trials get one summary per
+// datapath and load fraction, after the same datapath's closed-loop ones,
+// that their ratios pair with direct at the same fraction only, and that the
+// closed-loop summaries are what they were without them.
+func TestSummarizeOpenLoop(t *testing.T) {
+	closed := []Trial{
+		trial("direct", 64, 0, 1000, 10, 20, 30, 0.1, 0),
+		trial("iptables", 64, 0, 800, 12, 24, 36, 0.1, 0),
+	}
+	open := []Trial{
+		openTrial("iptables", 0.8, 0, 640, 630, 300, 40, 2),
+		openTrial("direct", 0.5, 0, 400, 400, 50, 10, 0),
+		openTrial("direct", 0.8, 0, 640, 640, 100, 20, 0),
+		openTrial("iptables", 0.8, 1, 660, 650, 500, 60, 0),
+		openTrial("iptables", 0.5, 0, 400, 400, 80, 15, 0),
+	}
+	got := Summarize(append(slices.Clone(closed), open...))
+	type row struct {
+		dp       string
+		model    string
+		fraction float64
+	}
+	var rows []row
+	for _, s := range got {
+		rows = append(rows, row{s.Datapath, s.Model, s.LoadFraction})
+	}
+	assert.Equal(t, []row{
+		{"direct", "", 0}, {"direct", ModelOpen, 0.5}, {"direct", ModelOpen, 0.8},
+		{"iptables", "", 0}, {"iptables", ModelOpen, 0.5}, {"iptables", ModelOpen, 0.8},
+	}, rows, "per datapath: closed loop first, then open loop by fraction")
+
+	// The closed-loop summaries are exactly those of the closed-loop
+	// trials alone: open-loop trials neither join their groups nor
+	// change their ratios.
+	wantClosed := Summarize(closed)
+	assert.Equal(t, wantClosed, []Summary{got[0], got[3]})
+
+	ip := got[5]
+	assert.Equal(t, 2, ip.Repetitions)
+	assert.Equal(t, 0, ip.Concurrency)
+	assert.Equal(t, 650.0, ip.OfferedRate, "median of 640 and 660")
+	assert.Equal(t, 640.0, ip.QPS.Median, "achieved rate")
+	assert.Equal(t, 400.0, ip.P99.Median)
+	assert.Equal(t, int64(3), ip.Errors, "overload counts as an error")
+	assert.Equal(t, int64(2), ip.Overload)
+	assert.Equal(t, []float64{40, 60}, ip.StartLagP99.Values)
+	assert.InDelta(t, 640.0/640, ip.QPSRatioToDirect, 1e-12, "ratio to direct at 0.8, not 0.5")
+	assert.InDelta(t, 200.0/50, ip.P90RatioToDirect, 1e-12)
+	assert.InDelta(t, 40.0/25, got[4].P90RatioToDirect, 1e-12, "ratio to direct at 0.5")
+
+	assert.Empty(t, got[0].Model)
+	assert.Zero(t, got[0].OfferedRate)
+	assert.Empty(t, got[0].StartLagP99.Values, "no start lag in the closed loop")
 }

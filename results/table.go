@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -30,7 +31,8 @@ func WriteTable(w io.Writer, run *Run) error {
 	if run == nil {
 		return fmt.Errorf("results table: no run")
 	}
-	sums := summariesOf(run)
+	all := allSummariesOf(run)
+	sums, open := splitModels(all)
 
 	dpWidth := len("DATAPATH")
 	for _, s := range sums {
@@ -87,15 +89,18 @@ func WriteTable(w io.Writer, run *Run) error {
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("results table: %w", err)
 	}
-	for _, line := range strings.SplitAfter(buf.String(), "\n") {
-		if _, err := io.WriteString(w, strings.TrimPrefix(line, strings.Repeat(" ", tablePad))); err != nil {
-			return fmt.Errorf("results table: %w", err)
+	if err := writeTrimmed(w, buf.String()); err != nil {
+		return err
+	}
+	if len(open) > 0 {
+		if err := writeOpenLoop(w, open); err != nil {
+			return err
 		}
 	}
 
 	var notes []string
 	measured := map[string]bool{}
-	for _, s := range sums {
+	for _, s := range all {
 		measured[s.Datapath] = true
 	}
 	for _, d := range run.Datapaths {
@@ -135,13 +140,91 @@ func WriteTable(w io.Writer, run *Run) error {
 	return nil
 }
 
-// summariesOf returns the run's summaries, computing them from the trials
-// when the run does not carry them yet.
+// writeOpenLoop prints the open-loop block: per datapath and load fraction,
+// the offered and achieved rates, latency from the intended start, errors
+// (overload included, and overload alone) and the generator's p99 start
+// lag, which tells whether the generator rather than the datapath fell
+// behind.
+func writeOpenLoop(w io.Writer, sums []Summary) error {
+	dpWidth := len("DATAPATH")
+	for _, s := range sums {
+		dpWidth = max(dpWidth, len([]rune(s.Datapath)))
+	}
+	var buf bytes.Buffer
+	buf.WriteString("\nopen loop (rates in conn/s; latency from the intended start; errors include overload)\n")
+	tw := tabwriter.NewWriter(&buf, 0, 0, tablePad, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%-*s\tLOAD\tREPS\tOFFERED\tACHIEVED\tP50 µs\tP90 µs\tP99 µs\tP99×DIR\tERRORS\tOVERLOAD\tLAG P99 µs\t\n", dpWidth, "DATAPATH")
+	// As in Summarize, "x@where" pairs with "direct@where".
+	type site struct {
+		point
+		where string
+	}
+	direct := map[site]Summary{}
+	for _, s := range sums {
+		if name, where := SplitSite(s.Datapath); name == DirectDatapath {
+			direct[site{pointOf(s), where}] = s
+		}
+	}
+	for _, s := range sums {
+		lag := "-"
+		if len(s.StartLagP99.Values) > 0 {
+			lag = fmtMicros(s.StartLagP99.Median)
+		}
+		p99Ratio := 0.0
+		_, where := SplitSite(s.Datapath)
+		if d, ok := direct[site{pointOf(s), where}]; ok {
+			p99Ratio = ratio(s.P99.Median, d.P99.Median)
+		}
+		fmt.Fprintf(tw, "%-*s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", dpWidth, s.Datapath,
+			strconv.FormatFloat(s.LoadFraction, 'g', -1, 64), s.Repetitions,
+			fmtQPS(s.OfferedRate), fmtQPS(s.QPS.Median),
+			fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median), fmtRatio(p99Ratio),
+			s.Errors, s.Overload, lag)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("results table: %w", err)
+	}
+	return writeTrimmed(w, buf.String())
+}
+
+// writeTrimmed writes a table that went through an AlignRight tabwriter
+// without the padding that puts before each line's first cell.
+func writeTrimmed(w io.Writer, table string) error {
+	for _, line := range strings.SplitAfter(table, "\n") {
+		if _, err := io.WriteString(w, strings.TrimPrefix(line, strings.Repeat(" ", tablePad))); err != nil {
+			return fmt.Errorf("results table: %w", err)
+		}
+	}
+	return nil
+}
+
+// summariesOf returns the run's closed-loop summaries (what the main table
+// and the charts plot), computing them from the trials when the run does
+// not carry them yet.
 func summariesOf(run *Run) []Summary {
+	closed, _ := splitModels(allSummariesOf(run))
+	return closed
+}
+
+// allSummariesOf returns all the run's summaries, open-loop ones included.
+func allSummariesOf(run *Run) []Summary {
 	if len(run.Summary) > 0 {
 		return run.Summary
 	}
 	return Summarize(run.Trials)
+}
+
+// splitModels separates closed-loop summaries from open-loop ones, keeping
+// the order of each.
+func splitModels(sums []Summary) (closed, open []Summary) {
+	for _, s := range sums {
+		if s.Model == "" {
+			closed = append(closed, s)
+		} else {
+			open = append(open, s)
+		}
+	}
+	return closed, open
 }
 
 // fmtQPS prints connections per second to the unit: fractions of a

@@ -132,3 +132,80 @@ func TestWriteTableSweep(t *testing.T) {
 	assert.Equal(t, []string{"direct", "1000", "12", "8"}, strings.Fields(lines[2])[:4])
 	assert.NotContains(t, buf.String(), "scale:")
 }
+
+// TestWriteTableOpenLoop checks the open-loop block that follows the
+// closed-loop rows: one row per datapath and load fraction with offered and
+// achieved rates, latency, P99 against direct, errors with overload and the
+// start lag; and that the closed-loop rows are unchanged by it.
+func TestWriteTableOpenLoop(t *testing.T) {
+	closedOnly := sampleRun()
+	var want bytes.Buffer
+	require.NoError(t, WriteTable(&want, closedOnly))
+
+	run := sampleRun()
+	for rep := range 3 {
+		run.Trials = append(run.Trials,
+			openTrial("direct", 0.8, rep, 22800, 22790, 120, 30, 0),
+			openTrial("socketlb", 0.8, rep, 22800, 22750, 150+float64(rep), 35, 0),
+			openTrial("iptables", 0.8, rep, 22800, 20100, 900, 400, 700))
+	}
+	run.Summary = Summarize(run.Trials)
+	var buf bytes.Buffer
+	require.NoError(t, WriteTable(&buf, run))
+	out := buf.String()
+	for _, l := range strings.Split(out, "\n") {
+		assert.LessOrEqual(t, utf8.RuneCountInString(l), 120, "line too wide: %q", l)
+	}
+
+	closedPart, openPart, ok := strings.Cut(out, "\nopen loop")
+	require.True(t, ok, "open loop block missing:\n%s", out)
+	wantTable, _, _ := strings.Cut(want.String(), "skipped")
+	assert.True(t, strings.HasPrefix(closedPart, strings.TrimSuffix(wantTable, "\n")),
+		"closed-loop rows unchanged:\n%s\nwant:\n%s", closedPart, wantTable)
+
+	lines := strings.Split(openPart, "\n")
+	require.GreaterOrEqual(t, len(lines), 5)
+	assert.Equal(t, []string{"DATAPATH", "LOAD", "REPS", "OFFERED", "ACHIEVED", "P50", "µs", "P90", "µs", "P99", "µs",
+		"P99×DIR", "ERRORS", "OVERLOAD", "LAG", "P99", "µs"}, strings.Fields(lines[1]))
+	rows := map[string][]string{}
+	for _, l := range lines[2:5] {
+		f := strings.Fields(l)
+		rows[f[0]] = f
+	}
+	// iptables: achieved 20100 of 22800 offered, p99 900 µs = 7.5× direct,
+	// 3 × (700 overload + 1 timeout) errors, start lag 400 µs.
+	assert.Equal(t, []string{"iptables", "0.8", "3", "22800", "20100", "300", "450", "900", "7.50", "2103", "2100", "400"}, rows["iptables"])
+	assert.Equal(t, "1.00", rows["direct"][8])
+	assert.Equal(t, "151", rows["socketlb"][7], "median p99 of 150, 151, 152")
+	// Notes (skipped datapaths, the generator ceiling) still follow.
+	assert.Contains(t, openPart, "skipped ipvs: kernel module ip_vs not available")
+	assert.Contains(t, openPart, "generator ceiling (no datapath)")
+}
+
+// TestWriteTableClosedLoopOnly checks a run without open-loop trials has no
+// open-loop block.
+func TestWriteTableClosedLoopOnly(t *testing.T) {
+	var buf bytes.Buffer
+	require.NoError(t, WriteTable(&buf, sampleRun()))
+	assert.NotContains(t, buf.String(), "open loop")
+}
+
+// TestSummariesOfClosedLoopOnly checks what the charts plot: the
+// closed-loop summaries only (an open-loop row at concurrency 0 would be a
+// bar at a concurrency no one measured).
+func TestSummariesOfClosedLoopOnly(t *testing.T) {
+	run := sampleRun()
+	run.Trials = append(run.Trials, openTrial("direct", 0.8, 0, 100, 100, 50, 5, 0))
+	for _, withSummary := range []bool{true, false} {
+		run.Summary = nil
+		if withSummary {
+			run.Summary = Summarize(run.Trials)
+		}
+		sums := summariesOf(run)
+		assert.Len(t, sums, 9, "summary precomputed: %v", withSummary)
+		for _, s := range sums {
+			assert.Empty(t, s.Model)
+		}
+		assert.Len(t, allSummariesOf(run), 10)
+	}
+}

@@ -53,11 +53,11 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"no datapaths", "datapaths: [socketlb, iptables-nft, iptables-legacy, nftables, ipvs, tc-ebpf, userspace, direct]", "datapaths: []", "datapaths"},
 		{"unknown field", "name: default", "name: default\ncolour: blue", "colour"},
 		{"wrong type", "backends: 12", "backends: twelve", "backends"},
-		{"unknown load model", "repetitions: 3", "repetitions: 3\n  model: half-open", "workload.model"},
-		{"load fractions, closed loop", "repetitions: 3", "repetitions: 3\n  loadFractions: [0.5]", "workload.loadFractions"},
-		{"open loop, no fractions", "repetitions: 3", "repetitions: 3\n  model: open", "workload.loadFractions"},
-		{"load fraction out of range", "repetitions: 3", "repetitions: 3\n  model: open\n  loadFractions: [0.5, 3]", "workload.loadFractions"},
-		{"load fraction zero", "repetitions: 3", "repetitions: 3\n  model: open\n  loadFractions: [0]", "workload.loadFractions"},
+		{"unknown load model", "model: open", "model: half-open", "workload.model"},
+		{"load fractions, closed loop", "model: open", "model: closed", "workload.loadFractions"},
+		{"open loop, no fractions", "\n  loadFractions: [0.8]", "", "workload.loadFractions"},
+		{"load fraction out of range", "loadFractions: [0.8]", "loadFractions: [0.5, 3]", "workload.loadFractions"},
+		{"load fraction zero", "loadFractions: [0.8]", "loadFractions: [0]", "workload.loadFractions"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -95,7 +95,10 @@ func TestOpenLoopScenario(t *testing.T) {
 	s.Scale = &Scale{Services: []int{1, 10}}
 	assert.ErrorContains(t, s.Validate(), "workload.model")
 
+	// The default scenario adds one open-loop fraction after its
+	// closed-loop trials, so make bench reports latency at a fixed load.
 	d, err := Load("default")
 	require.NoError(t, err)
-	assert.False(t, d.Workload.OpenLoop(), "closed is the default")
+	assert.True(t, d.Workload.OpenLoop())
+	assert.Equal(t, []float64{0.8}, d.Workload.LoadFractions)
 }
