@@ -162,7 +162,9 @@ type Datapath interface {
 	// themselves for datapaths where the client picks (direct).
 	Targets(svc Service, port ServicePort) []netip.AddrPort
 	// Info returns facts worth recording with results (e.g. the iptables
-	// backend); nil if there are none.
+	// backend); nil if there are none. Where they can be read, it reports
+	// the size of the programmed state under InfoStateObjects and
+	// InfoStateBytes.
 	Info() map[string]string
 	// Close removes everything Setup and Apply installed.
 	Close() error
@@ -287,3 +289,14 @@ func namesLocked() []string {
 func Unsupportedf(format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrUnsupported)
 }
+
+// Info keys for the size of a datapath's programmed state, so that a scale
+// sweep can chart it across datapaths: InfoStateObjects is how many objects
+// it programmed (netfilter rules, entries of the load-balancing maps for
+// BPF, listening sockets for a proxy) and InfoStateBytes the kernel memory
+// they take where that can be read (BPF map memlock). Values are decimal
+// integers; datapath.InfoStateObjects and datapath.InfoStateBytes are the same keys.
+const (
+	InfoStateObjects = "state_objects"
+	InfoStateBytes   = "state_bytes"
+)

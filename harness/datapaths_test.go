@@ -35,9 +35,14 @@ func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
 			}
 			for _, proto := range []string{"TCP", "UDP"} {
 				t.Run(proto, func(t *testing.T) {
-					reachAllBackends(t, sc, f, proto)
+					reachAllBackends(t, sc, f, proto, 0)
 				})
 			}
+			// The endpoint sweep's extra pod addresses (three per pod
+			// here) are endpoints like any other.
+			t.Run("TCP extra endpoints", func(t *testing.T) {
+				reachAllBackends(t, sc, f, "TCP", 3*sc.Topology.Backends)
+			})
 		})
 	}
 }
@@ -69,7 +74,10 @@ func TestScheduleInterleaves(t *testing.T) {
 // reachAllBackends runs the check for one datapath and protocol in a fresh
 // topology: every backend reached, nothing else, no error, replies from the
 // address the client sent to, and a pod's own address left alone.
-func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, proto string) {
+//
+// With endpoints > 0 the service has that many endpoints: the pods' own
+// addresses, then extra addresses on the pods.
+func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, proto string, endpoints int) {
 	sc := *base
 	sc.Datapaths = []string{f.Name}
 	sc.Service.Protocol = proto
@@ -82,6 +90,10 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 	run := newTestRun(t)
 	tc := plan.Topology
 	tc.Prefix = run.Prefix + "-dp"
+	if endpoints == 0 {
+		endpoints = tc.Backends
+	}
+	tc.ExtraEndpoints = max(0, endpoints-tc.Backends)
 	topo, err := NewTopology(context.Background(), tc)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
@@ -92,7 +104,8 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 	dp := f.New()
 	require.NoError(t, dp.Setup(context.Background(), topo.Env()))
 	t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-	st := plan.State(topo, 1, len(topo.Backends))
+	st, err := plan.State(topo, 1, endpoints)
+	require.NoError(t, err)
 	require.NoError(t, dp.Apply(context.Background(), st))
 
 	w, err := RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup, ClientSpec{

@@ -66,3 +66,8 @@ func (p *Progress) remaining() time.Duration {
 	}
 	return per * time.Duration(p.total-p.done)
 }
+
+// Skip drops a trial that will not run from the total.
+func (p *Progress) Skip() {
+	p.total = max(p.done, p.total-1)
+}

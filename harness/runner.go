@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,9 @@ type BenchConfig struct {
 	// Log receives progress; TTY says whether it is a terminal.
 	Log io.Writer
 	TTY bool
+	// Lookup finds a datapath by name (datapath.Lookup when nil; tests
+	// pass their own datapaths).
+	Lookup func(name string) (datapath.Factory, error)
 }
 
 // Plan is a validated scenario resolved into what the runner needs.
@@ -43,7 +47,9 @@ type Plan struct {
 // NewPlan validates a scenario against the registry and the machine. An
 // unknown datapath is an error; one the machine cannot run is skipped with
 // its probe's reason.
-func NewPlan(s *scenarios.Scenario) (*Plan, error) {
+func NewPlan(s *scenarios.Scenario) (*Plan, error) { return newPlan(s, datapath.Lookup) }
+
+func newPlan(s *scenarios.Scenario, lookup func(string) (datapath.Factory, error)) (*Plan, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -58,7 +64,7 @@ func NewPlan(s *scenarios.Scenario) (*Plan, error) {
 		return nil, fmt.Errorf("topology.%w", err)
 	}
 	for _, name := range s.Datapaths {
-		f, err := datapath.Lookup(name)
+		f, err := lookup(name)
 		if err != nil {
 			return nil, fmt.Errorf("datapaths: %w", err)
 		}
@@ -86,26 +92,27 @@ func NewPlan(s *scenarios.Scenario) (*Plan, error) {
 }
 
 // State returns the desired datapath state for a topology: n services,
-// each with the first `endpoints` backend pods as ready endpoints. With one
-// service it is the scenario's service; with more, services are named
-// svc-00000… in the scenario's namespace with consecutive ClusterIPs, and
-// Target is the last one (last in every datapath's rendering order).
-func (p *Plan) State(t *Topology, n, endpoints int) datapath.State {
-	var eps []datapath.Endpoint
-	for _, b := range t.Backends[:min(endpoints, len(t.Backends))] {
-		eps = append(eps, datapath.Endpoint{Pod: b.Name, Addr: b.Addr, Ready: true, Serving: true})
+// each with the topology's first `endpoints` endpoints, ready (the backend
+// pods' own addresses, then their extra addresses). With one service it is
+// the scenario's service; with more, services are named svc-00000… in the
+// scenario's namespace with consecutive ClusterIPs, and Target is the last
+// one (last in every datapath's rendering order).
+func (p *Plan) State(t *Topology, n, endpoints int) (datapath.State, error) {
+	eps, err := t.Endpoints(endpoints)
+	if err != nil {
+		return datapath.State{}, err
 	}
 	if n <= 1 {
 		svc := p.Service
 		svc.Endpoints = eps
-		return datapath.State{Services: []datapath.Service{svc}}
+		return datapath.State{Services: []datapath.Service{svc}}, nil
 	}
 	st := datapath.State{Services: make([]datapath.Service, n)}
 	for i := range n {
 		st.Services[i] = datapath.Service{Namespace: p.Service.Namespace, Name: fmt.Sprintf("svc-%05d", i),
 			ClusterIP: nthHost(p.Topology.ServiceCIDR, 10+i), Ports: p.Service.Ports, Endpoints: eps}
 	}
-	return st
+	return st, nil
 }
 
 // Target is the service the client talks to: the last one programmed.
@@ -113,8 +120,11 @@ func Target(st datapath.State) datapath.Service { return st.Services[len(st.Serv
 
 // TrialSpec is one trial of the schedule.
 type TrialSpec struct {
-	Factory     datapath.Factory
+	Factory datapath.Factory
+	// Services and Endpoints are the scale point: how many services,
+	// each with how many endpoints.
 	Services    int
+	Endpoints   int
 	Concurrency int
 	Repetition  int
 	// Rate, if > 0, makes the trial open-loop (Concurrency 0) at Rate
@@ -133,10 +143,11 @@ func (p *Plan) Schedule() []TrialSpec {
 	round := 0
 	n := len(p.Factories)
 	for rep := range p.Scenario.Workload.Repetitions {
-		for _, svcs := range p.Scenario.ServiceCounts() {
+		for _, pt := range p.Scenario.ScalePoints() {
 			for _, c := range p.Scenario.Workload.Concurrency {
 				for i := range n {
-					out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: svcs, Concurrency: c, Repetition: rep})
+					out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: pt.Services,
+						Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep})
 				}
 				round++
 			}
@@ -148,7 +159,11 @@ func (p *Plan) Schedule() []TrialSpec {
 // Bench runs a whole benchmark and writes its results. Everything it creates
 // is removed when it returns, whether it succeeds, fails or is cancelled.
 func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, err error) {
-	plan, err := NewPlan(cfg.Scenario)
+	lookup := cfg.Lookup
+	if lookup == nil {
+		lookup = datapath.Lookup
+	}
+	plan, err := newPlan(cfg.Scenario, lookup)
 	if err != nil {
 		return nil, "", err
 	}
@@ -206,10 +221,27 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 		}
 		what := fmt.Sprintf("%s c=%d", ts.Factory.Name, ts.Concurrency)
 		if cfg.Scenario.Scale != nil {
-			what += fmt.Sprintf(" services=%d", ts.Services)
+			what += fmt.Sprintf(" services=%d endpoints=%d", ts.Services, ts.Endpoints)
+			if l, ok := limitedAt(run.ScaleLimits, ts); ok {
+				prog.Logf("%s repetition %d/%d: not tried (limited at %d services × %d endpoints)", what, ts.Repetition+1, w.Repetitions, l.Services, l.Endpoints)
+				prog.Skip()
+				continue
+			}
 		}
 		prog.Start(fmt.Sprintf("%s repetition %d/%d", what, ts.Repetition+1, w.Repetitions))
 		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
+		var limit *applyLimitError
+		if errors.As(err, &limit) && ctx.Err() == nil {
+			// A scale limit is a finding, not a failure of the run.
+			run.ScaleLimits = append(run.ScaleLimits, results.ScaleLimit{Datapath: ts.Factory.Name,
+				Services: ts.Services, Endpoints: ts.Endpoints, Reason: limit.Error(), ApplySeconds: limit.elapsed.Seconds()})
+			prog.Logf("%s: %s; larger points of this sweep are not tried", what, limit)
+			if tr == nil {
+				prog.Done("not measured")
+				continue
+			}
+			err = nil
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				// Whatever failed was cut short by the interrupt.
@@ -222,7 +254,9 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 			infos[ts.Factory.Name] = info
 		}
 		run.Trials = append(run.Trials, *tr)
-		prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, sumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
+		if limit == nil {
+			prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, sumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
+		}
 	}
 	if w.OpenLoop() {
 		if err := runOpenLoopPhase(ctx, prog, lock.Prefix, plan, run); err != nil {
@@ -243,13 +277,17 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 	return run, dir, nil
 }
 
-// WriteRun writes a run's results.json, its charts and its Go benchmark
+// WriteRun writes a run's results.json, its charts (with the scale
+// sweep's line charts when it has one) and its Go benchmark
 // format lines (bench.txt, for benchstat) into dir.
 func WriteRun(dir string, run *results.Run) error {
 	if err := run.Write(filepath.Join(dir, "results.json")); err != nil {
 		return err
 	}
 	if _, err := results.WriteCharts(dir, run); err != nil {
+		return err
+	}
+	if _, err := results.WriteScaleCharts(dir, run); err != nil {
 		return err
 	}
 	f, err := os.Create(filepath.Join(dir, "bench.txt"))
@@ -279,12 +317,72 @@ func slicesMax(xs []int) int {
 	return m
 }
 
+// applyLimitError is an Apply of a scale point that failed or did not
+// finish within the sweep's apply timeout.
+type applyLimitError struct {
+	what    string
+	elapsed time.Duration
+	timeout time.Duration
+	err     error
+}
+
+func (e *applyLimitError) Error() string {
+	if errors.Is(e.err, context.DeadlineExceeded) {
+		return fmt.Sprintf("%s did not finish within %s", e.what, e.timeout)
+	}
+	return fmt.Sprintf("%s failed after %s: %v", e.what, e.elapsed.Round(time.Millisecond), e.err)
+}
+
+func (e *applyLimitError) Unwrap() error { return e.err }
+
+// limitedAt returns the limit that rules a trial out: one of the same
+// datapath at a point with no more services and no more endpoints.
+func limitedAt(limits []results.ScaleLimit, ts TrialSpec) (results.ScaleLimit, bool) {
+	for _, l := range limits {
+		if l.Datapath == ts.Factory.Name && ts.Services >= l.Services && ts.Endpoints >= l.Endpoints {
+			return l, true
+		}
+	}
+	return results.ScaleLimit{}, false
+}
+
+// timedApply runs one Apply, bounded by the scenario's apply timeout in a
+// scale sweep; a failure there comes back as an *applyLimitError.
+func timedApply(ctx context.Context, plan *Plan, dp datapath.Datapath, st datapath.State, what string) (time.Duration, error) {
+	timeout := plan.Scenario.ApplyTimeout()
+	actx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	t0 := time.Now()
+	err := dp.Apply(actx, st)
+	elapsed := time.Since(t0)
+	if err == nil {
+		return elapsed, nil
+	}
+	if timeout > 0 && ctx.Err() == nil {
+		if actx.Err() != nil {
+			// The datapath may report the kill of its tool rather than
+			// the deadline; the deadline is what happened.
+			err = errors.Join(context.DeadlineExceeded, err)
+		}
+		return elapsed, &applyLimitError{what: what, elapsed: elapsed, timeout: timeout, err: err}
+	}
+	return elapsed, fmt.Errorf("%s: %w", what, err)
+}
+
 // runTrial builds a fresh topology (so no TIME_WAIT or conntrack state of an
 // earlier trial can slow this one), sets the datapath up, applies the
-// service, measures, and tears everything down.
+// service, measures, and tears everything down. In a scale sweep, an Apply
+// that fails or times out returns an *applyLimitError: with a nil trial if
+// it was the whole set's, with the measured trial if it was the change's.
 func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *results.Trial, info map[string]string, err error) {
+	endpoints := cmp.Or(ts.Endpoints, plan.Scenario.EndpointsPerService())
 	tc := plan.Topology
 	tc.Prefix = prefix
+	tc.ExtraEndpoints = max(0, endpoints-tc.Backends)
 	topo, err := NewTopology(ctx, tc)
 	if err != nil {
 		return nil, nil, err
@@ -300,13 +398,14 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		return nil, nil, errors.Join(fmt.Errorf("setup: %w", err), dp.Close())
 	}
 	defer func() { err = errors.Join(err, dp.Close()) }()
-	endpoints := plan.Scenario.EndpointsPerService()
-	st := plan.State(topo, ts.Services, endpoints)
-	t0 := time.Now()
-	if err := dp.Apply(ctx, st); err != nil {
-		return nil, nil, fmt.Errorf("apply: %w", err)
+	st, err := plan.State(topo, ts.Services, endpoints)
+	if err != nil {
+		return nil, nil, err
 	}
-	apply := time.Since(t0)
+	apply, err := timedApply(ctx, plan, dp, st, "apply")
+	if err != nil {
+		return nil, nil, err
+	}
 	state := dp.Info()
 	svc := Target(st)
 	wl := plan.Scenario.Workload
@@ -323,22 +422,21 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if err != nil {
 		return nil, nil, err
 	}
-	var change time.Duration
+	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
+		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
+		DatapathState: state, Workload: *w}
+	if ts.Rate > 0 {
+		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
+	}
 	if sc := plan.Scenario.Scale; sc != nil && sc.MeasureChange && len(st.Services[0].Endpoints) > 1 {
 		// One endpoint of the first service goes away: the incremental
 		// cost of a sync at this scale (kube-proxy's common case).
 		st.Services[0].Endpoints = st.Services[0].Endpoints[1:]
-		t0 := time.Now()
-		if err := dp.Apply(ctx, st); err != nil {
-			return nil, nil, fmt.Errorf("apply one endpoint change: %w", err)
+		change, err := timedApply(ctx, plan, dp, st, "one-endpoint change")
+		if err != nil {
+			return tr, state, err
 		}
-		change = time.Since(t0)
-	}
-	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
-		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
-		ApplyChangeSeconds: change.Seconds(), DatapathState: state, Workload: *w}
-	if ts.Rate > 0 {
-		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
+		tr.ApplyChangeSeconds = change.Seconds()
 	}
 	return tr, state, nil
 }
@@ -365,7 +463,7 @@ func (p *Plan) OpenSchedule(capacity float64, seed uint64) []TrialSpec {
 		for fi, f := range w.LoadFractions {
 			s := seed + uint64(rep*len(w.LoadFractions)+fi)
 			for i := range n {
-				out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: 1, Repetition: rep,
+				out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: 1, Endpoints: p.Scenario.EndpointsPerService(), Repetition: rep,
 					Rate: f * capacity, LoadFraction: f, Seed: s})
 			}
 			round++

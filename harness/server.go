@@ -127,6 +127,9 @@ type server struct {
 type podSock struct {
 	fd   int
 	resp []byte
+	// pktinfo: a UDP socket bound to the IPv4 wildcard, which learns each
+	// datagram's destination (IP_PKTINFO) and sends the reply from it.
+	pktinfo bool
 }
 
 type serverLoop struct {
@@ -142,7 +145,9 @@ type serverLoop struct {
 	// names are the datagrams' sources, where the replies go: room for
 	// an IPv6 sockaddr, so one batch buffer serves sockets of both
 	// families (the kernel says in msg_namelen which it wrote).
-	names  []unix.RawSockaddrInet6
+	names []unix.RawSockaddrInet6
+	// ctls hold each datagram's IP_PKTINFO on wildcard sockets.
+	ctls   [][]byte
 	bufs   [][]byte
 	outIov []unix.Iovec
 }
@@ -233,7 +238,7 @@ func newServer(spec ServerSpec) (_ *server, err error) {
 			if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, udp[k], flags, kindUDP|uint64(len(l.udp))); e != 0 {
 				return nil, fmt.Errorf("serve: epoll_ctl udp socket: %w", e)
 			}
-			l.udp = append(l.udp, podSock{fd: udp[k], resp: body})
+			l.udp = append(l.udp, podSock{fd: udp[k], resp: body, pktinfo: ap.Addr() == netip.IPv4Unspecified()})
 		}
 	}
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -342,6 +347,12 @@ func bindSocket(typ int, ap netip.AddrPort) (int, error) {
 	if family == unix.AF_INET6 {
 		opts = append(opts, struct{ level, opt int }{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY})
 	}
+	if typ == unix.SOCK_DGRAM && ap.Addr() == netip.IPv4Unspecified() {
+		// A wildcard UDP socket (a pod with extra AnyIP addresses) must
+		// answer from the address each datagram was sent to, not from
+		// the one routing would pick: it asks for the destination.
+		opts = append(opts, struct{ level, opt int }{unix.IPPROTO_IP, unix.IP_PKTINFO})
+	}
 	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, 1); err != nil {
 			unix.Close(fd)
@@ -396,7 +407,9 @@ func (l *serverLoop) initUDP() {
 	l.outIov = make([]unix.Iovec, udpBatch)
 	l.names = make([]unix.RawSockaddrInet6, udpBatch)
 	l.bufs = make([][]byte, udpBatch)
+	l.ctls = make([][]byte, udpBatch)
 	for i := range udpBatch {
+		l.ctls[i] = make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
 		l.bufs[i] = make([]byte, 2048)
 		l.inIov[i].Base = &l.bufs[i][0]
 		l.inIov[i].SetLen(len(l.bufs[i]))
@@ -572,6 +585,13 @@ func (l *serverLoop) answerUDP(s podSock) {
 	for range 8 {
 		for i := range l.in {
 			l.in[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+			if s.pktinfo {
+				l.in[i].Hdr.Control = &l.ctls[i][0]
+				l.in[i].Hdr.SetControllen(len(l.ctls[i]))
+			} else {
+				l.in[i].Hdr.Control = nil
+				l.in[i].Hdr.SetControllen(0)
+			}
 		}
 		n, e := sysRecvmmsg(s.fd, l.in)
 		if e != 0 || n <= 0 {
@@ -583,6 +603,11 @@ func (l *serverLoop) answerUDP(s podSock) {
 			l.out[i].Hdr.Namelen = l.in[i].Hdr.Namelen
 			l.outIov[i].Base = unsafe.SliceData(s.resp)
 			l.outIov[i].SetLen(len(s.resp))
+			l.out[i].Hdr.Control = nil
+			l.out[i].Hdr.SetControllen(0)
+			if s.pktinfo {
+				replyFrom(&l.in[i].Hdr, &l.out[i].Hdr)
+			}
 		}
 		for sent := 0; sent < n; {
 			m, e := sysSendmmsg(s.fd, l.out[sent:n])
@@ -607,6 +632,25 @@ func (l *serverLoop) answerUDP(s podSock) {
 	}
 }
 
+// replyFrom makes the reply out leave from the destination address of the
+// datagram in: its IP_PKTINFO goes back with the destination as the source
+// (ipi_spec_dst) and no interface forced (routing picks it). Without the
+// control message the reply goes out as routing decides.
+func replyFrom(in, out *unix.Msghdr) {
+	if in.Controllen < uint64(unix.CmsgSpace(unix.SizeofInet4Pktinfo)) {
+		return
+	}
+	ctl := unsafe.Slice(in.Control, in.Controllen)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+	if h.Level != unix.IPPROTO_IP || h.Type != unix.IP_PKTINFO {
+		return
+	}
+	pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&ctl[unix.CmsgLen(0)]))
+	pi.Spec_dst, pi.Ifindex = pi.Addr, 0
+	out.Control = in.Control
+	out.SetControllen(int(in.Controllen))
+}
+
 // ServerProcess is a running backend server.
 type ServerProcess struct {
 	cmd *exec.Cmd
@@ -614,11 +658,17 @@ type ServerProcess struct {
 
 // BackendListeners returns a listener on port in every backend pod of t,
 // and a second one on the pod's IPv6 address when the topology is dual
-// stack; both answer with the pod's name.
+// stack; both answer with the pod's name. With extra endpoints the IPv4
+// listener is the wildcard 0.0.0.0:port of the pod's namespace, so that
+// it also takes the pod's extra (AnyIP) addresses.
 func BackendListeners(t *Topology, port uint16) ServerSpec {
 	var spec ServerSpec
 	for _, b := range t.Backends {
-		spec.Listeners = append(spec.Listeners, Listener{Pod: b.Name, NetNS: b.NS.Name, Addr: netip.AddrPortFrom(b.Addr, port).String()})
+		addr := b.Addr
+		if t.ExtraEndpoints() > 0 {
+			addr = netip.IPv4Unspecified()
+		}
+		spec.Listeners = append(spec.Listeners, Listener{Pod: b.Name, NetNS: b.NS.Name, Addr: netip.AddrPortFrom(addr, port).String()})
 		if b.Addr6.IsValid() {
 			spec.Listeners = append(spec.Listeners, Listener{Pod: b.Name, NetNS: b.NS.Name, Addr: netip.AddrPortFrom(b.Addr6, port).String()})
 		}

@@ -47,6 +47,12 @@ type TopologyConfig struct {
 	// IPv4-only topology.
 	PodCIDR6     netip.Prefix
 	ServiceCIDR6 netip.Prefix
+	// ExtraEndpoints is the number of IPv4 endpoint addresses beyond the
+	// backend pods' own, spread round-robin over the backend pods (extra j
+	// is answered by backend j % Backends): an endpoint sweep to 1,000
+	// endpoints without 1,000 pod namespaces. They come from the upper
+	// part of PodCIDR; see Topology.Endpoints.
+	ExtraEndpoints int
 }
 
 // DualStack reports whether the configuration asks for IPv6 as well.
@@ -79,6 +85,9 @@ func (c TopologyConfig) Validate() error {
 	}
 	if prefixHosts(c.ServiceCIDR) < 1 {
 		return fmt.Errorf("service_cidr: %s has no host address for a ClusterIP", c.ServiceCIDR)
+	}
+	if err := c.validateExtra(); err != nil {
+		return err
 	}
 	if c.DualStack() {
 		return c.validate6()
@@ -147,6 +156,8 @@ type Topology struct {
 	ClientCgroup *Cgroup
 	ServerCgroup *Cgroup
 	pods         []*nsutil.NS
+	// extra places the extra endpoints (zero without any).
+	extra extraLayout
 }
 
 // NewTopology builds the topology. On error everything built so far is
@@ -208,6 +219,11 @@ func NewTopology(ctx context.Context, cfg TopologyConfig) (_ *Topology, err erro
 		}
 		t.Backends = append(t.Backends, p)
 		host++
+	}
+	if cfg.ExtraEndpoints > 0 {
+		if err := t.addExtraEndpoints(nh); err != nil {
+			return nil, err
+		}
 	}
 	if err := waitLinksUp(ctx, t, 10*time.Second); err != nil {
 		return nil, err

@@ -111,9 +111,15 @@ func repetitionsPhrase(sums []Summary) string {
 }
 
 // writeChart renders one chart and writes it as PNG.
-func writeChart(path string, spec chartSpec, run *Run, sums []Summary) (err error) {
+func writeChart(path string, spec chartSpec, run *Run, sums []Summary) error {
+	return writeCanvasPNG(path, func(c draw.Canvas) error { return drawChart(c, spec, run, sums) })
+}
+
+// writeCanvasPNG renders a chart of the standard size with drawFn and
+// writes it to path as PNG.
+func writeCanvasPNG(path string, drawFn func(draw.Canvas) error) (err error) {
 	img := vgimg.NewWith(vgimg.UseWH(chartWidth, chartHeight), vgimg.UseDPI(chartDPI))
-	if err := drawChart(draw.New(img), spec, run, sums); err != nil {
+	if err := drawFn(draw.New(img)); err != nil {
 		return fmt.Errorf("chart %s: %w", path, err)
 	}
 	f, err := os.Create(path)
@@ -143,33 +149,9 @@ func sansStyle(size vg.Length, c color.Color) text.Style {
 	}
 }
 
-// drawChart lays the chart out top to bottom: title, subtitle, legend, plot,
-// caption. The legend gets its own row above the plot rather than sitting
-// inside it, where it would hide bars.
+// drawChart lays the bar chart out in the shared frame (drawFrame) and
+// draws one bar per datapath and point in it.
 func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
-	c.SetColor(color.White)
-	c.Fill(c.Rectangle.Path())
-
-	const margin = vg.Length(8)
-	area := draw.Crop(c, margin, -margin, margin, -margin)
-	width := area.Max.X - area.Min.X
-	top := area.Max.Y
-
-	dark := color.Gray{0x20}
-	muted := color.Gray{0x50}
-	titleSty := sansStyle(12, dark)
-	subSty := sansStyle(8.5, muted)
-	capSty := sansStyle(7.5, muted)
-
-	// Header.
-	for _, l := range wrapText(titleSty, spec.title, width) {
-		top = drawLine(area, titleSty, area.Min.X, top, l)
-	}
-	for _, l := range wrapText(subSty, subtitle(run), width) {
-		top = drawLine(area, subSty, area.Min.X, top, l)
-	}
-	top -= 4
-
 	// Series: one per datapath, one slot per point (concurrency level, and
 	// scale in a sweep).
 	var levels []point
@@ -188,6 +170,7 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 	}
 	bars := &groupedBars{groups: len(levels)}
 	seriesIdx := map[string]int{}
+	colors := datapathColors(sums)
 	for _, s := range sums {
 		i, ok := seriesIdx[s.Datapath]
 		if !ok {
@@ -195,7 +178,7 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 			seriesIdx[s.Datapath] = i
 			bars.series = append(bars.series, barSeries{
 				name:  s.Datapath,
-				color: chartPalette[i%len(chartPalette)],
+				color: colors[s.Datapath],
 				stats: make([]*Stat, len(levels)),
 			})
 		}
@@ -203,38 +186,9 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 		bars.series[i].stats[levelIdx[pointOf(s)]] = &st
 	}
 
-	// Legend row(s), centred.
-	legSty := sansStyle(9, dark)
-	top = drawLegend(area, legSty, bars.series, top) - 2
+	plotArea := drawFrame(c, spec.title, subtitle(run), caption(run, spec), bars.series)
 
-	// Caption, from the bottom up.
-	capLines := wrapText(capSty, caption(run, spec), width)
-	lineH := capSty.FontExtents().Height
-	bottom := area.Min.Y + lineH*vg.Length(len(capLines))
-	y := bottom
-	for _, l := range capLines {
-		y = drawLine(area, capSty, area.Min.X, y, l)
-	}
-	bottom += 3
-
-	// Plot.
-	p := plot.New()
-	p.BackgroundColor = nil
-	axisSty := sansStyle(9, dark)
-	tickSty := sansStyle(8.5, dark)
-	for _, ax := range []*plot.Axis{&p.X, &p.Y} {
-		ax.Label.TextStyle = axisSty
-		ax.Label.TextStyle.XAlign = draw.XCenter
-		ax.Tick.Label = tickSty
-	}
-	p.X.Tick.Label.XAlign = draw.XCenter
-	p.Y.Tick.Label.XAlign = draw.XRight
-	p.Y.Tick.Label.YAlign = draw.YCenter
-	p.X.Tick.Label.YAlign = draw.YTop
-	p.X.Label.TextStyle.YAlign = draw.YBottom
-	p.Y.Label.TextStyle.YAlign = draw.YBottom
-	p.X.Label.Text = "concurrent connections"
-	p.Y.Label.Text = spec.yLabel
+	p := newChartPlot("concurrent connections", spec.yLabel)
 	names := make([]string, len(levels))
 	for i, l := range levels {
 		names[i] = strconv.Itoa(l.concurrency)
@@ -246,10 +200,7 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 		p.X.Label.Text = "services × endpoints, concurrent connections"
 	}
 	p.NominalX(names...)
-	grid := plotter.NewGrid()
-	grid.Vertical.Color = nil
-	grid.Horizontal.Color = color.Gray{0xDD}
-	p.Add(grid, bars)
+	p.Add(horizontalGrid(), bars)
 	_, _, _, ymax := bars.DataRange()
 	if ymax <= 0 {
 		ymax = 1
@@ -261,8 +212,101 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 	p.X.Padding, p.Y.Padding = 0, 0
 	p.Y.Tick.Marker = groupedTicks{}
 
-	p.Draw(draw.Crop(area, 0, 0, bottom-area.Min.Y, top-area.Max.Y))
+	p.Draw(plotArea)
 	return nil
+}
+
+// Text colours shared by every chart.
+var (
+	chartDark  = color.Gray{0x20}
+	chartMuted = color.Gray{0x50}
+)
+
+// drawFrame paints the parts every chart shares, top to bottom: title,
+// subtitle, legend, (plot), caption, and returns the canvas left for the
+// plot. The legend gets its own row above the plot rather than sitting
+// inside it, where it would hide data.
+func drawFrame(c draw.Canvas, title, sub, capText string, legend []barSeries) draw.Canvas {
+	c.SetColor(color.White)
+	c.Fill(c.Rectangle.Path())
+
+	const margin = vg.Length(8)
+	area := draw.Crop(c, margin, -margin, margin, -margin)
+	width := area.Max.X - area.Min.X
+	top := area.Max.Y
+
+	titleSty := sansStyle(12, chartDark)
+	subSty := sansStyle(8.5, chartMuted)
+	capSty := sansStyle(7.5, chartMuted)
+
+	// Header.
+	for _, l := range wrapText(titleSty, title, width) {
+		top = drawLine(area, titleSty, area.Min.X, top, l)
+	}
+	for _, l := range wrapText(subSty, sub, width) {
+		top = drawLine(area, subSty, area.Min.X, top, l)
+	}
+	top -= 4
+
+	// Legend row(s), centred.
+	legSty := sansStyle(9, chartDark)
+	top = drawLegend(area, legSty, legend, top) - 2
+
+	// Caption, from the bottom up.
+	capLines := wrapText(capSty, capText, width)
+	lineH := capSty.FontExtents().Height
+	bottom := area.Min.Y + lineH*vg.Length(len(capLines))
+	y := bottom
+	for _, l := range capLines {
+		y = drawLine(area, capSty, area.Min.X, y, l)
+	}
+	bottom += 3
+
+	return draw.Crop(area, 0, 0, bottom-area.Min.Y, top-area.Max.Y)
+}
+
+// newChartPlot is a plot with the charts' axis fonts and alignments and a
+// transparent background (drawFrame paints it).
+func newChartPlot(xLabel, yLabel string) *plot.Plot {
+	p := plot.New()
+	p.BackgroundColor = nil
+	axisSty := sansStyle(9, chartDark)
+	tickSty := sansStyle(8.5, chartDark)
+	for _, ax := range []*plot.Axis{&p.X, &p.Y} {
+		ax.Label.TextStyle = axisSty
+		ax.Label.TextStyle.XAlign = draw.XCenter
+		ax.Tick.Label = tickSty
+	}
+	p.X.Tick.Label.XAlign = draw.XCenter
+	p.Y.Tick.Label.XAlign = draw.XRight
+	p.Y.Tick.Label.YAlign = draw.YCenter
+	p.X.Tick.Label.YAlign = draw.YTop
+	p.X.Label.TextStyle.YAlign = draw.YBottom
+	p.Y.Label.TextStyle.YAlign = draw.YBottom
+	p.X.Label.Text = xLabel
+	p.Y.Label.Text = yLabel
+	return p
+}
+
+// horizontalGrid is the light horizontal grid behind every chart.
+func horizontalGrid() *plotter.Grid {
+	grid := plotter.NewGrid()
+	grid.Vertical.Color = nil
+	grid.Horizontal.Color = color.Gray{0xDD}
+	return grid
+}
+
+// datapathColors gives each datapath its palette colour by the order it
+// first appears in sums (the run's datapath order), so a datapath has the
+// same colour in every chart of a run.
+func datapathColors(sums []Summary) map[string]color.Color {
+	colors := map[string]color.Color{}
+	for _, s := range sums {
+		if _, ok := colors[s.Datapath]; !ok {
+			colors[s.Datapath] = chartPalette[len(colors)%len(chartPalette)]
+		}
+	}
+	return colors
 }
 
 // subtitle names the machine and run, so a published chart says where its
@@ -292,12 +336,7 @@ func subtitle(run *Run) string {
 // caption says what the chart does not show: skipped datapaths with their
 // reasons, and the load generator's own ceiling that bounds every bar.
 func caption(run *Run, spec chartSpec) string {
-	var parts []string
-	for _, d := range run.Datapaths {
-		if d.Skipped != "" {
-			parts = append(parts, fmt.Sprintf("Not measured: %s (%s).", d.Name, d.Skipped))
-		}
-	}
+	parts := skippedNotes(run)
 	if g := run.Generator; g != nil {
 		if spec.file == "qps.png" {
 			parts = append(parts, fmt.Sprintf("Load generator alone (no datapath): %s connections/s at concurrency %d.",
@@ -308,6 +347,18 @@ func caption(run *Run, spec chartSpec) string {
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// skippedNotes are the caption sentences naming the datapaths the run
+// skipped, with their reasons.
+func skippedNotes(run *Run) []string {
+	var parts []string
+	for _, d := range run.Datapaths {
+		if d.Skipped != "" {
+			parts = append(parts, fmt.Sprintf("Not measured: %s (%s).", d.Name, d.Skipped))
+		}
+	}
+	return parts
 }
 
 // drawLine draws one line of text with its top at y and returns the y of

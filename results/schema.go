@@ -28,7 +28,35 @@ type Run struct {
 	Trials    []Trial `json:"trials"`
 	// Summary is derived from Trials by Summarize.
 	Summary []Summary `json:"summary"`
+	// ScaleLimits are the scale points a datapath could not be measured
+	// at in a scale sweep: its Apply failed or did not finish within the
+	// sweep's apply timeout. Larger points of the same sweep are not tried
+	// for that datapath and are not listed.
+	ScaleLimits []ScaleLimit `json:"scale_limits,omitempty"`
 }
+
+// ScaleLimit is one scale point a datapath did not reach.
+type ScaleLimit struct {
+	Datapath  string `json:"datapath"`
+	Services  int    `json:"services"`
+	Endpoints int    `json:"endpoints"`
+	// Reason says what happened, e.g. "apply did not finish within 1m0s".
+	Reason string `json:"reason"`
+	// ApplySeconds is how long the Apply ran before it failed or was
+	// stopped.
+	ApplySeconds float64 `json:"apply_seconds"`
+}
+
+// Standard DatapathState keys, so that a sweep can chart state size across
+// datapaths: StateObjects is how many objects the datapath programmed (rules
+// for netfilter, entries of the load-balancing maps for BPF, listening
+// sockets for a proxy) and StateBytes the kernel memory they take where it
+// can be read (BPF map memlock). Both are decimal integers, and the same
+// keys as datapath.InfoStateObjects and datapath.InfoStateBytes.
+const (
+	StateObjects = "state_objects"
+	StateBytes   = "state_bytes"
+)
 
 // Env records the machine a run was measured on.
 type Env struct {
@@ -185,6 +213,14 @@ type Summary struct {
 	P90RatioToDirect float64 `json:"p90_ratio_to_direct,omitempty"`
 	Errors           int64   `json:"errors"`
 	ApplySeconds     Stat    `json:"apply_seconds"`
+	// ApplyChangeSeconds is the time of an Apply that changed one endpoint
+	// at this scale (absent when not measured).
+	ApplyChangeSeconds Stat `json:"apply_change_seconds,omitzero"`
+	// StateObjects and StateBytes are the medians of the trials'
+	// DatapathState[StateObjects] and [StateBytes] (absent when the
+	// datapath does not report them).
+	StateObjects Stat `json:"state_objects,omitzero"`
+	StateBytes   Stat `json:"state_bytes,omitzero"`
 	// Services and Endpoints are the scale point of a sweep (0 when the
 	// run was not a sweep).
 	Services  int `json:"services,omitempty"`

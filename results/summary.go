@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/perf/benchmath"
@@ -35,6 +36,11 @@ const overloadError = "overload"
 // noisy neighbour) stays visible in results.json. Trials that are not part
 // of a scale sweep carry 0 services and endpoints and group as before.
 //
+// ApplyChangeSeconds summarises the trials that measured a one-endpoint
+// change (ApplyChangeSeconds > 0); StateObjects and StateBytes the trials
+// whose DatapathState carries those keys as decimal integers. Each stays
+// zero when no trial has it.
+//
 // Latency figures come from each trial's Workload.Latency; a trial that only
 // carries a histogram has its percentiles computed from it. QPS, p90 and CPU
 // per connection carry a 95% confidence interval of the median (see
@@ -65,7 +71,7 @@ func Summarize(trials []Trial) []Summary {
 		// Stable, so trials sharing a repetition number (a retried trial)
 		// keep the order they were run in.
 		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
-		var qps, p50, p90, p99, apply, cpu, offered, lag []float64
+		var qps, p50, p90, p99, apply, change, objects, stateBytes, cpu, offered, lag []float64
 		var errs, synRetrans, overload int64
 		for _, t := range ts {
 			lat := trialLatency(t)
@@ -80,6 +86,15 @@ func Summarize(trials []Trial) []Summary {
 			p90 = append(p90, lat.P90)
 			p99 = append(p99, lat.P99)
 			apply = append(apply, t.ApplySeconds)
+			if t.ApplyChangeSeconds > 0 {
+				change = append(change, t.ApplyChangeSeconds)
+			}
+			if v, ok := stateCount(t.DatapathState, StateObjects); ok {
+				objects = append(objects, v)
+			}
+			if v, ok := stateCount(t.DatapathState, StateBytes); ok {
+				stateBytes = append(stateBytes, v)
+			}
 			if c := t.Workload.CPU; c != nil {
 				cpu = append(cpu, c.PerConnectionUS)
 			}
@@ -114,6 +129,16 @@ func Summarize(trials []Trial) []Summary {
 		}
 		if len(cpu) > 0 {
 			s.CPUPerConnUS = NewStat(cpu).WithCI()
+		}
+		// Left zero (and out of the JSON) when no trial measured them.
+		if len(change) > 0 {
+			s.ApplyChangeSeconds = NewStat(change)
+		}
+		if len(objects) > 0 {
+			s.StateObjects = NewStat(objects)
+		}
+		if len(stateBytes) > 0 {
+			s.StateBytes = NewStat(stateBytes)
 		}
 		out = append(out, s)
 	}
@@ -194,6 +219,21 @@ func trialLatency(t Trial) Latency {
 		lat = t.Workload.Histogram.Latency()
 	}
 	return lat
+}
+
+// stateCount reads one of the standard DatapathState counts (StateObjects,
+// StateBytes): a decimal integer. A missing or unparsable value is not a
+// measurement, so it is skipped rather than counted as 0.
+func stateCount(state map[string]string, key string) (float64, bool) {
+	v, ok := state[key]
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return float64(n), true
 }
 
 // ratio is a/b, or 0 when b is 0: a zero baseline (direct measured nothing)

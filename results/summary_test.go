@@ -1,6 +1,7 @@
 package results
 
 import (
+	"encoding/json"
 	"slices"
 	"testing"
 
@@ -304,4 +305,42 @@ func TestSummarizeOpenLoop(t *testing.T) {
 	assert.Empty(t, got[0].Model)
 	assert.Zero(t, got[0].OfferedRate)
 	assert.Empty(t, got[0].StartLagP99.Values, "no start lag in the closed loop")
+}
+
+// TestSummarizeChangeAndState checks the scale figures: the one-endpoint
+// change over the trials that measured it, and the state counts parsed from
+// DatapathState, skipping missing or unparsable values; and that a datapath
+// reporting none keeps them zero (absent from results.json).
+func TestSummarizeChangeAndState(t *testing.T) {
+	at := func(dp string, rep int, change float64, state map[string]string) Trial {
+		tr := trial(dp, 8, rep, 100, 10, 20, 30, 0.5, 0)
+		tr.Services, tr.Endpoints = 1000, 12
+		tr.ApplyChangeSeconds = change
+		tr.DatapathState = state
+		return tr
+	}
+	got := Summarize([]Trial{
+		at("iptables", 0, 0.03, map[string]string{StateObjects: "24012", StateBytes: "1048576", "chains": "1003"}),
+		at("iptables", 1, 0, map[string]string{StateObjects: "24010"}), // change not measured
+		at("iptables", 2, 0.05, map[string]string{StateObjects: "lots", StateBytes: " 2097152 "}),
+		at("direct", 0, 0, nil),
+	})
+	require.Len(t, got, 2)
+	ipt, direct := got[0], got[1]
+	require.Equal(t, "iptables", ipt.Datapath)
+	assert.Equal(t, Stat{Median: 0.04, Min: 0.03, Max: 0.05, Values: []float64{0.03, 0.05}}, ipt.ApplyChangeSeconds)
+	assert.Equal(t, Stat{Median: 24011, Min: 24010, Max: 24012, Values: []float64{24012, 24010}}, ipt.StateObjects)
+	assert.Equal(t, []float64{1048576, 2097152}, ipt.StateBytes.Values, "surrounding spaces tolerated")
+
+	assert.Equal(t, Stat{}, direct.ApplyChangeSeconds)
+	assert.Equal(t, Stat{}, direct.StateObjects)
+	assert.Equal(t, Stat{}, direct.StateBytes)
+	b, err := json.Marshal(direct)
+	require.NoError(t, err)
+	for _, key := range []string{"apply_change_seconds", "state_objects", "state_bytes"} {
+		assert.NotContains(t, string(b), `"`+key+`"`)
+	}
+	b, err = json.Marshal(ipt)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `"state_objects":{"median":24011`)
 }

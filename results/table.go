@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -23,7 +24,8 @@ const tablePad = 2
 // unmeasured datapath and one for the load generator's ceiling, so the
 // table alone tells what was and was not measured. The ± column is the
 // QPS median's 95% confidence interval; scale (services, endpoints)
-// columns appear only when the run swept it.
+// columns appear only when the run swept it, and a sweep adds the scale
+// block (writeScale).
 //
 // It uses run.Summary, or summarises run.Trials when Summary is empty (a run
 // that was interrupted before summarising still prints).
@@ -92,6 +94,11 @@ func WriteTable(w io.Writer, run *Run) error {
 	if err := writeTrimmed(w, buf.String()); err != nil {
 		return err
 	}
+	if sweep {
+		if err := writeScale(w, run, sums); err != nil {
+			return err
+		}
+	}
 	if len(open) > 0 {
 		if err := writeOpenLoop(w, open); err != nil {
 			return err
@@ -110,6 +117,10 @@ func WriteTable(w io.Writer, run *Run) error {
 		case !measured[d.Name]:
 			notes = append(notes, fmt.Sprintf("no trials for %s", d.Name))
 		}
+	}
+	if !sweep {
+		// writeScale lists them in a sweep.
+		notes = append(notes, limitLines(run.ScaleLimits)...)
 	}
 	if !sweep && len(sums) > 0 && (sums[0].Services > 0 || sums[0].Endpoints > 0) {
 		notes = append(notes, fmt.Sprintf("scale: %d service(s), %d endpoint(s) each", sums[0].Services, sums[0].Endpoints))
@@ -185,6 +196,179 @@ func writeOpenLoop(w io.Writer, sums []Summary) error {
 		return fmt.Errorf("results table: %w", err)
 	}
 	return writeTrimmed(w, buf.String())
+}
+
+// writeScale prints the scale block of a sweep: per datapath a row per
+// scale point with the figures that change with scale (medians: rates,
+// latency, CPU per connection, the time to apply the whole set and a
+// one-endpoint change, the programmed state objects), then the points
+// datapaths did not reach and, per datapath of the services sweep, how
+// much its p90 grew from the fewest services to the most.
+func writeScale(w io.Writer, run *Run, sums []Summary) error {
+	dpWidth := len("DATAPATH")
+	var concs []int
+	withCPU, withChange, withState := false, false, false
+	for _, s := range sums {
+		dpWidth = max(dpWidth, len([]rune(s.Datapath)))
+		if !slices.Contains(concs, s.Concurrency) {
+			concs = append(concs, s.Concurrency)
+		}
+		withCPU = withCPU || len(s.CPUPerConnUS.Values) > 0
+		withChange = withChange || len(s.ApplyChangeSeconds.Values) > 0
+		withState = withState || len(s.StateObjects.Values) > 0
+	}
+	withConc := len(concs) > 1
+	var buf bytes.Buffer
+	buf.WriteString("\nscale (medians; apply: the whole set, change: one endpoint of one service, in s)\n")
+	tw := tabwriter.NewWriter(&buf, 0, 0, tablePad, ' ', tabwriter.AlignRight)
+	header := fmt.Sprintf("%-*s\tSVCS\tEPS\t", dpWidth, "DATAPATH")
+	if withConc {
+		header += "CONC\t"
+	}
+	header += "QPS\tP50 µs\tP90 µs\tP99 µs\t"
+	if withCPU {
+		header += "CPU µs/C\t"
+	}
+	header += "APPLY s\t"
+	if withChange {
+		header += "CHANGE s\t"
+	}
+	if withState {
+		header += "STATE OBJS\t"
+	}
+	fmt.Fprint(tw, header+"\n")
+	for _, s := range sums {
+		row := fmt.Sprintf("%-*s\t%d\t%d\t", dpWidth, s.Datapath, s.Services, s.Endpoints)
+		if withConc {
+			row += fmt.Sprintf("%d\t", s.Concurrency)
+		}
+		row += fmt.Sprintf("%s\t%s\t%s\t%s\t", fmtQPS(s.QPS.Median),
+			fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median))
+		if withCPU {
+			row += fmtIfMeasured(s.CPUPerConnUS, fmtMicros) + "\t"
+		}
+		row += fmtSeconds(s.ApplySeconds.Median) + "\t"
+		if withChange {
+			row += fmtIfMeasured(s.ApplyChangeSeconds, fmtSeconds) + "\t"
+		}
+		if withState {
+			row += fmtIfMeasured(s.StateObjects, fmtQPS) + "\t"
+		}
+		fmt.Fprint(tw, row+"\n")
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("results table: %w", err)
+	}
+	if err := writeTrimmed(w, buf.String()); err != nil {
+		return err
+	}
+	lines := limitLines(run.ScaleLimits)
+	for _, sw := range scaleSweeps(sums, run.ScaleLimits) {
+		if sw.axis == axisServices {
+			lines = append(lines, p90GrowthLines(sw, withConc)...)
+		}
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	if _, err := io.WriteString(w, strings.Join(lines, "\n")+"\n"); err != nil {
+		return fmt.Errorf("results table: %w", err)
+	}
+	return nil
+}
+
+// limitLines says which scale points datapaths did not reach, and why.
+func limitLines(limits []ScaleLimit) []string {
+	var lines []string
+	for _, l := range limits {
+		lines = append(lines, fmt.Sprintf("%s: not reached at %s: %s; larger points not tried",
+			l.Datapath, scalePointWords(l.Services, l.Endpoints), l.Reason))
+	}
+	return lines
+}
+
+// p90GrowthLines give, per datapath of a services sweep, the factor between
+// its connect p90 at the sweep's largest services count and at its
+// smallest: how the datapath's per-connection cost grows with the number
+// of services. A datapath that did not reach the largest count is "not
+// reached", with its factor at the largest count it did reach.
+func p90GrowthLines(sw scaleSweep, withConc bool) []string {
+	xs := sw.xs()
+	lo, hi := xs[0], xs[len(xs)-1]
+	for _, l := range sw.limits {
+		hi = max(hi, l.Services)
+	}
+	type reached struct {
+		p90     map[int]float64
+		largest int
+	}
+	var order []string
+	by := map[string]*reached{}
+	add := func(dp string) *reached {
+		if by[dp] == nil {
+			order = append(order, dp)
+			by[dp] = &reached{p90: map[int]float64{}}
+		}
+		return by[dp]
+	}
+	for _, s := range sw.sums {
+		r := add(s.Datapath)
+		r.p90[s.Services] = s.P90.Median
+		r.largest = max(r.largest, s.Services)
+	}
+	for _, l := range sw.limits {
+		add(l.Datapath)
+	}
+	at := ""
+	if withConc {
+		at = fmt.Sprintf(" (concurrency %d)", sw.concurrency)
+	}
+	var lines []string
+	for _, dp := range order {
+		r := by[dp]
+		head := fmt.Sprintf("%s: connect p90 at %s services vs %s%s: ", dp, groupThousands(float64(hi)), groupThousands(float64(lo)), at)
+		base, ok := r.p90[lo]
+		switch {
+		case !ok:
+			lines = append(lines, head+"not reached")
+		case r.largest == hi:
+			lines = append(lines, head+fmtFactor(r.p90[hi], base))
+		case r.largest > lo:
+			lines = append(lines, head+fmt.Sprintf("not reached (at %s: %s)", groupThousands(float64(r.largest)), fmtFactor(r.p90[r.largest], base)))
+		default:
+			lines = append(lines, head+"not reached")
+		}
+	}
+	return lines
+}
+
+// fmtFactor prints a/b as "×1.23", or "×?" when b is 0.
+func fmtFactor(a, b float64) string {
+	if b == 0 {
+		return "×?"
+	}
+	return fmt.Sprintf("×%.2f", a/b)
+}
+
+// fmtSeconds prints an apply time to the millisecond below 10 s (a direct
+// datapath's apply takes a few), coarser above.
+func fmtSeconds(v float64) string {
+	switch {
+	case v < 10:
+		return fmt.Sprintf("%.3f", v)
+	case v < 100:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.0f", v)
+	}
+}
+
+// fmtIfMeasured prints st's median with f, or "-" when nothing measured it.
+func fmtIfMeasured(st Stat, f func(float64) string) string {
+	if len(st.Values) == 0 {
+		return "-"
+	}
+	return f(st.Median)
 }
 
 // writeTrimmed writes a table that went through an AlignRight tabwriter

@@ -209,3 +209,94 @@ func TestSummariesOfClosedLoopOnly(t *testing.T) {
 		assert.Len(t, allSummariesOf(run), 10)
 	}
 }
+
+// TestWriteTableScale checks the scale block of a two-sweep run: a row per
+// datapath and scale point with the figures that grow with scale, the
+// point a datapath did not reach, and the p90 growth over the services
+// sweep, "not reached" for the datapath the apply timeout stopped.
+func TestWriteTableScale(t *testing.T) {
+	reachedAll := scaleRun()
+	reachedAll.ScaleLimits = nil
+	for _, tr := range scaleRun().Trials {
+		if tr.Datapath == "direct" && tr.Services == 10000 {
+			tr.Datapath = "iptables"
+			tr.Workload.Latency.P90 *= 3 // iptables three times direct's p90 there
+			reachedAll.Trials = append(reachedAll.Trials, tr)
+		}
+	}
+	reachedAll.Summary = Summarize(reachedAll.Trials)
+
+	for _, tc := range []struct {
+		name      string
+		run       *Run
+		wantLines []string
+		wantNot   []string
+	}{{
+		name: "limited",
+		run:  scaleRun(),
+		wantLines: []string{
+			"iptables: not reached at 10,000 services × 12 endpoints: apply did not finish within 1m0s; larger points not tried",
+			"direct: connect p90 at 10,000 services vs 1: ×1.00",
+			// 50+12,000/200 = 110 µs p50, p90 1.6× that: 176 vs 80.1 at 1×12.
+			"iptables: connect p90 at 10,000 services vs 1: not reached (at 1,000: ×2.20)",
+		},
+	}, {
+		name: "every point reached",
+		run:  reachedAll,
+		wantLines: []string{
+			"iptables: connect p90 at 10,000 services vs 1: ×2.40", // 3 × 64 µs vs 80 µs
+		},
+		wantNot: []string{"not reached"},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			require.NoError(t, WriteTable(&buf, tc.run))
+			out := buf.String()
+			_, block, ok := strings.Cut(out, "\nscale (")
+			require.True(t, ok, "scale block missing:\n%s", out)
+			lines := strings.Split(block, "\n")
+			for _, l := range lines {
+				assert.LessOrEqual(t, utf8.RuneCountInString(l), 120, "line too wide: %q", l)
+			}
+			assert.Equal(t, []string{"DATAPATH", "SVCS", "EPS", "QPS", "P50", "µs", "P90", "µs", "P99", "µs",
+				"CPU", "µs/C", "APPLY", "s", "CHANGE", "s", "STATE", "OBJS"}, strings.Fields(lines[1]))
+			rows := map[string][]string{}
+			for _, l := range lines[2:] {
+				f := strings.Fields(l)
+				if len(f) == 11 {
+					rows[f[0]+"/"+f[1]+"x"+f[2]] = f
+				}
+			}
+			assert.Len(t, rows, len(tc.run.Summary), "one row per datapath and scale point")
+			// iptables at 1,000×12: QPS 8e5/110, latency 110/176/330 µs,
+			// CPU 2× p50, apply 0.05+12,000/4,000 s, a change a tenth
+			// of it, 12,000 rules + 1,000 services.
+			assert.Equal(t, []string{"iptables", "1000", "12", "7273", "110", "176", "330", "220", "3.050", "0.305", "13000"},
+				rows["iptables/1000x12"])
+			assert.Equal(t, []string{"-", "-"}, rows["direct/1x12"][9:], "direct reports no change or state")
+			for _, want := range tc.wantLines {
+				assert.Contains(t, lines, want)
+			}
+			for _, not := range tc.wantNot {
+				assert.NotContains(t, block, not)
+			}
+		})
+	}
+}
+
+// TestWriteTableNoScaleBlock checks runs that are not sweeps print no scale
+// block, and that a limit is still reported when no sweep is left to
+// show it in (every datapath stopped after the first point).
+func TestWriteTableNoScaleBlock(t *testing.T) {
+	var buf bytes.Buffer
+	require.NoError(t, WriteTable(&buf, sampleRun()))
+	assert.NotContains(t, buf.String(), "scale (")
+	assert.NotContains(t, buf.String(), "connect p90 at")
+
+	run := sampleRun()
+	run.ScaleLimits = []ScaleLimit{{Datapath: "iptables", Services: 100, Endpoints: 12, Reason: "apply failed: exit status 4"}}
+	buf.Reset()
+	require.NoError(t, WriteTable(&buf, run))
+	assert.NotContains(t, buf.String(), "scale (")
+	assert.Contains(t, buf.String(), "iptables: not reached at 100 services × 12 endpoints: apply failed: exit status 4; larger points not tried")
+}

@@ -56,24 +56,98 @@ type Scenario struct {
 	// Scale, if set, sweeps the number of services and endpoints.
 	Scale     *Scale   `json:"scale,omitempty"`
 	Datapaths []string `json:"datapaths"`
+	// Quick, if set, is what --quick changes (see ApplyQuick).
+	Quick *Quick `json:"quick,omitempty"`
 }
 
-// Scale sweeps how much state the datapath holds: for every value of
-// Services, that many ClusterIP services are programmed, each with
-// Endpoints endpoints (drawn from the backend pods), and the client talks to
-// the last service programmed, so a datapath that scans linearly pays in
-// full.
+// Scale sweeps how much state the datapath holds. The services sweep
+// programs, for every value of Services, that many ClusterIP services with
+// Endpoints endpoints each (drawn from the backend pods), and the client
+// talks to the last service programmed, so a datapath that scans linearly
+// pays in full. The endpoint sweep programs one service with each
+// EndpointSweep count of endpoints; counts above topology.backends are
+// served by extra addresses on the backend pods.
 type Scale struct {
 	Services []int `json:"services"`
-	// Endpoints per service; at most topology.backends.
+	// Endpoints per service in the services sweep; at most
+	// topology.backends (0 means every backend).
 	Endpoints int `json:"endpoints"`
+	// EndpointSweep, if set, are the endpoint counts of the one-service
+	// sweep.
+	EndpointSweep []int `json:"endpointSweep,omitempty"`
 	// MeasureChange also times an Apply that changes one endpoint of one
-	// service at each scale.
+	// service at each scale point.
 	MeasureChange bool `json:"measureChange,omitempty"`
+	// ApplyTimeout bounds each Apply of a scale point (default
+	// DefaultApplyTimeout). A datapath whose Apply fails or times out is
+	// recorded as limited at that point and not tried at larger points
+	// of the same sweep, so one datapath cannot stall the run.
+	ApplyTimeout Duration `json:"applyTimeout,omitempty"`
 }
 
-// MaxServices bounds a scale sweep (the socket-LB maps hold 65,536).
-const MaxServices = 50000
+// Scale sweep bounds: the socket-LB maps hold 65,536 services; the endpoint
+// sweep's extra addresses come from the upper half of the pod CIDR.
+const (
+	MaxServices         = 50000
+	MaxSweepEndpoints   = 16384
+	DefaultApplyTimeout = Duration(60 * time.Second)
+)
+
+// ScalePoint is one point of a scale sweep: how many services, each with
+// how many endpoints.
+type ScalePoint struct {
+	Services  int
+	Endpoints int
+}
+
+// ScalePoints returns the points to measure, in order: the services sweep
+// (ascending as written) then the endpoint sweep's points that the
+// services sweep does not already have. Without Scale it is the one point
+// of every backend behind one service.
+func (s *Scenario) ScalePoints() []ScalePoint {
+	e := s.EndpointsPerService()
+	if s.Scale == nil {
+		return []ScalePoint{{1, e}}
+	}
+	var out []ScalePoint
+	seen := map[ScalePoint]bool{}
+	add := func(p ScalePoint) {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	for _, n := range s.ServiceCounts() {
+		add(ScalePoint{n, e})
+	}
+	for _, n := range s.Scale.EndpointSweep {
+		add(ScalePoint{1, n})
+	}
+	return out
+}
+
+// MaxEndpoints is the most endpoints any one service of the scenario has.
+func (s *Scenario) MaxEndpoints() int {
+	m := s.EndpointsPerService()
+	if s.Scale != nil {
+		for _, n := range s.Scale.EndpointSweep {
+			m = max(m, n)
+		}
+	}
+	return m
+}
+
+// ApplyTimeout is the bound on one Apply of a scale point (0 without Scale:
+// outside a sweep an Apply that fails ends the run).
+func (s *Scenario) ApplyTimeout() time.Duration {
+	if s.Scale == nil {
+		return 0
+	}
+	if s.Scale.ApplyTimeout == 0 {
+		return time.Duration(DefaultApplyTimeout)
+	}
+	return time.Duration(s.Scale.ApplyTimeout)
+}
 
 // ServiceCounts returns the services sweep ([1] without Scale).
 func (s *Scenario) ServiceCounts() []int {
@@ -90,6 +164,56 @@ func (s *Scenario) EndpointsPerService() int {
 		return s.Topology.Backends
 	}
 	return s.Scale.Endpoints
+}
+
+// Quick is what `svclab bench --quick` changes in a scenario: a smaller
+// sweep and shorter trials, for CI. Unset fields keep the scenario's value.
+type Quick struct {
+	Services      []int    `json:"services,omitempty"`
+	EndpointSweep []int    `json:"endpointSweep,omitempty"`
+	Datapaths     []string `json:"datapaths,omitempty"`
+	Repetitions   int      `json:"repetitions,omitempty"`
+	Warmup        Duration `json:"warmup,omitempty"`
+	Duration      Duration `json:"duration,omitempty"`
+}
+
+// Quick trial defaults for a scenario without a quick block.
+const (
+	quickWarmup   = Duration(200 * time.Millisecond)
+	quickDuration = Duration(time.Second)
+)
+
+// ApplyQuick shrinks the scenario as its quick block says; without one it
+// runs one repetition of 1 s trials after a 200 ms warm-up. The result is
+// validated again by the caller.
+func (s *Scenario) ApplyQuick() {
+	q := s.Quick
+	if q == nil {
+		q = &Quick{}
+	}
+	s.Workload.Repetitions = cmpOr(q.Repetitions, 1)
+	s.Workload.Warmup = min(s.Workload.Warmup, cmpOr(q.Warmup, quickWarmup))
+	s.Workload.Duration = min(s.Workload.Duration, cmpOr(q.Duration, quickDuration))
+	if len(q.Datapaths) > 0 {
+		s.Datapaths = q.Datapaths
+	}
+	if s.Scale != nil {
+		if len(q.Services) > 0 {
+			s.Scale.Services = q.Services
+		}
+		if len(q.EndpointSweep) > 0 {
+			s.Scale.EndpointSweep = q.EndpointSweep
+		}
+	}
+	s.Quick = nil
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
 }
 
 // Topology sizes the node and its pods.
@@ -277,6 +401,25 @@ func (s *Scenario) Validate() error {
 		}
 		if sc.Endpoints < 0 || sc.Endpoints > s.Topology.Backends {
 			bad("scale.endpoints", "%d is out of range [0, topology.backends=%d] (0 means every backend)", sc.Endpoints, s.Topology.Backends)
+		}
+		for _, n := range sc.EndpointSweep {
+			if n < 1 || n > MaxSweepEndpoints {
+				bad("scale.endpointSweep", "%d is out of range [1, %d]", n, MaxSweepEndpoints)
+			}
+		}
+		if sc.ApplyTimeout < 0 {
+			bad("scale.applyTimeout", "must not be negative")
+		}
+	}
+	if q := s.Quick; q != nil {
+		if q.Repetitions < 0 {
+			bad("quick.repetitions", "must not be negative")
+		}
+		if q.Warmup < 0 || q.Duration < 0 {
+			bad("quick.duration", "warmup and duration must not be negative")
+		}
+		if s.Scale == nil && (len(q.Services) > 0 || len(q.EndpointSweep) > 0) {
+			bad("quick.services", "services and endpointSweep are only for a scenario with scale")
 		}
 	}
 	if len(s.Datapaths) == 0 {

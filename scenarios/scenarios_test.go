@@ -3,6 +3,7 @@ package scenarios
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -79,6 +80,51 @@ func TestScaleValidation(t *testing.T) {
 	s.Scale.Endpoints = 12
 	s.Scale.Services = []int{0}
 	assert.ErrorContains(t, s.Validate(), "scale.services")
+	s.Scale.Services = []int{1}
+	s.Scale.EndpointSweep = []int{12, MaxSweepEndpoints + 1}
+	assert.ErrorContains(t, s.Validate(), "scale.endpointSweep")
+	s.Scale.EndpointSweep = nil
+	s.Scale.ApplyTimeout = -1
+	assert.ErrorContains(t, s.Validate(), "scale.applyTimeout")
+}
+
+func TestScalePoints(t *testing.T) {
+	s, err := Load("scale")
+	require.NoError(t, err)
+	// The services sweep first, then the endpoint sweep without the point
+	// both share.
+	assert.Equal(t, []ScalePoint{{1, 12}, {100, 12}, {1000, 12}, {10000, 12}, {1, 100}, {1, 1000}}, s.ScalePoints())
+	assert.Equal(t, 1000, s.MaxEndpoints())
+	assert.Equal(t, time.Minute, s.ApplyTimeout())
+
+	d, err := Load("default")
+	require.NoError(t, err)
+	assert.Equal(t, []ScalePoint{{1, 12}}, d.ScalePoints())
+	assert.Zero(t, d.ApplyTimeout(), "outside a sweep a failed Apply ends the run")
+}
+
+func TestApplyQuick(t *testing.T) {
+	s, err := Load("scale")
+	require.NoError(t, err)
+	s.ApplyQuick()
+	require.NoError(t, s.Validate())
+	assert.Equal(t, []ScalePoint{{1, 12}, {1000, 12}, {1, 100}}, s.ScalePoints())
+	assert.Equal(t, 1, s.Workload.Repetitions)
+	assert.Equal(t, Duration(time.Second), s.Workload.Duration)
+	assert.Nil(t, s.Quick)
+
+	// A scenario without a quick block gets one short repetition, and
+	// never longer trials than it had.
+	d, err := Load("default")
+	require.NoError(t, err)
+	d.Workload.Duration = Duration(500 * time.Millisecond)
+	d.ApplyQuick()
+	assert.Equal(t, 1, d.Workload.Repetitions)
+	assert.Equal(t, Duration(500*time.Millisecond), d.Workload.Duration)
+	assert.Equal(t, Duration(200*time.Millisecond), d.Workload.Warmup)
+
+	d.Quick = &Quick{Services: []int{1, 10}}
+	assert.ErrorContains(t, d.Validate(), "quick.services")
 }
 
 func TestLoadMissingFile(t *testing.T) {

@@ -269,12 +269,18 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 }
 
 // Info records the iptables backend and release actually used, and how big
-// the last ruleset was.
+// the last ruleset was ("rules", and the same count as
+// datapath.InfoStateObjects).
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
 	rules, pad := d.rules, d.pad
 	d.mu.Unlock()
-	info := map[string]string{"rules": strconv.Itoa(rules)}
+	info := map[string]string{
+		"rules": strconv.Itoa(rules),
+		// The rules are the programmed objects; the kernel memory they
+		// take is not readable per ruleset, so there is no StateBytes.
+		datapath.InfoStateObjects: strconv.Itoa(rules),
+	}
 	if pad > 0 {
 		info["pad_rules"] = strconv.Itoa(pad)
 	}

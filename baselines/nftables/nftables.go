@@ -233,12 +233,19 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 	return datapath.VIPTargets(svc, port)
 }
 
-// Info records the nft release and how many rules the table holds.
+// Info records the nft release and how many rules the table holds
+// ("rules", and the same count as datapath.InfoStateObjects; the elements of
+// the service-ips and no-endpoint-services maps are not counted).
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
 	rules := d.rules
 	d.mu.Unlock()
-	info := map[string]string{"rules": strconv.Itoa(rules)}
+	info := map[string]string{
+		"rules": strconv.Itoa(rules),
+		// The rules are the programmed objects; the kernel memory they
+		// take is not readable per table, so there is no StateBytes.
+		datapath.InfoStateObjects: strconv.Itoa(rules),
+	}
 	if v, err := d.t.detectVersion(); err == nil {
 		info["nft_version"] = v
 	}

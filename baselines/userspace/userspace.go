@@ -263,7 +263,9 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 
 // Info records the CPU time the proxy process has used so far (user plus
 // system, from /proc: the cost of the relay itself, which a per-packet
-// datapath pays in softirq instead) and how many sockets it listens on.
+// datapath pays in softirq instead), its resident memory, and how many
+// sockets it listens on ("listening", and the same count as
+// datapath.InfoStateObjects).
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -271,13 +273,57 @@ func (d *Datapath) Info() map[string]string {
 		"vip_binding":      "ClusterIP /32 on the node's lo",
 		"udp_idle_timeout": udpIdleTimeout.String(),
 		"listening":        strconv.Itoa(d.listening),
+		// The listening sockets are the programmed objects. Their kernel
+		// memory is not readable, so there is no StateBytes; the proxy's
+		// own memory is user memory and is proxy_rss_bytes instead.
+		datapath.InfoStateObjects: strconv.Itoa(d.listening),
 	}
 	if d.cmd != nil && d.cmd.Process != nil {
 		if cpu, err := processCPU(d.cmd.Process.Pid); err == nil {
 			info["proxy_cpu_seconds"] = strconv.FormatFloat(cpu.Seconds(), 'f', 3, 64)
 		}
+		if rss, err := processRSS(d.cmd.Process.Pid); err == nil {
+			info["proxy_rss_bytes"] = strconv.FormatUint(rss, 10)
+		}
 	}
 	return info
+}
+
+// processRSS returns a process's resident set size, from VmRSS in
+// /proc/<pid>/status.
+func processRSS(pid int) (uint64, error) {
+	name := "/proc/" + strconv.Itoa(pid) + "/status"
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return 0, err
+	}
+	rss, err := parseVmRSS(string(b))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	return rss, nil
+}
+
+// parseVmRSS reads the VmRSS line of a /proc/<pid>/status text, e.g.
+// "VmRSS:\t    1234 kB", in bytes. The kernel always writes it in kB;
+// a kernel thread or a zombie has no such line.
+func parseVmRSS(status string) (uint64, error) {
+	for _, line := range strings.Split(status, "\n") {
+		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("VmRSS %q: want \"<n> kB\"", strings.TrimSpace(rest))
+		}
+		kb, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("VmRSS %q: %w", f[0], err)
+		}
+		return kb * 1024, nil
+	}
+	return 0, errors.New("no VmRSS line")
 }
 
 // userHZ is the unit of the times in /proc/<pid>/stat; Linux exports 100

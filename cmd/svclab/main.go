@@ -112,6 +112,10 @@ type benchFlags struct {
 	warmup      time.Duration
 	repetitions int
 	vmKernel    string
+	quick       bool
+	services    string
+	epSweep     string
+	applyTO     time.Duration
 }
 
 func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.Scenario, error) {
@@ -126,6 +130,10 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	fs.DurationVar(&f.duration, "duration", 0, "measured time per trial, e.g. 5s")
 	fs.DurationVar(&f.warmup, "warmup", -1, "warm-up per trial before measuring, e.g. 1s")
 	fs.IntVar(&f.repetitions, "repetitions", 0, "repetitions of every datapath × concurrency")
+	fs.BoolVar(&f.quick, "quick", false, "a smaller, shorter variant of the scenario for CI (its quick block; else 1 repetition of 1 s trials); other flags still apply")
+	fs.StringVar(&f.services, "services", "", "scale scenarios: comma-separated services counts of the sweep, e.g. 1,100,1000")
+	fs.StringVar(&f.epSweep, "endpoint-sweep", "", "scale scenarios: comma-separated endpoint counts of the one-service sweep, e.g. 12,100,1000")
+	fs.DurationVar(&f.applyTO, "apply-timeout", 0, "scale scenarios: bound on one Apply; a datapath that exceeds it is not tried at larger points")
 	fs.StringVar(&f.vmKernel, "vm-kernel", "", "also measure the datapaths this kernel cannot run (e.g. ipvs) under this Debian kernel in QEMU (debian-6.1, debian-6.12), with direct for the ratio")
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
@@ -139,6 +147,27 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	}
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if f.quick {
+		sc.ApplyQuick()
+	}
+	for _, name := range []string{"services", "endpoint-sweep", "apply-timeout"} {
+		if set[name] && sc.Scale == nil {
+			return nil, nil, fmt.Errorf("--%s: scenario %s has no scale sweep (try --scenario scale)", name, sc.Name)
+		}
+	}
+	if set["services"] {
+		if sc.Scale.Services, err = intList("services", f.services); err != nil {
+			return nil, nil, err
+		}
+	}
+	if set["endpoint-sweep"] {
+		if sc.Scale.EndpointSweep, err = intList("endpoint-sweep", f.epSweep); err != nil {
+			return nil, nil, err
+		}
+	}
+	if set["apply-timeout"] {
+		sc.Scale.ApplyTimeout = scenarios.Duration(f.applyTO)
+	}
 	if set["datapaths"] {
 		sc.Datapaths = splitList(f.datapaths)
 	}
@@ -146,13 +175,8 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 		sc.Topology.Backends = f.backends
 	}
 	if set["concurrency"] {
-		sc.Workload.Concurrency = nil
-		for _, s := range splitList(f.concurrency) {
-			c, err := strconv.Atoi(s)
-			if err != nil {
-				return nil, nil, fmt.Errorf("--concurrency: %q is not an integer", s)
-			}
-			sc.Workload.Concurrency = append(sc.Workload.Concurrency, c)
+		if sc.Workload.Concurrency, err = intList("concurrency", f.concurrency); err != nil {
+			return nil, nil, err
 		}
 	}
 	if set["duration"] {
@@ -168,6 +192,19 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 		return nil, nil, fmt.Errorf("invalid settings (flags override the scenario's fields):\n%w", err)
 	}
 	return &f, sc, nil
+}
+
+// intList parses the comma-separated integers of flag name.
+func intList(name, s string) ([]int, error) {
+	var out []int
+	for _, p := range splitList(s) {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %q is not an integer", name, p)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func splitList(s string) []string {
@@ -219,7 +256,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if err := results.WriteTable(stdout, run); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\nwrote %s\n      %s\n      %s\n", filepath.Join(dir, "results.json"), filepath.Join(dir, "qps.png"), filepath.Join(dir, "p90.png"))
+	fmt.Fprintf(stdout, "\nwrote %s\n", filepath.Join(dir, "results.json"))
+	charts, _ := filepath.Glob(filepath.Join(dir, "*.png"))
+	for _, c := range charts {
+		fmt.Fprintf(stdout, "      %s\n", c)
+	}
 	return nil
 }
 

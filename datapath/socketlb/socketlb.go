@@ -357,7 +357,11 @@ func (s *SocketLB) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 	return datapath.VIPTargets(svc, port)
 }
 
-// Info describes the hooks and how they are attached.
+// Info describes the hooks and how they are attached and, once set up, the
+// size of the programmed state (datapath.InfoStateObjects, datapath.InfoStateBytes)
+// over the services, backends and members maps; the affinity, reverse-NAT,
+// socket-storage and counter maps hold per-connection or accounting state,
+// not programmed state, and are not counted.
 func (s *SocketLB) Info() map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -384,7 +388,41 @@ func (s *SocketLB) Info() map[string]string {
 	} else {
 		info["udp_destroy"] = "unavailable: " + s.destroyWhy
 	}
+	addStateSize(info, s.installed.entries(), s.maps.SvclabServices, s.maps.SvclabBackends, s.maps.SvclabMembers)
 	return info
+}
+
+// entries counts the entries of the three load-balancing maps. It counts
+// the copy Apply keeps, which equals the kernel maps (also after a failed
+// Apply), so Info does not walk 250,000 map entries at scale.
+func (t tables) entries() int {
+	return len(t.services) + len(t.backends) + len(t.members)
+}
+
+// addStateSize records the standard state-size keys: objects, the number
+// of load-balancing map entries, and bytes, the kernel's memlock figure
+// for maps summed. The maps are created with BPF_F_NO_PREALLOC, so from
+// Linux 6.4 (map_mem_usage) that figure grows with the entries; older
+// kernels report an estimate from max_entries. When the kernel reports no
+// memlock for a map, state_bytes is left out and state_bytes_unavailable
+// says why, rather than recording a partial sum.
+func addStateSize(info map[string]string, objects int, maps ...*ebpf.Map) {
+	info[datapath.InfoStateObjects] = strconv.Itoa(objects)
+	var total uint64
+	for _, m := range maps {
+		mi, err := m.Info()
+		if err != nil {
+			info["state_bytes_unavailable"] = fmt.Sprintf("map %s: info: %v", m, err)
+			return
+		}
+		n, ok := mi.Memlock()
+		if !ok {
+			info["state_bytes_unavailable"] = fmt.Sprintf("map %s: kernel reports no memlock", mi.Name)
+			return
+		}
+		total += n
+	}
+	info[datapath.InfoStateBytes] = strconv.FormatUint(total, 10)
 }
 
 // Counters returns the connection counts since Setup: per service port and
