@@ -50,6 +50,16 @@ VM_BENCH_KERNEL ?= debian-6.12
 bench: build
 	./$(BIN) bench --vm-kernel $(VM_BENCH_KERNEL) $(BENCH_FLAGS)
 
+## bench-scale: how each datapath's cost grows with services (1 to 10,000) and endpoints (12 to 1,000),
+## with Apply times; line charts scale-*.png (about 15 minutes on 2 cores)
+.PHONY: bench-scale bench-scale-quick
+bench-scale: build
+	./$(BIN) bench --scenario scale $(BENCH_FLAGS)
+
+## bench-scale-quick: the CI variant (1 and 1,000 services, 100 endpoints, one 1 s repetition)
+bench-scale-quick: build
+	./$(BIN) bench --scenario scale --quick $(BENCH_FLAGS)
+
 ## cleanup: remove objects left by killed svclab runs
 cleanup: build
 	./$(BIN) cleanup

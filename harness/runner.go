@@ -63,6 +63,15 @@ func newPlan(s *scenarios.Scenario, lookup func(string) (datapath.Factory, error
 	if err := p.Topology.Validate(); err != nil {
 		return nil, fmt.Errorf("topology.%w", err)
 	}
+	if extra := s.MaxEndpoints() - p.Topology.Backends; extra > 0 {
+		// Endpoints past the backend pods are extra pod addresses: check
+		// now that they fit, not at the trial that needs them.
+		tc := p.Topology
+		tc.ExtraEndpoints = extra
+		if err := tc.Validate(); err != nil {
+			return nil, fmt.Errorf("scale.endpointSweep: %d endpoints on %d backend pods: %w", s.MaxEndpoints(), tc.Backends, err)
+		}
+	}
 	for _, name := range s.Datapaths {
 		f, err := lookup(name)
 		if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/harness"
+	"svclab/scenarios"
 )
 
 func TestMain(m *testing.M) {
@@ -34,6 +36,12 @@ func TestBenchBadInput(t *testing.T) {
 	b, err := os.ReadFile("../../scenarios/default.yaml")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(badCIDR, bytes.Replace(b, []byte("10.244.0.0/16"), []byte("10.244.0.0/33"), 1), 0o644))
+	// A /23 pod CIDR has no room for the scale scenario's 988 extra
+	// endpoint addresses.
+	smallPods := filepath.Join(dir, "small-pods.yaml")
+	sb, err := os.ReadFile("../../scenarios/scale.yaml")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(smallPods, bytes.Replace(sb, []byte("10.244.0.0/16"), []byte("10.244.0.0/23"), 1), 0o644))
 	unknownField := filepath.Join(dir, "unknown-field.yaml")
 	require.NoError(t, os.WriteFile(unknownField, append(b, []byte("colour: blue\n")...), 0o644))
 
@@ -54,6 +62,12 @@ func TestBenchBadInput(t *testing.T) {
 		{"zero concurrency", []string{"--concurrency", "0"}, []string{"workload.concurrency", "0 is out of range"}},
 		{"zero repetitions", []string{"--repetitions", "0"}, []string{"workload.repetitions"}},
 		{"duplicate datapath", []string{"--datapaths", "direct,direct"}, []string{"datapaths", "listed twice"}},
+		{"services without a sweep", []string{"--services", "1,100"}, []string{"--services", "no scale sweep"}},
+		{"bad services", []string{"--scenario", "scale", "--services", "1,lots"}, []string{"--services", `"lots" is not an integer`}},
+		{"zero services", []string{"--scenario", "scale", "--services", "0"}, []string{"scale.services", "0 is out of range"}},
+		{"huge endpoint sweep", []string{"--scenario", "scale", "--endpoint-sweep", "100000"}, []string{"scale.endpointSweep", "out of range"}},
+		{"endpoint sweep too big for the pod CIDR", []string{"--scenario", smallPods}, []string{"scale.endpointSweep", "1000 endpoints", "extraEndpoints"}},
+		{"negative apply timeout", []string{"--scenario", "scale", "--apply-timeout", "-1s"}, []string{"scale.applyTimeout"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,4 +170,19 @@ func svclabObjects(t *testing.T, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// --quick shrinks the scenario by its quick block, and flags given with it
+// still apply on top.
+func TestBenchQuickFlag(t *testing.T) {
+	_, sc, err := parseBenchFlags([]string{"--scenario", "scale", "--quick", "--datapaths", "socketlb,direct", "--apply-timeout", "5s"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []scenarios.ScalePoint{{Services: 1, Endpoints: 12}, {Services: 1000, Endpoints: 12}, {Services: 1, Endpoints: 100}}, sc.ScalePoints())
+	assert.Equal(t, 1, sc.Workload.Repetitions)
+	assert.Equal(t, []string{"socketlb", "direct"}, sc.Datapaths)
+	assert.Equal(t, 5*time.Second, sc.ApplyTimeout())
+
+	_, sc, err = parseBenchFlags([]string{"--scenario", "scale", "--quick", "--services", "1,10", "--endpoint-sweep", "12,50"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []scenarios.ScalePoint{{Services: 1, Endpoints: 12}, {Services: 10, Endpoints: 12}, {Services: 1, Endpoints: 50}}, sc.ScalePoints())
 }

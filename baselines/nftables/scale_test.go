@@ -1,0 +1,76 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/baselines/internal/baselinetest"
+	"svclab/datapath"
+)
+
+// scaleState is the harness's scale point: n one-port services
+// bench/svc-00000… on consecutive ClusterIPs from 10.96.0.10, each with the
+// same eps endpoints.
+func scaleState(n, eps int) datapath.State {
+	st := datapath.State{Services: make([]datapath.Service, n)}
+	endpoints := baselinetest.Endpoints(0, eps)
+	for i := range st.Services {
+		v := 10<<24 | 96<<16 | uint32(10+i)
+		st.Services[i] = datapath.Service{
+			Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
+			ClusterIP: netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}),
+			Ports:     []datapath.ServicePort{baselinetest.HTTPPort},
+			Endpoints: endpoints,
+		}
+	}
+	return st
+}
+
+// TestPrivilegedScaleApply times Apply of N services x 12 endpoints, then a
+// second Apply in which one service lost one endpoint (the resync every
+// endpoint change costs). It is a measurement, so it only runs when
+// SVCLAB_NFT_SCALE names the service counts ("1000,3000"); the times are
+// logged (go test -v). The kernel's rule count is checked so that a sync
+// that silently installed less cannot pass as fast.
+func TestPrivilegedScaleApply(t *testing.T) {
+	spec := os.Getenv("SVCLAB_NFT_SCALE")
+	if spec == "" {
+		t.Skip("set SVCLAB_NFT_SCALE=1000,3000 to time Apply at those service counts")
+	}
+	requireNft(t)
+	for _, field := range strings.Split(spec, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(field))
+		require.NoError(t, err, "SVCLAB_NFT_SCALE: %q is not a service count", field)
+		require.Positive(t, n, "SVCLAB_NFT_SCALE: service count")
+		t.Run(fmt.Sprintf("%d services x 12 endpoints", n), func(t *testing.T) {
+			ns := baselinetest.NewNS(t)
+			dp := &Datapath{t: nft}
+			ctx := context.Background()
+			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
+			t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
+
+			st := scaleState(n, 12)
+			start := time.Now()
+			require.NoError(t, dp.Apply(ctx, st), "first apply")
+			t.Logf("first apply: %v", time.Since(start))
+
+			st.Services[0].Endpoints = st.Services[0].Endpoints[1:]
+			start = time.Now()
+			require.NoError(t, dp.Apply(ctx, st), "apply after one endpoint left")
+			t.Logf("apply after one endpoint left: %v", time.Since(start))
+
+			want, err := renderSync(baselinetest.PodCIDR, st, nil)
+			require.NoError(t, err)
+			assert.Equal(t, want.rules, listTable(t, ns).rules, "rules in the kernel's table")
+		})
+	}
+}
