@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"svclab/datapath"
@@ -144,15 +145,26 @@ type TrialSpec struct {
 	Seed         uint64
 }
 
-// Schedule interleaves datapaths: within each repetition and concurrency
-// level every datapath runs once, and the order rotates from one round to
-// the next, so neither drift of the machine nor position favours one.
+// Schedule interleaves datapaths: within each repetition, scale point and
+// concurrency level every datapath runs once, and the order rotates from
+// one round to the next, so neither drift of the machine nor position
+// favours one.
 func (p *Plan) Schedule() []TrialSpec {
 	var out []TrialSpec
 	round := 0
 	n := len(p.Factories)
 	for rep := range p.Scenario.Workload.Repetitions {
-		for _, pt := range p.Scenario.ScalePoints() {
+		points := p.Scenario.ScalePoints()
+		if rep%2 == 1 {
+			// Scale points run in turn, so a machine that drifts over
+			// the run would tilt a sweep; odd repetitions go back down,
+			// which cancels a steady drift. The first repetition goes
+			// up, so a datapath's scale limit is found at its smallest
+			// point and larger ones are not tried.
+			points = slices.Clone(points)
+			slices.Reverse(points)
+		}
+		for _, pt := range points {
 			for _, c := range p.Scenario.Workload.Concurrency {
 				for i := range n {
 					out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: pt.Services,

@@ -323,18 +323,29 @@ func p90GrowthLines(sw scaleSweep, withConc bool) []string {
 	if withConc {
 		at = fmt.Sprintf(" (concurrency %d)", sw.concurrency)
 	}
+	// The points of a sweep run one after the other, so a machine that
+	// drifts in between moves every datapath alike: the factor relative
+	// to direct's own (same points, same run) takes that out.
+	relative := func(dp string, x int, f float64) string {
+		d := by[DirectDatapath]
+		if name, _ := SplitSite(dp); name == DirectDatapath || d == nil || d.p90[lo] == 0 || d.p90[x] == 0 {
+			return ""
+		}
+		return fmt.Sprintf(" (%s relative to direct's %s)", fmtFactor(f, d.p90[x]/d.p90[lo]), fmtFactor(d.p90[x], d.p90[lo]))
+	}
 	var lines []string
 	for _, dp := range order {
 		r := by[dp]
 		head := fmt.Sprintf("%s: connect p90 at %s services vs %s%s: ", dp, groupThousands(float64(hi)), groupThousands(float64(lo)), at)
 		base, ok := r.p90[lo]
 		switch {
-		case !ok:
+		case !ok || base == 0:
 			lines = append(lines, head+"not reached")
 		case r.largest == hi:
-			lines = append(lines, head+fmtFactor(r.p90[hi], base))
+			lines = append(lines, head+fmtFactor(r.p90[hi], base)+relative(dp, hi, r.p90[hi]/base))
 		case r.largest > lo:
-			lines = append(lines, head+fmt.Sprintf("not reached (at %s: %s)", groupThousands(float64(r.largest)), fmtFactor(r.p90[r.largest], base)))
+			lines = append(lines, head+fmt.Sprintf("not reached (at %s: %s%s)", groupThousands(float64(r.largest)),
+				fmtFactor(r.p90[r.largest], base), relative(dp, r.largest, r.p90[r.largest]/base)))
 		default:
 			lines = append(lines, head+"not reached")
 		}
