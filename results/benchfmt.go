@@ -21,7 +21,8 @@ import (
 //
 // where "-2" is the machine's CPU count (benchstat's GOMAXPROCS slot), svcs
 // and eps appear only for a scale point (non-zero), and cpu-µs/conn only
-// when CPU was measured. An open-loop trial's name ends in
+// when CPU was measured. A scale point's line adds apply-s (the whole set's
+// Apply) and change-s (one endpoint's, when measured). An open-loop trial's name ends in
 // /model=open/load=<fraction> (its conc is 0, conn/s is the achieved rate
 // and latency runs from the intended start). The generator ceiling is a BenchmarkGenerator line.
 // Repetitions are repeated lines, which is how benchstat sees a sample.
@@ -35,6 +36,8 @@ const (
 	unitP90        = "p90-µs"
 	unitP99        = "p99-µs"
 	unitCPUPerConn = "cpu-µs/conn"
+	unitApply      = "apply-s"
+	unitChange     = "change-s"
 )
 
 // benchUnits says which way is better for each unit, written as benchfmt
@@ -46,6 +49,8 @@ var benchUnits = []struct{ unit, better string }{
 	{unitP90, "lower"},
 	{unitP99, "lower"},
 	{unitCPUPerConn, "lower"},
+	{unitApply, "lower"},
+	{unitChange, "lower"},
 }
 
 // WriteBenchFormat writes the run's trials in the Go benchmark format, for
@@ -192,6 +197,12 @@ func trialValues(t Trial) []benchfmt.Value {
 	if w.CPU != nil {
 		vs = append(vs, benchfmt.Value{Value: round(w.CPU.PerConnectionUS, 3), Unit: unitCPUPerConn})
 	}
+	if t.Services > 0 {
+		vs = append(vs, benchfmt.Value{Value: round(t.ApplySeconds, 6), Unit: unitApply})
+		if t.ApplyChangeSeconds > 0 {
+			vs = append(vs, benchfmt.Value{Value: round(t.ApplyChangeSeconds, 6), Unit: unitChange})
+		}
+	}
 	return vs
 }
 
@@ -269,6 +280,8 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 		if cpu, ok := rec.Value(unitCPUPerConn); ok {
 			t.Workload.CPU = &CPUUsage{PerConnectionUS: cpu}
 		}
+		t.ApplySeconds, _ = rec.Value(unitApply)
+		t.ApplyChangeSeconds, _ = rec.Value(unitChange)
 		if string(base) == benchGenerator {
 			t.Datapath = "generator-loopback"
 			run.Generator = &t

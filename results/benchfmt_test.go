@@ -74,6 +74,7 @@ func TestReadBenchFormat(t *testing.T) {
 	for i := range run.Trials {
 		if tr := &run.Trials[i]; tr.Datapath == "iptables" && tr.Concurrency == 64 {
 			tr.Services, tr.Endpoints = 10, 3
+			tr.ApplySeconds, tr.ApplyChangeSeconds = 0.25+float64(i), 0.0125
 		}
 	}
 	var buf bytes.Buffer
@@ -91,6 +92,13 @@ func TestReadBenchFormat(t *testing.T) {
 		require.NotNil(t, g.Workload.CPU)
 		assert.InDelta(t, want.Workload.CPU.PerConnectionUS, g.Workload.CPU.PerConnectionUS, 0.0005)
 		assert.Equal(t, want.Workload.Connections, g.Workload.Connections)
+		// Apply times travel with scale points, so a CI gate can compare
+		// them; outside a sweep they are not written.
+		wantApply := [2]float64{want.ApplySeconds, want.ApplyChangeSeconds}
+		if want.Services == 0 {
+			wantApply = [2]float64{}
+		}
+		assert.Equal(t, wantApply, [2]float64{g.ApplySeconds, g.ApplyChangeSeconds}, "trial %d", i)
 	}
 	assert.Equal(t, Env{Kernel: "6.1.0-18-amd64", CPUModel: "AMD EPYC 7B13", CPUs: 2, GoVersion: "go1.26.0"}, got.Env)
 	require.NotNil(t, got.Generator)
