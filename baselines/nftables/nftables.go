@@ -4,13 +4,17 @@
 // service port's chain and one numgen rule picks the endpoint per new
 // connection.
 //
-// Like kube-proxy it renders the complete table as nft input and applies it
-// with one `nft -f -`, which the kernel commits as one transaction: a sync is
-// atomic, and a sync the kernel rejects changes nothing.
+// Like kube-proxy it renders nft input and applies it with one `nft -f -`,
+// which the kernel commits as one transaction: a sync is atomic, and a sync
+// the kernel rejects changes nothing. Also like kube-proxy, the first sync
+// (and the one after a failure, and one an hour) re-sends the complete
+// table, and every other sync sends only the chains and map elements of the
+// services that changed.
 package nftables
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -158,18 +162,34 @@ func (t *tool) apply(ctx context.Context, ns *nsutil.NS, input []byte) ([]byte, 
 	return kubeproxy.Load(ctx, ns, errLine, input, t.bin, "-f", "-")
 }
 
+// fullSyncPeriod is how long partial syncs may follow one another before
+// Apply does a full sync again, which repairs anything changed behind the
+// datapath's back (kube-proxy resyncs fully once an hour too).
+const fullSyncPeriod = time.Hour
+
 // Datapath is one nftables baseline instance in one node namespace.
 type Datapath struct {
 	t *tool
 
 	mu  sync.Mutex
 	env *datapath.Env
-	// installed is every per-service and per-endpoint chain in the table
-	// now, as left by the last successful Apply.
-	installed map[string]bool
-	// rules is the rule count of the table after the last successful
-	// Setup or Apply.
-	rules int
+	// installed is what the table holds now, as left by the last
+	// successful Setup or Apply.
+	installed *installed
+	// needFull makes the next Apply a full sync: the first one after
+	// Setup, and the one after a failed sync (the kernel then kept the old
+	// table, but the datapath does not trust that the diff fits it).
+	needFull bool
+	// distrust is set by a failed sync: nft may have been killed (a
+	// cancelled context) after the kernel committed, so the next full sync
+	// asks the kernel which chains and sets exist instead of trusting
+	// installed, whose deletions would otherwise fail on chains already
+	// gone, and every full sync after that too.
+	distrust bool
+	// lastFull is when the last full sync succeeded.
+	lastFull time.Time
+	// lastSync is "full" or "partial" for the last successful Apply.
+	lastSync string
 	// udp is the UDP service ports and endpoints of the last successful
 	// Apply, for the conntrack cleanup of the next one.
 	udp kubeproxy.UDPEndpoints
@@ -189,35 +209,66 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) error {
 	if _, err := d.t.apply(ctx, env.Node, renderSetup()); err != nil {
 		return fmt.Errorf("%s setup: %w", Name, err)
 	}
-	empty, err := renderSync(env.PodCIDR, datapath.State{}, nil)
+	empty, err := desire(env.PodCIDR, datapath.State{})
 	if err != nil {
 		return fmt.Errorf("%s setup: %w", Name, err)
 	}
 	d.env = env
-	d.installed = map[string]bool{}
-	d.rules = empty.rules
+	d.installed = newInstalled(empty)
+	d.needFull = true
+	d.lastSync = ""
 	return nil
 }
 
-// Apply replaces the table's contents with st in one transaction, deleting
-// the chains of services and endpoints that disappeared. If nft fails, the
-// kernel keeps the previous ruleset and so does the record of what is
-// installed.
+// Apply makes the table hold st in one transaction. The first Apply after
+// Setup or after a failure, and one an hour, is a full sync that re-sends
+// the whole table; every other Apply sends only the chains, sets and map
+// elements that differ from what the last successful sync installed. If
+// nft fails, the kernel keeps the previous ruleset and so does the record
+// of what is installed, and the next Apply is a full sync (as kube-proxy
+// does after an error).
 func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.env == nil {
 		return fmt.Errorf("%s apply: Setup has not run", Name)
 	}
-	r, err := renderSync(d.env.PodCIDR, st, d.installed)
+	want, err := desire(d.env.PodCIDR, st)
 	if err != nil {
 		return fmt.Errorf("%s apply: %w", Name, err)
 	}
-	if _, err := d.t.apply(ctx, d.env.Node, r.text); err != nil {
-		return fmt.Errorf("%s apply: %w", Name, err)
+	kind, text := "partial", []byte(nil)
+	if !d.needFull && time.Since(d.lastFull) < fullSyncPeriod {
+		text, err = renderPartial(d.installed, want)
+		if err != nil {
+			// Not a failure: the change just needs the whole table.
+			kind = "full"
+		}
+	} else {
+		kind = "full"
 	}
-	d.installed = r.chains
-	d.rules = r.rules
+	if kind == "full" {
+		prev := d.installed.names()
+		if d.distrust {
+			if names, err := d.t.kernelNames(ctx, d.env.Node); err == nil {
+				prev = names
+			}
+		}
+		text = renderFull(want, prev)
+	}
+	// An empty partial sync has nothing to send.
+	if len(text) > 0 {
+		if _, err := d.t.apply(ctx, d.env.Node, text); err != nil {
+			d.needFull, d.distrust = true, true
+			return fmt.Errorf("%s apply (%s sync): %w", Name, kind, err)
+		}
+	}
+	d.installed = newInstalled(want)
+	d.lastSync = kind
+	if kind == "full" {
+		d.needFull, d.distrust = false, false
+		d.lastFull = time.Now()
+	}
 	// The new rules decide only new flows: drop the UDP conntrack entries
 	// that would keep sending clients to endpoints st no longer has.
 	prev, cur := d.udp, kubeproxy.UDPServing(st)
@@ -228,6 +279,44 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	return nil
 }
 
+// kernelNames reads from the kernel the per-service and per-endpoint
+// chains and the affinity sets our table holds (names only: listing chains
+// and sets does not list rules or elements).
+func (t *tool) kernelNames(ctx context.Context, ns *nsutil.NS) (map[string]bool, error) {
+	names := map[string]bool{}
+	for _, kind := range []string{"chain", "set"} {
+		out, err := ns.Run(ctx, nil, t.bin, "-j", "list", kind+"s", family)
+		if err != nil {
+			return nil, err
+		}
+		var doc struct {
+			Nftables []map[string]json.RawMessage `json:"nftables"`
+		}
+		if err := json.Unmarshal(out, &doc); err != nil {
+			return nil, fmt.Errorf("nft -j list %ss: %w", kind, err)
+		}
+		for _, obj := range doc.Nftables {
+			raw, ok := obj[kind]
+			if !ok {
+				continue
+			}
+			var o struct{ Table, Name string }
+			if err := json.Unmarshal(raw, &o); err != nil {
+				return nil, fmt.Errorf("nft -j list %ss: %w", kind, err)
+			}
+			if o.Table != table {
+				continue
+			}
+			for _, p := range []string{prefixService, prefixEndpoint, prefixAffinity} {
+				if strings.HasPrefix(o.Name, p) {
+					names[o.Name] = true
+				}
+			}
+		}
+	}
+	return names, nil
+}
+
 // Targets is the ClusterIP: the kernel picks the endpoint.
 func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []netip.AddrPort {
 	return datapath.VIPTargets(svc, port)
@@ -235,10 +324,15 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 
 // Info records the nft release and how many rules the table holds
 // ("rules", and the same count as datapath.InfoStateObjects; the elements of
-// the service-ips and no-endpoint-services maps are not counted).
+// the service-ips and no-endpoint-services maps are not counted), and
+// whether the last Apply was a "full" or a "partial" sync ("sync").
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
-	rules := d.rules
+	rules := 0
+	if d.installed != nil {
+		rules = d.installed.rules
+	}
+	lastSync := d.lastSync
 	d.mu.Unlock()
 	info := map[string]string{
 		"rules": strconv.Itoa(rules),
@@ -248,6 +342,10 @@ func (d *Datapath) Info() map[string]string {
 	}
 	if v, err := d.t.detectVersion(); err == nil {
 		info["nft_version"] = v
+	}
+	// "full" or "partial": how the last Apply changed the table.
+	if lastSync != "" {
+		info["sync"] = lastSync
 	}
 	return info
 }
@@ -268,6 +366,7 @@ func (d *Datapath) Close() error {
 	d.env = nil
 	d.installed = nil
 	d.udp = nil
-	d.rules = 0
+	d.needFull, d.distrust = false, false
+	d.lastSync = ""
 	return nil
 }

@@ -184,6 +184,20 @@ func renderTeardown() []byte {
 	return []byte(fmt.Sprintf("delete table %s %s\n", family, table))
 }
 
+// desired is everything the per-service part of the table should hold
+// for one State, in render order. Full and partial syncs are both written
+// from it, so they cannot disagree on what a service looks like.
+type desired struct {
+	chains                  []chainBlock
+	sets                    []affinitySet
+	serviceIPs, noEndpoints []element
+	// names is every per-service and per-endpoint chain and every affinity
+	// set (see rendered.chains).
+	names map[string]bool
+	// rules counts the rules in the table once it holds this state.
+	rules int
+}
+
 // renderSync renders the whole table for st as one transaction: flush every
 // rule of the table (base chains included) and both maps, delete the chains
 // of the previous sync (prev) that st no longer uses, then add everything
@@ -192,6 +206,15 @@ func renderTeardown() []byte {
 // transaction needs kernel 6.2 or newer; kube-proxy defers such deletions to
 // a later sync to support older kernels.
 func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (rendered, error) {
+	d, err := desire(podCIDR, st)
+	if err != nil {
+		return rendered{}, err
+	}
+	return rendered{text: renderFull(d, prev), chains: d.names, rules: d.rules}, nil
+}
+
+// desire computes what the table should hold for st.
+func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
 	var chains []chainBlock
 	var sets []affinitySet
 	var serviceIPs, noEndpoints []element
@@ -201,20 +224,20 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 	for _, svc := range kubeproxy.SortedServices(st) {
 		eps, err := kubeproxy.IPv4Endpoints(svc, Name)
 		if err != nil {
-			return rendered{}, err
+			return desired{}, err
 		}
 		for _, port := range svc.Ports {
 			proto, err := kubeproxy.Proto(port.Protocol, Name)
 			if err != nil {
-				return rendered{}, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
+				return desired{}, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
 			}
 			if port.Port == 0 || port.TargetPort == 0 {
-				return rendered{}, fmt.Errorf("service %s port %q: port %d and target port %d must both be non-zero", svc, port.Name, port.Port, port.TargetPort)
+				return desired{}, fmt.Errorf("service %s port %q: port %d and target port %d must both be non-zero", svc, port.Name, port.Port, port.TargetPort)
 			}
 			base := portBase(svc, port, proto)
 			key := fmt.Sprintf("%s . %s . %d", svc.ClusterIP, proto, port.Port)
 			if other, dup := keys[key]; dup {
-				return rendered{}, fmt.Errorf("service %s port %d/%s: %s:%d is already used by %s", svc, port.Port, proto, svc.ClusterIP, port.Port, other)
+				return desired{}, fmt.Errorf("service %s port %d/%s: %s:%d is already used by %s", svc, port.Port, proto, svc.ClusterIP, port.Port, other)
 			}
 			keys[key] = base
 
@@ -228,11 +251,10 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 
 			svcChain := serviceChainName(svc, port, proto)
 			if cur[svcChain] {
-				return rendered{}, fmt.Errorf("service %s port %d/%s: chain %s is rendered twice (two ports with the same name and protocol?)", svc, port.Port, proto, svcChain)
+				return desired{}, fmt.Errorf("service %s port %d/%s: chain %s is rendered twice (two ports with the same name and protocol?)", svc, port.Port, proto, svcChain)
 			}
 			cur[svcChain] = true
 			serviceIPs = append(serviceIPs, element{key: key, verdict: "goto " + svcChain})
-
 			sc := chainBlock{name: svcChain}
 			if podCIDR.IsValid() {
 				// Traffic to the VIP from outside the pod network
@@ -279,6 +301,16 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 		}
 	}
 
+	d := desired{chains: chains, sets: sets, serviceIPs: serviceIPs, noEndpoints: noEndpoints, names: cur, rules: fixedRules}
+	for _, ch := range chains {
+		d.rules += len(ch.rules)
+	}
+	return d, nil
+}
+
+// renderFull writes d as a full sync that replaces whatever the table
+// holds; prev is the per-service chains and sets installed now.
+func renderFull(d desired, prev map[string]bool) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "add table %s %s\n", family, table)
 	fmt.Fprintf(&b, "flush table %s %s\n", family, table)
@@ -286,38 +318,29 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (
 	fmt.Fprintf(&b, "flush map %s %s %s\n", family, table, mapServiceIPs)
 	fmt.Fprintf(&b, "flush map %s %s %s\n", family, table, mapNoEndpoints)
 	for _, ch := range sortedChains(prev) {
-		if !cur[ch] {
-			kind := "chain"
-			if strings.HasPrefix(ch, prefixAffinity) {
-				kind = "set"
-			}
-			fmt.Fprintf(&b, "delete %s %s %s %s\n", kind, family, table, ch)
+		if !d.names[ch] {
+			fmt.Fprintf(&b, "delete %s %s %s %s\n", objectKind(ch), family, table, ch)
 		}
 	}
-	rules := writeTable(&b, chains, sets)
-	writeElements(&b, mapServiceIPs, serviceIPs)
-	writeElements(&b, mapNoEndpoints, noEndpoints)
-	return rendered{text: b.Bytes(), chains: cur, rules: rules}, nil
+	writeTable(&b, d.chains, d.sets)
+	writeElements(&b, "add", mapServiceIPs, d.serviceIPs)
+	writeElements(&b, "add", mapNoEndpoints, d.noEndpoints)
+	return b.Bytes()
 }
 
-// writeTable writes the table block: base chains, fixed chains, the two
-// maps (declared empty; elements are added after the block) and the given
-// per-service chains and affinity sets. Sets are declared before the chains
-// whose rules name them. It returns the number of rules written.
-func writeTable(b *bytes.Buffer, chains []chainBlock, sets []affinitySet) int {
-	rules := 0
-	fmt.Fprintf(b, "table %s %s {\n", family, table)
-	for _, bc := range baseChains {
-		fmt.Fprintf(b, "\tchain %s {\n\t\ttype %s hook %s priority %d; policy accept;\n\t\t%s\n\t}\n", bc.name, bc.kind, bc.hook, bc.priority, bc.jump)
-		rules++
+// objectKind is what kind of nft object a per-service name is: affinity
+// sets share the naming scheme (and namespace) of the chains.
+func objectKind(name string) string {
+	if strings.HasPrefix(name, prefixAffinity) {
+		return "set"
 	}
-	for _, m := range []string{mapServiceIPs, mapNoEndpoints} {
-		fmt.Fprintf(b, "\tmap %s {\n\t\ttype %s\n\t}\n", m, mapKeyType)
-	}
-	for _, s := range sets {
-		fmt.Fprintf(b, "\tset %s {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout %ds\n\t}\n", s.name, s.timeout)
-	}
-	fixed := []chainBlock{
+	return "chain"
+}
+
+// fixedChainBlocks are the regular chains every table has from Setup to
+// Close, with their rules.
+func fixedChainBlocks() []chainBlock {
+	return []chainBlock{
 		{chainServices, []string{fmt.Sprintf("ip daddr . meta l4proto . th dport vmap @%s", mapServiceIPs)}},
 		{chainEndpointsCheck, []string{fmt.Sprintf("ip daddr . meta l4proto . th dport vmap @%s", mapNoEndpoints)}},
 		{chainReject, []string{"reject"}},
@@ -333,28 +356,58 @@ func writeTable(b *bytes.Buffer, chains []chainBlock, sets []affinitySet) int {
 			"masquerade fully-random",
 		}},
 	}
-	for _, ch := range append(fixed, chains...) {
+}
+
+// fixedRules is the number of rules in an empty table: one jump per base
+// chain and the rules of the fixed chains.
+var fixedRules = func() int {
+	n := len(baseChains)
+	for _, ch := range fixedChainBlocks() {
+		n += len(ch.rules)
+	}
+	return n
+}()
+
+// writeTable writes the table block: base chains, fixed chains, the two
+// maps (declared empty; elements are added after the block) and the given
+// per-service chains and affinity sets. Sets are declared before the chains
+// whose rules name them.
+func writeTable(b *bytes.Buffer, chains []chainBlock, sets []affinitySet) {
+	fmt.Fprintf(b, "table %s %s {\n", family, table)
+	for _, bc := range baseChains {
+		fmt.Fprintf(b, "\tchain %s {\n\t\ttype %s hook %s priority %d; policy accept;\n\t\t%s\n\t}\n", bc.name, bc.kind, bc.hook, bc.priority, bc.jump)
+	}
+	for _, m := range []string{mapServiceIPs, mapNoEndpoints} {
+		fmt.Fprintf(b, "\tmap %s {\n\t\ttype %s\n\t}\n", m, mapKeyType)
+	}
+	for _, s := range sets {
+		fmt.Fprintf(b, "\tset %s {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout %ds\n\t}\n", s.name, s.timeout)
+	}
+	for _, ch := range append(fixedChainBlocks(), chains...) {
 		fmt.Fprintf(b, "\tchain %s {\n", ch.name)
 		for _, r := range ch.rules {
 			fmt.Fprintf(b, "\t\t%s\n", r)
 		}
 		b.WriteString("\t}\n")
-		rules += len(ch.rules)
 	}
 	b.WriteString("}\n")
-	return rules
 }
 
-// writeElements adds elements to a map, one per line.
-func writeElements(b *bytes.Buffer, m string, elems []element) {
+// writeElements adds (verb "add") or deletes (verb "delete") elements of a
+// map, one per line. Deletion names only the key.
+func writeElements(b *bytes.Buffer, verb, m string, elems []element) {
 	if len(elems) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "add element %s %s %s {\n", family, table, m)
+	fmt.Fprintf(b, "%s element %s %s %s {\n", verb, family, table, m)
 	for i, e := range elems {
 		sep := ","
 		if i == len(elems)-1 {
 			sep = ""
+		}
+		if verb == "delete" {
+			fmt.Fprintf(b, "\t%s%s\n", e.key, sep)
+			continue
 		}
 		comment := ""
 		if e.comment != "" {

@@ -205,25 +205,76 @@ type nftModel struct {
 	chains map[string][]string
 	hooks  map[string]string
 	maps   map[string]map[string]string // map → key → verdict
+	sets   map[string]string            // affinity set → its timeout
 }
 
 var (
 	reChainOpen = regexp.MustCompile(`^\tchain (\S+) \{$`)
 	reMapOpen   = regexp.MustCompile(`^\tmap (\S+) \{$`)
+	reSetOpen   = regexp.MustCompile(`^\tset (\S+) \{$`)
 	reHookLine  = regexp.MustCompile(`^type (filter|nat) hook (\w+) priority -?\d+; policy accept;$`)
 	reAddElems  = regexp.MustCompile(`^add element ip svclab (\S+) \{$`)
+	reDelElems  = regexp.MustCompile(`^delete element ip svclab (\S+) \{$`)
 	reElement   = regexp.MustCompile(`^\t(\S+ \. (?:tcp|udp) \. \d+)(?: comment "[^"]*")? : (goto \S+?),?$`)
+	reElemKey   = regexp.MustCompile(`^\t(\S+ \. (?:tcp|udp) \. \d+),?$`)
+	reAddSet    = regexp.MustCompile(`^add set ip svclab (\S+) \{ type ipv4_addr; flags dynamic,timeout; timeout (\d+s); \}$`)
+	reAddRule   = regexp.MustCompile(`^add rule ip svclab (\S+) (.+)$`)
+	reTimeout   = regexp.MustCompile(`^timeout (\d+s)$`)
+	reChainRef  = regexp.MustCompile(`\b(?:jump|goto) ([^\s,}]+)`)
+	reSetRef    = regexp.MustCompile(`@(\S+)`)
 )
 
+// checkRefs fails unless every chain and set that rule names exists in m.
+func (m *nftModel) checkRefs(t *testing.T, chain, rule string) {
+	t.Helper()
+	for _, g := range reChainRef.FindAllStringSubmatch(rule, -1) {
+		require.Contains(t, m.chains, g[1], "chain %s: rule %q names a chain that does not exist", chain, rule)
+	}
+	for _, g := range reSetRef.FindAllStringSubmatch(rule, -1) {
+		_, isMap := m.maps[g[1]]
+		_, isSet := m.sets[g[1]]
+		require.True(t, isMap || isSet, "chain %s: rule %q names a set that does not exist", chain, rule)
+	}
+}
+
+// referrers is every rule and map element that names obj.
+func (m *nftModel) referrers(obj string) []string {
+	var out []string
+	for ch, rules := range m.chains {
+		for _, r := range rules {
+			for _, g := range reChainRef.FindAllStringSubmatch(r, -1) {
+				if g[1] == obj {
+					out = append(out, ch+": "+r)
+				}
+			}
+			for _, g := range reSetRef.FindAllStringSubmatch(r, -1) {
+				if g[1] == obj {
+					out = append(out, ch+": "+r)
+				}
+			}
+		}
+	}
+	for mp, elems := range m.maps {
+		for k, v := range elems {
+			if v == "goto "+obj {
+				out = append(out, mp+"["+k+"]")
+			}
+		}
+	}
+	return out
+}
+
 // parseNft applies rendered transactions in order to a model of the table,
-// with the semantics nft gives the commands the renderer writes. Any line it
-// does not know fails the test, so the model cannot silently drift from the
-// renderer.
+// with the semantics nft gives the commands the renderer writes, and checks
+// that every reference is valid where the kernel checks it: a rule or
+// element may name only chains and sets that exist, and a chain or set may
+// be deleted only when nothing names it. Any line it does not know fails
+// the test, so the model cannot silently drift from the renderer.
 func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 	t.Helper()
-	m := &nftModel{chains: map[string][]string{}, hooks: map[string]string{}, maps: map[string]map[string]string{}}
+	m := &nftModel{chains: map[string][]string{}, hooks: map[string]string{}, maps: map[string]map[string]string{}, sets: map[string]string{}}
 	for _, text := range texts {
-		var chain, elemMap string
+		var chain, elemMap, delMap, set string
 		inTable, inMap := false, false
 		for _, line := range strings.Split(strings.TrimRight(string(text), "\n"), "\n") {
 			switch {
@@ -236,7 +287,17 @@ func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 				require.NotNil(t, e, "element line %q", line)
 				_, dup := m.maps[elemMap][e[1]]
 				require.False(t, dup, "element %s added twice to %s", e[1], elemMap)
+				require.Contains(t, m.chains, strings.TrimPrefix(e[2], "goto "), "element %s of %s names a chain that does not exist", e[1], elemMap)
 				m.maps[elemMap][e[1]] = e[2]
+			case delMap != "":
+				if line == "}" {
+					delMap = ""
+					continue
+				}
+				e := reElemKey.FindStringSubmatch(line)
+				require.NotNil(t, e, "element key line %q", line)
+				require.Contains(t, m.maps[delMap], e[1], "delete of element %s that %s does not hold", e[1], delMap)
+				delete(m.maps[delMap], e[1])
 			case chain != "":
 				if line == "\t}" {
 					chain = ""
@@ -248,6 +309,14 @@ func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 					continue
 				}
 				m.chains[chain] = append(m.chains[chain], r)
+			case set != "":
+				if line == "\t}" {
+					set = ""
+					continue
+				}
+				if g := reTimeout.FindStringSubmatch(strings.TrimPrefix(line, "\t\t")); g != nil {
+					m.sets[set] = g[1]
+				}
 			case inMap:
 				if line == "\t}" {
 					inMap = false
@@ -255,6 +324,13 @@ func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 			case inTable:
 				if line == "}" {
 					inTable = false
+					// Names inside one table block may refer forward:
+					// nft resolves them once the block is read.
+					for ch, rules := range m.chains {
+						for _, r := range rules {
+							m.checkRefs(t, ch, r)
+						}
+					}
 				} else if c := reChainOpen.FindStringSubmatch(line); c != nil {
 					chain = c[1]
 					if m.chains[chain] == nil {
@@ -265,6 +341,9 @@ func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 					if m.maps[c[1]] == nil {
 						m.maps[c[1]] = map[string]string{}
 					}
+				} else if c := reSetOpen.FindStringSubmatch(line); c != nil {
+					set = c[1]
+					m.sets[set] = ""
 				} else {
 					t.Fatalf("unexpected line in table block: %q", line)
 				}
@@ -272,7 +351,7 @@ func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 				inTable = true
 			case line == "add table ip svclab":
 			case line == "delete table ip svclab":
-				m.chains, m.hooks, m.maps = map[string][]string{}, map[string]string{}, map[string]map[string]string{}
+				m.chains, m.hooks, m.maps, m.sets = map[string][]string{}, map[string]string{}, map[string]map[string]string{}, map[string]string{}
 			case line == "flush table ip svclab":
 				for ch := range m.chains {
 					m.chains[ch] = []string{}
@@ -281,20 +360,45 @@ func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 				name := strings.TrimPrefix(line, "flush map ip svclab ")
 				require.Contains(t, m.maps, name, "flush of a map that does not exist")
 				m.maps[name] = map[string]string{}
+			case strings.HasPrefix(line, "add chain ip svclab "):
+				name := strings.TrimPrefix(line, "add chain ip svclab ")
+				require.NotContains(t, m.chains, name, "add of chain %s that exists (the partial sync thinks it is new)", name)
+				m.chains[name] = []string{}
+			case strings.HasPrefix(line, "flush chain ip svclab "):
+				name := strings.TrimPrefix(line, "flush chain ip svclab ")
+				require.Contains(t, m.chains, name, "flush of a chain that does not exist")
+				m.chains[name] = []string{}
 			case strings.HasPrefix(line, "delete chain ip svclab "):
 				name := strings.TrimPrefix(line, "delete chain ip svclab ")
 				require.Contains(t, m.chains, name, "delete of a chain that does not exist")
 				require.Empty(t, m.chains[name], "delete of chain %s that still has rules", name)
-				for mp, elems := range m.maps {
-					for k, v := range elems {
-						require.NotEqual(t, "goto "+name, v, "delete of chain %s still referenced by %s[%s]", name, mp, k)
-					}
-				}
+				require.Empty(t, m.referrers(name), "delete of chain %s that is still named", name)
 				delete(m.chains, name)
+			case strings.HasPrefix(line, "delete set ip svclab "):
+				name := strings.TrimPrefix(line, "delete set ip svclab ")
+				require.Contains(t, m.sets, name, "delete of a set that does not exist")
+				require.Empty(t, m.referrers(name), "delete of set %s that is still named", name)
+				delete(m.sets, name)
 			default:
 				if e := reAddElems.FindStringSubmatch(line); e != nil {
 					require.Contains(t, m.maps, e[1], "elements for a map that does not exist")
 					elemMap = e[1]
+					continue
+				}
+				if e := reDelElems.FindStringSubmatch(line); e != nil {
+					require.Contains(t, m.maps, e[1], "element deletion in a map that does not exist")
+					delMap = e[1]
+					continue
+				}
+				if s := reAddSet.FindStringSubmatch(line); s != nil {
+					require.NotContains(t, m.sets, s[1], "add of set %s that exists", s[1])
+					m.sets[s[1]] = s[2]
+					continue
+				}
+				if r := reAddRule.FindStringSubmatch(line); r != nil {
+					require.Contains(t, m.chains, r[1], "rule for a chain that does not exist")
+					m.checkRefs(t, r[1], r[2])
+					m.chains[r[1]] = append(m.chains[r[1]], r[2])
 					continue
 				}
 				t.Fatalf("unexpected line: %q", line)

@@ -36,8 +36,8 @@ func scaleState(n, eps int) datapath.State {
 }
 
 // TestPrivilegedScaleApply times Apply of N services x 12 endpoints, then a
-// second Apply in which one service lost one endpoint (the resync every
-// endpoint change costs). It is a measurement, so it only runs when
+// second Apply in which one service lost one endpoint (the partial sync
+// every endpoint change costs). It is a measurement, so it only runs when
 // SVCLAB_NFT_SCALE names the service counts ("1000,3000"); the times are
 // logged (go test -v). The kernel's rule count is checked so that a sync
 // that silently installed less cannot pass as fast.
@@ -62,11 +62,13 @@ func TestPrivilegedScaleApply(t *testing.T) {
 			start := time.Now()
 			require.NoError(t, dp.Apply(ctx, st), "first apply")
 			t.Logf("first apply: %v", time.Since(start))
+			assert.Equal(t, "full", dp.Info()["sync"], "first apply")
 
 			st.Services[0].Endpoints = st.Services[0].Endpoints[1:]
 			start = time.Now()
 			require.NoError(t, dp.Apply(ctx, st), "apply after one endpoint left")
-			t.Logf("apply after one endpoint left: %v", time.Since(start))
+			t.Logf("apply after one endpoint left: %v (%s sync)", time.Since(start), dp.Info()["sync"])
+			assert.Equal(t, "partial", dp.Info()["sync"], "apply after one endpoint left")
 
 			want, err := renderSync(baselinetest.PodCIDR, st, nil)
 			require.NoError(t, err)
