@@ -27,6 +27,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"svclab/datapath"
+	"svclab/internal/lbmaps"
 )
 
 // Name is the datapath's registry name.
@@ -202,37 +203,10 @@ func (d *Datapath) Info() map[string]string {
 	}
 	info["attach"] = d.attach.mode
 	info["interfaces"] = strings.Join(d.ifaces, ",")
-	addStateSize(info, len(d.installed.services)+len(d.installed.backends), d.objs.SvclabServices, d.objs.SvclabBackends)
+	lbmaps.AddStateSize(info, len(d.installed.services)+len(d.installed.backends), d.objs.SvclabServices, d.objs.SvclabBackends)
 	return info
 }
 
-// addStateSize records the standard state-size keys: objects, the number
-// of load-balancing map entries (counted in the copy Apply keeps, which
-// equals the kernel maps, so Info walks no map), and bytes, the kernel's
-// memlock figure for maps summed. The maps are created with
-// BPF_F_NO_PREALLOC, so from Linux 6.4 (map_mem_usage) that figure grows
-// with the entries; older kernels report an estimate from max_entries.
-// When the kernel reports no memlock for a map, state_bytes is left out
-// and state_bytes_unavailable says why, rather than recording a partial
-// sum.
-func addStateSize(info map[string]string, objects int, maps ...*ebpf.Map) {
-	info[datapath.InfoStateObjects] = strconv.Itoa(objects)
-	var total uint64
-	for _, m := range maps {
-		mi, err := m.Info()
-		if err != nil {
-			info["state_bytes_unavailable"] = fmt.Sprintf("map %s: info: %v", m, err)
-			return
-		}
-		n, ok := mi.Memlock()
-		if !ok {
-			info["state_bytes_unavailable"] = fmt.Sprintf("map %s: kernel reports no memlock", mi.Name)
-			return
-		}
-		total += n
-	}
-	info[datapath.InfoStateBytes] = strconv.FormatUint(total, 10)
-}
 
 // Close detaches both programs from every interface and releases the maps
 // and programs. Nothing is pinned, so nothing of the datapath outlives it.
