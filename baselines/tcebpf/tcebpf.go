@@ -207,7 +207,6 @@ func (d *Datapath) Info() map[string]string {
 	return info
 }
 
-
 // Close detaches both programs from every interface and releases the maps
 // and programs. Nothing is pinned, so nothing of the datapath outlives it.
 // It is safe to call more than once and after a failed Setup.
