@@ -2,9 +2,11 @@
 // services as nat-table DNAT rules in the node network namespace, with a
 // chain of random-probability rules picking the endpoint per new connection.
 //
-// Like kube-proxy, it renders the complete ruleset as iptables-restore text
-// and applies it in one --noflush transaction, so a sync is atomic and never
-// touches chains it does not own. It registers three variants that differ
+// Like kube-proxy, it renders the ruleset as iptables-restore text and
+// applies it in one --noflush transaction, so a sync is atomic and never
+// touches chains it does not own. The first sync writes every chain; later
+// ones write only the top-level chains and the per-service and
+// per-endpoint chains that changed (kube-proxy's partial syncs). It registers three variants that differ
 // only in the restore binary: the system default, iptables-nft and
 // iptables-legacy.
 package iptables
@@ -185,6 +187,16 @@ type Datapath struct {
 	env *datapath.Env
 	// installed is every chain of ours that exists in the namespace now.
 	installed chainSet
+	// synced is the rules text per chain the last successful Apply left,
+	// which the next Apply diffs against to write only changed chains. nil
+	// means the next Apply is a full sync: the first one after Setup, and
+	// the one after a failed restore.
+	synced chainRules
+	// resync is set by a failed restore: the next full sync also deletes
+	// stale chains the kernel holds but the record may lack.
+	resync bool
+	// lastSync is "full" or "partial": how the last successful Apply wrote.
+	lastSync string
 	// rules is the rule count of the last successful Apply.
 	rules int
 	// udp is the UDP service ports and endpoints of the last successful
@@ -235,24 +247,51 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) error {
 }
 
 // Apply replaces the whole service ruleset with st in one transaction.
-// Chains of services that disappeared are deleted in the same transaction;
-// if the restore fails, the kernel keeps the previous ruleset and so does
-// the record of what is installed.
+// The first Apply after Setup, and the first after a failed restore, write
+// every chain (a full sync); the others write only the always-full chains
+// (KUBE-SERVICES, KUBE-MARK-MASQ, KUBE-POSTROUTING) and the per-service
+// and per-endpoint chains that are new or changed, like kube-proxy's
+// partial syncs. Either way, chains of services and endpoints that
+// disappeared are deleted in the same transaction; if the restore fails,
+// the kernel keeps the previous ruleset and so does the record of what is
+// installed.
 func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.env == nil {
 		return fmt.Errorf("%s apply: Setup has not run", d.v.name)
 	}
-	r, err := renderSyncPadded(d.env.PodCIDR, st, d.installed, d.pad)
+	var r rendered
+	var err error
+	if d.synced != nil {
+		r, err = renderPartialSync(d.env.PodCIDR, st, d.synced, d.pad)
+	} else {
+		prev := d.installed
+		if d.resync {
+			// A restore that failed might still have committed (killed
+			// after the kernel took it): delete what the kernel holds too.
+			prev = d.installedWithLive(ctx)
+		}
+		r, err = renderSyncPadded(d.env.PodCIDR, st, prev, d.pad)
+	}
 	if err != nil {
 		return fmt.Errorf("%s apply: %w", d.v.name, err)
 	}
 	if _, err := d.v.restoreIn(ctx, d.env.Node, r.text); err != nil {
+		// The record stays the old one; the next Apply rewrites
+		// everything rather than trusting a diff against it.
+		d.synced = nil
+		d.resync = true
 		return fmt.Errorf("%s apply: %w", d.v.name, err)
 	}
 	d.installed = r.chains
+	d.synced = r.content
+	d.resync = false
 	d.rules = r.rules
+	d.lastSync = "full"
+	if r.partial {
+		d.lastSync = "partial"
+	}
 	// The new rules decide only new flows: drop the UDP conntrack entries
 	// that would keep sending clients to endpoints st no longer has.
 	prev, cur := d.udp, kubeproxy.UDPServing(st)
@@ -273,13 +312,18 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 // datapath.InfoStateObjects).
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
-	rules, pad := d.rules, d.pad
+	rules, pad, sync := d.rules, d.pad, d.lastSync
 	d.mu.Unlock()
 	info := map[string]string{
 		"rules": strconv.Itoa(rules),
 		// The rules are the programmed objects; the kernel memory they
 		// take is not readable per ruleset, so there is no StateBytes.
 		datapath.InfoStateObjects: strconv.Itoa(rules),
+	}
+	if sync != "" {
+		// How the last Apply wrote: "full" (every chain) or "partial"
+		// (only the changed ones).
+		info["sync"] = sync
 	}
 	if pad > 0 {
 		info["pad_rules"] = strconv.Itoa(pad)
@@ -305,25 +349,35 @@ func (d *Datapath) Close() error {
 	// after its transaction committed (Ctrl-C) installed chains the record
 	// never saw. Tear down the union, or a leftover SEP chain keeps
 	// KUBE-MARK-MASQ busy and the teardown fails.
-	installed := chainSet{}
-	for table, chains := range d.installed {
-		for ch := range chains {
-			installed.add(table, ch)
-		}
-	}
-	if live, err := d.v.liveChains(ctx, d.env.Node); err == nil {
-		for table, chains := range live {
-			for ch := range chains {
-				installed.add(table, ch)
-			}
-		}
-	}
+	installed := d.installedWithLive(ctx)
 	if _, err := d.v.restoreIn(ctx, d.env.Node, renderTeardown(installed)); err != nil {
 		return fmt.Errorf("%s close: %w", d.v.name, err)
 	}
 	d.env = nil
 	d.installed = nil
+	d.synced = nil
+	d.resync = false
+	d.lastSync = ""
 	d.udp = nil
 	d.rules = 0
 	return nil
+}
+
+// installedWithLive is the recorded chains plus the KUBE-* chains the
+// kernel holds (only the record if iptables-save fails). d.mu is held.
+func (d *Datapath) installedWithLive(ctx context.Context) chainSet {
+	out := chainSet{}
+	for table, chains := range d.installed {
+		for ch := range chains {
+			out.add(table, ch)
+		}
+	}
+	if live, err := d.v.liveChains(ctx, d.env.Node); err == nil {
+		for table, chains := range live {
+			for ch := range chains {
+				out.add(table, ch)
+			}
+		}
+	}
+	return out
 }

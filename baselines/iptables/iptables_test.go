@@ -115,7 +115,7 @@ func TestPrivilegedApply(t *testing.T) {
 				again = append(again, time.Since(start))
 			}
 			slices.Sort(again)
-			t.Logf("%s: Apply 1 svc x 12 endpoints: first %v, median of 9 re-applies %v", v.name, first.Round(time.Microsecond), again[4].Round(time.Microsecond))
+			t.Logf("%s: Apply 1 svc x 12 endpoints: first %v, median of 9 re-applies (%s syncs) %v", v.name, first.Round(time.Microsecond), dp.Info()["sync"], again[4].Round(time.Microsecond))
 
 			require.NoError(t, dp.Apply(ctx, full))
 			want, err := renderSync(baselinetest.PodCIDR, full, nil)
@@ -168,9 +168,10 @@ func TestPrivilegedApply(t *testing.T) {
 	}
 }
 
-// TestPrivilegedApplyErrorKeepsState: a sync the kernel rejects changes
-// nothing, neither in the kernel nor in what the datapath believes is
-// installed, so the next good sync still deletes the right chains.
+// TestPrivilegedApplyErrorKeepsState: a sync the kernel rejects (here a
+// partial one) changes nothing, neither in the kernel nor in what the
+// datapath believes is installed, so the next good sync, a full one, still
+// deletes the right chains.
 func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 	requireRoot(t)
 	for _, v := range variants {
@@ -184,6 +185,7 @@ func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 			st := datapath.State{Services: []datapath.Service{baselinetest.WebService(2)}}
 			require.NoError(t, dp.Apply(ctx, st))
 			_, before := saveChains(t, v, ns, tableNAT)
+			assert.Equal(t, "full", dp.Info()["sync"], "the first Apply after Setup is a full sync")
 
 			// A chain we do not own jumps to one of our SEP chains, so the
 			// kernel refuses to delete it: the whole sync must fail.
@@ -205,8 +207,13 @@ func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 			_, err = v.restoreIn(ctx, ns, []byte("*nat\n:FOREIGN - [0:0]\n-X FOREIGN\nCOMMIT\n"))
 			require.NoError(t, err)
 			require.NoError(t, dp.Apply(ctx, datapath.State{}))
+			assert.Equal(t, "full", dp.Info()["sync"], "the Apply after a failed restore is a full sync")
 			_, chains := saveChains(t, v, ns, tableNAT)
 			assert.Equal(t, []string{chainMarkMasq, chainPostrouting, chainServices}, chains)
+			require.NoError(t, dp.Apply(ctx, st))
+			assert.Equal(t, "partial", dp.Info()["sync"], "once a sync succeeded, the next ones are partial again")
+			_, chains = saveChains(t, v, ns, tableNAT)
+			assert.Equal(t, r.chains.sorted(tableNAT), chains)
 		})
 	}
 }

@@ -87,9 +87,15 @@ type tableWriter struct {
 	name    string
 	chains  []string
 	seen    map[string]bool
-	rules   bytes.Buffer
+	lines   []ruleLine
 	nrules  int
 	deletes []string
+}
+
+// ruleLine is one rule line and the chain it writes to, so that a partial
+// sync can pick the lines of the chains it rewrites without reparsing.
+type ruleLine struct {
+	chain, text string
 }
 
 func newTableWriter(name string) *tableWriter {
@@ -109,8 +115,12 @@ func (w *tableWriter) chain(name string) {
 // rule writes one rule line (without the trailing newline).
 func (w *tableWriter) rule(format string, args ...any) {
 	line := fmt.Sprintf(format, args...)
-	w.rules.WriteString(line)
-	w.rules.WriteByte('\n')
+	// The chain is the word after the command ("-A CHAIN …").
+	var chain string
+	if _, rest, ok := strings.Cut(line, " "); ok {
+		chain, _, _ = strings.Cut(rest, " ")
+	}
+	w.lines = append(w.lines, ruleLine{chain: chain, text: line})
 	if strings.HasPrefix(line, "-A ") || strings.HasPrefix(line, "-I ") {
 		w.nrules++
 	}
@@ -124,12 +134,42 @@ func (w *tableWriter) remove(name string) {
 	w.deletes = append(w.deletes, name)
 }
 
-func (w *tableWriter) writeTo(b *bytes.Buffer) {
+// content is the rules text of every declared chain ("" for a chain without
+// rules), which is what a later partial sync compares against.
+func (w *tableWriter) content() map[string]string {
+	sb := make(map[string]*strings.Builder, len(w.chains))
+	for _, ch := range w.chains {
+		sb[ch] = &strings.Builder{}
+	}
+	for _, l := range w.lines {
+		if b := sb[l.chain]; b != nil {
+			b.WriteString(l.text)
+			b.WriteByte('\n')
+		}
+	}
+	out := make(map[string]string, len(sb))
+	for ch, b := range sb {
+		out[ch] = b.String()
+	}
+	return out
+}
+
+// writeTo writes the table's section. keep, if not nil, limits the chains
+// declared and the rules written to those it holds (a partial sync); the
+// chains to delete must be in it too.
+func (w *tableWriter) writeTo(b *bytes.Buffer, keep map[string]bool) {
 	fmt.Fprintf(b, "*%s\n", w.name)
 	for _, ch := range w.chains {
-		fmt.Fprintf(b, ":%s - [0:0]\n", ch)
+		if keep == nil || keep[ch] {
+			fmt.Fprintf(b, ":%s - [0:0]\n", ch)
+		}
 	}
-	b.Write(w.rules.Bytes())
+	for _, l := range w.lines {
+		if keep == nil || keep[l.chain] {
+			b.WriteString(l.text)
+			b.WriteByte('\n')
+		}
+	}
 	for _, ch := range w.deletes {
 		fmt.Fprintf(b, "-X %s\n", ch)
 	}
@@ -141,8 +181,29 @@ type rendered struct {
 	text []byte
 	// chains is what the ruleset leaves installed, base chains included.
 	chains chainSet
-	// rules counts the rules the ruleset appends (both tables).
+	// rules counts the rules of the whole state (both tables), whether
+	// this input writes them all or only the changed chains.
 	rules int
+	// content is the rules text of every chain the state has: what the
+	// kernel holds once this input is applied, for the next partial sync.
+	content chainRules
+	// partial is true when only the changed chains are written.
+	partial bool
+}
+
+// chainRules is the rules text per chain per table.
+type chainRules map[string]map[string]string
+
+// alwaysFull says whether a partial sync rewrites chain in full whatever it
+// held: the fixed chains, KUBE-SERVICES above all, whose rules reference
+// every service, like kube-proxy's top-level chains.
+func alwaysFull(table, chain string) bool {
+	for _, ch := range baseChains[table] {
+		if ch == chain {
+			return true
+		}
+	}
+	return false
 }
 
 // chainHash names a per-service or per-endpoint chain the way kube-proxy
@@ -198,7 +259,7 @@ func renderSetup() []byte {
 				w.rule("-I %s -m comment --comment %q -j %s", j.from, j.comment, j.to)
 			}
 		}
-		w.writeTo(&b)
+		w.writeTo(&b, nil)
 	}
 	return b.Bytes()
 }
@@ -231,7 +292,7 @@ func renderTeardown(installed chainSet) []byte {
 		for _, ch := range installed.sorted(table) {
 			w.remove(ch)
 		}
-		w.writeTo(&b)
+		w.writeTo(&b, nil)
 	}
 	return b.Bytes()
 }
@@ -249,8 +310,76 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendere
 // (see padEnv). They match destinations in 198.18.0.0/15 (RFC 2544
 // benchmarking addresses, never a service or pod here).
 func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pad int) (rendered, error) {
-	filter, nat := newTableWriter(tableFilter), newTableWriter(tableNAT)
-	cur := chainSet{}
+	filter, nat, cur, err := buildSync(podCIDR, st, pad)
+	if err != nil {
+		return rendered{}, err
+	}
+	// Before the deletions below declare the stale chains: they must not
+	// be recorded as installed.
+	content := contentOf(filter, nat)
+	// Chains from the previous Apply that this state no longer uses.
+	for _, w := range []*tableWriter{filter, nat} {
+		for _, ch := range prev.sorted(w.name) {
+			if !cur[w.name][ch] {
+				w.remove(ch)
+			}
+		}
+	}
+
+	var b bytes.Buffer
+	filter.writeTo(&b, nil)
+	nat.writeTo(&b, nil)
+	return rendered{text: b.Bytes(), chains: cur, rules: filter.nrules + nat.nrules, content: content}, nil
+}
+
+// renderPartialSync renders only what changed since the sync that left
+// installed (the content of a rendered): the always-full chains, every
+// chain that is new or whose rules differ, and the chains the state no
+// longer uses, declared (which flushes them, dropping their own jumps) and
+// then deleted after all rules, when the rewritten chains no longer
+// reference them. Applied over installed, it leaves the kernel exactly as a
+// full sync of st would.
+func renderPartialSync(podCIDR netip.Prefix, st datapath.State, installed chainRules, pad int) (rendered, error) {
+	filter, nat, cur, err := buildSync(podCIDR, st, pad)
+	if err != nil {
+		return rendered{}, err
+	}
+	content := contentOf(filter, nat) // before the stale chains are declared
+	var b bytes.Buffer
+	for _, w := range []*tableWriter{filter, nat} {
+		keep := map[string]bool{}
+		for _, ch := range w.chains {
+			old, ok := installed[w.name][ch]
+			if alwaysFull(w.name, ch) || !ok || old != content[w.name][ch] {
+				keep[ch] = true
+			}
+		}
+		var stale []string
+		for ch := range installed[w.name] {
+			if !cur[w.name][ch] {
+				stale = append(stale, ch)
+			}
+		}
+		sort.Strings(stale)
+		for _, ch := range stale {
+			w.remove(ch)
+			keep[ch] = true
+		}
+		w.writeTo(&b, keep)
+	}
+	return rendered{text: b.Bytes(), chains: cur, rules: filter.nrules + nat.nrules, content: content, partial: true}, nil
+}
+
+// contentOf is the rules text per chain of both tables.
+func contentOf(filter, nat *tableWriter) chainRules {
+	return chainRules{tableFilter: filter.content(), tableNAT: nat.content()}
+}
+
+// buildSync renders the complete ruleset for st into one writer per table,
+// and returns the chains it uses.
+func buildSync(podCIDR netip.Prefix, st datapath.State, pad int) (filter, nat *tableWriter, cur chainSet, err error) {
+	filter, nat = newTableWriter(tableFilter), newTableWriter(tableNAT)
+	cur = chainSet{}
 	for table, chains := range baseChains {
 		for _, ch := range chains {
 			cur.add(table, ch)
@@ -270,12 +399,12 @@ func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pa
 	for _, svc := range kubeproxy.SortedServices(st) {
 		eps, err := kubeproxy.IPv4Endpoints(svc, baselineName)
 		if err != nil {
-			return rendered{}, err
+			return nil, nil, nil, err
 		}
 		for _, port := range svc.Ports {
 			proto, err := kubeproxy.Proto(port.Protocol, baselineName)
 			if err != nil {
-				return rendered{}, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
+				return nil, nil, nil, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
 			}
 			spn := servicePortName(svc, port)
 			match := fmt.Sprintf("-m %s -p %s -d %s/32 --dport %d", proto, proto, svc.ClusterIP, port.Port)
@@ -341,19 +470,7 @@ func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pa
 		}
 	}
 
-	// Chains from the previous Apply that this state no longer uses.
-	for _, w := range []*tableWriter{filter, nat} {
-		for _, ch := range prev.sorted(w.name) {
-			if !cur[w.name][ch] {
-				w.remove(ch)
-			}
-		}
-	}
-
-	var b bytes.Buffer
-	filter.writeTo(&b)
-	nat.writeTo(&b)
-	return rendered{text: b.Bytes(), chains: cur, rules: filter.nrules + nat.nrules}, nil
+	return filter, nat, cur, nil
 }
 
 // errLine matches the line number iptables-restore reports for a failure

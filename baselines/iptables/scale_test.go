@@ -1,0 +1,108 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/baselines/internal/baselinetest"
+	"svclab/datapath"
+)
+
+// scaleEnv names the variable that enables TestPrivilegedScaleApply and
+// sets its service count (e.g. SVCLAB_IPT_SCALE=1000). It is off by default:
+// at 1,000 services a full sync through the nft backend takes seconds.
+const scaleEnv = "SVCLAB_IPT_SCALE"
+
+// scaleEndpoints is the endpoint count per service of the scale test.
+const scaleEndpoints = 12
+
+// scaleState builds the state the harness builds for a scale point: n
+// services bench/svc-00000… on port 80 → 8080 with consecutive ClusterIPs
+// in 10.96.0.0/16 from .10, every one with the same endpoints
+// 10.244.0.2 … 10.244.0.<1+endpoints> (the backend pods).
+func scaleState(n, endpoints int) datapath.State {
+	eps := make([]datapath.Endpoint, endpoints)
+	for i := range eps {
+		eps[i] = datapath.Endpoint{Pod: fmt.Sprintf("backend-%d", i), Addr: netip.AddrFrom4([4]byte{10, 244, 0, byte(2 + i)}), Ready: true, Serving: true}
+	}
+	st := datapath.State{Services: make([]datapath.Service, n)}
+	for i := range n {
+		v := 10 + i
+		st.Services[i] = datapath.Service{Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
+			ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(v >> 8), byte(v)}),
+			Ports:     []datapath.ServicePort{baselinetest.HTTPPort}, Endpoints: eps}
+	}
+	return st
+}
+
+// withoutLastEndpoint returns st with service i's last endpoint removed
+// (the other services keep sharing the original slice).
+func withoutLastEndpoint(st datapath.State, i int) datapath.State {
+	out := datapath.State{Services: append([]datapath.Service(nil), st.Services...)}
+	eps := out.Services[i].Endpoints
+	out.Services[i].Endpoints = eps[: len(eps)-1 : len(eps)-1]
+	return out
+}
+
+// TestPrivilegedScaleApply times, per restore backend, the first Apply of
+// SVCLAB_IPT_SCALE services × 12 endpoints, then an Apply that removes one
+// endpoint of one service, then a re-Apply of an unchanged state. It only
+// logs the times; the kernel's rule count is checked so a fast but wrong
+// sync cannot pass.
+func TestPrivilegedScaleApply(t *testing.T) {
+	v := os.Getenv(scaleEnv)
+	if v == "" {
+		t.Skipf("set %s=<services> to time Apply at scale", scaleEnv)
+	}
+	n, err := strconv.Atoi(v)
+	require.NoError(t, err, "%s=%q: want a service count", scaleEnv, v)
+	require.True(t, n > 0 && n <= 65000, "%s=%d: want 1 to 65000 services (10.96.0.0/16)", scaleEnv, n)
+	requireRoot(t)
+
+	st := scaleState(n, scaleEndpoints)
+	changed := withoutLastEndpoint(st, n/2)
+	for _, v := range variants {
+		if v.name == "iptables" {
+			continue // the system default is one of the other two
+		}
+		t.Run(v.name, func(t *testing.T) {
+			requireInstalled(t, v)
+			ns := baselinetest.NewNS(t)
+			dp := &Datapath{v: v}
+			ctx := context.Background()
+			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
+			t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
+
+			steps := []struct {
+				name string
+				st   datapath.State
+			}{
+				{"first Apply", st},
+				{"one endpoint removed", changed},
+				{"unchanged re-Apply", changed},
+				{"one endpoint back", st},
+			}
+			for _, s := range steps {
+				start := time.Now()
+				require.NoError(t, dp.Apply(ctx, s.st), s.name)
+				took := time.Since(start)
+				info := dp.Info()
+				t.Logf("%s: %d services x %d endpoints: %s: %v (sync %q)", v.name, n, scaleEndpoints, s.name, took.Round(time.Millisecond), info["sync"])
+			}
+			want, err := renderSync(baselinetest.PodCIDR, st, nil)
+			require.NoError(t, err)
+			text, _ := saveChains(t, v, ns, tableNAT)
+			kernel := strings.Count(text, "\n-A KUBE-")
+			assert.Equal(t, want.rules, kernel, "KUBE-* rules in the kernel after the last Apply")
+		})
+	}
+}
