@@ -254,6 +254,18 @@ func newV6Namespace(t *testing.T) *nsutil.NS {
 		}
 		require.NoError(t, err, "add %s to lo", a)
 	}
+	// The kernel makes a new IPv6 address local (its route in the local
+	// table) from a workqueue, after AddrAdd returns; a datagram sent
+	// before that is lost. Wait until both addresses route locally.
+	require.Eventually(t, func() bool {
+		for _, a := range []string{"fd00::5", "fd00::6"} {
+			rs, err := h.RouteGet(net.ParseIP(a))
+			if err != nil || len(rs) == 0 || rs[0].Type != unix.RTN_LOCAL {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 5*time.Millisecond, "fd00::5 and fd00::6 never became local addresses")
 	return ns
 }
 

@@ -463,24 +463,43 @@ func (t *Topology) Close() error {
 	return errors.Join(errs...)
 }
 
+// isLocal reports whether a routes locally in h's namespace.
+func isLocal(h *netlink.Handle, a netip.Addr) bool {
+	rs, err := h.RouteGet(net.IP(a.AsSlice()))
+	return err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL
+}
+
 // waitLinksUp waits until every link of the topology (the node's veths and
 // each pod's eth0) is operationally up. A freshly created veth passes no
 // traffic until the kernel's link watcher has activated it, which it does
 // asynchronously and, when many links change at once, up to a second
-// later: a probe started before that loses its first packets.
+// later: a probe started before that loses its first packets. In a
+// dual-stack topology it also waits for each pod's IPv6 address to be
+// local.
 func waitLinksUp(ctx context.Context, t *Topology, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	nss := []*nsutil.NS{t.Node}
-	for _, p := range append(append([]datapath.Pod{}, t.Clients...), t.Backends...) {
+	pods := append(append([]datapath.Pod{}, t.Clients...), t.Backends...)
+	for _, p := range pods {
 		nss = append(nss, p.NS)
 	}
-	for _, ns := range nss {
+	for i, ns := range nss {
+		var addr6 netip.Addr
+		if i > 0 {
+			addr6 = pods[i-1].Addr6
+		}
 		h, err := ns.NetlinkHandle()
 		if err != nil {
 			return err
 		}
 		for {
 			down, err := linksDown(h)
+			if err == nil && len(down) == 0 && addr6.IsValid() && !isLocal(h, addr6) {
+				// The kernel makes a new IPv6 address local from a
+				// workqueue, after AddrAdd returned: until then the
+				// pod drops what is sent to it.
+				down = []string{addr6.String() + " (not yet local)"}
+			}
 			if err != nil {
 				h.Close()
 				return fmt.Errorf("netns %s: list links: %w", ns.Name, err)
