@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/harness"
+	"svclab/results"
 	"svclab/scenarios"
 )
 
@@ -107,6 +108,47 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	left, err := harness.CleanupStale()
 	require.NoError(t, err)
 	assert.Empty(t, left, "a finished run must leave nothing for cleanup")
+}
+
+// The CI variant of the scale sweep, end to end with every datapath this
+// kernel runs: both sweeps (1,000 services, 100 endpoints on extra pod
+// addresses), every point reached, the line charts and the scale table.
+func TestPrivilegedBenchScaleQuick(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"bench", "--scenario", "scale", "--quick", "--output", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, "stderr: %s", stderr.String())
+	ents, err := os.ReadDir(out)
+	require.NoError(t, err)
+	require.Len(t, ents, 1)
+	dir := filepath.Join(out, ents[0].Name())
+	for _, f := range []string{"results.json", "scale-services-p90.png", "scale-services-apply.png", "scale-services-change.png",
+		"scale-endpoints-qps.png", "scale-endpoints-state.png"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		require.NoError(t, err, f)
+		assert.Greater(t, fi.Size(), int64(1000), f)
+	}
+	run, err := results.Read(filepath.Join(dir, "results.json"))
+	require.NoError(t, err)
+	assert.Empty(t, run.ScaleLimits, "every datapath reaches 1,000 services and 100 endpoints well within the apply timeout")
+	points := map[string]int{}
+	for _, tr := range run.Trials {
+		points[tr.Datapath]++
+		assert.Empty(t, tr.Workload.Errors, "%s at %d×%d", tr.Datapath, tr.Services, tr.Endpoints)
+		assert.Positive(t, tr.Workload.Connections, "%s at %d×%d", tr.Datapath, tr.Services, tr.Endpoints)
+	}
+	for _, d := range run.Datapaths {
+		if d.Skipped == "" {
+			assert.Equal(t, 3, points[d.Name], "%s: 1×12, 1,000×12 and 1×100", d.Name)
+		}
+	}
+	assert.Contains(t, stdout.String(), "socketlb: connect p90 at 1,000 services vs 1: ×")
+	left, err := harness.CleanupStale()
+	require.NoError(t, err)
+	assert.Empty(t, left)
 }
 
 // A bench interrupted halfway (SIGINT) removes everything it made, and one
