@@ -351,10 +351,25 @@ func caption(run *Run, spec chartSpec) string {
 
 // skippedNotes are the caption sentences naming the datapaths the run
 // skipped, with their reasons.
+// A datapath skipped on the host but measured elsewhere (ipvs skipped,
+// ipvs@debian-6.12 measured in a VM) says where its bars come from.
 func skippedNotes(run *Run) []string {
+	elsewhere := map[string][]string{}
+	seen := map[string]bool{}
+	for _, t := range run.Trials {
+		if name, where := SplitSite(t.Datapath); where != "" && !seen[t.Datapath] {
+			seen[t.Datapath] = true
+			elsewhere[name] = append(elsewhere[name], t.Datapath)
+		}
+	}
 	var parts []string
 	for _, d := range run.Datapaths {
-		if d.Skipped != "" {
+		if d.Skipped == "" {
+			continue
+		}
+		if e := elsewhere[d.Name]; len(e) > 0 {
+			parts = append(parts, fmt.Sprintf("Not measured on this host: %s (%s); measured as %s.", d.Name, d.Skipped, strings.Join(e, ", ")))
+		} else {
 			parts = append(parts, fmt.Sprintf("Not measured: %s (%s).", d.Name, d.Skipped))
 		}
 	}
