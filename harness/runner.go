@@ -215,7 +215,11 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 	per := time.Duration(w.Warmup) + time.Duration(w.Duration) + 2*time.Second
 	prog := NewProgress(cfg.Log, cfg.TTY, len(sched)+1+plan.openTrials(), per)
 	defer prog.Finish()
-	prog.Logf("svclab run %s: %d trials; kernel objects are named %s-*", run.ID, len(sched), lock.Prefix)
+	trials := fmt.Sprintf("%d trials", len(sched))
+	if n := plan.openTrials(); n > 0 {
+		trials = fmt.Sprintf("%d trials (%d closed-loop, %d open-loop)", len(sched)+n, len(sched), n)
+	}
+	prog.Logf("svclab run %s: %s; kernel objects are named %s-*", run.ID, trials, lock.Prefix)
 	for _, s := range plan.Skipped {
 		prog.Logf("skipping %s: %s", s.Name, s.Skipped)
 	}
