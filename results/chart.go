@@ -522,9 +522,13 @@ type groupedTicks struct{}
 // Ticks implements plot.Ticker.
 func (groupedTicks) Ticks(lo, hi float64) []plot.Tick {
 	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	// gonum can label as few as two ticks (0 and 25,000 on a 0–28,000
+	// axis); then the unlabelled ones are labelled too.
+	labelAll := slices.IndexFunc(ticks, func(t plot.Tick) bool { return t.Label != "" }) >= 0 &&
+		len(slices.DeleteFunc(slices.Clone(ticks), func(t plot.Tick) bool { return t.Label == "" })) < 3
 	for i, t := range ticks {
 		switch {
-		case t.Label == "":
+		case t.Label == "" && !labelAll:
 		case t.Value == math.Trunc(t.Value):
 			ticks[i].Label = groupThousands(t.Value)
 		default:
