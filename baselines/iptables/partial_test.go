@@ -56,7 +56,7 @@ func renderAfter(t *testing.T, prev, st datapath.State) rendered {
 // TestRenderPartialGolden pins the restore text of partial syncs after a
 // full sync of three services with two endpoints each.
 func TestRenderPartialGolden(t *testing.T) {
-	base := threeByTwo()
+	base := baselinetest.ThreeByTwo()
 	tests := []struct {
 		name string
 		st   datapath.State
@@ -101,7 +101,7 @@ func writtenChains(text []byte) (declared, deleted map[string][]string) {
 // TestPartialWritesOnlyChanges checks, independent of the golden text, which
 // chains a partial sync declares and deletes.
 func TestPartialWritesOnlyChanges(t *testing.T) {
-	base := threeByTwo()
+	base := baselinetest.ThreeByTwo()
 	full, err := renderSync(baselinetest.PodCIDR, base, nil)
 	require.NoError(t, err)
 	spn := func(i int) string { return fmt.Sprintf("bench/s%d:http", i) }
@@ -148,7 +148,7 @@ func TestPartialWritesOnlyChanges(t *testing.T) {
 // covers exactly the chains the state keeps, not the stale ones a sync
 // declares only to delete them.
 func TestContentIsWhatStays(t *testing.T) {
-	base := threeByTwo()
+	base := baselinetest.ThreeByTwo()
 	first, err := renderSync(baselinetest.PodCIDR, base, nil)
 	require.NoError(t, err)
 	shrunk := withoutService(withoutLastEndpoint(base, 0), 1)
@@ -238,7 +238,7 @@ func (m restoreModel) apply(input []byte) error {
 // partial syncs on the model and checks after each that the model holds
 // exactly what a fresh full sync of that state gives.
 func TestPartialSequenceMatchesFullSync(t *testing.T) {
-	base := threeByTwo()
+	base := baselinetest.ThreeByTwo()
 	seq := []struct {
 		name string
 		st   datapath.State
@@ -307,7 +307,7 @@ func normalisedSave(t *testing.T, v *variant, ns *nsutil.NS, table string) strin
 func TestPrivilegedPartialMatchesFullSync(t *testing.T) {
 	requireRoot(t)
 	baselinetest.CheckRootUnchanged(t, "netfilter rules", rootSnapshot)
-	base := threeByTwo()
+	base := baselinetest.ThreeByTwo()
 	seq := []datapath.State{
 		base,
 		withoutLastEndpoint(base, 1),

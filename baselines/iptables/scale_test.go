@@ -2,8 +2,6 @@ package iptables
 
 import (
 	"context"
-	"fmt"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -24,25 +22,6 @@ const scaleEnv = "SVCLAB_IPT_SCALE"
 
 // scaleEndpoints is the endpoint count per service of the scale test.
 const scaleEndpoints = 12
-
-// scaleState builds the state the harness builds for a scale point: n
-// services bench/svc-00000… on port 80 → 8080 with consecutive ClusterIPs
-// in 10.96.0.0/16 from .10, every one with the same endpoints
-// 10.244.0.2 … 10.244.0.<1+endpoints> (the backend pods).
-func scaleState(n, endpoints int) datapath.State {
-	eps := make([]datapath.Endpoint, endpoints)
-	for i := range eps {
-		eps[i] = datapath.Endpoint{Pod: fmt.Sprintf("backend-%d", i), Addr: netip.AddrFrom4([4]byte{10, 244, 0, byte(2 + i)}), Ready: true, Serving: true}
-	}
-	st := datapath.State{Services: make([]datapath.Service, n)}
-	for i := range n {
-		v := 10 + i
-		st.Services[i] = datapath.Service{Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
-			ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(v >> 8), byte(v)}),
-			Ports:     []datapath.ServicePort{baselinetest.HTTPPort}, Endpoints: eps}
-	}
-	return st
-}
 
 // withoutLastEndpoint returns st with service i's last endpoint removed
 // (the other services keep sharing the original slice).
@@ -68,7 +47,7 @@ func TestPrivilegedScaleApply(t *testing.T) {
 	require.True(t, n > 0 && n <= 65000, "%s=%d: want 1 to 65000 services (10.96.0.0/16)", scaleEnv, n)
 	requireRoot(t)
 
-	st := scaleState(n, scaleEndpoints)
+	st := baselinetest.ScaleState(n, scaleEndpoints)
 	changed := withoutLastEndpoint(st, n/2)
 	for _, v := range variants {
 		if v.name == "iptables" {

@@ -34,31 +34,31 @@ func withAffinity(st datapath.State, i int, d time.Duration) datapath.State {
 // partialCases are the changes the partial sync must express: each starts
 // from three services with two endpoints each (or a variant of it).
 func partialCases() []partialCase {
-	endpointRemoved := threeByTwo()
+	endpointRemoved := baselinetest.ThreeByTwo()
 	endpointRemoved.Services[1].Endpoints = endpointRemoved.Services[1].Endpoints[1:]
-	serviceRemoved := threeByTwo()
+	serviceRemoved := baselinetest.ThreeByTwo()
 	serviceRemoved.Services = serviceRemoved.Services[:2]
-	serviceAdded := threeByTwo()
+	serviceAdded := baselinetest.ThreeByTwo()
 	added := serviceAdded.Services[2]
 	added.Name, added.ClusterIP = "s3", netip.MustParseAddr("10.96.1.4")
 	added.Endpoints = baselinetest.Endpoints(4, 2)
 	serviceAdded.Services = append(serviceAdded.Services, added)
-	endpointsGone := threeByTwo()
+	endpointsGone := baselinetest.ThreeByTwo()
 	endpointsGone.Services[1].Endpoints = nil
 	return []partialCase{
-		{name: "endpoint_removed", from: threeByTwo(), to: endpointRemoved,
+		{name: "endpoint_removed", from: baselinetest.ThreeByTwo(), to: endpointRemoved,
 			wantChange: []string{"flush chain ip svclab service-", "numgen random mod 1 ", "delete chain ip svclab endpoint-"}},
-		{name: "service_removed", from: threeByTwo(), to: serviceRemoved,
+		{name: "service_removed", from: baselinetest.ThreeByTwo(), to: serviceRemoved,
 			wantChange: []string{"delete element ip svclab service-ips {\n\t10.96.1.3 . tcp . 80\n}"}},
-		{name: "service_added", from: threeByTwo(), to: serviceAdded,
+		{name: "service_added", from: baselinetest.ThreeByTwo(), to: serviceAdded,
 			wantChange: []string{"add chain ip svclab service-", "add element ip svclab service-ips {\n\t10.96.1.4 . tcp . 80 : goto service-"}},
-		{name: "affinity_on", from: threeByTwo(), to: withAffinity(threeByTwo(), 0, 10*time.Minute),
+		{name: "affinity_on", from: baselinetest.ThreeByTwo(), to: withAffinity(baselinetest.ThreeByTwo(), 0, 10*time.Minute),
 			wantChange: []string{"add set ip svclab affinity-", "timeout 600s"}},
-		{name: "affinity_off", from: withAffinity(threeByTwo(), 0, 10*time.Minute), to: threeByTwo(),
+		{name: "affinity_off", from: withAffinity(baselinetest.ThreeByTwo(), 0, 10*time.Minute), to: baselinetest.ThreeByTwo(),
 			wantChange: []string{"delete set ip svclab affinity-"}},
-		{name: "endpoints_gone", from: threeByTwo(), to: endpointsGone,
+		{name: "endpoints_gone", from: baselinetest.ThreeByTwo(), to: endpointsGone,
 			wantChange: []string{"add element ip svclab no-endpoint-services {"}},
-		{name: "endpoints_back", from: endpointsGone, to: threeByTwo(),
+		{name: "endpoints_back", from: endpointsGone, to: baselinetest.ThreeByTwo(),
 			wantChange: []string{"delete element ip svclab no-endpoint-services {"}},
 	}
 }
@@ -125,9 +125,9 @@ func TestRenderPartialNoChange(t *testing.T) {
 // TestRenderPartialTimeoutChangeNeedsFull: a set's timeout cannot change in
 // place, so that change is left to a full sync.
 func TestRenderPartialTimeoutChangeNeedsFull(t *testing.T) {
-	from, err := desire(baselinetest.PodCIDR, withAffinity(threeByTwo(), 0, 10*time.Minute))
+	from, err := desire(baselinetest.PodCIDR, withAffinity(baselinetest.ThreeByTwo(), 0, 10*time.Minute))
 	require.NoError(t, err)
-	to, err := desire(baselinetest.PodCIDR, withAffinity(threeByTwo(), 0, 5*time.Minute))
+	to, err := desire(baselinetest.PodCIDR, withAffinity(baselinetest.ThreeByTwo(), 0, 5*time.Minute))
 	require.NoError(t, err)
 	_, err = renderPartial(newInstalled(from), to)
 	var need errNeedsFull
@@ -201,7 +201,7 @@ func TestPrivilegedPartialMatchesFull(t *testing.T) {
 	nsSeq, nsFresh := baselinetest.NewNS(t), baselinetest.NewNS(t)
 	seq := start(nsSeq)
 
-	require.NoError(t, seq.Apply(ctx, threeByTwo()))
+	require.NoError(t, seq.Apply(ctx, baselinetest.ThreeByTwo()))
 	assert.Equal(t, "full", seq.Info()["sync"], "the first Apply is a full sync")
 	for _, tc := range partialCases() {
 		require.NoError(t, seq.Apply(ctx, tc.to), tc.name)
@@ -209,7 +209,7 @@ func TestPrivilegedPartialMatchesFull(t *testing.T) {
 	}
 	// Changes of several kinds at once, and a service port whose affinity
 	// set and endpoints change together.
-	final := withAffinity(threeByTwo(), 2, time.Minute)
+	final := withAffinity(baselinetest.ThreeByTwo(), 2, time.Minute)
 	final.Services[2].Endpoints = baselinetest.Endpoints(3, 3)
 	final.Services = append(final.Services[1:], baselinetest.WebService(4), baselinetest.DNSService(), baselinetest.EmptyService())
 	require.NoError(t, seq.Apply(ctx, final))
@@ -236,15 +236,15 @@ func TestPrivilegedPartialFailureFallsBackToFull(t *testing.T) {
 	dp := &Datapath{t: nft}
 	require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
 	t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-	require.NoError(t, dp.Apply(ctx, threeByTwo()))
-	require.NoError(t, dp.Apply(ctx, threeByTwo()))
+	require.NoError(t, dp.Apply(ctx, baselinetest.ThreeByTwo()))
+	require.NoError(t, dp.Apply(ctx, baselinetest.ThreeByTwo()))
 	require.Equal(t, "partial", dp.Info()["sync"], "an unchanged state is a (empty) partial sync")
 
 	// A foreign map names the endpoint chain that dropping s2 deletes, so
 	// the kernel refuses the partial sync.
-	shrunk := threeByTwo()
+	shrunk := baselinetest.ThreeByTwo()
 	shrunk.Services = shrunk.Services[:2]
-	from, err := desire(baselinetest.PodCIDR, threeByTwo())
+	from, err := desire(baselinetest.PodCIDR, baselinetest.ThreeByTwo())
 	require.NoError(t, err)
 	to, err := desire(baselinetest.PodCIDR, shrunk)
 	require.NoError(t, err)
@@ -271,9 +271,9 @@ func TestPrivilegedPartialFailureFallsBackToFull(t *testing.T) {
 	require.NoError(t, dp.Apply(ctx, shrunk))
 	assert.Equal(t, "full", dp.Info()["sync"], "the Apply after a failure is a full sync")
 	assert.Equal(t, wantChains(t, shrunk), sortedChains(listTable(t, ns).chains))
-	require.NoError(t, dp.Apply(ctx, threeByTwo()))
+	require.NoError(t, dp.Apply(ctx, baselinetest.ThreeByTwo()))
 	assert.Equal(t, "partial", dp.Info()["sync"], "partial syncs resume after a good full sync")
-	assert.Equal(t, wantChains(t, threeByTwo()), sortedChains(listTable(t, ns).chains))
+	assert.Equal(t, wantChains(t, baselinetest.ThreeByTwo()), sortedChains(listTable(t, ns).chains))
 }
 
 // TestPrivilegedFullSyncAfterUnrecordedCommit: when nft fails after the
@@ -288,13 +288,13 @@ func TestPrivilegedFullSyncAfterUnrecordedCommit(t *testing.T) {
 	dp := &Datapath{t: nft}
 	require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
 	t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-	require.NoError(t, dp.Apply(ctx, threeByTwo()))
+	require.NoError(t, dp.Apply(ctx, baselinetest.ThreeByTwo()))
 
 	// Commit a partial sync to "two services, s3 added" behind the
 	// datapath's back, and make it believe its last sync failed.
-	moved := threeByTwo()
+	moved := baselinetest.ThreeByTwo()
 	moved.Services[2].Name = "s3"
-	from, err := desire(baselinetest.PodCIDR, threeByTwo())
+	from, err := desire(baselinetest.PodCIDR, baselinetest.ThreeByTwo())
 	require.NoError(t, err)
 	to, err := desire(baselinetest.PodCIDR, moved)
 	require.NoError(t, err)
@@ -308,7 +308,7 @@ func TestPrivilegedFullSyncAfterUnrecordedCommit(t *testing.T) {
 
 	// s2's chains are gone from the kernel but still in the record; s3's
 	// are in the kernel but not in the record, and must go too.
-	final := threeByTwo()
+	final := baselinetest.ThreeByTwo()
 	final.Services = final.Services[:2]
 	require.NoError(t, dp.Apply(ctx, final))
 	assert.Equal(t, "full", dp.Info()["sync"])

@@ -3,7 +3,6 @@ package nftables
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -16,24 +15,6 @@ import (
 	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 )
-
-// scaleState is the harness's scale point: n one-port services
-// bench/svc-00000… on consecutive ClusterIPs from 10.96.0.10, each with the
-// same eps endpoints.
-func scaleState(n, eps int) datapath.State {
-	st := datapath.State{Services: make([]datapath.Service, n)}
-	endpoints := baselinetest.Endpoints(0, eps)
-	for i := range st.Services {
-		v := 10<<24 | 96<<16 | uint32(10+i)
-		st.Services[i] = datapath.Service{
-			Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
-			ClusterIP: netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}),
-			Ports:     []datapath.ServicePort{baselinetest.HTTPPort},
-			Endpoints: endpoints,
-		}
-	}
-	return st
-}
 
 // TestPrivilegedScaleApply times Apply of N services x 12 endpoints, then a
 // second Apply in which one service lost one endpoint (the partial sync
@@ -58,7 +39,7 @@ func TestPrivilegedScaleApply(t *testing.T) {
 			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
 			t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
 
-			st := scaleState(n, 12)
+			st := baselinetest.ScaleState(n, 12)
 			start := time.Now()
 			require.NoError(t, dp.Apply(ctx, st), "first apply")
 			t.Logf("first apply: %v", time.Since(start))

@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"strconv"
 	"testing"
@@ -13,20 +12,6 @@ import (
 	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
 )
-
-// threeByTwo is three one-port services with two endpoints each.
-func threeByTwo() datapath.State {
-	var st datapath.State
-	for i := range 3 {
-		st.Services = append(st.Services, datapath.Service{
-			Namespace: "bench", Name: fmt.Sprintf("s%d", i),
-			ClusterIP: netip.AddrFrom4([4]byte{10, 96, 1, byte(i + 1)}),
-			Ports:     []datapath.ServicePort{baselinetest.HTTPPort},
-			Endpoints: baselinetest.Endpoints(i+1, 2),
-		})
-	}
-	return st
-}
 
 // TestPrivilegedStateObjects checks that Info's state_objects is the rule
 // count ("rules"), that this is what the renderer wrote, and that the
@@ -47,7 +32,7 @@ func TestPrivilegedStateObjects(t *testing.T) {
 		name string
 		st   datapath.State
 	}{
-		{"3 services x 2 endpoints", threeByTwo()},
+		{"3 services x 2 endpoints", baselinetest.ThreeByTwo()},
 		{"web with 12 endpoints", datapath.State{Services: []datapath.Service{baselinetest.WebService(12)}}},
 		{"empty", datapath.State{}},
 	}

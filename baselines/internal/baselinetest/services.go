@@ -148,3 +148,34 @@ func CheckGolden(t *testing.T, name string, got []byte) {
 	require.NoError(t, err, "read golden file (run go test -update to create it)")
 	assert.Equal(t, string(want), string(got), "rendered ruleset differs from %s (go test -update rewrites it)", path)
 }
+
+// ThreeByTwo is three one-port services bench/s0 … s2 on 10.96.1.1 … .3,
+// with two endpoints each in 10.244.1.0/24 … 10.244.3.0/24.
+func ThreeByTwo() datapath.State {
+	var st datapath.State
+	for i := range 3 {
+		st.Services = append(st.Services, datapath.Service{
+			Namespace: "bench", Name: fmt.Sprintf("s%d", i),
+			ClusterIP: netip.AddrFrom4([4]byte{10, 96, 1, byte(i + 1)}),
+			Ports:     []datapath.ServicePort{HTTPPort},
+			Endpoints: Endpoints(i+1, 2),
+		})
+	}
+	return st
+}
+
+// ScaleState is the state the harness programs at a scale point: n
+// services bench/svc-00000 … on port 80 → 8080 with consecutive ClusterIPs
+// from 10.96.0.10, all with the same endpoints 10.244.0.1 … .<endpoints>
+// (at most 254).
+func ScaleState(n, endpoints int) datapath.State {
+	eps := Endpoints(0, endpoints)
+	st := datapath.State{Services: make([]datapath.Service, n)}
+	for i := range n {
+		v := 10 + i
+		st.Services[i] = datapath.Service{Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
+			ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(v >> 8), byte(v)}),
+			Ports:     []datapath.ServicePort{HTTPPort}, Endpoints: eps}
+	}
+	return st
+}
