@@ -6,9 +6,9 @@
 // applies it in one --noflush transaction, so a sync is atomic and never
 // touches chains it does not own. The first sync writes every chain; later
 // ones write only the top-level chains and the per-service and
-// per-endpoint chains that changed (kube-proxy's partial syncs). It registers three variants that differ
-// only in the restore binary: the system default, iptables-nft and
-// iptables-legacy.
+// per-endpoint chains that changed (kube-proxy's partial syncs). It
+// registers three variants that differ only in the restore binary: the
+// system default, iptables-nft and iptables-legacy.
 package iptables
 
 import (
