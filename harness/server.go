@@ -578,9 +578,10 @@ func scanBlankLine(b []byte, match uint8) uint8 {
 
 // answerUDP answers every queued datagram, in batches of recvmmsg and
 // sendmmsg: a reply goes to each datagram's source from the socket it came
-// in on. The socket is bound to the pod's own address (never a wildcard),
-// so the reply's source is the address and port the datagram was sent to,
-// in either family.
+// in on. A socket bound to the pod's own address replies from it, in
+// either family; a wildcard one (a pod with extra addresses) replies from
+// each datagram's destination, which IP_PKTINFO told it. Either way the
+// reply's source is the address and port the datagram was sent to.
 func (l *serverLoop) answerUDP(s podSock) {
 	for range 8 {
 		for i := range l.in {
