@@ -279,9 +279,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (_ *results.Run, dir string, er
 			infos[ts.Factory.Name] = info
 		}
 		run.Trials = append(run.Trials, *tr)
-		if limit == nil {
-			prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, sumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
-		}
+		prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, sumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
 	}
 	if w.OpenLoop() {
 		if err := runOpenLoopPhase(ctx, prog, lock.Prefix, plan, run); err != nil {
