@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf/features"
@@ -13,17 +12,14 @@ import (
 
 	"svclab/baselines/tcebpf"
 	"svclab/datapath"
+	"svclab/internal/lbmaps"
 )
 
 // stateSize reads the standard state-size keys from Info.
 func stateSize(t *testing.T, dp *tcebpf.Datapath) (objects int, bytes uint64) {
 	t.Helper()
-	info := dp.Info()
-	require.NotContains(t, info, "state_bytes_unavailable")
-	objects, err := strconv.Atoi(info[datapath.InfoStateObjects])
-	require.NoError(t, err, "%s = %q", datapath.InfoStateObjects, info[datapath.InfoStateObjects])
-	bytes, err = strconv.ParseUint(info[datapath.InfoStateBytes], 10, 64)
-	require.NoError(t, err, "%s = %q", datapath.InfoStateBytes, info[datapath.InfoStateBytes])
+	objects, bytes, err := lbmaps.ReadStateSize(dp.Info())
+	require.NoError(t, err)
 	return objects, bytes
 }
 

@@ -12,7 +12,6 @@ import (
 
 	"svclab/baselines/userspace"
 	"svclab/datapath"
-	"svclab/harness"
 )
 
 // TestPrivilegedStateObjects checks Info's state size: state_objects is
@@ -20,15 +19,7 @@ import (
 // proxy_rss_bytes the proxy's resident memory, not state_bytes.
 func TestPrivilegedStateObjects(t *testing.T) {
 	requireRoot(t)
-	run, err := harness.NewRun()
-	require.NoError(t, err)
-	t.Cleanup(run.Release)
-	topo, err := harness.NewTopology(context.Background(), harness.TopologyConfig{
-		Prefix: run.Prefix + "-uss", Clients: 1, Backends: 3,
-		PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	topo := newTopology(t, "uss", 3)
 
 	f, err := datapath.Lookup("userspace")
 	require.NoError(t, err)

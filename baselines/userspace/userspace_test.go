@@ -172,20 +172,28 @@ func nodeSysctl(t *testing.T, node *nsutil.NS, key string) string {
 	return v
 }
 
+// newTopology builds a topology of one client and backends pods for one
+// test, removed when it ends; suffix keeps its objects' names apart.
+func newTopology(t *testing.T, suffix string, backends int) *harness.Topology {
+	t.Helper()
+	run, err := harness.NewRun()
+	require.NoError(t, err)
+	t.Cleanup(run.Release)
+	topo, err := harness.NewTopology(context.Background(), harness.TopologyConfig{
+		Prefix: run.Prefix + "-" + suffix, Clients: 1, Backends: backends,
+		PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	return topo
+}
+
 // TestPrivilegedUserspace drives the proxy as the harness does, as a child
 // process in a real topology of one client and 12 backend pods, through
 // real sockets in the pods.
 func TestPrivilegedUserspace(t *testing.T) {
 	requireRoot(t)
-	run, err := harness.NewRun()
-	require.NoError(t, err)
-	t.Cleanup(run.Release)
-	topo, err := harness.NewTopology(context.Background(), harness.TopologyConfig{
-		Prefix: run.Prefix + "-us", Clients: 1, Backends: 12,
-		PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	topo := newTopology(t, "us", 12)
 	srv, err := harness.StartServer(topo.Node, topo.ServerCgroup, harness.BackendListeners(topo, httpPort))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = srv.Stop() })

@@ -1,24 +1,20 @@
 package socketlb
 
 import (
-	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"svclab/datapath"
+	"svclab/internal/lbmaps"
 )
 
 // stateSize reads the standard state-size keys from Info.
 func stateSize(t *testing.T, s *SocketLB) (objects int, bytes uint64) {
 	t.Helper()
-	info := s.Info()
-	require.NotContains(t, info, "state_bytes_unavailable")
-	objects, err := strconv.Atoi(info[datapath.InfoStateObjects])
-	require.NoError(t, err, "%s = %q", datapath.InfoStateObjects, info[datapath.InfoStateObjects])
-	bytes, err = strconv.ParseUint(info[datapath.InfoStateBytes], 10, 64)
-	require.NoError(t, err, "%s = %q", datapath.InfoStateBytes, info[datapath.InfoStateBytes])
+	objects, bytes, err := lbmaps.ReadStateSize(s.Info())
+	require.NoError(t, err)
 	return objects, bytes
 }
 

@@ -34,3 +34,18 @@ func AddStateSize(info map[string]string, objects int, maps ...*ebpf.Map) {
 	}
 	info[datapath.InfoStateBytes] = strconv.FormatUint(total, 10)
 }
+
+// ReadStateSize reads back what AddStateSize recorded: the object count
+// and the memlock bytes, or why they are not there.
+func ReadStateSize(info map[string]string) (objects int, bytes uint64, err error) {
+	if why, ok := info["state_bytes_unavailable"]; ok {
+		return 0, 0, fmt.Errorf("state_bytes unavailable: %s", why)
+	}
+	if objects, err = strconv.Atoi(info[datapath.InfoStateObjects]); err != nil {
+		return 0, 0, fmt.Errorf("%s = %q: %w", datapath.InfoStateObjects, info[datapath.InfoStateObjects], err)
+	}
+	if bytes, err = strconv.ParseUint(info[datapath.InfoStateBytes], 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("%s = %q: %w", datapath.InfoStateBytes, info[datapath.InfoStateBytes], err)
+	}
+	return objects, bytes, nil
+}
