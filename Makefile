@@ -79,5 +79,5 @@ gate: build
 VM_KERNEL ?= debian-6.1
 .PHONY: test-vm
 test-vm: build
-	./$(BIN) vm --kernel $(VM_KERNEL) --timeout 12m --go-test ./harness/ -- -test.run '^TestPrivilegedEveryDatapathReachesAllBackends$$/^(socketlb|ipvs)$$'
+	./$(BIN) vm --kernel $(VM_KERNEL) --timeout 12m --go-test ./harness/world/ -- -test.run '^TestPrivilegedEveryDatapathReachesAllBackends$$/^(socketlb|ipvs)$$'
 	./$(BIN) vm --kernel $(VM_KERNEL) --timeout 12m --go-test ./datapath/socketlb/,./baselines/ipvs/ -- -test.run '^TestPrivileged(TCP|Apply)$$'

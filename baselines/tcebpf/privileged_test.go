@@ -25,14 +25,16 @@ import (
 
 	"svclab/baselines/tcebpf"
 	"svclab/datapath"
-	"svclab/harness"
+	"svclab/harness/loadgen"
+	"svclab/harness/topology"
+	"svclab/internal/child"
 	"svclab/internal/nsutil"
 )
 
 // TestMain lets the test binary act as the harness's backend server and
 // load generator child processes.
 func TestMain(m *testing.M) {
-	harness.ChildMain(os.Args[1:])
+	child.Main(os.Args[1:])
 	os.Exit(m.Run())
 }
 
@@ -48,12 +50,12 @@ var (
 
 // newTopology builds a harness topology (one client, twelve backends) whose
 // every object is named svclab-test-<random>-…, removed at cleanup.
-func newTopology(t *testing.T) *harness.Topology {
+func newTopology(t *testing.T) *topology.Topology {
 	t.Helper()
 	var b [4]byte
 	_, err := rand.Read(b[:])
 	require.NoError(t, err)
-	topo, err := harness.NewTopology(context.Background(), harness.TopologyConfig{
+	topo, err := topology.New(context.Background(), topology.Config{
 		Prefix:      "svclab-test-" + hex.EncodeToString(b[:]),
 		Clients:     1,
 		Backends:    12,
@@ -68,7 +70,7 @@ func newTopology(t *testing.T) *harness.Topology {
 // startUDPEcho answers every datagram to a backend's addr:port with the
 // backend's name, from sockets opened in each backend namespace. (The
 // harness server speaks TCP only.)
-func startUDPEcho(t *testing.T, topo *harness.Topology, port uint16) {
+func startUDPEcho(t *testing.T, topo *topology.Topology, port uint16) {
 	t.Helper()
 	var wg sync.WaitGroup
 	// Cleanups run last-in first-out: wait only after every socket closed.
@@ -98,7 +100,7 @@ func startUDPEcho(t *testing.T, topo *harness.Topology, port uint16) {
 
 // state is the services of the test: TCP and UDP on one ClusterIP, and a
 // service without endpoints.
-func state(topo *harness.Topology) datapath.State {
+func state(topo *topology.Topology) datapath.State {
 	var eps []datapath.Endpoint
 	for _, b := range topo.Backends {
 		eps = append(eps, datapath.Endpoint{Pod: b.Name, Addr: b.Addr, Ready: true, Serving: true})
@@ -223,7 +225,7 @@ func TestPrivilegedThroughTopology(t *testing.T) {
 	for _, mode := range []string{tcebpf.AttachTCX, tcebpf.AttachClsact} {
 		t.Run(mode, func(t *testing.T) {
 			topo := newTopology(t)
-			srv, err := harness.StartServer(topo.Node, topo.ServerCgroup, harness.BackendListeners(topo, tcpTarget))
+			srv, err := loadgen.StartServer(topo.Node, topo.ServerCgroup.Path, loadgen.BackendListeners(topo.Backends, tcpTarget, false))
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = srv.Stop() })
 			startUDPEcho(t, topo, udpTarget)
@@ -250,7 +252,7 @@ func TestPrivilegedThroughTopology(t *testing.T) {
 			t.Run("TCP through the VIP reaches all 12 backends", func(t *testing.T) {
 				targets := dp.Targets(st.Services[0], st.Services[0].Ports[0])
 				require.Equal(t, []netip.AddrPort{netip.AddrPortFrom(vip, 80)}, targets)
-				w, err := harness.RunClientProcess(ctx, client.NS, topo.ClientCgroup, harness.ClientSpec{
+				w, err := loadgen.RunClientProcess(ctx, client.NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
 					Targets: targets, Concurrency: 4, Duration: 20 * time.Second, Connections: 1200,
 				})
 				require.NoError(t, err)

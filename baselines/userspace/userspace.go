@@ -41,6 +41,8 @@ import (
 
 	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
+	"svclab/internal/child"
+	"svclab/internal/nsutil"
 )
 
 // Timeouts for the proxy process.
@@ -58,12 +60,9 @@ const (
 // nodeSysctls are set in the node namespace for the proxy's own outgoing
 // connections to the backends: the proxy closes its backend leg first
 // (passing on the client's FIN), so TIME_WAIT piles up on the node, to a
-// few backend addresses. These are the values the harness gives client
-// pods for the same reason. Close restores the previous values.
-var nodeSysctls = []kubeproxy.Sysctl{
-	{Key: "net/ipv4/ip_local_port_range", Value: "1024 65535"},
-	{Key: "net/ipv4/tcp_tw_reuse", Value: "1"},
-}
+// few backend addresses. These are the values client pods get, for the
+// same reason. Close restores the previous values.
+var nodeSysctls = nsutil.ClientSysctls
 
 func init() {
 	datapath.Register(datapath.Factory{
@@ -137,11 +136,10 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 
 // start launches the proxy process in the node namespace.
 func (d *Datapath) start(ctx context.Context) error {
-	self, err := os.Executable()
+	cmd, err := child.Command(context.Background(), ProxyRole, nil)
 	if err != nil {
-		return fmt.Errorf("userspace setup: find own executable: %w", err)
+		return fmt.Errorf("userspace setup: %w", err)
 	}
-	cmd := exec.Command(self, ProxyRole)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -152,7 +150,7 @@ func (d *Datapath) start(ctx context.Context) error {
 		_ = stdin.Close()
 		return fmt.Errorf("userspace setup: %w", err)
 	}
-	if err := d.env.Node.Start(cmd, -1); err != nil {
+	if err := child.Start(cmd, d.env.Node, ""); err != nil {
 		_ = stdin.Close()
 		return fmt.Errorf("userspace setup: start proxy: %w", err)
 	}

@@ -20,7 +20,10 @@ import (
 
 	"svclab/baselines/internal/baselinetest"
 	"svclab/datapath"
-	"svclab/harness"
+	"svclab/harness/loadgen"
+	"svclab/harness/runlock"
+	"svclab/harness/topology"
+	"svclab/internal/child"
 	"svclab/internal/nsutil"
 
 	"svclab/baselines/userspace"
@@ -29,7 +32,7 @@ import (
 // TestMain lets the test binary act as the proxy, backend server and load
 // generator child processes, as the svclab binary does.
 func TestMain(m *testing.M) {
-	harness.ChildMain(os.Args[1:])
+	child.Main(os.Args[1:])
 	os.Exit(m.Run())
 }
 
@@ -174,12 +177,12 @@ func nodeSysctl(t *testing.T, node *nsutil.NS, key string) string {
 
 // newTopology builds a topology of one client and backends pods for one
 // test, removed when it ends; suffix keeps its objects' names apart.
-func newTopology(t *testing.T, suffix string, backends int) *harness.Topology {
+func newTopology(t *testing.T, suffix string, backends int) *topology.Topology {
 	t.Helper()
-	run, err := harness.NewRun()
+	run, err := runlock.New()
 	require.NoError(t, err)
 	t.Cleanup(run.Release)
-	topo, err := harness.NewTopology(context.Background(), harness.TopologyConfig{
+	topo, err := topology.New(context.Background(), topology.Config{
 		Prefix: run.Prefix + "-" + suffix, Clients: 1, Backends: backends,
 		PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
 	})
@@ -194,7 +197,7 @@ func newTopology(t *testing.T, suffix string, backends int) *harness.Topology {
 func TestPrivilegedUserspace(t *testing.T) {
 	requireRoot(t)
 	topo := newTopology(t, "us", 12)
-	srv, err := harness.StartServer(topo.Node, topo.ServerCgroup, harness.BackendListeners(topo, httpPort))
+	srv, err := loadgen.StartServer(topo.Node, topo.ServerCgroup.Path, loadgen.BackendListeners(topo.Backends, httpPort, false))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = srv.Stop() })
 	events := startTestBackends(t, topo.Backends)
@@ -217,7 +220,7 @@ func TestPrivilegedUserspace(t *testing.T) {
 	assert.Equal(t, "4", info["listening"], "web, eof:80, eof:81 and dns have a socket; empty's two frontends have none")
 
 	t.Run("tcp reaches all 12 backends", func(t *testing.T) {
-		w, err := harness.RunClientProcess(ctx, client.NS, topo.ClientCgroup, harness.ClientSpec{
+		w, err := loadgen.RunClientProcess(ctx, client.NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
 			Targets: dp.Targets(st.Services[0], st.Services[0].Ports[0]), Concurrency: 4, Duration: 20 * time.Second, Connections: 1200,
 		})
 		require.NoError(t, err)
@@ -322,7 +325,7 @@ func TestPrivilegedUserspace(t *testing.T) {
 		start := time.Now()
 		require.NoError(t, dp.Apply(ctx, next))
 		t.Logf("shrinking Apply: %v", time.Since(start).Round(time.Microsecond))
-		w, err := harness.RunClientProcess(ctx, client.NS, topo.ClientCgroup, harness.ClientSpec{
+		w, err := loadgen.RunClientProcess(ctx, client.NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
 			Targets: dp.Targets(next.Services[0], next.Services[0].Ports[0]), Concurrency: 4, Duration: 20 * time.Second, Connections: 550,
 		})
 		require.NoError(t, err)

@@ -15,7 +15,8 @@ import (
 	"golang.org/x/term"
 
 	"svclab/datapath"
-	"svclab/harness"
+	"svclab/harness/conform"
+	"svclab/results"
 	"svclab/scenarios"
 )
 
@@ -88,10 +89,10 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
 		tty = term.IsTerminal(int(fd.Fd()))
 	}
-	run, dir, err := harness.Conform(ctx, harness.ConformConfig{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
+	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
 	if run != nil {
 		fmt.Fprintln(stdout)
-		if werr := harness.WriteConformanceMarkdown(stdout, run); werr != nil {
+		if werr := results.WriteConformanceMarkdown(stdout, run); werr != nil {
 			return werr
 		}
 		fmt.Fprintf(stdout, "\nwrote %s\n      %s\n", filepath.Join(dir, "conformance.json"), filepath.Join(dir, "conformance.md"))

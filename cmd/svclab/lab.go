@@ -13,20 +13,20 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"svclab/harness"
+	"svclab/harness/lab"
 )
 
 func cmdUp(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var cfg harness.LabConfig
+	var cfg lab.Config
 	fs.StringVar(&cfg.Datapath, "datapath", "socketlb", "datapath implementing the service (see 'svclab datapaths')")
 	fs.IntVar(&cfg.Backends, "backends", 3, "number of backend pods, all endpoints of the service")
 	fs.IntVar(&cfg.Clients, "clients", 1, "number of client pods")
 	fs.BoolVar(&cfg.UDP, "udp", false, "also serve the service port over UDP (backends answer any datagram with their name)")
 	affinity := fs.String("affinity", "none", "session affinity: none, clientip or clientip:TIMEOUT (e.g. clientip:30s)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: svclab up [flags]\n\nBuilds a lab: client and backend pods, a ClusterIP service default/web (10.96.0.10:80 -> :%d)\nthrough the datapath, and keeps it in the foreground until Ctrl-C or 'svclab down'.\nBackends answer HTTP/1.1 naming themselves. Run anything in a pod with 'svclab exec POD -- CMD'.\n\n", harness.LabTargetPort)
+		fmt.Fprintf(stderr, "Usage: svclab up [flags]\n\nBuilds a lab: client and backend pods, a ClusterIP service default/web (10.96.0.10:80 -> :%d)\nthrough the datapath, and keeps it in the foreground until Ctrl-C or 'svclab down'.\nBackends answer HTTP/1.1 naming themselves. Run anything in a pod with 'svclab exec POD -- CMD'.\n\n", lab.TargetPort)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -36,7 +36,7 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	var err error
-	if cfg.Affinity, cfg.AffinityTimeout, err = harness.ParseAffinity(*affinity); err != nil {
+	if cfg.Affinity, cfg.AffinityTimeout, err = lab.ParseAffinity(*affinity); err != nil {
 		return fmt.Errorf("--%w", err)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -47,7 +47,7 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	err = harness.Up(ctx, cfg, stderr, func(st *harness.LabState) { harness.WriteLab(stdout, st) })
+	err = lab.Up(ctx, cfg, stderr, func(st *lab.State) { lab.Write(stdout, st) })
 	if err == nil {
 		fmt.Fprintln(stdout, "lab removed")
 	}
@@ -59,7 +59,7 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 func cmdExec(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	lab := fs.String("lab", "", "lab id (default: the only lab that is up)")
+	labID := fs.String("lab", "", "lab id (default: the only lab that is up)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: svclab exec [--lab ID] POD -- COMMAND [ARG...]\n\nRuns COMMAND in the pod's network namespace and the lab's client cgroup, with\nstdin, stdout and stderr passed through; exits with the command's status.\nExample: svclab exec client-0 -- curl -s http://10.96.0.10/\n\n")
 		fs.PrintDefaults()
@@ -84,7 +84,7 @@ func cmdExec(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "svclab exec: no command given (svclab exec POD -- COMMAND)")
 		return 125
 	}
-	st, err := harness.FindLab(*lab)
+	st, err := lab.Find(*labID)
 	if err != nil {
 		fmt.Fprintf(stderr, "svclab exec: %v\n", err)
 		return 125
@@ -101,7 +101,7 @@ func cmdExec(args []string, stderr io.Writer) int {
 }
 
 func cmdStatus(stdout io.Writer) error {
-	labs, err := harness.Labs()
+	labs, err := lab.List()
 	if err != nil {
 		return err
 	}
@@ -140,7 +140,7 @@ func cmdDown(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 1 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(1))
 	}
-	st, err := harness.Down(context.Background(), fs.Arg(0), *timeout)
+	st, err := lab.Down(context.Background(), fs.Arg(0), *timeout)
 	if err != nil {
 		return err
 	}

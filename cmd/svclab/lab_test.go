@@ -19,7 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/datapath"
-	"svclab/harness"
+	"svclab/harness/probe"
+	"svclab/harness/runlock"
 )
 
 // labUp starts `svclab up` as a child process (the lab lives as long as
@@ -39,7 +40,7 @@ func labUp(t *testing.T, args ...string) (*exec.Cmd, string) {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 		}
-		_, _ = harness.CleanupStale()
+		_, _ = runlock.CleanupStale()
 	})
 	lines := make(chan string)
 	go func() {
@@ -88,7 +89,7 @@ func TestPrivilegedLabUpExecStatusDown(t *testing.T) {
 	prefix := "svclab-" + id
 	require.NotEmpty(t, svclabObjects(t, prefix))
 
-	spec, err := json.Marshal(harness.ProbeSpec{Op: harness.ProbeTCP, Count: 6, Timeout: 3 * time.Second,
+	spec, err := json.Marshal(probe.Spec{Op: probe.TCP, Count: 6, Timeout: 3 * time.Second,
 		Targets: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:80")}})
 	require.NoError(t, err)
 	ex := exec.Command(os.Args[0], "exec", "client-0", "--", os.Args[0], "internal-probe")
@@ -98,7 +99,7 @@ func TestPrivilegedLabUpExecStatusDown(t *testing.T) {
 	ex.Stderr = &exErr
 	out, err := ex.Output()
 	require.NoError(t, err, exErr.String())
-	var atts []harness.ProbeAttempt
+	var atts []probe.Attempt
 	require.NoError(t, json.Unmarshal(out, &atts), string(out))
 	require.Len(t, atts, 6)
 	for _, a := range atts {

@@ -24,7 +24,9 @@ import (
 
 	"svclab/datapath"
 	_ "svclab/datapath/all"
-	"svclab/harness"
+	"svclab/harness/bench"
+	"svclab/harness/runlock"
+	"svclab/internal/child"
 	"svclab/results"
 	"svclab/scenarios"
 )
@@ -47,7 +49,7 @@ Run 'svclab bench -h' for the bench flags. svclab needs root (CAP_NET_ADMIN, CAP
 `
 
 func main() {
-	harness.ChildMain(os.Args[1:])
+	child.Main(os.Args[1:])
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -223,7 +225,8 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Validate the plan (names, probes, CIDRs) before anything is created.
-	if _, err := harness.NewPlan(sc); err != nil {
+	plan, err := bench.NewPlan(sc)
+	if err != nil {
 		return err
 	}
 	if os.Geteuid() != 0 {
@@ -235,7 +238,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
 		tty = term.IsTerminal(int(fd.Fd()))
 	}
-	run, dir, err := harness.Bench(ctx, harness.BenchConfig{Scenario: sc, OutputDir: f.output, Log: stderr, TTY: tty})
+	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty})
 	if err != nil {
 		return err
 	}
@@ -248,7 +251,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 			fmt.Fprintf(stderr, "\nwarning: the %s VM phase failed, its datapaths are missing from the results: %v\n", f.vmKernel, err)
-		} else if err := harness.WriteRun(dir, run); err != nil {
+		} else if err := bench.WriteRun(dir, run); err != nil {
 			return err
 		}
 	}
@@ -279,7 +282,7 @@ func cmdDatapaths(stdout io.Writer) error {
 }
 
 func cmdCleanup(stdout io.Writer) error {
-	removed, err := harness.CleanupStale()
+	removed, err := runlock.CleanupStale()
 	for _, r := range removed {
 		fmt.Fprintln(stdout, "removed", r)
 	}

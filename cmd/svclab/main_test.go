@@ -12,16 +12,19 @@ import (
 	"testing"
 	"time"
 
+	"svclab/harness/runlock"
+	"svclab/internal/cgroup2"
+	"svclab/internal/child"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"svclab/harness"
 	"svclab/results"
 	"svclab/scenarios"
 )
 
 func TestMain(m *testing.M) {
-	harness.ChildMain(os.Args[1:])
+	child.Main(os.Args[1:])
 	// Let tests run the real command in a separate process (to signal it).
 	if os.Getenv("SVCLAB_TEST_RUN_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -105,7 +108,7 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 		assert.Contains(t, stdout.String(), dp)
 	}
 	assert.True(t, strings.Contains(stderr.String(), "[1/"), "progress lines on stderr: %s", stderr.String())
-	left, err := harness.CleanupStale()
+	left, err := runlock.CleanupStale()
 	require.NoError(t, err)
 	assert.Empty(t, left, "a finished run must leave nothing for cleanup")
 }
@@ -146,7 +149,7 @@ func TestPrivilegedBenchScaleQuick(t *testing.T) {
 		}
 	}
 	assert.Contains(t, stdout.String(), "socketlb: connect p90 at 1,000 services vs 1: ×")
-	left, err := harness.CleanupStale()
+	left, err := runlock.CleanupStale()
 	require.NoError(t, err)
 	assert.Empty(t, left)
 }
@@ -203,7 +206,7 @@ func svclabObjects(t *testing.T, prefix string) []string {
 			out = append(out, "netns "+e.Name())
 		}
 	}
-	mnt, err := harness.Cgroup2Mount()
+	mnt, err := cgroup2.Mount()
 	require.NoError(t, err)
 	ents, _ = os.ReadDir(mnt)
 	for _, e := range ents {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"svclab/datapath"
+	"svclab/internal/cgroup2"
 	"svclab/internal/nsutil"
 )
 
@@ -65,7 +66,7 @@ type testCgroup struct {
 
 func newTestCgroup(t *testing.T) *testCgroup {
 	t.Helper()
-	root, err := cgroup2Mount()
+	root, err := cgroup2.Find()
 	require.NoError(t, err, "find the cgroup2 mount")
 	path := filepath.Join(root, randomName(t))
 	require.NoError(t, os.Mkdir(path, 0o755))

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"svclab/datapath"
+	"svclab/internal/cgroup2"
 	"svclab/internal/lbmaps"
 	"svclab/internal/nsutil"
 )
@@ -517,7 +518,7 @@ func Probe() error {
 			what string
 			fn   func() error
 		}{"a cgroup v2 mount", func() error {
-			_, err := cgroup2Mount()
+			_, err := cgroup2.Find()
 			return err
 		}},
 	)

@@ -2,7 +2,6 @@ package socketlb
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf/asm"
@@ -63,46 +62,4 @@ func TestLifecycleWithoutKernel(t *testing.T) {
 func TestHelperName(t *testing.T) {
 	assert.Equal(t, "sk_storage_get", helperName(asm.FnSkStorageGet))
 	assert.Equal(t, "get_netns_cookie", helperName(asm.FnGetNetnsCookie))
-}
-
-func TestParseCgroup2Mount(t *testing.T) {
-	tests := []struct {
-		name      string
-		mountinfo string
-		want      string
-		wantErr   error
-	}{
-		{
-			name: "hybrid host",
-			mountinfo: "25 31 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n" +
-				"41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n",
-			want: "/sys/fs/cgroup/unified",
-		},
-		{
-			name:      "unified host",
-			mountinfo: "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate\n",
-			want:      "/sys/fs/cgroup",
-		},
-		{
-			name:      "escaped mount point",
-			mountinfo: `50 24 0:30 / /mnt/my\040cgroups rw - cgroup2 none rw` + "\n",
-			want:      "/mnt/my cgroups",
-		},
-		{
-			name:      "cgroup v1 only",
-			mountinfo: "30 25 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
-			wantErr:   errNoCgroup2,
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseCgroup2Mount(strings.NewReader(tt.mountinfo))
-			if tt.wantErr != nil {
-				assert.ErrorIs(t, err, tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tt.want, got)
-		})
-	}
 }

@@ -224,3 +224,26 @@ func (n *NS) Run(ctx context.Context, stdin []byte, name string, args ...string)
 	}
 	return out.Bytes(), nil
 }
+
+// Sysctl is one setting under /proc/sys, by its path ("net/ipv4/tcp_tw_reuse").
+type Sysctl struct{ Key, Value string }
+
+// ClientSysctls are set in every namespace a short-connection client runs
+// in (client pods, the generator's loopback namespace, the userspace
+// proxy's node). Such clients close first, as netperf TCP_CRR does, and so
+// keep TIME_WAIT; a wide port range and tw_reuse keep a trial from running
+// out of ports to one ClusterIP.
+var ClientSysctls = []Sysctl{
+	{Key: "net/ipv4/ip_local_port_range", Value: "1024 65535"},
+	{Key: "net/ipv4/tcp_tw_reuse", Value: "1"},
+}
+
+// SetSysctls sets each of set in the namespace.
+func (n *NS) SetSysctls(set []Sysctl) error {
+	for _, s := range set {
+		if err := n.Sysctl(s.Key, s.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}

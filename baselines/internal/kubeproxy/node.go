@@ -14,9 +14,7 @@ import (
 
 // Sysctl is one node sysctl a baseline sets: Key is the path under
 // /proc/sys ("net/ipv4/vs/conntrack").
-type Sysctl struct {
-	Key, Value string
-}
+type Sysctl = nsutil.Sysctl
 
 // SetSysctls sets each sysctl in ns, recording in restore the value it had
 // before, once it has been changed: Close writes restore back, also after a

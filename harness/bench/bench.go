@@ -1,0 +1,376 @@
+// Package bench runs `svclab bench`: it resolves a scenario into a plan,
+// interleaves the datapaths' trials, measures each in a fresh world
+// (harness/world) with the load generator (harness/loadgen), and writes the
+// run's results, charts and benchstat lines (results).
+package bench
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"svclab/datapath"
+	"svclab/harness/internal/progress"
+	"svclab/harness/loadgen"
+	"svclab/harness/runlock"
+	"svclab/harness/topology"
+	"svclab/harness/world"
+	"svclab/results"
+)
+
+// Config is one `svclab bench`.
+type Config struct {
+	// Plan is the validated scenario (NewPlan): built once, before
+	// anything is created, with every datapath probed once.
+	Plan *Plan
+	// OutputDir receives <run-id>/results.json and the charts.
+	OutputDir string
+	// Log receives progress; TTY says whether it is a terminal.
+	Log io.Writer
+	TTY bool
+}
+
+// Run runs a whole benchmark and writes its results. Everything it creates
+// is removed when it returns, whether it succeeds, fails or is cancelled.
+func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error) {
+	plan := cfg.Plan
+	if len(plan.Factories) == 0 {
+		return nil, "", errors.New("datapaths: none of the requested datapaths can run on this machine")
+	}
+	lock, err := runlock.Begin(cfg.Log)
+	if err != nil {
+		return nil, "", err
+	}
+	defer lock.Release()
+
+	run := &results.Run{SchemaVersion: results.SchemaVersion, Started: time.Now().UTC(), Env: world.CollectEnv()}
+	run.ID = lock.RunID(run.Started)
+	run.Scenario, _ = json.Marshal(plan.Scenario)
+	dir = filepath.Join(cfg.OutputDir, run.ID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", fmt.Errorf("output: %w", err)
+	}
+
+	sched := plan.Schedule()
+	w := plan.Scenario.Workload
+	per := time.Duration(w.Warmup) + time.Duration(w.Duration) + 2*time.Second
+	prog := progress.New(cfg.Log, cfg.TTY, len(sched)+1+plan.openTrials(), per)
+	defer prog.Finish()
+	trials := fmt.Sprintf("%d trials", len(sched))
+	if n := plan.openTrials(); n > 0 {
+		trials = fmt.Sprintf("%d trials (%d closed-loop, %d open-loop)", len(sched)+n, len(sched), n)
+	}
+	prog.Logf("svclab run %s: %s; kernel objects are named %s-*", run.ID, trials, lock.Prefix)
+	for _, s := range plan.Skipped {
+		prog.Logf("skipping %s: %s", s.Name, s.Skipped)
+	}
+	infos := map[string]map[string]string{}
+
+	// The generator's own ceiling: the same client and server over loopback
+	// in one namespace, at the highest concurrency: no veth, no routing, no
+	// datapath. Datapath figures close to it are bound by the generator.
+	maxC := slices.Max(w.Concurrency)
+	prog.Start(fmt.Sprintf("generator ceiling (loopback, c=%d)", maxC))
+	gen, err := generatorCeiling(ctx, lock.Prefix+"-gen", plan, maxC)
+	if err != nil && ctx.Err() != nil {
+		return nil, "", fmt.Errorf("interrupted; everything it made was removed: %w", ctx.Err())
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("generator ceiling: %w", err)
+	}
+	run.Generator = gen
+	prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs", gen.Workload.QPS, gen.Workload.Latency.P90))
+
+	for i, ts := range sched {
+		if err := ctx.Err(); err != nil {
+			return nil, "", err
+		}
+		what := fmt.Sprintf("%s c=%d", ts.Factory.Name, ts.Concurrency)
+		if plan.Scenario.Scale != nil {
+			what += fmt.Sprintf(" services=%d endpoints=%d", ts.Services, ts.Endpoints)
+			if l, ok := limitedAt(run.ScaleLimits, ts); ok {
+				prog.Logf("%s repetition %d/%d: not tried (limited at %d services × %d endpoints)", what, ts.Repetition+1, w.Repetitions, l.Services, l.Endpoints)
+				prog.Skip()
+				continue
+			}
+		}
+		prog.Start(fmt.Sprintf("%s repetition %d/%d", what, ts.Repetition+1, w.Repetitions))
+		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
+		var limit *applyLimitError
+		if errors.As(err, &limit) && ctx.Err() == nil {
+			// A scale limit is a finding, not a failure of the run.
+			run.ScaleLimits = append(run.ScaleLimits, results.ScaleLimit{Datapath: ts.Factory.Name,
+				Services: ts.Services, Endpoints: ts.Endpoints, Reason: limit.Error(), ApplySeconds: limit.elapsed.Seconds()})
+			prog.Logf("%s: %s; larger points of this sweep are not tried", what, limit)
+			if tr == nil {
+				prog.Done("not measured")
+				continue
+			}
+			err = nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				// Whatever failed was cut short by the interrupt.
+				return nil, "", fmt.Errorf("interrupted during trial %d; everything it made was removed: %w", i+1, ctx.Err())
+			}
+			return nil, "", fmt.Errorf("trial %d (%s, concurrency %d): %w", i+1, ts.Factory.Name, ts.Concurrency, err)
+		}
+		tr.Order = i
+		if _, ok := infos[ts.Factory.Name]; !ok {
+			infos[ts.Factory.Name] = info
+		}
+		run.Trials = append(run.Trials, *tr)
+		prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, loadgen.SumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
+	}
+	if w.OpenLoop() {
+		if err := runOpenLoopPhase(ctx, prog, lock.Prefix, plan, run); err != nil {
+			return nil, "", err
+		}
+	}
+	prog.Finish()
+
+	for _, f := range plan.Factories {
+		run.Datapaths = append(run.Datapaths, results.DatapathInfo{Name: f.Name, Description: f.Description, Info: infos[f.Name]})
+	}
+	run.Datapaths = append(run.Datapaths, plan.Skipped...)
+	run.Finished = time.Now().UTC()
+	run.Summary = results.Summarize(run.Trials)
+	if err := WriteRun(dir, run); err != nil {
+		return nil, "", err
+	}
+	return run, dir, nil
+}
+
+// WriteRun writes a run's results.json, its charts (with the scale
+// sweep's line charts when it has one) and its Go benchmark
+// format lines (bench.txt, for benchstat) into dir.
+func WriteRun(dir string, run *results.Run) error {
+	if err := run.Write(filepath.Join(dir, "results.json")); err != nil {
+		return err
+	}
+	if _, err := results.WriteCharts(dir, run); err != nil {
+		return err
+	}
+	if _, err := results.WriteScaleCharts(dir, run); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "bench.txt"))
+	if err != nil {
+		return err
+	}
+	if err := results.WriteBenchFormat(f, run); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// applyLimitError is an Apply of a scale point that failed or did not
+// finish within the sweep's apply timeout.
+type applyLimitError struct {
+	what    string
+	elapsed time.Duration
+	timeout time.Duration
+	err     error
+}
+
+func (e *applyLimitError) Error() string {
+	if errors.Is(e.err, context.DeadlineExceeded) {
+		return fmt.Sprintf("%s did not finish within %s", e.what, e.timeout)
+	}
+	return fmt.Sprintf("%s failed after %s: %v", e.what, e.elapsed.Round(time.Millisecond), e.err)
+}
+
+func (e *applyLimitError) Unwrap() error { return e.err }
+
+// limitedAt returns the limit that rules a trial out: one of the same
+// datapath at a point with no more services and no more endpoints.
+func limitedAt(limits []results.ScaleLimit, ts TrialSpec) (results.ScaleLimit, bool) {
+	for _, l := range limits {
+		if l.Datapath == ts.Factory.Name && ts.Services >= l.Services && ts.Endpoints >= l.Endpoints {
+			return l, true
+		}
+	}
+	return results.ScaleLimit{}, false
+}
+
+// timedApply runs one Apply, bounded by the scenario's apply timeout in a
+// scale sweep; a failure there comes back as an *applyLimitError.
+func timedApply(ctx context.Context, plan *Plan, dp datapath.Datapath, st datapath.State, what string) (time.Duration, error) {
+	timeout := plan.Scenario.ApplyTimeout()
+	actx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	t0 := time.Now()
+	err := dp.Apply(actx, st)
+	elapsed := time.Since(t0)
+	if err == nil {
+		return elapsed, nil
+	}
+	if timeout > 0 && ctx.Err() == nil {
+		if actx.Err() != nil {
+			// The datapath may report the kill of its tool rather than
+			// the deadline; the deadline is what happened.
+			err = errors.Join(context.DeadlineExceeded, err)
+		}
+		return elapsed, &applyLimitError{what: what, elapsed: elapsed, timeout: timeout, err: err}
+	}
+	return elapsed, fmt.Errorf("%s: %w", what, err)
+}
+
+// runTrial builds a fresh topology (so no TIME_WAIT or conntrack state of an
+// earlier trial can slow this one), sets the datapath up, applies the
+// service, measures, and tears everything down. In a scale sweep, an Apply
+// that fails or times out returns an *applyLimitError: with a nil trial if
+// it was the whole set's, with the measured trial if it was the change's.
+func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *results.Trial, info map[string]string, err error) {
+	endpoints := cmp.Or(ts.Endpoints, plan.Scenario.EndpointsPerService())
+	tc := plan.Topology
+	tc.Prefix = prefix
+	tc.ExtraEndpoints = max(0, endpoints-tc.Backends)
+	w, err := world.Build(ctx, world.Spec{Topology: tc, Port: plan.Port.TargetPort, Datapath: &ts.Factory})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { err = errors.Join(err, w.Close()) }()
+	topo, dp := w.Topology, w.Datapath
+	st, err := plan.State(topo, ts.Services, endpoints)
+	if err != nil {
+		return nil, nil, err
+	}
+	apply, err := timedApply(ctx, plan, dp, st, "apply")
+	if err != nil {
+		return nil, nil, err
+	}
+	state := dp.Info()
+	svc := Target(st)
+	wl := plan.Scenario.Workload
+	wk, err := loadgen.RunClientProcess(ctx, topo.Clients[0].NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
+		Targets:     dp.Targets(svc, plan.Port),
+		Protocol:    string(plan.Port.Protocol),
+		UDPMode:     wl.UDPMode,
+		Concurrency: ts.Concurrency,
+		Warmup:      time.Duration(wl.Warmup),
+		Duration:    time.Duration(wl.Duration),
+		Rate:        ts.Rate,
+		Seed:        ts.Seed,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
+		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
+		DatapathState: state, Workload: *wk}
+	if ts.Rate > 0 {
+		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
+	}
+	if sc := plan.Scenario.Scale; sc != nil && sc.MeasureChange && len(st.Services[0].Endpoints) > 1 {
+		// One endpoint of the first service goes away: the incremental
+		// cost of a sync at this scale (kube-proxy's common case).
+		st.Services[0].Endpoints = st.Services[0].Endpoints[1:]
+		change, err := timedApply(ctx, plan, dp, st, "one-endpoint change")
+		if err != nil {
+			return tr, state, err
+		}
+		tr.ApplyChangeSeconds = change.Seconds()
+	}
+	return tr, state, nil
+}
+
+// openLoopCapacity is the rate the open loop's fractions apply to: the
+// lowest median closed-loop QPS among the datapaths at the highest
+// concurrency, so that every datapath is offered the same load and even
+// the slowest one is below its capacity at fractions under 1.
+func openLoopCapacity(trials []results.Trial, concurrency int) (rate float64, slowest string, err error) {
+	qps := map[string][]float64{}
+	var order []string
+	for _, t := range trials {
+		if t.Model != "" || t.Concurrency != concurrency {
+			continue
+		}
+		if _, ok := qps[t.Datapath]; !ok {
+			order = append(order, t.Datapath)
+		}
+		qps[t.Datapath] = append(qps[t.Datapath], t.Workload.QPS)
+	}
+	if len(order) == 0 {
+		return 0, "", fmt.Errorf("open loop: no closed-loop trial at concurrency %d to take the capacity from", concurrency)
+	}
+	for _, dp := range order {
+		m := results.NewStat(qps[dp]).Median
+		if slowest == "" || m < rate {
+			rate, slowest = m, dp
+		}
+	}
+	if rate < 1 {
+		return 0, "", fmt.Errorf("open loop: capacity: %s reached %.1f conn/s at concurrency %d, nothing to take fractions of", slowest, rate, concurrency)
+	}
+	return rate, slowest, nil
+}
+
+// runOpenLoopPhase runs the open-loop trials after the closed-loop ones
+// of run and appends them to run.Trials.
+func runOpenLoopPhase(ctx context.Context, prog *progress.Progress, prefix string, plan *Plan, run *results.Run) error {
+	w := plan.Scenario.Workload
+	maxC := slices.Max(w.Concurrency)
+	capacity, slowest, err := openLoopCapacity(run.Trials, maxC)
+	if err != nil {
+		return err
+	}
+	// Below 2^53 (exact in JSON readers that use doubles); never 0, which
+	// would make each trial draw its own.
+	seed := rand.Uint64()&(1<<52-1) | 1
+	sched := plan.OpenSchedule(capacity, seed)
+	prog.Logf("open loop: capacity %.0f conn/s (%s, median at c=%d); %d trials at %v of it", capacity, slowest, maxC, len(sched), w.LoadFractions)
+	first := len(run.Trials)
+	for i, ts := range sched {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := first + i
+		prog.Start(fmt.Sprintf("%s open loop %.0f/s (%.0f%% of capacity) repetition %d/%d", ts.Factory.Name, ts.Rate, 100*ts.LoadFraction, ts.Repetition+1, w.Repetitions))
+		tr, _, err := runTrial(ctx, fmt.Sprintf("%s-t%d", prefix, n), plan, ts)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("interrupted during trial %d; everything it made was removed: %w", n+1, ctx.Err())
+			}
+			return fmt.Errorf("trial %d (%s, open loop at %.0f/s): %w", n+1, ts.Factory.Name, ts.Rate, err)
+		}
+		tr.Order = n
+		run.Trials = append(run.Trials, *tr)
+		lw := tr.Workload
+		prog.Done(fmt.Sprintf("%.0f of %.0f conn/s, p50 %.0f µs, p99 %.0f µs, %d errors (%d overload)", lw.QPS, lw.OfferedRate,
+			lw.Latency.P50, lw.Latency.P99, loadgen.SumErrors(lw.Errors), lw.Errors[loadgen.ErrOverload]))
+	}
+	return nil
+}
+
+// generatorCeiling measures the client and server alone, over loopback.
+func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) (_ *results.Trial, err error) {
+	w, err := world.Build(ctx, world.Spec{Topology: topology.Config{Prefix: prefix}, Loopback: true, Port: plan.Port.TargetPort})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, w.Close()) }()
+	target := netip.AddrPortFrom(w.Topology.Backends[0].Addr, plan.Port.TargetPort)
+	wl := plan.Scenario.Workload
+	wk, err := loadgen.RunClientProcess(ctx, w.Topology.Node, w.Topology.ClientCgroup.Path, loadgen.ClientSpec{Targets: []netip.AddrPort{target}, Concurrency: conc,
+		Protocol: string(plan.Port.Protocol), UDPMode: wl.UDPMode,
+		Warmup: time.Duration(wl.Warmup), Duration: time.Duration(wl.Duration)})
+	if err != nil {
+		return nil, err
+	}
+	return &results.Trial{Datapath: "generator-loopback", Concurrency: conc, Workload: *wk}, nil
+}

@@ -1,0 +1,190 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"svclab/datapath"
+	"svclab/harness/topology"
+	"svclab/results"
+	"svclab/scenarios"
+)
+
+// Plan is a validated scenario resolved into what the runner needs.
+type Plan struct {
+	Scenario *scenarios.Scenario
+	Topology topology.Config
+	Service  datapath.Service
+	Port     datapath.ServicePort
+	// Factories are the datapaths to measure, in the scenario's order;
+	// Skipped are those this machine cannot run, with the reason.
+	Factories []datapath.Factory
+	Skipped   []results.DatapathInfo
+}
+
+// NewPlan validates a scenario against the registry and the machine. An
+// unknown datapath is an error; one the machine cannot run is skipped with
+// its probe's reason.
+func NewPlan(s *scenarios.Scenario) (*Plan, error) { return NewPlanWith(s, datapath.Lookup) }
+
+// NewPlanWith is NewPlan with another registry (tests add datapaths of
+// their own).
+func NewPlanWith(s *scenarios.Scenario, lookup func(string) (datapath.Factory, error)) (*Plan, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Plan{Scenario: s}
+	p.Topology = topology.Config{
+		Clients:     s.Topology.Clients,
+		Backends:    s.Topology.Backends,
+		PodCIDR:     netip.MustParsePrefix(s.Topology.PodCIDR),
+		ServiceCIDR: netip.MustParsePrefix(s.Topology.ServiceCIDR),
+	}
+	if err := p.Topology.Validate(); err != nil {
+		return nil, fmt.Errorf("topology.%w", err)
+	}
+	if extra := s.MaxEndpoints() - p.Topology.Backends; extra > 0 {
+		// Endpoints past the backend pods are extra pod addresses: check
+		// now that they fit, not at the trial that needs them.
+		tc := p.Topology
+		tc.ExtraEndpoints = extra
+		if err := tc.Validate(); err != nil {
+			return nil, fmt.Errorf("scale.endpointSweep: %d endpoints on %d backend pods: %w", s.MaxEndpoints(), tc.Backends, err)
+		}
+	}
+	for _, name := range s.Datapaths {
+		f, err := lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("datapaths: %w", err)
+		}
+		if f.Probe != nil {
+			if err := f.Probe(); err != nil {
+				if !errors.Is(err, datapath.ErrUnsupported) {
+					return nil, fmt.Errorf("datapath %s: probe: %w", name, err)
+				}
+				p.Skipped = append(p.Skipped, results.DatapathInfo{Name: name, Description: f.Description, Skipped: err.Error()})
+				continue
+			}
+		}
+		p.Factories = append(p.Factories, f)
+	}
+	p.Port = datapath.ServicePort{Name: "http", Protocol: datapath.Protocol(s.Service.Protocol),
+		Port: uint16(s.Service.Port), TargetPort: uint16(s.Service.TargetPort)}
+	// The ClusterIP is the service CIDR's 10th address, as a kube-dns-like
+	// well-known address; its pods are every backend of the topology.
+	p.Service = datapath.Service{Namespace: s.Service.Namespace, Name: s.Service.Name,
+		ClusterIP: topology.NthHost(p.Topology.ServiceCIDR, 10), Ports: []datapath.ServicePort{p.Port}}
+	if topology.PrefixHosts(p.Topology.ServiceCIDR) < 10 {
+		p.Service.ClusterIP = topology.NthHost(p.Topology.ServiceCIDR, 1)
+	}
+	return p, nil
+}
+
+// State returns the desired datapath state for a topology: n services,
+// each with the topology's first `endpoints` endpoints, ready (the backend
+// pods' own addresses, then their extra addresses). With one service it is
+// the scenario's service; with more, services are named svc-00000… in the
+// scenario's namespace with consecutive ClusterIPs, and Target is the last
+// one (last in every datapath's rendering order).
+func (p *Plan) State(t *topology.Topology, n, endpoints int) (datapath.State, error) {
+	eps, err := t.Endpoints(endpoints)
+	if err != nil {
+		return datapath.State{}, err
+	}
+	if n <= 1 {
+		svc := p.Service
+		svc.Endpoints = eps
+		return datapath.State{Services: []datapath.Service{svc}}, nil
+	}
+	st := datapath.State{Services: make([]datapath.Service, n)}
+	for i := range n {
+		st.Services[i] = datapath.Service{Namespace: p.Service.Namespace, Name: fmt.Sprintf("svc-%05d", i),
+			ClusterIP: topology.NthHost(p.Topology.ServiceCIDR, 10+i), Ports: p.Service.Ports, Endpoints: eps}
+	}
+	return st, nil
+}
+
+// Target is the service the client talks to: the last one programmed.
+func Target(st datapath.State) datapath.Service { return st.Services[len(st.Services)-1] }
+
+// TrialSpec is one trial of the schedule.
+type TrialSpec struct {
+	Factory datapath.Factory
+	// Services and Endpoints are the scale point: how many services,
+	// each with how many endpoints.
+	Services    int
+	Endpoints   int
+	Concurrency int
+	Repetition  int
+	// Rate, if > 0, makes the trial open-loop (Concurrency 0) at Rate
+	// connections per second, LoadFraction of the measured capacity, on
+	// the schedule drawn from Seed.
+	Rate         float64
+	LoadFraction float64
+	Seed         uint64
+}
+
+// Schedule interleaves datapaths: within each repetition, scale point and
+// concurrency level every datapath runs once, and the order rotates from
+// one round to the next, so neither drift of the machine nor position
+// favours one.
+func (p *Plan) Schedule() []TrialSpec {
+	var out []TrialSpec
+	round := 0
+	n := len(p.Factories)
+	for rep := range p.Scenario.Workload.Repetitions {
+		points := p.Scenario.ScalePoints()
+		if rep%2 == 1 {
+			// Scale points run in turn, so a machine that drifts over
+			// the run would tilt a sweep; odd repetitions go back down,
+			// which cancels a steady drift. The first repetition goes
+			// up, so a datapath's scale limit is found at its smallest
+			// point and larger ones are not tried.
+			points = slices.Clone(points)
+			slices.Reverse(points)
+		}
+		for _, pt := range points {
+			for _, c := range p.Scenario.Workload.Concurrency {
+				for i := range n {
+					out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: pt.Services,
+						Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep})
+				}
+				round++
+			}
+		}
+	}
+	return out
+}
+
+// openTrials is the number of open-loop trials the plan runs.
+func (p *Plan) openTrials() int {
+	w := p.Scenario.Workload
+	if !w.OpenLoop() {
+		return 0
+	}
+	return w.Repetitions * len(w.LoadFractions) * len(p.Factories)
+}
+
+// OpenSchedule is the open-loop phase's trials at capacity × each load
+// fraction, interleaved and rotated as Schedule does. Every datapath of a
+// repetition and fraction gets the same seed, so the same arrivals: they
+// differ by their datapath only.
+func (p *Plan) OpenSchedule(capacity float64, seed uint64) []TrialSpec {
+	w := p.Scenario.Workload
+	var out []TrialSpec
+	round := 0
+	n := len(p.Factories)
+	for rep := range w.Repetitions {
+		for fi, f := range w.LoadFractions {
+			s := seed + uint64(rep*len(w.LoadFractions)+fi)
+			for i := range n {
+				out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: 1, Endpoints: p.Scenario.EndpointsPerService(), Repetition: rep,
+					Rate: f * capacity, LoadFraction: f, Seed: s})
+			}
+			round++
+		}
+	}
+	return out
+}

@@ -1,0 +1,456 @@
+// Package lab runs `svclab up`, `exec`, `status` and `down`: a world kept
+// up for a person (or a script) to poke at, described by a state file in
+// /run/svclab/labs and alive for as long as its `svclab up` process holds
+// its run lock.
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"svclab/datapath"
+	"svclab/harness/runlock"
+	"svclab/harness/topology"
+	"svclab/harness/world"
+	"svclab/internal/child"
+	"svclab/internal/nsutil"
+	"svclab/results"
+)
+
+// labDir holds one state file per lab that is up. The file only describes
+// the lab; whether it is alive is its run lock (see lock.go), held by the
+// `svclab up` process for as long as it lives: the BPF links of
+// socket-level datapaths die with that process, so the process is the lab.
+var labDir = "/run/svclab/labs"
+
+// Lab defaults and limits.
+const (
+	TargetPort  = 8080
+	ServicePort = 80
+	MaxBackends = 200
+	MaxClients  = 16
+)
+
+// Lab topology ranges: the service is the service CIDR's 10th address,
+// 10.96.0.10, as kube-dns usually is.
+var (
+	podCIDR     = netip.MustParsePrefix("10.244.0.0/16")
+	serviceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+)
+
+// Config is one `svclab up`.
+type Config struct {
+	Datapath string
+	Backends int
+	Clients  int
+	// UDP adds a UDP port to the service (same port number, same target).
+	UDP             bool
+	Affinity        datapath.SessionAffinity
+	AffinityTimeout time.Duration
+}
+
+// Validate checks the configuration and names the field at fault.
+func (c Config) Validate() error {
+	if _, err := datapath.Lookup(c.Datapath); err != nil {
+		return fmt.Errorf("datapath: %w", err)
+	}
+	if c.Backends < 1 || c.Backends > MaxBackends {
+		return fmt.Errorf("backends: %d is out of range [1, %d]", c.Backends, MaxBackends)
+	}
+	if c.Clients < 1 || c.Clients > MaxClients {
+		return fmt.Errorf("clients: %d is out of range [1, %d]", c.Clients, MaxClients)
+	}
+	switch c.Affinity {
+	case "", datapath.SessionAffinityNone, datapath.SessionAffinityClientIP:
+	default:
+		return fmt.Errorf("affinity: %q is not None or ClientIP", c.Affinity)
+	}
+	if c.AffinityTimeout < 0 {
+		return fmt.Errorf("affinity timeout: %s is negative", c.AffinityTimeout)
+	}
+	return nil
+}
+
+// ParseAffinity parses the --affinity flag: "none", "clientip" or
+// "clientip:TIMEOUT" (a Go duration such as 30s, or seconds).
+func ParseAffinity(s string) (datapath.SessionAffinity, time.Duration, error) {
+	mode, timeout, hasTimeout := strings.Cut(s, ":")
+	switch strings.ToLower(mode) {
+	case "", "none":
+		if hasTimeout {
+			return "", 0, fmt.Errorf("affinity: %q: a timeout needs clientip", s)
+		}
+		return datapath.SessionAffinityNone, 0, nil
+	case "clientip":
+	default:
+		return "", 0, fmt.Errorf("affinity: %q is not none, clientip or clientip:TIMEOUT", s)
+	}
+	if !hasTimeout {
+		return datapath.SessionAffinityClientIP, 0, nil
+	}
+	d, err := time.ParseDuration(timeout)
+	if err != nil {
+		secs, serr := strconv.Atoi(timeout)
+		if serr != nil {
+			return "", 0, fmt.Errorf("affinity: timeout %q is neither a duration such as 30s nor seconds", timeout)
+		}
+		d = time.Duration(secs) * time.Second
+	}
+	if d < time.Second || d > 86400*time.Second {
+		return "", 0, fmt.Errorf("affinity: timeout %s is out of range [1s, 24h] (sessionAffinityConfig.clientIP.timeoutSeconds)", d)
+	}
+	return datapath.SessionAffinityClientIP, d, nil
+}
+
+// State is what /run/svclab/labs/<id>.json records about a lab.
+type State struct {
+	ID       string    `json:"id"`
+	PID      int       `json:"pid"`
+	Started  time.Time `json:"started"`
+	Datapath string    `json:"datapath"`
+	// Prefix names every kernel object of the lab.
+	Prefix   string    `json:"prefix"`
+	Services []Service `json:"services"`
+	Pods     []Pod     `json:"pods"`
+	// NetNS lists every network namespace of the lab (pods, node, sink).
+	NetNS   []string `json:"netns"`
+	Cgroups Cgroups  `json:"cgroups"`
+}
+
+// Service is a service of the lab.
+type Service struct {
+	Name      string `json:"name"`
+	ClusterIP string `json:"cluster_ip"`
+	// Ports read "80/TCP->8080".
+	Ports           []string `json:"ports"`
+	SessionAffinity string   `json:"session_affinity,omitempty"`
+	AffinityTimeout string   `json:"affinity_timeout,omitempty"`
+}
+
+// Pod is a pod of the lab.
+type Pod struct {
+	Name  string `json:"name"`
+	Role  string `json:"role"` // client or backend
+	Addr  string `json:"addr"`
+	NetNS string `json:"netns"`
+}
+
+// Cgroups are the lab's cgroup v2 directories: Client is where
+// socket-level datapaths attach and where `svclab exec` runs commands.
+type Cgroups struct {
+	Client string `json:"client"`
+	Server string `json:"server"`
+}
+
+// Pod returns the pod named name.
+func (s *State) Pod(name string) (Pod, bool) {
+	for _, p := range s.Pods {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Pod{}, false
+}
+
+// Alive reports whether the lab's up process still holds its run lock.
+func (s *State) Alive() bool { return runlock.Alive(s.ID) }
+
+func labFile(id string) string { return filepath.Join(labDir, id+".json") }
+
+// Up builds a lab (topology, one backend server answering TCP with HTTP and
+// UDP with a datagram naming the pod, the datapath with one service), writes
+// its state file, calls ready, and keeps everything until ctx is done; then
+// it removes all of it. On error everything built so far is removed.
+func Up(ctx context.Context, cfg Config, log io.Writer, ready func(*State)) (err error) {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	f, _ := datapath.Lookup(cfg.Datapath)
+	if f.Probe != nil {
+		if err := f.Probe(); err != nil {
+			return fmt.Errorf("datapath %s cannot run here: %w", f.Name, err)
+		}
+	}
+	prune()
+	lock, err := runlock.Begin(log)
+	if err != nil {
+		return err
+	}
+	// Teardown runs in reverse: datapath, server, topology, state file,
+	// and the lock last, so a waiting `svclab down` sees the lock go only
+	// when everything else is gone.
+	defer lock.Release()
+	defer func() {
+		if rerr := os.Remove(labFile(lock.ID)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	tc := topology.Config{Prefix: lock.Prefix, Clients: cfg.Clients, Backends: cfg.Backends, PodCIDR: podCIDR, ServiceCIDR: serviceCIDR}
+	w, err := world.Build(ctx, world.Spec{Topology: tc, Port: TargetPort, Datapath: &f})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, w.Close()) }()
+	topo, dp := w.Topology, w.Datapath
+	svc := datapath.Service{Namespace: "default", Name: "web", ClusterIP: topology.NthHost(serviceCIDR, 10),
+		Ports:           []datapath.ServicePort{{Name: "http", Protocol: datapath.TCP, Port: ServicePort, TargetPort: TargetPort}},
+		SessionAffinity: cfg.Affinity, AffinityTimeout: cfg.AffinityTimeout}
+	if cfg.UDP {
+		svc.Ports = append(svc.Ports, datapath.ServicePort{Name: "udp", Protocol: datapath.UDP, Port: ServicePort, TargetPort: TargetPort})
+	}
+	for _, b := range topo.Backends {
+		svc.Endpoints = append(svc.Endpoints, datapath.Endpoint{Pod: b.Name, Addr: b.Addr, Ready: true, Serving: true})
+	}
+	if err := dp.Apply(ctx, datapath.State{Services: []datapath.Service{svc}}); err != nil {
+		return fmt.Errorf("datapath %s: apply: %w", f.Name, err)
+	}
+
+	st := &State{ID: lock.ID, PID: os.Getpid(), Started: time.Now().UTC(), Datapath: f.Name, Prefix: lock.Prefix,
+		Cgroups: Cgroups{Client: topo.ClientCgroup.Path, Server: topo.ServerCgroup.Path}}
+	ls := Service{Name: svc.String(), ClusterIP: svc.ClusterIP.String(), SessionAffinity: string(svc.SessionAffinity)}
+	if svc.SessionAffinity == datapath.SessionAffinityClientIP {
+		ls.AffinityTimeout = svc.EffectiveAffinityTimeout().String()
+	}
+	for _, p := range svc.Ports {
+		ls.Ports = append(ls.Ports, fmt.Sprintf("%d/%s->%d", p.Port, p.Protocol, p.TargetPort))
+	}
+	st.Services = []Service{ls}
+	for _, p := range topo.Clients {
+		st.Pods = append(st.Pods, Pod{Name: p.Name, Role: "client", Addr: p.Addr.String(), NetNS: p.NS.Name})
+	}
+	for _, p := range topo.Backends {
+		st.Pods = append(st.Pods, Pod{Name: p.Name, Role: "backend", Addr: p.Addr.String(), NetNS: p.NS.Name})
+	}
+	if st.NetNS, err = nsutil.List(lock.Prefix + "-"); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(labDir, 0o755); err != nil {
+		return fmt.Errorf("lab state: %w", err)
+	}
+	if err := results.WriteJSON(labFile(lock.ID), st); err != nil {
+		return fmt.Errorf("lab state: %w", err)
+	}
+	if ready != nil {
+		ready(st)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// read reads a lab's state file.
+func read(path string) (*State, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("lab state %s: %w", path, err)
+	}
+	return &st, nil
+}
+
+// prune removes the state files of labs whose up process is gone (their
+// kernel objects are CleanupStale's).
+func prune() {
+	ents, _ := os.ReadDir(labDir)
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && !runlock.Alive(id) {
+			_ = os.Remove(filepath.Join(labDir, e.Name()))
+		}
+	}
+}
+
+// List returns the labs that are up, oldest first. State files of dead
+// labs are removed on the way.
+func List() ([]*State, error) {
+	prune()
+	ents, err := os.ReadDir(labDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("labs: %w", err)
+	}
+	var out []*State
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		st, err := read(filepath.Join(labDir, e.Name()))
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue // went down meanwhile
+			}
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	return out, nil
+}
+
+// ErrNoLab is returned when no lab (or not the one asked for) is up.
+var ErrNoLab = errors.New("no lab is up")
+
+// Find returns the lab with this id, or the only lab when id is empty.
+func Find(id string) (*State, error) {
+	labs, err := List()
+	if err != nil {
+		return nil, err
+	}
+	if id != "" {
+		for _, l := range labs {
+			if l.ID == id {
+				return l, nil
+			}
+		}
+		return nil, fmt.Errorf("lab %q: %w (see svclab status)", id, ErrNoLab)
+	}
+	switch len(labs) {
+	case 0:
+		return nil, fmt.Errorf("%w (start one with svclab up)", ErrNoLab)
+	case 1:
+		return labs[0], nil
+	}
+	var ids []string
+	for _, l := range labs {
+		ids = append(ids, l.ID)
+	}
+	return nil, fmt.Errorf("%d labs are up (%s): say which", len(labs), strings.Join(ids, ", "))
+}
+
+// Exec runs argv in a lab pod's network namespace and in the lab's client
+// cgroup (for backend pods too: in a cluster every pod's processes sit
+// under the cgroup a socket-level datapath attaches to), with the given
+// standard streams, and returns its exit status (128+N if killed by signal
+// N). Signals svclab receives meanwhile are passed on to the command.
+func (s *State) Exec(pod string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	if len(argv) == 0 {
+		return 0, errors.New("exec: no command given")
+	}
+	p, ok := s.Pod(pod)
+	if !ok {
+		var names []string
+		for _, p := range s.Pods {
+			names = append(names, p.Name)
+		}
+		return 0, fmt.Errorf("exec: lab %s has no pod %q (pods: %s)", s.ID, pod, strings.Join(names, ", "))
+	}
+	if !s.Alive() {
+		return 0, fmt.Errorf("exec: lab %s: %w", s.ID, ErrNoLab)
+	}
+	ns, err := nsutil.Open(p.NetNS)
+	if err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	// Only the handle: Close would delete the lab's namespace.
+	defer func() {
+		h := ns.Handle()
+		h.Close()
+	}()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT)
+	defer signal.Stop(sigs)
+	if err := child.Start(cmd, ns, s.Cgroups.Client); err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case sig := <-sigs:
+				_ = cmd.Process.Signal(sig)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return exit.ExitCode(), nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	return 0, nil
+}
+
+// Down stops a lab: it signals the lab's up process and waits until that
+// process has removed everything and let go of its lock. If the process
+// was killed instead, CleanupStale removes what it left.
+func Down(ctx context.Context, id string, timeout time.Duration) (*State, error) {
+	st, err := Find(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Kill(st.PID, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+		return st, fmt.Errorf("down: signal lab %s (pid %d): %w", st.ID, st.PID, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for runlock.Alive(st.ID) {
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("down: lab %s (pid %d) still up after %s", st.ID, st.PID, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := runlock.CleanupStale(); err != nil {
+		return st, fmt.Errorf("down: clean up what lab %s left: %w", st.ID, err)
+	}
+	prune()
+	return st, nil
+}
+
+// Write prints a lab's services and pods, and how to use it.
+func Write(w io.Writer, st *State) {
+	fmt.Fprintf(w, "lab %s is up: datapath %s, pid %d, kernel objects %s-*\n\n", st.ID, st.Datapath, st.PID, st.Prefix)
+	for _, s := range st.Services {
+		fmt.Fprintf(w, "service %s  ClusterIP %s  ports %s", s.Name, s.ClusterIP, strings.Join(s.Ports, " "))
+		if s.SessionAffinity == string(datapath.SessionAffinityClientIP) {
+			fmt.Fprintf(w, "  sessionAffinity ClientIP (timeout %s)", s.AffinityTimeout)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	for _, p := range st.Pods {
+		fmt.Fprintf(w, "%-8s %-12s %-15s netns %s\n", p.Role, p.Name, p.Addr, p.NetNS)
+	}
+	if len(st.Services) > 0 && len(st.Pods) > 0 {
+		s := st.Services[0]
+		fmt.Fprintf(w, "\ntry:   svclab exec %s -- curl -s http://%s/\n", st.Pods[0].Name, s.ClusterIP)
+		for _, p := range s.Ports {
+			if strings.Contains(p, "/UDP") {
+				port, _, _ := strings.Cut(p, "/")
+				fmt.Fprintf(w, "       svclab exec %s -- sh -c 'echo hi | nc -u -w1 %s %s'\n", st.Pods[0].Name, s.ClusterIP, port)
+			}
+		}
+	}
+	fmt.Fprintf(w, "stop:  Ctrl-C here, or svclab down %s\n", st.ID)
+}

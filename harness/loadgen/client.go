@@ -1,0 +1,459 @@
+package loadgen
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"svclab/internal/child"
+	"svclab/internal/nsutil"
+	"svclab/results"
+)
+
+// Client protocols and UDP modes (ClientSpec.Protocol, ClientSpec.UDPMode).
+const (
+	ProtocolTCP = "TCP"
+	ProtocolUDP = "UDP"
+	// UDPSocketPerRequest opens a new unconnected socket per request:
+	// sendto the target, recvfrom the reply, close (a DNS stub resolver's
+	// pattern; every request is a new flow for the datapath).
+	UDPSocketPerRequest = "socket-per-request"
+	// UDPLongLived keeps one unconnected socket per in-flight request slot
+	// and does sendto/recvfrom on it over and over (one flow per slot).
+	UDPLongLived = "long-lived"
+)
+
+// ClientSpec tells the load generator what to do.
+type ClientSpec struct {
+	// Targets are where connections go; one is picked at random per
+	// connection (several only for the direct datapath).
+	Targets []netip.AddrPort `json:"targets"`
+	// Concurrency is the number of connections (or UDP requests) in
+	// flight at any time, over all loops.
+	Concurrency int           `json:"concurrency"`
+	Warmup      time.Duration `json:"warmup"`
+	Duration    time.Duration `json:"duration"`
+	// Connections, if > 0, ends the run after this many measured connections
+	// instead of after Duration (used by tests).
+	Connections int64 `json:"connections,omitempty"`
+	// Timeout bounds each connection (or UDP request) from its start; one
+	// that takes longer is abandoned and counted as an error ("ETIMEDOUT"
+	// for TCP, "timeout" for UDP). Default 5s.
+	Timeout time.Duration `json:"timeout"`
+	// Protocol is ProtocolTCP (default) or ProtocolUDP.
+	Protocol string `json:"protocol,omitempty"`
+	// UDPMode is UDPSocketPerRequest (default) or UDPLongLived.
+	UDPMode string `json:"udp_mode,omitempty"`
+	// Loops is the number of event loops (threads); 0 means half the
+	// CPUs (see defaultLoops). Never more than Concurrency (or, open
+	// loop, MaxInFlight).
+	Loops int `json:"loops,omitempty"`
+
+	// Rate, if > 0, makes the run open-loop: connections (or UDP
+	// requests) start at Rate per second on a schedule fixed in advance
+	// by Rate, Arrivals and Seed alone, whatever the datapath or the
+	// generator do, and latency runs from each one's intended start.
+	// Concurrency and Connections are then unused.
+	Rate float64 `json:"rate,omitempty"`
+	// Arrivals is the open loop's arrival process: ArrivalsPoisson
+	// (default) or ArrivalsConstant.
+	Arrivals string `json:"arrivals,omitempty"`
+	// Seed seeds the open-loop schedule; 0 picks one, which the result
+	// records so the schedule can be replayed.
+	Seed uint64 `json:"seed,omitempty"`
+	// MaxInFlight bounds the open loop's connections in flight (default
+	// DefaultMaxInFlight); an arrival that finds them all busy is not
+	// started and counts as an "overload" error.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+}
+
+// Open-loop arrival processes (ClientSpec.Arrivals).
+const (
+	// ArrivalsPoisson draws independent exponential gaps between starts:
+	// clients that do not coordinate with each other, bursts included,
+	// so the queueing a datapath causes at a given load shows.
+	ArrivalsPoisson = "poisson"
+	// ArrivalsConstant starts connections exactly 1/Rate apart.
+	ArrivalsConstant = "constant"
+)
+
+// DefaultMaxInFlight is the open loop's default cap on connections in
+// flight: far above what a healthy datapath needs at the rates this
+// machine reaches (rate × latency), so reaching it means overload.
+const DefaultMaxInFlight = 4096
+
+// ErrOverload is the error kind counted for an open-loop arrival that
+// found MaxInFlight connections already in flight.
+const ErrOverload = "overload"
+
+// maxRate bounds ClientSpec.Rate: far beyond what one generator starts.
+const maxRate = 1e7
+
+// Request is what the TCP client sends: a minimal HTTP/1.1 GET.
+var Request = []byte("GET / HTTP/1.1\r\nHost: svclab\r\nUser-Agent: svclab\r\n\r\n")
+
+// UDPRequest is the datagram the UDP client sends; the server answers any.
+var UDPRequest = []byte("svclab\n")
+
+func (s *ClientSpec) validate() error {
+	if len(s.Targets) == 0 {
+		return errors.New("client: targets: none given")
+	}
+	for i, t := range s.Targets {
+		if !t.Addr().Is4() {
+			return fmt.Errorf("client: targets[%d]: %s is not IPv4", i, t)
+		}
+	}
+	switch {
+	case math.IsNaN(s.Rate) || s.Rate < 0 || s.Rate > maxRate:
+		return fmt.Errorf("client: rate: %v is out of range [0, %g]", s.Rate, maxRate)
+	case s.Rate > 0:
+		if s.Connections > 0 {
+			return errors.New("client: connections: only the closed loop ends after a count (the open loop runs for duration)")
+		}
+		if s.MaxInFlight < 0 {
+			return fmt.Errorf("client: max_in_flight: %d < 0", s.MaxInFlight)
+		}
+		switch s.Arrivals {
+		case "", ArrivalsPoisson, ArrivalsConstant:
+		default:
+			return fmt.Errorf("client: arrivals: %q is not %s or %s", s.Arrivals, ArrivalsPoisson, ArrivalsConstant)
+		}
+	default:
+		if s.Concurrency < 1 {
+			return fmt.Errorf("client: concurrency: %d < 1", s.Concurrency)
+		}
+		if s.Arrivals != "" || s.MaxInFlight != 0 || s.Seed != 0 {
+			return errors.New("client: arrivals, max_in_flight and seed are for the open loop (rate > 0)")
+		}
+	}
+	switch s.Protocol {
+	case "", ProtocolTCP, ProtocolUDP:
+	default:
+		return fmt.Errorf("client: protocol: %q is not %s or %s", s.Protocol, ProtocolTCP, ProtocolUDP)
+	}
+	switch s.UDPMode {
+	case "", UDPSocketPerRequest, UDPLongLived:
+	default:
+		return fmt.Errorf("client: udp_mode: %q is not %s or %s", s.UDPMode, UDPSocketPerRequest, UDPLongLived)
+	}
+	if s.Timeout < 0 || s.Duration < 0 || s.Warmup < 0 {
+		return errors.New("client: timeout, duration and warmup must not be negative")
+	}
+	return nil
+}
+
+// RunClient is the load generator: a closed loop keeping Concurrency
+// connections in flight, each doing connect, send a small request, read
+// the whole reply, close (the client closes first), after which a new one
+// starts. Latency is connect start to close. With Rate set it is an open
+// loop instead (see runOpenLoop).
+//
+// It runs epoll loops (as wrk does) with non-blocking sockets, the
+// connections spread over the loops; each loop keeps its own
+// histogram and counters, merged at the end, so loops share nothing but
+// the phase flag. Loops use raw system calls and allocate nothing per
+// connection, so the generator costs as little as possible of the machine
+// the datapath runs on.
+//
+// With Protocol UDP each "connection" is one request datagram and its
+// reply (see UDPMode); replies whose source is not the address the
+// request went to are counted in WrongSource.
+func RunClient(spec ClientSpec) (*results.Workload, error) {
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	if spec.Timeout == 0 {
+		spec.Timeout = 5 * time.Second
+	}
+	if spec.Rate > 0 {
+		return runOpenLoop(spec)
+	}
+	nloops := spec.Loops
+	if nloops <= 0 {
+		nloops = defaultLoops()
+	}
+	nloops = min(nloops, spec.Concurrency)
+	rs := &runState{limit: spec.Connections}
+	loops := make([]*clientLoop, 0, nloops)
+	defer func() {
+		for _, l := range loops {
+			l.close()
+		}
+	}()
+	for i := range nloops {
+		slots := spec.Concurrency / nloops
+		if i < spec.Concurrency%nloops {
+			slots++
+		}
+		l, err := newClientLoop(&spec, rs, slots, uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		loops = append(loops, l)
+	}
+	var wg sync.WaitGroup
+	for _, l := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.run()
+		}()
+	}
+	time.Sleep(spec.Warmup)
+	synBefore := synRetrans()
+	cpuBefore, cpuErr := readCPUTimes()
+	rs.phase.Store(phaseMeasure)
+	t0 := time.Now()
+	if spec.Connections > 0 {
+		deadline := t0.Add(spec.Duration)
+		for rs.phase.Load() == phaseMeasure && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	} else {
+		time.Sleep(spec.Duration)
+	}
+	rs.phase.Store(phaseStop)
+	window := time.Since(t0)
+	cpuAfter, cpuErr2 := readCPUTimes()
+	synAfter := synRetrans()
+	wg.Wait()
+
+	w := &results.Workload{
+		DurationSeconds: window.Seconds(),
+		Errors:          map[string]int64{},
+		PerBackend:      map[string]int64{},
+		Histogram:       results.NewHistogram(),
+		SynRetrans:      synAfter - synBefore,
+	}
+	if err := collect(w, loops); err != nil {
+		return nil, err
+	}
+	w.QPS = float64(w.Connections) / window.Seconds()
+	w.Latency = w.Histogram.Latency()
+	if cpuErr == nil && cpuErr2 == nil {
+		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
+	}
+	return w, nil
+}
+
+// collect merges the loops' counters and histograms into w.
+func collect(w *results.Workload, loops []*clientLoop) error {
+	for _, l := range loops {
+		if l.err != nil {
+			return l.err
+		}
+		w.Connections += l.conns
+		w.WrongSource += l.wrongSource
+		w.Histogram.Merge(l.hist)
+		for k, v := range l.errors {
+			w.Errors[k] += v
+		}
+		for k, v := range l.backends {
+			w.PerBackend[k] += *v
+		}
+	}
+	return nil
+}
+
+// runOpenLoop is RunClient's open loop: each loop starts its share of the
+// schedule (see arrivals), whatever the datapath or the generator itself
+// are doing, and a connection's latency runs from its intended start, so a
+// stall delays the connections due behind it and they show it (no
+// coordinated omission). The measured window is the span of intended
+// starts [end of warm-up, + Duration). The loops keep going, schedule
+// included so the load does not drop, until every arrival of the window
+// has ended as a connection or an error (at worst after Timeout): the
+// window's slowest connections are measured, not cut off. An arrival that
+// finds MaxInFlight connections in flight counts as an ErrOverload error,
+// so an overloaded datapath shows as errors, not as a quietly lower rate.
+func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
+	if spec.MaxInFlight == 0 {
+		spec.MaxInFlight = DefaultMaxInFlight
+	}
+	if spec.Arrivals == "" {
+		spec.Arrivals = ArrivalsPoisson
+	}
+	if spec.Seed == 0 {
+		// Below 2^53 so that JSON readers that use doubles keep it exact.
+		spec.Seed = rand.Uint64()&(1<<53-1) | 1
+	}
+	nloops := spec.Loops
+	if nloops <= 0 {
+		nloops = defaultLoops()
+	}
+	nloops = min(nloops, spec.MaxInFlight)
+	rs := &runState{}
+	loops := make([]*clientLoop, 0, nloops)
+	defer func() {
+		for _, l := range loops {
+			l.close()
+		}
+	}()
+	for i := range nloops {
+		slots := spec.MaxInFlight / nloops
+		if i < spec.MaxInFlight%nloops {
+			slots++
+		}
+		l, err := newClientLoop(&spec, rs, slots, uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		loops = append(loops, l)
+	}
+	// The schedule starts a little ahead, once the loops' threads run.
+	origin := nanotime() + int64(10*time.Millisecond)
+	from := origin + int64(spec.Warmup)
+	to := from + int64(spec.Duration)
+	for i, l := range loops {
+		l.arr = newArrivals(spec.Arrivals, spec.Rate, spec.Seed, i, nloops, origin)
+		l.from, l.to = from, to
+	}
+	var wg sync.WaitGroup
+	for _, l := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.runOpen()
+		}()
+	}
+	time.Sleep(time.Duration(from - nanotime()))
+	synBefore := synRetrans()
+	cpuBefore, cpuErr := readCPUTimes()
+	time.Sleep(time.Duration(to - nanotime()))
+	cpuAfter, cpuErr2 := readCPUTimes()
+	synAfter := synRetrans()
+	wg.Wait()
+
+	window := time.Duration(to - from)
+	w := &results.Workload{
+		DurationSeconds: window.Seconds(),
+		Errors:          map[string]int64{},
+		PerBackend:      map[string]int64{},
+		Histogram:       results.NewHistogram(),
+		SynRetrans:      synAfter - synBefore,
+		OfferedRate:     spec.Rate,
+		Arrivals:        spec.Arrivals,
+		ScheduleSeed:    spec.Seed,
+		MaxInFlight:     spec.MaxInFlight,
+	}
+	if err := collect(w, loops); err != nil {
+		return nil, err
+	}
+	lag := results.NewHistogram()
+	for _, l := range loops {
+		w.Scheduled += l.scheduled
+		lag.Merge(l.lag)
+	}
+	if lag.Count() > 0 {
+		ll := lag.Latency()
+		w.StartLag = &ll
+	}
+	w.QPS = float64(w.Connections) / window.Seconds()
+	w.Latency = w.Histogram.Latency()
+	if cpuErr == nil && cpuErr2 == nil {
+		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
+	}
+	return w, nil
+}
+
+// ParseReply returns the pod named in a complete HTTP reply in b: done is
+// false while more bytes are needed, bad is true if b cannot become a
+// valid reply.
+func ParseReply(b []byte) (pod []byte, done, bad bool) {
+	i := bytes.Index(b, []byte("\r\n\r\n"))
+	if i < 0 {
+		return nil, false, false
+	}
+	cl := contentLength(b[:i])
+	if cl < 0 {
+		return nil, false, true
+	}
+	end := i + 4 + cl
+	if len(b) < end {
+		return nil, false, false
+	}
+	return bytes.TrimSpace(b[i+4 : end]), true, false
+}
+
+func contentLength(hdr []byte) int {
+	const key = "\r\nContent-Length: "
+	i := bytes.Index(hdr, []byte(key))
+	if i < 0 {
+		return -1
+	}
+	v := hdr[i+len(key):]
+	if j := bytes.IndexByte(v, '\r'); j >= 0 {
+		v = v[:j]
+	}
+	n := 0
+	if len(v) == 0 || len(v) > 9 {
+		return -1
+	}
+	// By hand: strconv.Atoi(string(v)) would allocate.
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// synRetrans reads TcpExt TCPSynRetrans of the calling thread's namespace.
+func synRetrans() int64 {
+	f, err := os.Open("/proc/self/net/netstat")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	var names []string
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) == 0 || fields[0] != "TcpExt:" {
+			continue
+		}
+		if names == nil {
+			names = fields
+			continue
+		}
+		for i, n := range names {
+			if n == "TCPSynRetrans" && i < len(fields) {
+				v, _ := strconv.ParseInt(fields[i], 10, 64)
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+// RunClientProcess runs the load generator as a child process inside the
+// client pod's namespace ns and the cgroup v2 directory cgroupDir (where
+// socket-level datapaths are attached), and returns what it measured.
+func RunClientProcess(ctx context.Context, ns *nsutil.NS, cgroupDir string, spec ClientSpec) (*results.Workload, error) {
+	var w results.Workload
+	if err := child.Run(ctx, RoleClient, spec, ns, cgroupDir, &w, child.NoAsyncPreempt); err != nil {
+		return nil, err
+	}
+	return &w, nil
+}
+
+// SumErrors is the number of failed connections in a Workload's Errors.
+func SumErrors(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}

@@ -1,0 +1,136 @@
+package loadgen
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"svclab/harness/internal/harnesstest"
+	"svclab/harness/topology"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// countLines counts the non-empty lines of ss output.
+func countLines(b []byte) int {
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(l) != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// The generator and the backend server as child processes in a real
+// topology (client pod → node → backend pods, no datapath: the client picks
+// backends itself, as the direct datapath does).
+func TestPrivilegedClientServerInTopology(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	run := harnesstest.NewRun(t)
+	topo, err := topology.New(context.Background(), topology.Default(run.Prefix+"-cs", 3))
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	const port = 8080
+	srv, err := StartServer(topo.Node, topo.ServerCgroup.Path, BackendListeners(topo.Backends, port, false))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+	var targets []netip.AddrPort
+	for _, b := range topo.Backends {
+		targets = append(targets, netip.AddrPortFrom(b.Addr, port))
+	}
+	client := topo.Clients[0].NS
+	ctx := context.Background()
+
+	tests := []struct {
+		name          string
+		protocol, udp string
+	}{
+		{"TCP", ProtocolTCP, ""},
+		{"UDP socket per request", ProtocolUDP, UDPSocketPerRequest},
+		{"UDP long-lived", ProtocolUDP, UDPLongLived},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w, err := RunClientProcess(ctx, client, topo.ClientCgroup.Path, ClientSpec{Targets: targets, Concurrency: 8,
+				Duration: 20 * time.Second, Connections: 900, Protocol: tt.protocol, UDPMode: tt.udp})
+			require.NoError(t, err)
+			assert.Empty(t, w.Errors)
+			assert.GreaterOrEqual(t, w.Connections, int64(900))
+			// A clean run retransmits (almost) no SYN; a few can happen
+			// when a loaded machine delays a SYN-ACK past the 1 s
+			// initial RTO, so this checks for systematic loss only.
+			assert.LessOrEqual(t, w.SynRetrans*100, w.Connections, "SYN retransmits beyond 1%% of connections mean SYNs are being dropped")
+			// Straight to the pods: every reply comes from where the
+			// request went.
+			assert.Zero(t, w.WrongSource)
+			for _, b := range topo.Backends {
+				// 900 over 3: 300 expected; under 150 means the spread
+				// is broken (binomial p < 1e-12).
+				assert.Greater(t, w.PerBackend[b.Name], int64(150), "backend %s: %v", b.Name, w.PerBackend)
+			}
+		})
+	}
+
+	// The client closes first, so every TIME_WAIT of those connections is
+	// in the client's namespace and none in a backend's, where it would
+	// collide with a later trial's tuples.
+	t.Run("TIME_WAIT stays with the client", func(t *testing.T) {
+		out, err := client.Run(ctx, nil, "ss", "-Htan", "state", "time-wait")
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, countLines(out), 900, "client TIME_WAIT sockets")
+		for _, b := range topo.Backends {
+			out, err := b.NS.Run(ctx, nil, "ss", "-Htan", "state", "time-wait")
+			require.NoError(t, err)
+			assert.Zero(t, countLines(out), "TIME_WAIT in backend %s:\n%s", b.Name, out)
+		}
+	})
+
+	t.Run("refused port", func(t *testing.T) {
+		w, err := RunClientProcess(ctx, client, topo.ClientCgroup.Path, ClientSpec{
+			Targets: []netip.AddrPort{netip.AddrPortFrom(topo.Backends[0].Addr, port+1)}, Concurrency: 2, Duration: 300 * time.Millisecond})
+		require.NoError(t, err)
+		assert.Zero(t, w.Connections)
+		assert.Greater(t, w.Errors["ECONNREFUSED"], int64(0), "errors: %v", w.Errors)
+		assert.Len(t, w.Errors, 1, "errors: %v", w.Errors)
+	})
+
+	// Traffic to an address nobody translates ends in the node's sink,
+	// which drops it: the client gives up after Timeout instead of hanging.
+	t.Run("dropped SYNs time out", func(t *testing.T) {
+		start := time.Now()
+		w, err := RunClientProcess(ctx, client, topo.ClientCgroup.Path, ClientSpec{
+			Targets: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.99:80")}, Concurrency: 2,
+			Duration: 500 * time.Millisecond, Timeout: 100 * time.Millisecond})
+		require.NoError(t, err)
+		assert.Less(t, time.Since(start), 5*time.Second)
+		assert.Zero(t, w.Connections)
+		assert.Greater(t, w.Errors["ETIMEDOUT"], int64(0), "errors: %v", w.Errors)
+		assert.Len(t, w.Errors, 1, "errors: %v", w.Errors)
+	})
+
+	// The open loop at a modest rate through the topology: the datapath
+	// (here none) keeps up, so the achieved rate is the offered one and
+	// every arrival succeeds.
+	for _, tt := range tests {
+		t.Run("open loop "+tt.name, func(t *testing.T) {
+			const rate = 500
+			// A fixed seed fixes the schedule, so how many arrivals fall
+			// in the window does not vary from run to run.
+			w, err := RunClientProcess(ctx, client, topo.ClientCgroup.Path, ClientSpec{Targets: targets, Rate: rate, Seed: 1,
+				Loops: 1, Warmup: 200 * time.Millisecond, Duration: 2 * time.Second, Protocol: tt.protocol, UDPMode: tt.udp})
+			require.NoError(t, err)
+			assert.Empty(t, w.Errors)
+			assert.Equal(t, ArrivalsPoisson, w.Arrivals)
+			assert.Equal(t, uint64(1), w.ScheduleSeed)
+			assert.Equal(t, w.Scheduled, w.Connections, "every arrival of the window succeeded")
+			assert.InEpsilon(t, float64(rate), w.QPS, 0.10, "achieved rate against offered")
+			assert.Zero(t, w.WrongSource)
+			assert.LessOrEqual(t, w.SynRetrans*100, w.Connections, "SYN retransmits beyond 1%% of connections mean SYNs are being dropped")
+			assert.Len(t, w.PerBackend, len(topo.Backends), "backends reached: %v", w.PerBackend)
+		})
+	}
+}

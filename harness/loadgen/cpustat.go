@@ -1,0 +1,79 @@
+package loadgen
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"svclab/results"
+)
+
+// cpuTimes is the machine-wide "cpu" line of /proc/stat, in clock ticks.
+type cpuTimes struct {
+	user, nice, system, idle, iowait, irq, softirq, steal uint64
+}
+
+// userHZ is the unit of /proc/stat (USER_HZ, 100 on every Linux ABI that
+// svclab runs on; sysconf(_SC_CLK_TCK) needs cgo).
+const userHZ = 100
+
+func readCPUTimes() (cpuTimes, error) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 9 || fields[0] != "cpu" {
+			continue
+		}
+		var v [8]uint64
+		for i := range v {
+			if v[i], err = strconv.ParseUint(fields[i+1], 10, 64); err != nil {
+				return cpuTimes{}, fmt.Errorf("/proc/stat: %w", err)
+			}
+		}
+		return cpuTimes{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]}, nil
+	}
+	return cpuTimes{}, fmt.Errorf("/proc/stat: no cpu line")
+}
+
+// cpuUsage turns two readings around a window into the schema's figure:
+// machine-wide busy time per successful connection. It counts the
+// generator and the backends too, equally for every datapath, so the
+// differences between datapaths are the datapath's own cost, softirq
+// (where per-packet NAT runs) included.
+func cpuUsage(a, b cpuTimes, windowSeconds float64, conns int64) *results.CPUUsage {
+	sec := func(x, y uint64) float64 { return float64(y-x) / userHZ }
+	u := &results.CPUUsage{
+		WindowSeconds:  windowSeconds,
+		CPUs:           onlineCPUs(),
+		UserSeconds:    sec(a.user+a.nice, b.user+b.nice),
+		SystemSeconds:  sec(a.system, b.system),
+		SoftirqSeconds: sec(a.softirq, b.softirq),
+		IRQSeconds:     sec(a.irq, b.irq),
+		IdleSeconds:    sec(a.idle+a.iowait, b.idle+b.iowait),
+	}
+	u.BusySeconds = u.UserSeconds + u.SystemSeconds + u.SoftirqSeconds + u.IRQSeconds + sec(a.steal, b.steal)
+	if conns > 0 {
+		u.PerConnectionUS = u.BusySeconds / float64(conns) * 1e6
+	}
+	if windowSeconds > 0 && u.CPUs > 0 {
+		u.BusyFraction = u.BusySeconds / (windowSeconds * float64(u.CPUs))
+	}
+	return u
+}
+
+func onlineCPUs() int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err == nil {
+		return set.Count()
+	}
+	return 1
+}

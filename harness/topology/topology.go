@@ -1,0 +1,583 @@
+// Package topology builds the node a run measures: a node network namespace
+// with client and backend pod namespaces routed to it over veth pairs (as
+// Calico routes pods), the pods' cgroups, and extra endpoint addresses for
+// scale sweeps. It is sealed: nothing in it links to the root namespace.
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"svclab/internal/cgroup2"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"svclab/datapath"
+	"svclab/internal/nsutil"
+	"svclab/scenarios"
+)
+
+// Pods reach the node through a link-local gateway, as Calico does: the
+// address exists only as a static neighbour entry pointing at the node-side
+// veth, so no ARP and no address on the node's veths is needed.
+var podGateway = netip.MustParseAddr("169.254.1.1")
+
+// sinkGateway is the next hop of the node's route for the service CIDR.
+var sinkGateway = netip.MustParseAddr("169.254.1.2")
+
+// The IPv6 counterparts in a dual-stack topology: link-local next hops that
+// exist only as permanent neighbour entries, like the IPv4 ones.
+var (
+	podGateway6  = netip.MustParseAddr("fe80::1")
+	sinkGateway6 = netip.MustParseAddr("fe80::2")
+)
+
+// Config describes one node with its pods.
+type Config struct {
+	// Prefix names every object (netns, cgroup) of this topology; it must
+	// start with the run's prefix so stale-object cleanup can find it.
+	Prefix      string
+	Clients     int
+	Backends    int
+	PodCIDR     netip.Prefix
+	ServiceCIDR netip.Prefix
+	// PodCIDR6 and ServiceCIDR6 make the topology dual-stack: every pod
+	// also gets an IPv6 address from PodCIDR6, routed like the IPv4 one,
+	// and ServiceCIDR6 is routed to the sink. Leave both zero for an
+	// IPv4-only topology.
+	PodCIDR6     netip.Prefix
+	ServiceCIDR6 netip.Prefix
+	// ExtraEndpoints is the number of IPv4 endpoint addresses beyond the
+	// backend pods' own, spread round-robin over the backend pods (extra j
+	// is answered by backend j % Backends): an endpoint sweep to 1,000
+	// endpoints without 1,000 pod namespaces. They come from the upper
+	// part of PodCIDR; see Topology.Endpoints.
+	ExtraEndpoints int
+}
+
+// DefaultPodCIDR and DefaultServiceCIDR are the ranges of the conformance
+// runs and the lab (kubeadm's defaults, cut to one node's /24).
+var (
+	DefaultPodCIDR     = netip.MustParsePrefix("10.244.0.0/24")
+	DefaultServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+)
+
+// Default is an IPv4 topology named prefix with one client and n backends
+// in the default ranges.
+func Default(prefix string, backends int) Config {
+	return Config{Prefix: prefix, Clients: 1, Backends: backends, PodCIDR: DefaultPodCIDR, ServiceCIDR: DefaultServiceCIDR}
+}
+
+// DualStack reports whether the configuration asks for IPv6 as well.
+func (c Config) DualStack() bool { return c.PodCIDR6.IsValid() || c.ServiceCIDR6.IsValid() }
+
+// Limits on topology size are the scenario's.
+const (
+	MaxBackends = scenarios.MaxBackends
+	MaxClients  = scenarios.MaxClients
+)
+
+// Validate checks the configuration and names the offending field.
+func (c Config) Validate() error {
+	switch {
+	case c.Clients < 1 || c.Clients > MaxClients:
+		return fmt.Errorf("clients: %d is out of range [1, %d]", c.Clients, MaxClients)
+	case c.Backends < 1 || c.Backends > MaxBackends:
+		return fmt.Errorf("backends: %d is out of range [1, %d]", c.Backends, MaxBackends)
+	case !c.PodCIDR.IsValid() || !c.PodCIDR.Addr().Is4():
+		return fmt.Errorf("pod_cidr: %q is not an IPv4 prefix", c.PodCIDR)
+	case !c.ServiceCIDR.IsValid() || !c.ServiceCIDR.Addr().Is4():
+		return fmt.Errorf("service_cidr: %q is not an IPv4 prefix", c.ServiceCIDR)
+	case c.PodCIDR.Overlaps(c.ServiceCIDR):
+		return fmt.Errorf("service_cidr: %s overlaps pod_cidr %s", c.ServiceCIDR, c.PodCIDR)
+	case c.PodCIDR.Overlaps(netip.PrefixFrom(podGateway, 16)):
+		return fmt.Errorf("pod_cidr: %s overlaps the link-local gateway range 169.254.0.0/16", c.PodCIDR)
+	}
+	if hosts := PrefixHosts(c.PodCIDR); hosts < c.Clients+c.Backends {
+		return fmt.Errorf("pod_cidr: %s has %d host addresses, %d pods need one each", c.PodCIDR, hosts, c.Clients+c.Backends)
+	}
+	if PrefixHosts(c.ServiceCIDR) < 1 {
+		return fmt.Errorf("service_cidr: %s has no host address for a ClusterIP", c.ServiceCIDR)
+	}
+	if err := c.validateExtra(); err != nil {
+		return err
+	}
+	if c.DualStack() {
+		return c.validate6()
+	}
+	return nil
+}
+
+func (c Config) validate6() error {
+	linkLocal := netip.MustParsePrefix("fe80::/10")
+	switch {
+	case !c.PodCIDR6.IsValid() || !c.PodCIDR6.Addr().Is6() || c.PodCIDR6.Addr().Is4In6():
+		return fmt.Errorf("pod_cidr6: %q is not an IPv6 prefix (a dual-stack topology needs both pod_cidr6 and service_cidr6)", c.PodCIDR6)
+	case !c.ServiceCIDR6.IsValid() || !c.ServiceCIDR6.Addr().Is6() || c.ServiceCIDR6.Addr().Is4In6():
+		return fmt.Errorf("service_cidr6: %q is not an IPv6 prefix (a dual-stack topology needs both pod_cidr6 and service_cidr6)", c.ServiceCIDR6)
+	case c.PodCIDR6.Overlaps(c.ServiceCIDR6):
+		return fmt.Errorf("service_cidr6: %s overlaps pod_cidr6 %s", c.ServiceCIDR6, c.PodCIDR6)
+	case c.PodCIDR6.Overlaps(linkLocal) || c.ServiceCIDR6.Overlaps(linkLocal):
+		return fmt.Errorf("pod_cidr6: %s or service_cidr6 %s overlaps the link-local range fe80::/10", c.PodCIDR6, c.ServiceCIDR6)
+	}
+	if hosts := PrefixHosts(c.PodCIDR6); hosts < c.Clients+c.Backends {
+		return fmt.Errorf("pod_cidr6: %s has %d host addresses, %d pods need one each", c.PodCIDR6, hosts, c.Clients+c.Backends)
+	}
+	if PrefixHosts(c.ServiceCIDR6) < 1 {
+		return fmt.Errorf("service_cidr6: %s has no host address for a ClusterIP", c.ServiceCIDR6)
+	}
+	return nil
+}
+
+func PrefixHosts(p netip.Prefix) int {
+	bits := p.Addr().BitLen() - p.Bits()
+	if bits >= 30 {
+		return 1 << 30
+	}
+	n := 1<<bits - 2 // network and broadcast
+	if n < 0 {
+		return 0
+	}
+	return n
+}
+
+// NthHost returns the n-th host address (1-based) of p, IPv4 or IPv6.
+func NthHost(p netip.Prefix, n int) netip.Addr {
+	if p.Addr().Is4() {
+		b := p.Masked().Addr().As4()
+		v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+		v += uint32(n)
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
+	b := p.Masked().Addr().As16()
+	carry := uint(n)
+	for i := 15; i >= 0 && carry > 0; i-- {
+		sum := uint(b[i]) + carry&0xff
+		b[i] = byte(sum)
+		carry = carry>>8 + sum>>8
+	}
+	return netip.AddrFrom16(b)
+}
+
+// NewLoopback builds the smallest topology: one namespace named prefix in
+// which the client and the backend server talk over loopback, with client
+// and server cgroups as in a real topology. No veth, no routing, no
+// datapath: it measures the load generator's own ceiling.
+func NewLoopback(prefix string) (_ *Topology, err error) {
+	t := &Topology{cfg: Config{Prefix: prefix}}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, t.Close())
+		}
+	}()
+	if t.ClientCgroup, err = cgroup2.New("/" + prefix + "/clients"); err != nil {
+		return nil, err
+	}
+	if t.ServerCgroup, err = cgroup2.New("/" + prefix + "/servers"); err != nil {
+		return nil, err
+	}
+	if t.Node, err = nsutil.Create(prefix); err != nil {
+		return nil, err
+	}
+	if err := t.Node.SetSysctls(nsutil.ClientSysctls); err != nil {
+		return nil, err
+	}
+	// The one pod is both the client and the backend.
+	pod := datapath.Pod{Name: "loopback", NS: t.Node, Addr: netip.MustParseAddr("127.0.0.1")}
+	t.Clients, t.Backends = []datapath.Pod{pod}, []datapath.Pod{pod}
+	return t, nil
+}
+
+// Topology is a node network namespace with client and backend pod
+// namespaces routed to it over veth pairs, and a cgroup for the clients.
+type Topology struct {
+	cfg          Config
+	Node         *nsutil.NS
+	Clients      []datapath.Pod
+	Backends     []datapath.Pod
+	ClientCgroup *cgroup2.Cgroup
+	ServerCgroup *cgroup2.Cgroup
+	pods         []*nsutil.NS
+	// extra places the extra endpoints (zero without any).
+	extra extraLayout
+}
+
+// New builds the topology. On error everything built so far is
+// removed.
+func New(ctx context.Context, cfg Config) (_ *Topology, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Topology{cfg: cfg}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, t.Close())
+		}
+	}()
+	if t.ClientCgroup, err = cgroup2.New("/" + cfg.Prefix + "/clients"); err != nil {
+		return nil, err
+	}
+	if t.ServerCgroup, err = cgroup2.New("/" + cfg.Prefix + "/servers"); err != nil {
+		return nil, err
+	}
+	if t.Node, err = nsutil.Create(cfg.Prefix + "-node"); err != nil {
+		return nil, err
+	}
+	if err := t.setupNode(); err != nil {
+		return nil, err
+	}
+	nh, err := t.Node.NetlinkHandle()
+	if err != nil {
+		return nil, err
+	}
+	defer nh.Close()
+	host := 1
+	// addr6 is the pod's IPv6 address, invalid in an IPv4-only topology.
+	addr6 := func(n int) netip.Addr {
+		if !cfg.DualStack() {
+			return netip.Addr{}
+		}
+		return NthHost(cfg.PodCIDR6, n)
+	}
+	for i := 0; i < cfg.Clients; i++ {
+		p, err := t.addPod(ctx, nh, fmt.Sprintf("client-%d", i), NthHost(cfg.PodCIDR, host), addr6(host), true)
+		if err != nil {
+			return nil, err
+		}
+		t.Clients = append(t.Clients, p)
+		host++
+	}
+	width := len(fmt.Sprint(cfg.Backends - 1))
+	if width < 2 {
+		width = 2
+	}
+	for i := 0; i < cfg.Backends; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		p, err := t.addPod(ctx, nh, fmt.Sprintf("backend-%0*d", width, i), NthHost(cfg.PodCIDR, host), addr6(host), false)
+		if err != nil {
+			return nil, err
+		}
+		t.Backends = append(t.Backends, p)
+		host++
+	}
+	if cfg.ExtraEndpoints > 0 {
+		if err := t.addExtraEndpoints(nh); err != nil {
+			return nil, err
+		}
+	}
+	if err := waitLinksUp(ctx, t, 10*time.Second); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *Topology) setupNode() error {
+	sysctls := map[string]string{
+		"net/ipv4/ip_forward":             "1",
+		"net/ipv4/conf/all/rp_filter":     "0",
+		"net/ipv4/conf/default/rp_filter": "0",
+	}
+	if t.cfg.DualStack() {
+		// Writing "all" also sets "default", so the veths created later
+		// forward too.
+		sysctls["net/ipv6/conf/all/forwarding"] = "1"
+	}
+	for k, v := range sysctls {
+		if err := t.Node.Sysctl(k, v); err != nil {
+			return err
+		}
+	}
+	h, err := t.Node.NetlinkHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	// The node owns the gateway address (on lo) so that ICMP errors it
+	// generates (REJECT, unreachable) have a source address.
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("node: find lo: %w", err)
+	}
+	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(podGateway, 32))}); err != nil {
+		return fmt.Errorf("node: add gateway address: %w", err)
+	}
+	// A real node routes ClusterIP traffic somewhere (its default route):
+	// here the service CIDR goes to a sink namespace that silently drops
+	// it, so per-packet datapaths see the packets in FORWARD and
+	// untranslated traffic vanishes inside the topology instead of leaving
+	// it. (A dummy device would do, but not every kernel has one.)
+	sink, err := nsutil.Create(t.cfg.Prefix + "-sink")
+	if err != nil {
+		return err
+	}
+	t.pods = append(t.pods, sink)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "svc-sink"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(sink.Handle()))}
+	if err := h.LinkAdd(veth); err != nil {
+		return fmt.Errorf("node: add svc-sink: %w", err)
+	}
+	host, err := h.LinkByName("svc-sink")
+	if err != nil {
+		return fmt.Errorf("node: find svc-sink: %w", err)
+	}
+	sh, err := sink.NetlinkHandle()
+	if err != nil {
+		return err
+	}
+	defer sh.Close()
+	peer, err := sh.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("sink: find eth0: %w", err)
+	}
+	if err := errors.Join(h.LinkSetUp(host), sh.LinkSetUp(peer)); err != nil {
+		return fmt.Errorf("sink: set links up: %w", err)
+	}
+	// A permanent neighbour for the sink's gateway: no ARP, hence no
+	// "host unreachable" after an ARP timeout; packets are dropped silently
+	// in the sink (it forwards nothing), as an upstream router would.
+	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: host.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+		IP: net.IP(sinkGateway.AsSlice()), HardwareAddr: peer.Attrs().HardwareAddr}); err != nil {
+		return fmt.Errorf("node: sink neighbour: %w", err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(t.cfg.ServiceCIDR), Gw: net.IP(sinkGateway.AsSlice()), Flags: int(netlink.FLAG_ONLINK)}); err != nil {
+		return fmt.Errorf("node: route service CIDR to the sink: %w", err)
+	}
+	if !t.cfg.DualStack() {
+		return nil
+	}
+	// The same for IPv6; the sink forwards nothing, so it drops these too.
+	if err := h.NeighAdd(&netlink.Neigh{LinkIndex: host.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT,
+		IP: net.IP(sinkGateway6.AsSlice()), HardwareAddr: peer.Attrs().HardwareAddr}); err != nil {
+		return fmt.Errorf("node: sink neighbour %s: %w", sinkGateway6, err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(t.cfg.ServiceCIDR6), Gw: net.IP(sinkGateway6.AsSlice())}); err != nil {
+		return fmt.Errorf("node: route service CIDR %s to the sink: %w", t.cfg.ServiceCIDR6, err)
+	}
+	return nil
+}
+
+func (t *Topology) addPod(_ context.Context, nh *netlink.Handle, name string, addr, addr6 netip.Addr, client bool) (datapath.Pod, error) {
+	pod := datapath.Pod{Name: name, Addr: addr, Addr6: addr6, HostVeth: name}
+	ns, err := nsutil.Create(t.cfg.Prefix + "-" + name)
+	if err != nil {
+		return pod, err
+	}
+	t.pods = append(t.pods, ns)
+	pod.NS = ns
+	// The pair is created inside the node namespace with its peer placed
+	// directly in the pod namespace: no link ever appears in the caller's
+	// (root) namespace.
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: name},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(int(ns.Handle())),
+	}
+	if err := nh.LinkAdd(veth); err != nil {
+		return pod, fmt.Errorf("pod %s: add veth: %w", name, err)
+	}
+	hostLink, err := nh.LinkByName(name)
+	if err != nil {
+		return pod, fmt.Errorf("pod %s: find host veth: %w", name, err)
+	}
+	ph, err := ns.NetlinkHandle()
+	if err != nil {
+		return pod, err
+	}
+	defer ph.Close()
+	eth0, err := ph.LinkByName("eth0")
+	if err != nil {
+		return pod, fmt.Errorf("pod %s: find eth0: %w", name, err)
+	}
+	steps := []struct {
+		what string
+		fn   func() error
+	}{
+		{"set host veth up", func() error { return nh.LinkSetUp(hostLink) }},
+		{"set eth0 up", func() error { return ph.LinkSetUp(eth0) }},
+		{"add pod address", func() error {
+			return ph.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(addr, 32))})
+		}},
+		{"add gateway neighbour", func() error {
+			return ph.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+				IP: net.IP(podGateway.AsSlice()), HardwareAddr: hostLink.Attrs().HardwareAddr})
+		}},
+		{"add gateway route", func() error {
+			return ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: ipNet(netip.PrefixFrom(podGateway, 32)), Scope: netlink.SCOPE_LINK})
+		}},
+		{"add default route", func() error {
+			return ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(podGateway.AsSlice()), Flags: int(netlink.FLAG_ONLINK)})
+		}},
+		{"add node route", func() error {
+			return nh.RouteAdd(&netlink.Route{LinkIndex: hostLink.Attrs().Index, Dst: ipNet(netip.PrefixFrom(addr, 32)), Scope: netlink.SCOPE_LINK})
+		}},
+		{"add node neighbour", func() error {
+			return nh.NeighAdd(&netlink.Neigh{LinkIndex: hostLink.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+				IP: net.IP(addr.AsSlice()), HardwareAddr: eth0.Attrs().HardwareAddr})
+		}},
+	}
+	if addr6.IsValid() {
+		// IPv6 is routed the same way: a /128 on eth0, a default route via
+		// a link-local gateway that is only a permanent neighbour entry,
+		// and a /128 route plus neighbour entry on the node. NODAD makes
+		// the address usable at once instead of after duplicate address
+		// detection.
+		steps = append(steps, []struct {
+			what string
+			fn   func() error
+		}{
+			{"add pod IPv6 address", func() error {
+				return ph.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(addr6, 128)), Flags: unix.IFA_F_NODAD})
+			}},
+			{"add IPv6 gateway neighbour", func() error {
+				return ph.NeighAdd(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT,
+					IP: net.IP(podGateway6.AsSlice()), HardwareAddr: hostLink.Attrs().HardwareAddr})
+			}},
+			{"add IPv6 default route", func() error {
+				return ph.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: net.IP(podGateway6.AsSlice())})
+			}},
+			{"add node IPv6 route", func() error {
+				return nh.RouteAdd(&netlink.Route{LinkIndex: hostLink.Attrs().Index, Dst: ipNet(netip.PrefixFrom(addr6, 128)), Scope: netlink.SCOPE_LINK})
+			}},
+			{"add node IPv6 neighbour", func() error {
+				return nh.NeighAdd(&netlink.Neigh{LinkIndex: hostLink.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT,
+					IP: net.IP(addr6.AsSlice()), HardwareAddr: eth0.Attrs().HardwareAddr})
+			}},
+		}...)
+	}
+	for _, s := range steps {
+		if err := s.fn(); err != nil {
+			return pod, fmt.Errorf("pod %s: %s: %w", name, s.what, err)
+		}
+	}
+	if client {
+		if err := ns.SetSysctls(nsutil.ClientSysctls); err != nil {
+			return pod, err
+		}
+	}
+	return pod, nil
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// Env is what a datapath is set up in.
+func (t *Topology) Env() *datapath.Env {
+	return &datapath.Env{
+		Node:         t.Node,
+		ClientCgroup: t.ClientCgroup.Path,
+		Clients:      t.Clients,
+		Backends:     t.Backends,
+		PodCIDR:      t.cfg.PodCIDR,
+		ServiceCIDR:  t.cfg.ServiceCIDR,
+		PodCIDR6:     t.cfg.PodCIDR6,
+		ServiceCIDR6: t.cfg.ServiceCIDR6,
+	}
+}
+
+// Close removes the topology: the processes in its cgroups, the pod and node
+// namespaces (and with them every veth, route and rule inside) and the
+// cgroups. It is safe on a partly built topology.
+func (t *Topology) Close() error {
+	var errs []error
+	// Kill processes first: a process inside a namespace keeps it alive.
+	if t.ClientCgroup != nil || t.ServerCgroup != nil {
+		mnt, err := cgroup2.Mount()
+		if err == nil {
+			errs = append(errs, cgroup2.RemoveDir(mnt+"/"+t.cfg.Prefix))
+		} else {
+			errs = append(errs, err)
+		}
+	}
+	for _, ns := range t.pods {
+		errs = append(errs, ns.Close())
+	}
+	errs = append(errs, t.Node.Close())
+	return errors.Join(errs...)
+}
+
+// isLocal reports whether a routes locally in h's namespace.
+func isLocal(h *netlink.Handle, a netip.Addr) bool {
+	rs, err := h.RouteGet(net.IP(a.AsSlice()))
+	return err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL
+}
+
+// waitLinksUp waits until every link of the topology (the node's veths and
+// each pod's eth0) is operationally up. A freshly created veth passes no
+// traffic until the kernel's link watcher has activated it, which it does
+// asynchronously and, when many links change at once, up to a second
+// later: a probe started before that loses its first packets. In a
+// dual-stack topology it also waits for each pod's IPv6 address to be
+// local.
+func waitLinksUp(ctx context.Context, t *Topology, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	nss := []*nsutil.NS{t.Node}
+	pods := append(append([]datapath.Pod{}, t.Clients...), t.Backends...)
+	for _, p := range pods {
+		nss = append(nss, p.NS)
+	}
+	for i, ns := range nss {
+		var addr6 netip.Addr
+		if i > 0 {
+			addr6 = pods[i-1].Addr6
+		}
+		h, err := ns.NetlinkHandle()
+		if err != nil {
+			return err
+		}
+		for {
+			down, err := linksDown(h)
+			if err == nil && len(down) == 0 && addr6.IsValid() && !isLocal(h, addr6) {
+				// The kernel makes a new IPv6 address local from a
+				// workqueue, after AddrAdd returned: until then the
+				// pod drops what is sent to it.
+				down = []string{addr6.String() + " (not yet local)"}
+			}
+			if err != nil {
+				h.Close()
+				return fmt.Errorf("netns %s: list links: %w", ns.Name, err)
+			}
+			if len(down) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				h.Close()
+				return fmt.Errorf("netns %s: links %s not up after %s", ns.Name, strings.Join(down, ", "), timeout)
+			}
+			select {
+			case <-ctx.Done():
+				h.Close()
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		h.Close()
+	}
+	return nil
+}
+
+// linksDown names the links (other than lo) that are not operationally up.
+func linksDown(h *netlink.Handle) ([]string, error) {
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	var down []string
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Name == "lo" {
+			continue
+		}
+		if a.OperState != netlink.OperUp {
+			down = append(down, a.Name)
+		}
+	}
+	return down, nil
+}

@@ -1,0 +1,85 @@
+package topology
+
+import (
+	"context"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"svclab/harness/internal/harnesstest"
+	"svclab/harness/loadgen"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func rootLinks(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "link", "show").Output()
+	require.NoError(t, err)
+	return string(out)
+}
+
+func TestTopologyConfigValidate(t *testing.T) {
+	good := Default("svclab-00000000", 12)
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		field  string
+	}{
+		{"zero backends", func(c *Config) { c.Backends = 0 }, "backends"},
+		{"10000 backends", func(c *Config) { c.Backends = 10000 }, "backends"},
+		{"no clients", func(c *Config) { c.Clients = 0 }, "clients"},
+		{"pod CIDR too small", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("10.244.0.0/29") }, "pod_cidr"},
+		{"overlapping CIDRs", func(c *Config) { c.ServiceCIDR = netip.MustParsePrefix("10.244.0.0/16") }, "service_cidr"},
+		{"IPv6 pod CIDR", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("fd00::/64") }, "pod_cidr"},
+	}
+	require.NoError(t, good.Validate())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := good
+			tt.mutate(&c)
+			err := c.Validate()
+			require.Error(t, err)
+			assert.True(t, strings.HasPrefix(err.Error(), tt.field+":"), "error %q should name field %s", err, tt.field)
+		})
+	}
+}
+
+func TestPrivilegedTopologyLeavesNothing(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	run := harnesstest.NewRun(t)
+	before := rootLinks(t)
+	topo, err := New(context.Background(), Default(run.Prefix+"-topo", 12))
+	require.NoError(t, err)
+	assert.Len(t, topo.Backends, 12)
+	assert.NotEmpty(t, harnesstest.Leftovers(t, run.Prefix), "topology objects should exist while it is up")
+	assert.Equal(t, before, rootLinks(t), "the root namespace's links must not change")
+
+	// Direct pod-to-pod traffic through the node works: a server in every
+	// backend and the client reaching each one.
+	srv, err := startBackends(topo, 8080)
+	require.NoError(t, err)
+	var targets []netip.AddrPort
+	for _, b := range topo.Backends {
+		targets = append(targets, netip.AddrPortFrom(b.Addr, 8080))
+	}
+	w, err := loadgen.RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup.Path,
+		loadgen.ClientSpec{Targets: targets, Concurrency: 4, Duration: 10 * time.Second, Connections: 600})
+	require.NoError(t, err)
+	assert.Empty(t, w.Errors)
+	assert.Len(t, w.PerBackend, 12, "per-backend counts: %v", w.PerBackend)
+	require.NoError(t, srv.Stop())
+
+	require.NoError(t, topo.Close())
+	assert.Empty(t, harnesstest.Leftovers(t, run.Prefix))
+	assert.Equal(t, before, rootLinks(t))
+}
+
+// startBackends starts the backend server answering on port in every
+// backend pod of topo, as a world does.
+func startBackends(topo *Topology, port uint16) (*loadgen.ServerProcess, error) {
+	return loadgen.StartServer(topo.Node, topo.ServerCgroup.Path, loadgen.BackendListeners(topo.Backends, port, topo.ExtraEndpoints() > 0))
+}
