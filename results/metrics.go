@@ -1,6 +1,8 @@
 package results
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 )
@@ -243,6 +245,65 @@ var metricTable = []Metric{{
 	},
 	Stat: func(s *Summary) *Stat { return &s.StartLagP99 },
 }}
+
+// A half-wired entry is a programming error that would otherwise show as
+// a nil dereference deep in a chart or a metric silently missing from
+// compare: refuse it when the package loads.
+func init() {
+	if err := checkMetrics(metricTable); err != nil {
+		panic("results: metric table: " + err.Error())
+	}
+}
+
+// checkMetrics reports the entries of a metric table that declare a use
+// without what the use needs, and keys, units or chart names used twice.
+func checkMetrics(ms []Metric) error {
+	var errs []error
+	keys, units, charts := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for _, m := range ms {
+		bad := func(format string, a ...any) {
+			errs = append(errs, fmt.Errorf("%q: %s", m.Key, fmt.Sprintf(format, a...)))
+		}
+		switch {
+		case m.Key == "":
+			bad("no Key")
+		case keys[m.Key]:
+			bad("Key used twice")
+		}
+		keys[m.Key] = true
+		if m.Label == "" || m.Trial == nil {
+			bad("Label and Trial are required")
+		}
+		if m.Unit != "" {
+			if units[m.Unit] {
+				bad("Unit %q used twice", m.Unit)
+			}
+			units[m.Unit] = true
+		}
+		if m.Compared() && (m.Unit == "" || m.SetTrial == nil) {
+			bad("compared, so it needs a Unit and SetTrial: compare reads bench.txt too")
+		}
+		if m.SetTrial != nil && m.Unit == "" {
+			bad("SetTrial without a Unit to read")
+		}
+		if m.Ratio != nil && m.Stat == nil {
+			bad("Ratio without a Stat to take it of")
+		}
+		if (m.Column != "" || m.Format != nil) && (m.Column == "" || m.Format == nil || m.Stat == nil) {
+			bad("a table column needs Column, Format and Stat")
+		}
+		if m.Scale != nil {
+			if m.Stat == nil || m.Column == "" || m.Scale.Name == "" {
+				bad("a scale chart needs Stat, Column and Scale.Name")
+			}
+			if charts[m.Scale.Name] {
+				bad("scale chart name %q used twice", m.Scale.Name)
+			}
+			charts[m.Scale.Name] = true
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // Metrics returns the metric table, in its order.
 func Metrics() []Metric { return slices.Clone(metricTable) }
