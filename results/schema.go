@@ -1,5 +1,22 @@
-// Package results holds svclab's result schema (results.json), the statistics
-// computed over repetitions, the text table and the charts.
+// Package results holds what svclab makes of its measurements: the result
+// schema (Run, written as results.json), the statistics over repetitions
+// (Summarize: medians, spreads, confidence intervals, ratios to the direct
+// datapath), the text table, the bar and scale-sweep charts, the Go
+// benchmark format (bench.txt, for benchstat) and `svclab compare`, which
+// tests two runs against each other with thresholds read from a YAML file.
+//
+// Every figure is an entry of one metric table (Metric, in metrics.go):
+// its thresholds-file key, bench.txt unit, which direction is better, how
+// to read it from a Trial and where its Stat lives in a Summary. Summarize,
+// compare, the thresholds, bench.txt and the scale block and charts iterate
+// that table, so a new metric is one entry there plus the code that
+// measures it.
+//
+// A measurement carries its Site: "" for the machine the run ran on, or
+// where else it was made (a VM kernel such as "debian-6.12"). Summaries and
+// comparisons group by datapath and site, take ratios against direct at the
+// same site, and tables and charts name such a datapath "ipvs @
+// debian-6.12".
 package results
 
 import (
