@@ -26,32 +26,15 @@ import (
 // /model=open/load=<fraction> (its conc is 0, conn/s is the achieved rate
 // and latency runs from the intended start). The generator ceiling is a BenchmarkGenerator line.
 // Repetitions are repeated lines, which is how benchstat sees a sample.
+//
+// Units, their order and which way is better come from the metric table
+// (Metric.Unit, Metric.Better). A datapath measured at another site (a VM
+// kernel) adds /site=<site> after dp=; ReadBenchFormat also reads the older
+// dp=<datapath>@<site>.
 const (
 	benchSvc       = "Svc"
 	benchGenerator = "Generator"
-
-	unitNsPerConn  = "ns/conn"
-	unitQPS        = "conn/s"
-	unitP50        = "p50-µs"
-	unitP90        = "p90-µs"
-	unitP99        = "p99-µs"
-	unitCPUPerConn = "cpu-µs/conn"
-	unitApply      = "apply-s"
-	unitChange     = "change-s"
 )
-
-// benchUnits says which way is better for each unit, written as benchfmt
-// "Unit" metadata lines so benchstat labels changes the right way round.
-var benchUnits = []struct{ unit, better string }{
-	{unitNsPerConn, "lower"},
-	{unitQPS, "higher"},
-	{unitP50, "lower"},
-	{unitP90, "lower"},
-	{unitP99, "lower"},
-	{unitCPUPerConn, "lower"},
-	{unitApply, "lower"},
-	{unitChange, "lower"},
-}
 
 // WriteBenchFormat writes the run's trials in the Go benchmark format, for
 // benchstat and for `svclab compare` (ReadBenchFormat reads it back).
@@ -77,13 +60,13 @@ func WriteBenchFormat(w io.Writer, run *Run) error {
 	for _, d := range run.Datapaths {
 		switch {
 		case d.Skipped != "":
-			fmt.Fprintf(&head, "# datapath %s: skipped: %s\n", d.Name, oneLine(d.Skipped))
+			fmt.Fprintf(&head, "# datapath %s: skipped: %s\n", SiteName(d.Name, d.Site), oneLine(d.Skipped))
 		case len(d.Info) > 0:
 			var kv []string
 			for _, k := range slices.Sorted(maps.Keys(d.Info)) {
 				kv = append(kv, k+"="+oneLine(d.Info[k]))
 			}
-			fmt.Fprintf(&head, "# datapath %s: %s\n", d.Name, strings.Join(kv, " "))
+			fmt.Fprintf(&head, "# datapath %s: %s\n", SiteName(d.Name, d.Site), strings.Join(kv, " "))
 		}
 	}
 	if _, err := w.Write(head.Bytes()); err != nil {
@@ -92,8 +75,13 @@ func WriteBenchFormat(w io.Writer, run *Run) error {
 
 	cfg := benchConfig(run.Env)
 	bw := benchfmt.NewWriter(w)
-	for _, u := range benchUnits {
-		if err := bw.Write(&benchfmt.UnitMetadata{UnitMetadataKey: benchfmt.UnitMetadataKey{Unit: u.unit, Key: "better"}, OrigUnit: u.unit, Value: u.better}); err != nil {
+	// Unit metadata tells benchstat which way is better, so it labels
+	// changes the right way round.
+	for _, m := range metricTable {
+		if m.Unit == "" {
+			continue
+		}
+		if err := bw.Write(&benchfmt.UnitMetadata{UnitMetadataKey: benchfmt.UnitMetadataKey{Unit: m.Unit, Key: "better"}, OrigUnit: m.Unit, Value: m.Better.String()}); err != nil {
 			return fmt.Errorf("bench format: %w", err)
 		}
 	}
@@ -101,6 +89,9 @@ func WriteBenchFormat(w io.Writer, run *Run) error {
 		for _, c := range []string{"/", " ", "\t", "\n"} {
 			if strings.Contains(t.Datapath, c) {
 				return fmt.Errorf("bench format: datapath name %q contains %q", t.Datapath, c)
+			}
+			if strings.Contains(t.Site, c) {
+				return fmt.Errorf("bench format: site %q contains %q", t.Site, c)
 			}
 		}
 		res := &benchfmt.Result{Config: cfg, Name: benchfmt.Name(name), Iters: int(t.Workload.Connections), Values: trialValues(t)}
@@ -121,7 +112,11 @@ func WriteBenchFormat(w io.Writer, run *Run) error {
 	trials := slices.Clone(run.Trials)
 	slices.SortStableFunc(trials, func(a, b Trial) int { return a.Order - b.Order })
 	for _, t := range trials {
-		name := fmt.Sprintf("%s/dp=%s/conc=%d", benchSvc, t.Datapath, t.Concurrency)
+		name := fmt.Sprintf("%s/dp=%s", benchSvc, t.Datapath)
+		if t.Site != "" {
+			name += "/site=" + t.Site
+		}
+		name += fmt.Sprintf("/conc=%d", t.Concurrency)
 		if t.Services > 0 {
 			name += fmt.Sprintf("/svcs=%d", t.Services)
 		}
@@ -181,26 +176,16 @@ func validConfigKey(k string) bool {
 // messages) into single spaces.
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// trialValues are a trial's measurements, rounded to what they resolve.
+// trialValues are a trial's measurements in the metric table's order,
+// rounded to what they resolve.
 func trialValues(t Trial) []benchfmt.Value {
-	w := t.Workload
-	lat := trialLatency(t)
 	var vs []benchfmt.Value
-	if w.Connections > 0 && w.DurationSeconds > 0 {
-		vs = append(vs, benchfmt.Value{Value: round(w.DurationSeconds*1e9/float64(w.Connections), 1), Unit: unitNsPerConn})
-	}
-	vs = append(vs,
-		benchfmt.Value{Value: round(w.QPS, 1), Unit: unitQPS},
-		benchfmt.Value{Value: round(lat.P50, 2), Unit: unitP50},
-		benchfmt.Value{Value: round(lat.P90, 2), Unit: unitP90},
-		benchfmt.Value{Value: round(lat.P99, 2), Unit: unitP99})
-	if w.CPU != nil {
-		vs = append(vs, benchfmt.Value{Value: round(w.CPU.PerConnectionUS, 3), Unit: unitCPUPerConn})
-	}
-	if t.Services > 0 {
-		vs = append(vs, benchfmt.Value{Value: round(t.ApplySeconds, 6), Unit: unitApply})
-		if t.ApplyChangeSeconds > 0 {
-			vs = append(vs, benchfmt.Value{Value: round(t.ApplyChangeSeconds, 6), Unit: unitChange})
+	for _, m := range metricTable {
+		if m.Unit == "" || (m.BenchScaleOnly && t.Services == 0) {
+			continue
+		}
+		if v, ok := m.Trial(t); ok {
+			vs = append(vs, benchfmt.Value{Value: round(v, m.Digits), Unit: m.Unit})
 		}
 	}
 	return vs
@@ -221,7 +206,7 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 	run := &Run{SchemaVersion: SchemaVersion, ID: fileName}
 	br := benchfmt.NewReader(r, fileName)
 	reps := map[string]int{}
-	seen := map[string]bool{}
+	seen := map[site]bool{}
 	order := 0
 	for br.Scan() {
 		rec, ok := br.Result().(*benchfmt.Result)
@@ -249,7 +234,11 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 			var err error
 			switch k {
 			case "dp":
-				t.Datapath = v
+				// Before Site, a datapath measured in a VM was
+				// "ipvs@debian-6.12".
+				t.Datapath, t.Site = SplitSite(v)
+			case "site":
+				t.Site = v
 			case "conc":
 				t.Concurrency, err = strconv.Atoi(v)
 			case "svcs":
@@ -267,21 +256,20 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 				return nil, fmt.Errorf("%s:%d: benchmark name %s: %s=%q is not an integer", file, line, rec.Name, k, v)
 			}
 		}
-		var ok2 bool
-		if t.Workload.QPS, ok2 = rec.Value(unitQPS); !ok2 {
+		if _, ok := rec.Value(unitQPS); !ok {
 			return nil, fmt.Errorf("%s:%d: benchmark %s has no %s value", file, line, rec.Name, unitQPS)
 		}
-		t.Workload.Latency.P50, _ = rec.Value(unitP50)
-		t.Workload.Latency.P90, _ = rec.Value(unitP90)
-		t.Workload.Latency.P99, _ = rec.Value(unitP99)
+		for _, m := range metricTable {
+			if m.Unit == "" || m.SetTrial == nil {
+				continue
+			}
+			if v, ok := rec.Value(m.Unit); ok {
+				m.SetTrial(&t, v)
+			}
+		}
 		if t.Workload.QPS > 0 {
 			t.Workload.DurationSeconds = float64(rec.Iters) / t.Workload.QPS
 		}
-		if cpu, ok := rec.Value(unitCPUPerConn); ok {
-			t.Workload.CPU = &CPUUsage{PerConnectionUS: cpu}
-		}
-		t.ApplySeconds, _ = rec.Value(unitApply)
-		t.ApplyChangeSeconds, _ = rec.Value(unitChange)
 		if string(base) == benchGenerator {
 			t.Datapath = "generator-loopback"
 			run.Generator = &t
@@ -295,9 +283,9 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 		reps[name]++
 		t.Order = order
 		order++
-		if !seen[t.Datapath] {
-			seen[t.Datapath] = true
-			run.Datapaths = append(run.Datapaths, DatapathInfo{Name: t.Datapath})
+		if k := (site{t.Datapath, t.Site}); !seen[k] {
+			seen[k] = true
+			run.Datapaths = append(run.Datapaths, DatapathInfo{Name: t.Datapath, Site: t.Site})
 		}
 		run.Trials = append(run.Trials, t)
 		if run.Env.Kernel == "" {

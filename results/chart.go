@@ -172,13 +172,13 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 	seriesIdx := map[string]int{}
 	colors := datapathColors(sums)
 	for _, s := range sums {
-		i, ok := seriesIdx[s.Datapath]
+		i, ok := seriesIdx[s.name()]
 		if !ok {
 			i = len(bars.series)
-			seriesIdx[s.Datapath] = i
+			seriesIdx[s.name()] = i
 			bars.series = append(bars.series, barSeries{
-				name:  s.Datapath,
-				color: colors[s.Datapath],
+				name:  s.name(),
+				color: colors[s.name()],
 				stats: make([]*Stat, len(levels)),
 			})
 		}
@@ -296,14 +296,15 @@ func horizontalGrid() *plotter.Grid {
 	return grid
 }
 
-// datapathColors gives each datapath its palette colour by the order it
-// first appears in sums (the run's datapath order), so a datapath has the
-// same colour in every chart of a run.
+// datapathColors gives each datapath (at each site) its palette colour by
+// the order it first appears in sums (the run's datapath order), so a
+// datapath has the same colour in every chart of a run. The map is keyed
+// by the name the charts show (Summary.name).
 func datapathColors(sums []Summary) map[string]color.Color {
 	colors := map[string]color.Color{}
 	for _, s := range sums {
-		if _, ok := colors[s.Datapath]; !ok {
-			colors[s.Datapath] = chartPalette[len(colors)%len(chartPalette)]
+		if _, ok := colors[s.name()]; !ok {
+			colors[s.name()] = chartPalette[len(colors)%len(chartPalette)]
 		}
 	}
 	return colors
@@ -352,14 +353,14 @@ func caption(run *Run, spec chartSpec) string {
 // skippedNotes are the caption sentences naming the datapaths the run
 // skipped, with their reasons.
 // A datapath skipped on the host but measured elsewhere (ipvs skipped,
-// ipvs@debian-6.12 measured in a VM) says where its bars come from.
+// ipvs @ debian-6.12 measured in a VM) says where its bars come from.
 func skippedNotes(run *Run) []string {
 	elsewhere := map[string][]string{}
-	seen := map[string]bool{}
+	seen := map[site]bool{}
 	for _, t := range run.Trials {
-		if name, where := SplitSite(t.Datapath); where != "" && !seen[t.Datapath] {
-			seen[t.Datapath] = true
-			elsewhere[name] = append(elsewhere[name], t.Datapath)
+		if k := (site{t.Datapath, t.Site}); k.where != "" && !seen[k] {
+			seen[k] = true
+			elsewhere[t.Datapath] = append(elsewhere[t.Datapath], k.String())
 		}
 	}
 	var parts []string
@@ -367,10 +368,11 @@ func skippedNotes(run *Run) []string {
 		if d.Skipped == "" {
 			continue
 		}
-		if e := elsewhere[d.Name]; len(e) > 0 {
-			parts = append(parts, fmt.Sprintf("Not measured on this host: %s (%s); measured as %s.", d.Name, d.Skipped, strings.Join(e, ", ")))
+		name := SiteName(d.Name, d.Site)
+		if e := elsewhere[d.Name]; len(e) > 0 && d.Site == "" {
+			parts = append(parts, fmt.Sprintf("Not measured on this host: %s (%s); measured as %s.", name, d.Skipped, strings.Join(e, ", ")))
 		} else {
-			parts = append(parts, fmt.Sprintf("Not measured: %s (%s).", d.Name, d.Skipped))
+			parts = append(parts, fmt.Sprintf("Not measured: %s (%s).", name, d.Skipped))
 		}
 	}
 	return parts

@@ -124,12 +124,12 @@ func TestGroupThousands(t *testing.T) {
 }
 
 // The caption names a skipped datapath, and where it was measured instead
-// when it was (in a VM, as "<datapath>@<where>").
+// when it was (in a VM: a Site).
 func TestSkippedNotes(t *testing.T) {
 	run := sampleRun()
 	assert.Equal(t, []string{"Not measured: ipvs (kernel module ip_vs not available)."}, skippedNotes(run))
-	for _, dp := range []string{"ipvs@debian-6.12", "direct@debian-6.12", "ipvs@debian-6.12"} {
-		run.Trials = append(run.Trials, Trial{Datapath: dp, Concurrency: 1})
+	for _, dp := range []string{"ipvs", "direct", "ipvs"} {
+		run.Trials = append(run.Trials, Trial{Datapath: dp, Site: "debian-6.12", Concurrency: 1})
 	}
-	assert.Equal(t, []string{"Not measured on this host: ipvs (kernel module ip_vs not available); measured as ipvs@debian-6.12."}, skippedNotes(run))
+	assert.Equal(t, []string{"Not measured on this host: ipvs (kernel module ip_vs not available); measured as ipvs @ debian-6.12."}, skippedNotes(run))
 }

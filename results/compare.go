@@ -15,38 +15,6 @@ import (
 	"golang.org/x/perf/benchmath"
 )
 
-// metric is one figure `svclab compare` tests.
-type metric struct {
-	key   string // the thresholds-file key
-	label string
-	// higherBetter: a drop is the regression (QPS); otherwise a rise is
-	// (latency, CPU).
-	higherBetter bool
-	value        func(Trial) (float64, bool)
-}
-
-var compareMetrics = []metric{
-	{"qps", "qps conn/s", true, func(t Trial) (float64, bool) { return t.Workload.QPS, true }},
-	{"p50", "p50 µs", false, func(t Trial) (float64, bool) { return trialLatency(t).P50, true }},
-	{"p90", "p90 µs", false, func(t Trial) (float64, bool) { return trialLatency(t).P90, true }},
-	{"p99", "p99 µs", false, func(t Trial) (float64, bool) { return trialLatency(t).P99, true }},
-	{"cpu_per_conn", "cpu µs/conn", false, func(t Trial) (float64, bool) {
-		if t.Workload.CPU == nil {
-			return 0, false
-		}
-		return t.Workload.CPU.PerConnectionUS, true
-	}},
-}
-
-// MetricKeys are the metrics compare tests, as named in a thresholds file.
-func MetricKeys() []string {
-	out := make([]string, len(compareMetrics))
-	for i, m := range compareMetrics {
-		out[i] = m.key
-	}
-	return out
-}
-
 // Verdict is compare's judgement of one row.
 type Verdict string
 
@@ -81,7 +49,10 @@ type Figure struct {
 
 // CompareRow is one metric of one datapath at one point, OLD against NEW.
 type CompareRow struct {
-	Datapath                         string
+	Datapath string
+	// Site is where the datapath was measured ("" for the run's own
+	// machine); rows only ever pair figures of one site.
+	Site                             string
 	Services, Endpoints, Concurrency int
 	// Model and LoadFraction place an open-loop row ("" and 0 for the
 	// closed loop).
@@ -108,9 +79,10 @@ func (r CompareRow) point() point {
 	return point{r.Services, r.Endpoints, r.Concurrency, r.Model, r.LoadFraction}
 }
 
-// Name identifies the row in messages, e.g. "iptables conc=8 qps×direct".
+// Name identifies the row in messages, e.g. "iptables conc=8 qps×direct"
+// or "ipvs @ debian-6.12 conc=8 qps".
 func (r CompareRow) Name() string {
-	return r.Datapath + " " + pointLabel(r.point()) + " " + r.figureName()
+	return SiteName(r.Datapath, r.Site) + " " + pointLabel(r.point()) + " " + r.figureName()
 }
 
 func (r CompareRow) figureName() string {
@@ -149,44 +121,45 @@ type side struct {
 	run    *Run
 	groups map[groupKey][]Trial // in repetition order
 	order  []groupKey
-	// direct has direct's trial per point and repetition.
-	direct map[point]map[int]Trial
+	// direct has direct's trial per site, point and repetition (keyed
+	// by groupKey.direct()).
+	direct map[groupKey]map[int]Trial
 }
 
 func newSide(run *Run) side {
-	s := side{run: run, groups: map[groupKey][]Trial{}, direct: map[point]map[int]Trial{}}
-	dpOrder := map[string]int{}
+	s := side{run: run, groups: map[groupKey][]Trial{}, direct: map[groupKey]map[int]Trial{}}
+	dpOrder := map[site]int{}
 	for _, t := range run.Trials {
-		if _, ok := dpOrder[t.Datapath]; !ok {
-			dpOrder[t.Datapath] = len(dpOrder)
-		}
 		k := keyOf(t)
+		if _, ok := dpOrder[k.site]; !ok {
+			dpOrder[k.site] = len(dpOrder)
+		}
 		if _, ok := s.groups[k]; !ok {
 			s.order = append(s.order, k)
 		}
 		s.groups[k] = append(s.groups[k], t)
 		if t.Datapath == DirectDatapath {
-			if s.direct[k.point] == nil {
-				s.direct[k.point] = map[int]Trial{}
+			if s.direct[k] == nil {
+				s.direct[k] = map[int]Trial{}
 			}
 			// A retried repetition: the later trial is the one kept.
-			s.direct[k.point][t.Repetition] = t
+			s.direct[k][t.Repetition] = t
 		}
 	}
 	for _, ts := range s.groups {
 		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
 	}
 	slices.SortStableFunc(s.order, func(a, b groupKey) int {
-		return cmp.Or(cmp.Compare(dpOrder[a.datapath], dpOrder[b.datapath]), comparePoint(a.point, b.point))
+		return cmp.Or(cmp.Compare(dpOrder[a.site], dpOrder[b.site]), comparePoint(a.point, b.point))
 	})
 	return s
 }
 
 // absolute is the metric's per-repetition values of a group.
-func (s side) absolute(k groupKey, m metric) []float64 {
+func (s side) absolute(k groupKey, m Metric) []float64 {
 	var out []float64
 	for _, t := range s.groups[k] {
-		if v, ok := m.value(t); ok {
+		if v, ok := m.Trial(t); ok {
 			out = append(out, v)
 		}
 	}
@@ -198,24 +171,24 @@ func (s side) absolute(k groupKey, m metric) []float64 {
 // run (PairMedian). Repetitions without a direct trial, or where direct's
 // figure is 0, are left out. ok is false when the run has no direct at
 // that point.
-func (s side) ratios(k groupKey, m metric, pairing Pairing) (out []float64, ok bool) {
-	d, ok := s.direct[k.point]
+func (s side) ratios(k groupKey, m Metric, pairing Pairing) (out []float64, ok bool) {
+	d, ok := s.direct[k.direct()]
 	if !ok {
 		return nil, false
 	}
 	var dMedian float64
 	if pairing == PairMedian {
-		dMedian = NewStat(s.absolute(groupKey{DirectDatapath, k.point}, m)).Median
+		dMedian = NewStat(s.absolute(k.direct(), m)).Median
 	}
 	for _, t := range s.groups[k] {
-		v, ok1 := m.value(t)
+		v, ok1 := m.Trial(t)
 		dv, ok2 := dMedian, dMedian != 0
 		if pairing != PairMedian {
 			dt, found := d[t.Repetition]
 			if !found {
 				continue
 			}
-			dv, ok2 = m.value(dt)
+			dv, ok2 = m.Trial(dt)
 		}
 		if ok1 && ok2 && dv != 0 {
 			out = append(out, v/dv)
@@ -238,29 +211,29 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 
 	// Rows in NEW's order, then what only OLD has.
 	var keys []groupKey
-	oldDP, newDP := map[string]bool{}, map[string]bool{}
+	oldDP, newDP := map[site]bool{}, map[site]bool{}
 	for _, k := range o.order {
-		oldDP[k.datapath] = true
+		oldDP[k.site] = true
 	}
 	for _, k := range n.order {
-		newDP[k.datapath] = true
+		newDP[k.site] = true
 	}
 	for _, k := range n.order {
 		switch {
-		case !oldDP[k.datapath]:
-			c.OnlyNew = appendOnce(c.OnlyNew, k.datapath)
+		case !oldDP[k.site]:
+			c.OnlyNew = appendOnce(c.OnlyNew, k.site.String())
 		case o.groups[k] == nil:
-			c.OnlyNew = append(c.OnlyNew, k.datapath+" "+pointLabel(k.point))
+			c.OnlyNew = append(c.OnlyNew, k.site.String()+" "+pointLabel(k.point))
 		default:
 			keys = append(keys, k)
 		}
 	}
 	for _, k := range o.order {
 		switch {
-		case !newDP[k.datapath]:
-			c.OnlyOld = appendOnce(c.OnlyOld, k.datapath)
+		case !newDP[k.site]:
+			c.OnlyOld = appendOnce(c.OnlyOld, k.site.String())
 		case n.groups[k] == nil:
-			c.OnlyOld = append(c.OnlyOld, k.datapath+" "+pointLabel(k.point))
+			c.OnlyOld = append(c.OnlyOld, k.site.String()+" "+pointLabel(k.point))
 		}
 	}
 
@@ -268,22 +241,26 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 	if !(alpha > 0 && alpha < 1) {
 		alpha = DefaultThresholds().Alpha
 	}
-	var tooSmall, noCPU bool
-	fallback := map[point]bool{}
+	var tooSmall bool
+	var missing []string // labels of metrics one run or both lack
+	fallback := map[groupKey]bool{}
 	for _, k := range keys {
-		_, oldHasDirect := o.direct[k.point]
-		_, newHasDirect := n.direct[k.point]
+		_, oldHasDirect := o.direct[k.direct()]
+		_, newHasDirect := n.direct[k.direct()]
 		hasDirect := oldHasDirect && newHasDirect
 		if !hasDirect && th.Gate == GateRatio {
-			fallback[k.point] = true
+			fallback[k.direct()] = true
 		}
-		for _, m := range compareMetrics {
-			ov, nv := o.absolute(k, m), n.absolute(k, m)
-			if len(ov) == 0 || len(nv) == 0 {
-				noCPU = noCPU || m.key == "cpu_per_conn"
+		for _, m := range metricTable {
+			if !m.Compared() {
 				continue
 			}
-			thr := th.For(k.datapath, m.key)
+			ov, nv := o.absolute(k, m), n.absolute(k, m)
+			if len(ov) == 0 || len(nv) == 0 {
+				missing = appendOnce(missing, m.Label)
+				continue
+			}
+			thr := th.forSite(k.site, m.Key)
 			off := math.IsInf(thr, 1) // reported only
 			gateAbs := th.Gate == GateAbsolute || th.Gate == GateBoth || (th.Gate == GateRatio && !hasDirect)
 			// Direct is the ratios' reference: gating its absolute
@@ -315,8 +292,10 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 	case GateBoth:
 		c.Notes = append(c.Notes, "gated: ratios to direct ("+pairingPhrase(th.Pairing)+") and absolute figures (gate: both)")
 	}
-	for _, p := range slices.SortedFunc(maps.Keys(fallback), comparePoint) {
-		c.Notes = append(c.Notes, fmt.Sprintf("no direct at %s in both runs: its absolute figures are gated instead of ratios", pointLabel(p)))
+	for _, d := range slices.SortedFunc(maps.Keys(fallback), func(a, b groupKey) int {
+		return cmp.Or(cmp.Compare(a.where, b.where), comparePoint(a.point, b.point))
+	}) {
+		c.Notes = append(c.Notes, fmt.Sprintf("no %s at %s in both runs: its absolute figures are gated instead of ratios", d.site, pointLabel(d.point)))
 	}
 	if tooSmall {
 		need := 2
@@ -337,8 +316,8 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 	if len(noisy) > 0 {
 		c.Notes = append(c.Notes, fmt.Sprintf("too noisy to catch a regression of its threshold's size (a 95%% interval wider than ±2× the threshold): %s; rerun on a quieter machine or with more repetitions", strings.Join(noisy, ", ")))
 	}
-	if noCPU {
-		c.Notes = append(c.Notes, "cpu µs/conn is missing from one run or both: not compared")
+	for _, l := range missing {
+		c.Notes = append(c.Notes, l+" is missing from one run or both: not compared")
 	}
 	if len(c.OnlyOld) > 0 {
 		c.Notes = append(c.Notes, "only in OLD (not compared): "+strings.Join(c.OnlyOld, ", "))
@@ -376,11 +355,11 @@ func pairingPhrase(p Pairing) string {
 }
 
 // judge compares one figure's samples.
-func judge(k groupKey, m metric, ratio bool, oldV, newV []float64, thr float64, gated bool, alpha float64) CompareRow {
+func judge(k groupKey, m Metric, ratio bool, oldV, newV []float64, thr float64, gated bool, alpha float64) CompareRow {
 	r := CompareRow{
-		Datapath: k.datapath, Services: k.services, Endpoints: k.endpoints, Concurrency: k.concurrency,
+		Datapath: k.datapath, Site: k.where, Services: k.services, Endpoints: k.endpoints, Concurrency: k.concurrency,
 		Model: k.model, LoadFraction: k.fraction,
-		Metric: m.key, Ratio: ratio, Old: figure(oldV), New: figure(newV), Threshold: thr, Gated: gated,
+		Metric: m.Key, Ratio: ratio, Old: figure(oldV), New: figure(newV), Threshold: thr, Gated: gated,
 	}
 	r.Change = math.NaN()
 	if r.Old.Median != 0 {
@@ -390,7 +369,7 @@ func judge(k groupKey, m metric, ratio bool, oldV, newV []float64, thr float64, 
 	res := benchmath.AssumeNothing.Compare(benchmath.NewSample(slices.Clone(oldV), &thresh), benchmath.NewSample(slices.Clone(newV), &thresh))
 	r.P = res.P
 	bad := r.Change < 0
-	if !m.higherBetter {
+	if m.Better == LowerIsBetter {
 		bad = r.Change > 0
 	}
 	switch {
@@ -464,8 +443,10 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	var buf, rows bytes.Buffer
 	fmt.Fprintf(&buf, "OLD %s\nNEW %s\n", c.OldID, c.NewID)
 	var thr []string
-	for _, k := range MetricKeys() {
-		thr = append(thr, k+" "+fmtThreshold(c.Thresholds.Metrics[k], k == "qps"))
+	for _, m := range metricTable {
+		if m.Compared() {
+			thr = append(thr, m.Key+" "+fmtThreshold(c.Thresholds.Metrics[m.Key], m.Better))
+		}
 	}
 	alpha := c.Thresholds.Alpha
 	buf.WriteString(wrap(fmt.Sprintf("fails when a gated figure changes beyond its threshold (%s) with p < %g (Mann-Whitney U test over the repetitions); ± is the 95%% confidence interval of the median",
@@ -475,7 +456,7 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(&rows, 0, 0, 2, ' ', 0)
 	last := ""
 	for _, r := range c.Rows {
-		block := r.Datapath + "  " + pointLabel(r.point())
+		block := SiteName(r.Datapath, r.Site) + "  " + pointLabel(r.point())
 		if block != last {
 			if last != "" {
 				// Cells, not an empty line, so the columns stay aligned
@@ -560,11 +541,11 @@ func fmtValue(v float64, ratio bool) string {
 
 // fmtThreshold prints a threshold with the bad direction's sign, or "off"
 // for a metric that is reported only.
-func fmtThreshold(t float64, higherBetter bool) string {
+func fmtThreshold(t float64, better Better) string {
 	switch {
 	case math.IsInf(t, 1):
 		return "off"
-	case higherBetter:
+	case better == HigherIsBetter:
 		return fmt.Sprintf("-%.0f%%", 100*t)
 	}
 	return fmt.Sprintf("+%.0f%%", 100*t)

@@ -124,59 +124,15 @@ func scaleSweeps(sums []Summary, limits []ScaleLimit) []scaleSweep {
 	return out
 }
 
-// scaleYAxis is how a scale chart's y axis is drawn.
-type scaleYAxis int
-
-const (
-	// yLinear starts at 0, so heights compare as ratios.
-	yLinear scaleYAxis = iota
-	// yLogIfWide is logarithmic when the values span more than two
-	// decades (apply times from a direct datapath's milliseconds to
-	// iptables' minutes), linear from 0 otherwise.
-	yLogIfWide
-	// yLog is always logarithmic (state sizes grow with the product of
-	// services and endpoints).
-	yLog
-)
-
-// scaleMetric is one figure charted along a sweep.
-type scaleMetric struct {
-	name   string // in the file name
-	title  string
-	yLabel string
-	yAxis  scaleYAxis
-	stat   func(Summary) Stat
-	// optional metrics are drawn only when some summary of the sweep has
-	// values (CPU, the one-endpoint change and state are not always
-	// measured).
-	optional bool
-	// programmed metrics are about the state a datapath programs, which
-	// direct (no translation) does not have: it is left out of them.
-	programmed bool
-}
-
-var scaleMetrics = []scaleMetric{
-	{name: "qps", title: "connections/s", yLabel: "connections/s", stat: func(s Summary) Stat { return s.QPS }},
-	{name: "p50", title: "p50 connection latency in µs", yLabel: "p50 connect-to-close latency (µs)", stat: func(s Summary) Stat { return s.P50 }},
-	{name: "p90", title: "p90 connection latency in µs", yLabel: "p90 connect-to-close latency (µs)", stat: func(s Summary) Stat { return s.P90 }},
-	{name: "p99", title: "p99 connection latency in µs", yLabel: "p99 connect-to-close latency (µs)", stat: func(s Summary) Stat { return s.P99 }},
-	{name: "cpu", title: "machine-wide busy CPU time per connection in µs", yLabel: "CPU per connection (µs)", optional: true,
-		stat: func(s Summary) Stat { return s.CPUPerConnUS }},
-	{name: "apply", title: "time to apply the whole set of services", yLabel: "apply (s)", yAxis: yLogIfWide, programmed: true,
-		stat: func(s Summary) Stat { return s.ApplySeconds }},
-	{name: "change", title: "time to apply a one-endpoint change", yLabel: "apply of one changed endpoint (s)", yAxis: yLogIfWide, optional: true, programmed: true,
-		stat: func(s Summary) Stat { return s.ApplyChangeSeconds }},
-	{name: "state", title: "state objects (rules, map entries, sockets)", yLabel: "state objects", yAxis: yLog, optional: true,
-		stat: func(s Summary) Stat { return s.StateObjects }},
-}
-
 // WriteScaleCharts draws the line charts of a scale run into dir and returns
 // their paths; a run without a scale sweep (see scaleSweep) gets none and
 // nil, nil.
 //
-// Each sweep gets one PNG per metric, scale-<axis>-<metric>.png with axis
-// "services" or "endpoints" and metric qps, p50, p90, p99, cpu, apply,
-// change or state (cpu, change and state only when measured). When the
+// Each sweep gets one PNG per metric of the metric table with a Scale
+// chart, scale-<axis>-<name>.png with axis "services" or "endpoints" and
+// name the chart's (qps, p50, p90, p99, cpu, apply, change, state), when
+// some summary of the sweep measured it (cpu, change and state are not
+// always measured). When the
 // sweep ran at several concurrencies, each gets its own set, named with a
 // -c<concurrency> suffix. The x axis is logarithmic; each datapath is a
 // line in its bar-chart colour through the medians, with min–max error
@@ -199,11 +155,11 @@ func WriteScaleCharts(dir string, run *Run) (paths []string, err error) {
 		multiConc = multiConc || sw.concurrency != sweeps[0].concurrency
 	}
 	for _, sw := range sweeps {
-		for _, m := range scaleMetrics {
-			if m.optional && !sweepHas(sw, m) {
+		for _, m := range metricTable {
+			if m.Scale == nil || !measured(sw.sums, m) {
 				continue
 			}
-			name := "scale-" + sw.axis + "-" + m.name
+			name := "scale-" + sw.axis + "-" + m.Scale.Name
 			if multiConc {
 				name += "-c" + strconv.Itoa(sw.concurrency)
 			}
@@ -220,25 +176,20 @@ func WriteScaleCharts(dir string, run *Run) (paths []string, err error) {
 	return paths, nil
 }
 
-// sweepHas reports whether any summary of the sweep has values for m.
-func sweepHas(sw scaleSweep, m scaleMetric) bool {
-	return slices.ContainsFunc(sw.sums, func(s Summary) bool { return len(m.stat(s).Values) > 0 })
-}
-
 // drawScaleChart draws one metric along one sweep.
-func drawScaleChart(c draw.Canvas, run *Run, sw scaleSweep, m scaleMetric, colors map[string]color.Color) error {
+func drawScaleChart(c draw.Canvas, run *Run, sw scaleSweep, m Metric, colors map[string]color.Color) error {
 	lines := &scaleLines{}
 	idx := map[string]int{}
 	for _, s := range sw.sums {
-		st := m.stat(s)
-		if name, _ := SplitSite(s.Datapath); len(st.Values) == 0 || m.programmed && name == DirectDatapath {
+		st := *m.Stat(&s)
+		if len(st.Values) == 0 || m.Scale.Programmed && s.Datapath == DirectDatapath {
 			continue
 		}
-		i, ok := idx[s.Datapath]
+		i, ok := idx[s.name()]
 		if !ok {
 			i = len(lines.series)
-			idx[s.Datapath] = i
-			lines.series = append(lines.series, lineSeries{name: s.Datapath, color: colors[s.Datapath]})
+			idx[s.name()] = i
+			lines.series = append(lines.series, lineSeries{name: s.name(), color: colors[s.name()]})
 		}
 		lines.series[i].points = append(lines.series[i].points, linePoint{x: float64(sw.x(s.Services, s.Endpoints)), stat: st})
 	}
@@ -253,8 +204,8 @@ func drawScaleChart(c draw.Canvas, run *Run, sw scaleSweep, m scaleMetric, color
 		legend[i] = barSeries{name: s.name, color: s.color}
 	}
 
-	lines.logY = m.yAxis == yLog
-	if lo, hi := lines.positiveRange(); m.yAxis == yLogIfWide && lo > 0 && hi/lo > 100 {
+	lines.logY = m.Scale.YAxis == YLog
+	if lo, hi := lines.positiveRange(); m.Scale.YAxis == YLogIfWide && lo > 0 && hi/lo > 100 {
 		lines.logY = true
 	}
 	if lo, _ := lines.positiveRange(); lo <= 0 {
@@ -267,7 +218,7 @@ func drawScaleChart(c draw.Canvas, run *Run, sw scaleSweep, m scaleMetric, color
 	if sw.axis == axisEndpoints {
 		xLabel = "endpoints per service (log scale)"
 	}
-	yLabel := m.yLabel
+	yLabel := m.Scale.YLabel
 	if lines.logY {
 		yLabel += ", log scale"
 	}
@@ -340,12 +291,12 @@ func drawYLabelOutside(c draw.Canvas, p *plot.Plot) draw.Canvas {
 }
 
 // scaleTitle says what the chart shows and what the sweep held fixed.
-func scaleTitle(sw scaleSweep, m scaleMetric) string {
+func scaleTitle(sw scaleSweep, m Metric) string {
 	if sw.axis == axisEndpoints {
-		return fmt.Sprintf("Endpoints sweep (1 service, concurrency %d): %s", sw.concurrency, m.title)
+		return fmt.Sprintf("Endpoints sweep (1 service, concurrency %d): %s", sw.concurrency, m.Scale.Title)
 	}
 	return fmt.Sprintf("Services sweep (%s endpoints each, concurrency %d): %s",
-		groupThousands(float64(sw.fixed)), sw.concurrency, m.title)
+		groupThousands(float64(sw.fixed)), sw.concurrency, m.Scale.Title)
 }
 
 // scaleCaption says what the error bars are, which points datapaths did

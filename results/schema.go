@@ -1,5 +1,22 @@
-// Package results holds svclab's result schema (results.json), the statistics
-// computed over repetitions, the text table and the charts.
+// Package results holds what svclab makes of its measurements: the result
+// schema (Run, written as results.json), the statistics over repetitions
+// (Summarize: medians, spreads, confidence intervals, ratios to the direct
+// datapath), the text table, the bar and scale-sweep charts, the Go
+// benchmark format (bench.txt, for benchstat) and `svclab compare`, which
+// tests two runs against each other with thresholds read from a YAML file.
+//
+// Every figure is an entry of one metric table (Metric, in metrics.go):
+// its thresholds-file key, bench.txt unit, which direction is better, how
+// to read it from a Trial and where its Stat lives in a Summary. Summarize,
+// compare, the thresholds, bench.txt and the scale block and charts iterate
+// that table, so a new metric is one entry there plus the code that
+// measures it.
+//
+// A measurement carries its Site: "" for the machine the run ran on, or
+// where else it was made (a VM kernel such as "debian-6.12"). Summaries and
+// comparisons group by datapath and site, take ratios against direct at the
+// same site, and tables and charts name such a datapath "ipvs @
+// debian-6.12".
 package results
 
 import (
@@ -72,7 +89,10 @@ type Env struct {
 
 // DatapathInfo is one datapath of the run: measured, or skipped with a reason.
 type DatapathInfo struct {
-	Name        string            `json:"name"`
+	Name string `json:"name"`
+	// Site is where the datapath was measured: "" for the run's own
+	// machine, or e.g. the Debian kernel of a VM ("debian-6.12").
+	Site        string            `json:"site,omitempty"`
 	Description string            `json:"description,omitempty"`
 	Skipped     string            `json:"skipped,omitempty"`
 	Info        map[string]string `json:"info,omitempty"`
@@ -81,7 +101,11 @@ type DatapathInfo struct {
 // Trial is one measured run of the workload against one datapath at one
 // concurrency, in a freshly built topology.
 type Trial struct {
-	Datapath    string `json:"datapath"`
+	Datapath string `json:"datapath"`
+	// Site is where the trial ran: "" for the run's own machine, or e.g.
+	// the Debian kernel of a VM ("debian-6.12"). Figures of different
+	// sites are never set side by side without it.
+	Site        string `json:"site,omitempty"`
 	Concurrency int    `json:"concurrency"`
 	Repetition  int    `json:"repetition"`
 	// Order is the trial's position in the run (0-based), to see order effects.
@@ -199,7 +223,9 @@ type Latency struct {
 
 // Summary aggregates the repetitions of one datapath at one concurrency.
 type Summary struct {
-	Datapath    string `json:"datapath"`
+	Datapath string `json:"datapath"`
+	// Site is the trials' Site.
+	Site        string `json:"site,omitempty"`
 	Concurrency int    `json:"concurrency"`
 	Repetitions int    `json:"repetitions"`
 	QPS         Stat   `json:"qps"`
@@ -207,8 +233,8 @@ type Summary struct {
 	P90         Stat   `json:"p90_us"`
 	P99         Stat   `json:"p99_us"`
 	// QPSRatioToDirect and P90RatioToDirect compare medians with the
-	// "direct" datapath of the same run at the same concurrency (0 when
-	// direct was not measured).
+	// "direct" datapath of the same run at the same site and point (0
+	// when direct was not measured there).
 	QPSRatioToDirect float64 `json:"qps_ratio_to_direct,omitempty"`
 	P90RatioToDirect float64 `json:"p90_ratio_to_direct,omitempty"`
 	Errors           int64   `json:"errors"`
@@ -296,5 +322,27 @@ func Read(path string) (*Run, error) {
 	if r.SchemaVersion != SchemaVersion {
 		return nil, fmt.Errorf("results %s: schema_version %d, this svclab reads %d", path, r.SchemaVersion, SchemaVersion)
 	}
+	r.moveSitesOutOfNames()
 	return &r, nil
+}
+
+// moveSitesOutOfNames reads results written before Site existed, which
+// named a datapath measured in a VM "ipvs@debian-6.12": the suffix becomes
+// the Site, so such a run groups, pairs with direct and compares like a
+// new one.
+func (r *Run) moveSitesOutOfNames() {
+	fix := func(name, site *string) {
+		if *site == "" {
+			*name, *site = SplitSite(*name)
+		}
+	}
+	for i := range r.Datapaths {
+		fix(&r.Datapaths[i].Name, &r.Datapaths[i].Site)
+	}
+	for i := range r.Trials {
+		fix(&r.Trials[i].Datapath, &r.Trials[i].Site)
+	}
+	for i := range r.Summary {
+		fix(&r.Summary[i].Datapath, &r.Summary[i].Site)
+	}
 }

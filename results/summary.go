@@ -20,7 +20,7 @@ const DirectDatapath = "direct"
 // found the generator's in-flight cap reached (harness.ErrOverload).
 const overloadError = "overload"
 
-// Summarize aggregates trials per (datapath, services, endpoints,
+// Summarize aggregates trials per (datapath, site, services, endpoints,
 // concurrency, load model, load fraction): open-loop trials (Model
 // ModelOpen) get their own summaries, one per load fraction, after the
 // closed-loop ones of the same datapath. For them QPS is the achieved rate,
@@ -28,7 +28,10 @@ const overloadError = "overload"
 // overload, OfferedRate is the median offered rate and StartLagP99 the
 // generator's p99 start lag per repetition.
 //
-// Summaries come out ordered by datapath in the order the datapaths first
+// Each Stat of a Summary is filled from the metric table (see Metric):
+// the per-trial values of the trials that measured the metric.
+//
+// Summaries come out ordered by datapath (and site) in the order the datapaths first
 // appear in trials (the caller's order, e.g. --datapaths, which is also the
 // order a reader expects in the table and the chart legend), then by
 // services, endpoints and concurrency ascending. Per-repetition values are
@@ -44,17 +47,18 @@ const overloadError = "overload"
 // Latency figures come from each trial's Workload.Latency; a trial that only
 // carries a histogram has its percentiles computed from it. QPS, p90 and CPU
 // per connection carry a 95% confidence interval of the median (see
-// MedianCI). Ratios to DirectDatapath use medians at the same services,
-// endpoints, concurrency, load model and fraction, and are 0 when direct was not measured there
+// MedianCI). Ratios to DirectDatapath use medians at the same site,
+// services, endpoints, concurrency, load model and fraction, and are 0 when
+// direct was not measured there
 // (0 rather than NaN so results.json stays valid JSON).
 func Summarize(trials []Trial) []Summary {
-	dpOrder := map[string]int{}
+	dpOrder := map[site]int{}
 	groups := map[groupKey][]Trial{}
 	for _, t := range trials {
-		if _, ok := dpOrder[t.Datapath]; !ok {
-			dpOrder[t.Datapath] = len(dpOrder)
-		}
 		k := keyOf(t)
+		if _, ok := dpOrder[k.site]; !ok {
+			dpOrder[k.site] = len(dpOrder)
+		}
 		groups[k] = append(groups[k], t)
 	}
 	keys := make([]groupKey, 0, len(groups))
@@ -62,7 +66,7 @@ func Summarize(trials []Trial) []Summary {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b groupKey) int {
-		return cmp.Or(cmp.Compare(dpOrder[a.datapath], dpOrder[b.datapath]), comparePoint(a.point, b.point))
+		return cmp.Or(cmp.Compare(dpOrder[a.site], dpOrder[b.site]), comparePoint(a.point, b.point))
 	})
 
 	out := make([]Summary, 0, len(keys))
@@ -71,110 +75,100 @@ func Summarize(trials []Trial) []Summary {
 		// Stable, so trials sharing a repetition number (a retried trial)
 		// keep the order they were run in.
 		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
-		var qps, p50, p90, p99, apply, change, objects, stateBytes, cpu, offered, lag []float64
-		var errs, synRetrans, overload int64
-		for _, t := range ts {
-			lat := trialLatency(t)
-			if t.Model != "" {
-				offered = append(offered, t.OfferedRate)
-				if l := t.Workload.StartLag; l != nil {
-					lag = append(lag, l.P99)
-				}
-			}
-			qps = append(qps, t.Workload.QPS)
-			p50 = append(p50, lat.P50)
-			p90 = append(p90, lat.P90)
-			p99 = append(p99, lat.P99)
-			apply = append(apply, t.ApplySeconds)
-			if t.ApplyChangeSeconds > 0 {
-				change = append(change, t.ApplyChangeSeconds)
-			}
-			if v, ok := stateCount(t.DatapathState, StateObjects); ok {
-				objects = append(objects, v)
-			}
-			if v, ok := stateCount(t.DatapathState, StateBytes); ok {
-				stateBytes = append(stateBytes, v)
-			}
-			if c := t.Workload.CPU; c != nil {
-				cpu = append(cpu, c.PerConnectionUS)
-			}
-			for _, n := range t.Workload.Errors {
-				errs += n
-			}
-			overload += t.Workload.Errors[overloadError]
-			synRetrans += t.Workload.SynRetrans
-		}
 		s := Summary{
 			Datapath:     k.datapath,
+			Site:         k.where,
 			Concurrency:  k.concurrency,
 			Services:     k.services,
 			Endpoints:    k.endpoints,
 			Repetitions:  len(ts),
-			QPS:          NewStat(qps).WithCI(),
-			P50:          NewStat(p50),
-			P90:          NewStat(p90).WithCI(),
-			P99:          NewStat(p99),
-			Errors:       errs,
-			SynRetrans:   synRetrans,
-			ApplySeconds: NewStat(apply),
-			Overload:     overload,
 			Model:        k.model,
 			LoadFraction: k.fraction,
+		}
+		var offered []float64
+		for _, t := range ts {
+			if t.Model != "" {
+				offered = append(offered, t.OfferedRate)
+			}
+			for _, n := range t.Workload.Errors {
+				s.Errors += n
+			}
+			s.Overload += t.Workload.Errors[overloadError]
+			s.SynRetrans += t.Workload.SynRetrans
 		}
 		if len(offered) > 0 {
 			s.OfferedRate = NewStat(offered).Median
 		}
-		if len(lag) > 0 {
-			s.StartLagP99 = NewStat(lag)
-		}
-		if len(cpu) > 0 {
-			s.CPUPerConnUS = NewStat(cpu).WithCI()
-		}
-		// Left zero (and out of the JSON) when no trial measured them.
-		if len(change) > 0 {
-			s.ApplyChangeSeconds = NewStat(change)
-		}
-		if len(objects) > 0 {
-			s.StateObjects = NewStat(objects)
-		}
-		if len(stateBytes) > 0 {
-			s.StateBytes = NewStat(stateBytes)
+		for _, m := range metricTable {
+			if m.Stat == nil {
+				continue
+			}
+			var vs []float64
+			for _, t := range ts {
+				if v, ok := m.Trial(t); ok {
+					vs = append(vs, v)
+				}
+			}
+			// Left zero (and out of the JSON) when no trial measured it.
+			if len(vs) == 0 {
+				continue
+			}
+			st := NewStat(vs)
+			if m.CI {
+				st = st.WithCI()
+			}
+			*m.Stat(&s) = st
 		}
 		out = append(out, s)
 	}
 
-	// A datapath measured elsewhere is named "<datapath>@<where>" (e.g.
-	// "ipvs@debian-6.12", measured in a VM): its ratios are to
-	// "direct@<where>", measured there too, never to the host's direct.
-	type site struct {
-		point
-		where string
-	}
-	direct := map[site]Summary{}
-	for _, s := range out {
-		if name, where := SplitSite(s.Datapath); name == DirectDatapath {
-			direct[site{pointOf(s), where}] = s
+	// A datapath measured elsewhere (Site "debian-6.12", measured in a
+	// VM) has its ratios to direct measured there too, never to the
+	// host's direct.
+	direct := map[groupKey]*Summary{}
+	for i, s := range out {
+		if s.Datapath == DirectDatapath {
+			direct[keyOfSummary(s)] = &out[i]
 		}
 	}
 	for i := range out {
-		_, where := SplitSite(out[i].Datapath)
-		d, ok := direct[site{pointOf(out[i]), where}]
+		d, ok := direct[keyOfSummary(out[i]).direct()]
 		if !ok {
 			continue
 		}
-		out[i].QPSRatioToDirect = ratio(out[i].QPS.Median, d.QPS.Median)
-		out[i].P90RatioToDirect = ratio(out[i].P90.Median, d.P90.Median)
-		out[i].CPURatioToDirect = ratio(out[i].CPUPerConnUS.Median, d.CPUPerConnUS.Median)
+		for _, m := range metricTable {
+			if m.Ratio != nil {
+				*m.Ratio(&out[i]) = ratio(m.Stat(&out[i]).Median, m.Stat(d).Median)
+			}
+		}
 	}
 	return out
 }
 
-// SplitSite splits "ipvs@debian-6.12" into the datapath and where it was
-// measured ("" for the run's own machine).
-func SplitSite(name string) (datapath, where string) {
-	datapath, where, _ = strings.Cut(name, "@")
-	return datapath, where
+// SplitSite splits a legacy datapath name "ipvs@debian-6.12" (how results
+// written before Site existed name a datapath measured elsewhere) into the
+// datapath and the site ("" for the run's own machine).
+func SplitSite(name string) (datapath, site string) {
+	datapath, site, _ = strings.Cut(name, "@")
+	return datapath, site
 }
+
+// SiteName is how tables, charts and messages name a datapath at a site:
+// "ipvs @ debian-6.12", or just "ipvs" on the run's own machine.
+func SiteName(datapath, site string) string {
+	if site == "" {
+		return datapath
+	}
+	return datapath + " @ " + site
+}
+
+// site is a datapath where it was measured: what summaries, comparisons,
+// tables and charts group by.
+type site struct {
+	datapath, where string
+}
+
+func (s site) String() string { return SiteName(s.datapath, s.where) }
 
 // point is where in a run's parameter space a figure was measured: the
 // scale (0, 0 outside sweeps), the load model ("" for the closed loop,
@@ -188,14 +182,25 @@ type point struct {
 	fraction                         float64
 }
 
-// groupKey is one summary: a datapath at a point.
+// groupKey is one summary: a datapath at a site and a point.
 type groupKey struct {
-	datapath string
+	site
 	point
 }
 
+// direct is the key of direct's summary its ratios are taken against:
+// same site, same point.
+func (k groupKey) direct() groupKey {
+	k.datapath = DirectDatapath
+	return k
+}
+
 func keyOf(t Trial) groupKey {
-	return groupKey{t.Datapath, point{t.Services, t.Endpoints, t.Concurrency, t.Model, t.LoadFraction}}
+	return groupKey{site{t.Datapath, t.Site}, point{t.Services, t.Endpoints, t.Concurrency, t.Model, t.LoadFraction}}
+}
+
+func keyOfSummary(s Summary) groupKey {
+	return groupKey{site{s.Datapath, s.Site}, pointOf(s)}
 }
 
 func pointOf(s Summary) point {

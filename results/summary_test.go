@@ -219,23 +219,21 @@ func TestMedianCI(t *testing.T) {
 // A datapath measured in a VM is compared with direct measured in that VM,
 // never with the host's direct.
 func TestSummarizeRatiosPerSite(t *testing.T) {
-	trial := func(dp string, qps float64) Trial {
-		return Trial{Datapath: dp, Concurrency: 8, Workload: Workload{QPS: qps, Latency: Latency{P90: 1000 / qps}}}
+	trial := func(dp, site string, qps float64) Trial {
+		return Trial{Datapath: dp, Site: site, Concurrency: 8, Workload: Workload{QPS: qps, Latency: Latency{P90: 1000 / qps}}}
 	}
 	sums := Summarize([]Trial{
-		trial("direct", 10000), trial("socketlb", 9000),
-		trial("direct@debian-6.12", 800), trial("ipvs@debian-6.12", 600),
+		trial("direct", "", 10000), trial("socketlb", "", 9000),
+		trial("direct", "debian-6.12", 800), trial("ipvs", "debian-6.12", 600),
 	})
 	got := map[string]float64{}
 	for _, s := range sums {
-		got[s.Datapath] = s.QPSRatioToDirect
+		got[SiteName(s.Datapath, s.Site)] = s.QPSRatioToDirect
 	}
-	assert.InDelta(t, 0.9, got["socketlb"], 1e-9)
-	assert.InDelta(t, 0.75, got["ipvs@debian-6.12"], 1e-9)
-	assert.InDelta(t, 1.0, got["direct@debian-6.12"], 1e-9)
-	dp, where := SplitSite("ipvs@debian-6.12")
-	assert.Equal(t, "ipvs", dp)
-	assert.Equal(t, "debian-6.12", where)
+	assert.Equal(t, map[string]float64{
+		"direct": 1, "socketlb": 0.9,
+		"direct @ debian-6.12": 1, "ipvs @ debian-6.12": 0.75,
+	}, got)
 }
 
 // openTrial builds an open-loop trial at a load fraction: concurrency 0,

@@ -36,10 +36,7 @@ func WriteTable(w io.Writer, run *Run) error {
 	all := allSummariesOf(run)
 	sums, open := splitModels(all)
 
-	dpWidth := len("DATAPATH")
-	for _, s := range sums {
-		dpWidth = max(dpWidth, len([]rune(s.Datapath)))
-	}
+	dpWidth := datapathWidth(sums)
 	// AlignRight keeps the digits of each numeric column aligned; the
 	// datapath is padded by hand so that it alone reads left-aligned.
 	// AlignRight also puts the column padding before the first cell, so
@@ -67,7 +64,7 @@ func WriteTable(w io.Writer, run *Run) error {
 	header += "ERRORS\tSYNRTX\tAPPLY s\t\n"
 	fmt.Fprint(tw, header)
 	for _, s := range sums {
-		row := fmt.Sprintf("%-*s\t", dpWidth, s.Datapath)
+		row := fmt.Sprintf("%-*s\t", dpWidth, s.name())
 		if sweep {
 			row += fmt.Sprintf("%d\t%d\t", s.Services, s.Endpoints)
 		}
@@ -106,16 +103,16 @@ func WriteTable(w io.Writer, run *Run) error {
 	}
 
 	var notes []string
-	measured := map[string]bool{}
+	measured := map[site]bool{}
 	for _, s := range all {
-		measured[s.Datapath] = true
+		measured[site{s.Datapath, s.Site}] = true
 	}
 	for _, d := range run.Datapaths {
 		switch {
 		case d.Skipped != "":
-			notes = append(notes, fmt.Sprintf("skipped %s: %s", d.Name, d.Skipped))
-		case !measured[d.Name]:
-			notes = append(notes, fmt.Sprintf("no trials for %s", d.Name))
+			notes = append(notes, fmt.Sprintf("skipped %s: %s", SiteName(d.Name, d.Site), d.Skipped))
+		case !measured[site{d.Name, d.Site}]:
+			notes = append(notes, fmt.Sprintf("no trials for %s", SiteName(d.Name, d.Site)))
 		}
 	}
 	if !sweep {
@@ -138,7 +135,7 @@ func WriteTable(w io.Writer, run *Run) error {
 			for _, s := range sums {
 				if s.QPS.Median >= generatorBoundFraction*ceil {
 					notes = append(notes, fmt.Sprintf("warning: %s at concurrency %d reaches %.0f%% of the generator ceiling; the generator may be the bottleneck",
-						s.Datapath, s.Concurrency, 100*s.QPS.Median/ceil))
+						s.name(), s.Concurrency, 100*s.QPS.Median/ceil))
 				}
 			}
 		}
@@ -157,23 +154,16 @@ func WriteTable(w io.Writer, run *Run) error {
 // lag, which tells whether the generator rather than the datapath fell
 // behind.
 func writeOpenLoop(w io.Writer, sums []Summary) error {
-	dpWidth := len("DATAPATH")
-	for _, s := range sums {
-		dpWidth = max(dpWidth, len([]rune(s.Datapath)))
-	}
+	dpWidth := datapathWidth(sums)
 	var buf bytes.Buffer
 	buf.WriteString("\nopen loop (rates in conn/s; latency from the intended start; errors include overload)\n")
 	tw := tabwriter.NewWriter(&buf, 0, 0, tablePad, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "%-*s\tLOAD\tREPS\tOFFERED\tACHIEVED\tP50 µs\tP90 µs\tP99 µs\tP99×DIR\tERRORS\tOVERLOAD\tLAG P99 µs\t\n", dpWidth, "DATAPATH")
-	// As in Summarize, "x@where" pairs with "direct@where".
-	type site struct {
-		point
-		where string
-	}
-	direct := map[site]Summary{}
+	// As in Summarize, a datapath pairs with direct at its own site.
+	direct := map[groupKey]Summary{}
 	for _, s := range sums {
-		if name, where := SplitSite(s.Datapath); name == DirectDatapath {
-			direct[site{pointOf(s), where}] = s
+		if s.Datapath == DirectDatapath {
+			direct[keyOfSummary(s)] = s
 		}
 	}
 	for _, s := range sums {
@@ -182,11 +172,10 @@ func writeOpenLoop(w io.Writer, sums []Summary) error {
 			lag = fmtMicros(s.StartLagP99.Median)
 		}
 		p99Ratio := 0.0
-		_, where := SplitSite(s.Datapath)
-		if d, ok := direct[site{pointOf(s), where}]; ok {
+		if d, ok := direct[keyOfSummary(s).direct()]; ok {
 			p99Ratio = ratio(s.P99.Median, d.P99.Median)
 		}
-		fmt.Fprintf(tw, "%-*s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", dpWidth, s.Datapath,
+		fmt.Fprintf(tw, "%-*s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", dpWidth, s.name(),
 			strconv.FormatFloat(s.LoadFraction, 'g', -1, 64), s.Repetitions,
 			fmtQPS(s.OfferedRate), fmtQPS(s.QPS.Median),
 			fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median), fmtRatio(p99Ratio),
@@ -205,17 +194,21 @@ func writeOpenLoop(w io.Writer, sums []Summary) error {
 // datapaths did not reach and, per datapath of the services sweep, how
 // much its p90 grew from the fewest services to the most.
 func writeScale(w io.Writer, run *Run, sums []Summary) error {
-	dpWidth := len("DATAPATH")
+	dpWidth := datapathWidth(sums)
 	var concs []int
-	withCPU, withChange, withState := false, false, false
 	for _, s := range sums {
-		dpWidth = max(dpWidth, len([]rune(s.Datapath)))
 		if !slices.Contains(concs, s.Concurrency) {
 			concs = append(concs, s.Concurrency)
 		}
-		withCPU = withCPU || len(s.CPUPerConnUS.Values) > 0
-		withChange = withChange || len(s.ApplyChangeSeconds.Values) > 0
-		withState = withState || len(s.StateObjects.Values) > 0
+	}
+	// A column per metric of the table with a scale chart, when some
+	// summary measured it (CPU, the one-endpoint change and state are not
+	// always measured).
+	var cols []Metric
+	for _, m := range metricTable {
+		if m.Scale != nil && m.Column != "" && measured(sums, m) {
+			cols = append(cols, m)
+		}
 	}
 	withConc := len(concs) > 1
 	var buf bytes.Buffer
@@ -225,34 +218,17 @@ func writeScale(w io.Writer, run *Run, sums []Summary) error {
 	if withConc {
 		header += "CONC\t"
 	}
-	header += "QPS\tP50 µs\tP90 µs\tP99 µs\t"
-	if withCPU {
-		header += "CPU µs/C\t"
-	}
-	header += "APPLY s\t"
-	if withChange {
-		header += "CHANGE s\t"
-	}
-	if withState {
-		header += "STATE OBJS\t"
+	for _, m := range cols {
+		header += m.Column + "\t"
 	}
 	fmt.Fprint(tw, header+"\n")
 	for _, s := range sums {
-		row := fmt.Sprintf("%-*s\t%d\t%d\t", dpWidth, s.Datapath, s.Services, s.Endpoints)
+		row := fmt.Sprintf("%-*s\t%d\t%d\t", dpWidth, s.name(), s.Services, s.Endpoints)
 		if withConc {
 			row += fmt.Sprintf("%d\t", s.Concurrency)
 		}
-		row += fmt.Sprintf("%s\t%s\t%s\t%s\t", fmtQPS(s.QPS.Median),
-			fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median))
-		if withCPU {
-			row += fmtIfMeasured(s.CPUPerConnUS, fmtMicros) + "\t"
-		}
-		row += fmtSeconds(s.ApplySeconds.Median) + "\t"
-		if withChange {
-			row += fmtIfMeasured(s.ApplyChangeSeconds, fmtSeconds) + "\t"
-		}
-		if withState {
-			row += fmtIfMeasured(s.StateObjects, fmtQPS) + "\t"
+		for _, m := range cols {
+			row += fmtIfMeasured(*m.Stat(&s), m.Format) + "\t"
 		}
 		fmt.Fprint(tw, row+"\n")
 	}
@@ -302,9 +278,9 @@ func p90GrowthLines(sw scaleSweep, withConc bool) []string {
 		p90     map[int]float64
 		largest int
 	}
-	var order []string
-	by := map[string]*reached{}
-	add := func(dp string) *reached {
+	var order []site
+	by := map[site]*reached{}
+	add := func(dp site) *reached {
 		if by[dp] == nil {
 			order = append(order, dp)
 			by[dp] = &reached{p90: map[int]float64{}}
@@ -312,12 +288,12 @@ func p90GrowthLines(sw scaleSweep, withConc bool) []string {
 		return by[dp]
 	}
 	for _, s := range sw.sums {
-		r := add(s.Datapath)
+		r := add(site{s.Datapath, s.Site})
 		r.p90[s.Services] = s.P90.Median
 		r.largest = max(r.largest, s.Services)
 	}
 	for _, l := range sw.limits {
-		add(l.Datapath)
+		add(site{l.Datapath, ""})
 	}
 	at := ""
 	if withConc {
@@ -325,10 +301,10 @@ func p90GrowthLines(sw scaleSweep, withConc bool) []string {
 	}
 	// The points of a sweep run one after the other, so a machine that
 	// drifts in between moves every datapath alike: the factor relative
-	// to direct's own (same points, same run) takes that out.
-	relative := func(dp string, x int, f float64) string {
-		d := by[DirectDatapath]
-		if name, _ := SplitSite(dp); name == DirectDatapath || d == nil || d.p90[lo] == 0 || d.p90[x] == 0 {
+	// to direct's own (same site, same points, same run) takes that out.
+	relative := func(dp site, x int, f float64) string {
+		d := by[site{DirectDatapath, dp.where}]
+		if dp.datapath == DirectDatapath || d == nil || d.p90[lo] == 0 || d.p90[x] == 0 {
 			return ""
 		}
 		return fmt.Sprintf(" (%s relative to direct's %s)", fmtFactor(f, d.p90[x]/d.p90[lo]), fmtFactor(d.p90[x], d.p90[lo]))
@@ -381,6 +357,24 @@ func fmtIfMeasured(st Stat, f func(float64) string) string {
 	}
 	return f(st.Median)
 }
+
+// datapathWidth is the width of the DATAPATH column of sums' rows.
+func datapathWidth(sums []Summary) int {
+	w := len("DATAPATH")
+	for _, s := range sums {
+		w = max(w, len([]rune(s.name())))
+	}
+	return w
+}
+
+// measured reports whether some summary has values for m.
+func measured(sums []Summary, m Metric) bool {
+	return slices.ContainsFunc(sums, func(s Summary) bool { return len(m.Stat(&s).Values) > 0 })
+}
+
+// name is how tables and charts name the summary's datapath: with its site
+// when it was measured elsewhere ("ipvs @ debian-6.12").
+func (s Summary) name() string { return SiteName(s.Datapath, s.Site) }
 
 // writeTrimmed writes a table that went through an AlignRight tabwriter
 // without the padding that puts before each line's first cell.

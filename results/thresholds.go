@@ -69,10 +69,20 @@ func DefaultThresholds() Thresholds {
 		Alpha:   0.05,
 		Gate:    GateRatio,
 		Pairing: PairRound,
-		Metrics: map[string]float64{
-			"qps": 0.10, "p50": 0.15, "p90": 0.15, "p99": 0.30, "cpu_per_conn": 0.10,
-		},
+		Metrics: defaultMetricThresholds(),
 	}
+}
+
+// defaultMetricThresholds are the metric table's thresholds of the metrics
+// compare tests.
+func defaultMetricThresholds() map[string]float64 {
+	out := map[string]float64{}
+	for _, m := range metricTable {
+		if m.Compared() {
+			out[m.Key] = m.Threshold
+		}
+	}
+	return out
 }
 
 // For returns the threshold of a metric for a datapath.
@@ -81,6 +91,18 @@ func (th Thresholds) For(datapath, metric string) float64 {
 		return v
 	}
 	return th.Metrics[metric]
+}
+
+// forSite is For for a datapath measured at a site: an override for the
+// legacy name "ipvs@debian-6.12" (which a thresholds file written before
+// Site existed may hold) wins over one for "ipvs".
+func (th Thresholds) forSite(s site, metric string) float64 {
+	if s.where != "" {
+		if v, ok := th.Datapaths[s.datapath+"@"+s.where][metric]; ok {
+			return v
+		}
+	}
+	return th.For(s.datapath, metric)
 }
 
 // ReadThresholds reads a thresholds file (YAML):

@@ -16,9 +16,6 @@ import (
 	"svclab/vm"
 )
 
-// baselineName is the datapath every ratio is taken against.
-const baselineName = "direct"
-
 // vmCandidates are the scenario's datapaths this kernel cannot run.
 func vmCandidates(sc *scenarios.Scenario) []string {
 	var out []string
@@ -36,17 +33,17 @@ func vmCandidates(sc *scenarios.Scenario) []string {
 
 // benchInVM measures the datapaths this kernel cannot run (IPVS here) under
 // a Debian kernel in QEMU, together with `direct` in that same kernel, and
-// adds them to the host run as "<datapath>@<kernel>". A VM's figures are
-// only comparable with the VM's own direct (software emulation is much
-// slower): Summarize takes each "x@k" ratio against "direct@k", and the
-// description says so.
+// adds them to the host run with their Site set to the kernel. A VM's
+// figures are only comparable with the VM's own direct (software emulation
+// is much slower): Summarize takes each ratio against direct at the same
+// site, and the description says so.
 func benchInVM(ctx context.Context, kernel string, sc *scenarios.Scenario, run *results.Run, dir string, stderr io.Writer) error {
 	names := vmCandidates(sc)
 	if len(names) == 0 {
 		return nil
 	}
 	vsc := *sc
-	vsc.Datapaths = append(slices.Clone(names), baselineName)
+	vsc.Datapaths = append(slices.Clone(names), results.DirectDatapath)
 	vsc.Name = sc.Name
 	b, err := json.Marshal(vsc)
 	if err != nil {
@@ -57,7 +54,7 @@ func benchInVM(ctx context.Context, kernel string, sc *scenarios.Scenario, run *
 		return err
 	}
 	out := filepath.Join(dir, "vm-"+kernel)
-	fmt.Fprintf(stderr, "\nmeasuring %v under %s in QEMU (this kernel lacks them), with %s for the ratio\n", names, kernel, baselineName)
+	fmt.Fprintf(stderr, "\nmeasuring %v under %s in QEMU (this kernel lacks them), with %s for the ratio\n", names, kernel, results.DirectDatapath)
 	absDir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -88,23 +85,25 @@ func benchInVM(ctx context.Context, kernel string, sc *scenarios.Scenario, run *
 	return nil
 }
 
-// mergeVMRun adds a guest run's trials to the host run, with datapath names
-// suffixed "@kernel" so that no figure of the guest is ever set beside a
-// host figure without saying where it was measured.
+// mergeVMRun adds a guest run's datapaths and trials to the host run with
+// their Site set to the kernel, so that no figure of the guest is ever set
+// beside a host figure without saying where it was measured.
 func mergeVMRun(run, guest *results.Run, kernel string) {
 	accel := guest.Env.Extra["svclab_vm_accel"]
-	where := fmt.Sprintf("measured under %s (%s) in QEMU/%s; compare only with %s@%s", kernel, guest.Env.Kernel, accel, baselineName, kernel)
+	where := fmt.Sprintf("measured under %s (%s) in QEMU/%s; compare only with %s", kernel, guest.Env.Kernel, accel, results.SiteName(results.DirectDatapath, kernel))
 	for _, d := range guest.Datapaths {
-		d.Name += "@" + kernel
+		d.Site = kernel
 		if d.Description != "" {
 			d.Description += "; "
 		}
 		d.Description += where
 		run.Datapaths = append(run.Datapaths, d)
 	}
+	// The guest's trials ran after the host's: their positions follow.
+	offset := len(run.Trials)
 	for _, t := range guest.Trials {
-		t.Datapath += "@" + kernel
-		t.Order += len(run.Trials)
+		t.Site = kernel
+		t.Order += offset
 		run.Trials = append(run.Trials, t)
 	}
 	run.Summary = results.Summarize(run.Trials)

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/results"
+)
+
+// mergeVMRun adds the guest's datapaths and trials at the kernel's site,
+// after the host's trials, and summarises each against direct of its own
+// site (the VM is far slower, so the host's direct would be the wrong
+// reference).
+func TestMergeVMRun(t *testing.T) {
+	tr := func(dp string, order int, qps float64) results.Trial {
+		return results.Trial{Datapath: dp, Concurrency: 8, Order: order,
+			Workload: results.Workload{QPS: qps, Latency: results.Latency{P90: 1e6 / qps}}}
+	}
+	run := &results.Run{
+		Datapaths: []results.DatapathInfo{{Name: "direct"}, {Name: "ipvs", Skipped: "no ip_vs"}},
+		Trials:    []results.Trial{tr("direct", 0, 10000)},
+	}
+	guest := &results.Run{
+		Env:       results.Env{Kernel: "6.12.9-amd64", Extra: map[string]string{"svclab_vm_accel": "tcg"}},
+		Datapaths: []results.DatapathInfo{{Name: "ipvs"}, {Name: "direct", Description: "no Service"}},
+		Trials:    []results.Trial{tr("ipvs", 0, 600), tr("direct", 1, 800)},
+	}
+	mergeVMRun(run, guest, "debian-6.12")
+
+	require.Len(t, run.Datapaths, 4)
+	assert.Equal(t, results.DatapathInfo{Name: "ipvs", Site: "debian-6.12",
+		Description: "measured under debian-6.12 (6.12.9-amd64) in QEMU/tcg; compare only with direct @ debian-6.12"}, run.Datapaths[2])
+	assert.Equal(t, "direct", run.Datapaths[3].Name)
+	assert.Equal(t, "debian-6.12", run.Datapaths[3].Site)
+
+	type placed struct {
+		datapath, site string
+		order          int
+	}
+	var got []placed
+	for _, t := range run.Trials {
+		got = append(got, placed{t.Datapath, t.Site, t.Order})
+	}
+	assert.Equal(t, []placed{{"direct", "", 0}, {"ipvs", "debian-6.12", 1}, {"direct", "debian-6.12", 2}}, got)
+
+	ratios := map[string]float64{}
+	for _, s := range run.Summary {
+		ratios[results.SiteName(s.Datapath, s.Site)] = s.QPSRatioToDirect
+	}
+	assert.InDeltaMapValues(t, map[string]float64{"direct": 1, "ipvs @ debian-6.12": 0.75, "direct @ debian-6.12": 1}, ratios, 1e-9)
+}
