@@ -3,6 +3,7 @@
 package scenarios
 
 import (
+	"cmp"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -191,9 +192,9 @@ func (s *Scenario) ApplyQuick() {
 	if q == nil {
 		q = &Quick{}
 	}
-	s.Workload.Repetitions = cmpOr(q.Repetitions, 1)
-	s.Workload.Warmup = min(s.Workload.Warmup, cmpOr(q.Warmup, quickWarmup))
-	s.Workload.Duration = min(s.Workload.Duration, cmpOr(q.Duration, quickDuration))
+	s.Workload.Repetitions = cmp.Or(q.Repetitions, 1)
+	s.Workload.Warmup = min(s.Workload.Warmup, cmp.Or(q.Warmup, quickWarmup))
+	s.Workload.Duration = min(s.Workload.Duration, cmp.Or(q.Duration, quickDuration))
 	if len(q.Datapaths) > 0 {
 		s.Datapaths = q.Datapaths
 	}
@@ -206,14 +207,6 @@ func (s *Scenario) ApplyQuick() {
 		}
 	}
 	s.Quick = nil
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Topology sizes the node and its pods.

@@ -41,7 +41,7 @@ type Config struct {
 	TTY       bool
 }
 
-// cellOutcome errors end a cell early with a status other than error.
+// skipError ends a cell early with the status skip and its reason.
 type skipError struct{ reason string }
 
 func (e *skipError) Error() string { return e.reason }
