@@ -507,7 +507,7 @@ func BuildInitramfs(ctx context.Context, spec ImageSpec, w io.Writer) (*ImageInf
 	if err := zw.Close(); err != nil {
 		return nil, err
 	}
-	info.Files = len(b.cw.seen)
+	info.Files = b.cw.Files()
 	info.Uncompressed, info.Compressed = raw.n, cw.n
 	return info, nil
 }

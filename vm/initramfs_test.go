@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,21 +16,21 @@ import (
 )
 
 // readImage unpacks a gzip'd newc image into name -> entry.
-func readImage(t *testing.T, b []byte) map[string]CPIOEntry {
+func readImage(t *testing.T, b []byte) map[string]cpioEntry {
 	t.Helper()
 	zr, err := gzip.NewReader(bytes.NewReader(b))
 	require.NoError(t, err)
-	entries, err := ReadCPIO(zr)
+	raw, err := io.ReadAll(zr)
 	require.NoError(t, err)
-	m := map[string]CPIOEntry{}
-	for _, e := range entries {
+	m := map[string]cpioEntry{}
+	for _, e := range readCPIO(t, raw) {
 		m[e.Name] = e
 	}
 	return m
 }
 
 // lookup follows the image's symlinks like the guest kernel would.
-func lookup(t *testing.T, img map[string]CPIOEntry, p string) (CPIOEntry, bool) {
+func lookup(t *testing.T, img map[string]cpioEntry, p string) (cpioEntry, bool) {
 	t.Helper()
 	for range 40 {
 		parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
@@ -38,7 +39,7 @@ func lookup(t *testing.T, img map[string]CPIOEntry, p string) (CPIOEntry, bool) 
 			prefix := strings.Join(parts[:i+1], "/")
 			e, ok := img[prefix]
 			if !ok {
-				return CPIOEntry{}, false
+				return cpioEntry{}, false
 			}
 			if e.Mode&modeType == modeSymlink {
 				target := string(e.Data)
@@ -54,10 +55,10 @@ func lookup(t *testing.T, img map[string]CPIOEntry, p string) (CPIOEntry, bool) 
 			}
 		}
 		if !moved {
-			return CPIOEntry{}, false
+			return cpioEntry{}, false
 		}
 	}
-	return CPIOEntry{}, false
+	return cpioEntry{}, false
 }
 
 // The image holds init, busybox with its applets, the given files, host
