@@ -148,6 +148,54 @@ func TestBuildInitramfs(t *testing.T) {
 	assert.Equal(t, "alias b-alias b\n", string(e.Data))
 }
 
+// The same inputs give the same bytes: entry order, inode numbers, owners
+// and mtimes never depend on the build, so an image can be compared or
+// cached by its digest.
+func TestBuildInitramfsIsDeterministic(t *testing.T) {
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox (package busybox-static) not found")
+	}
+	if static, _ := IsStaticELF(busybox); !static {
+		t.Skip("busybox is not the static one (package busybox-static)")
+	}
+	dir := t.TempDir()
+	files := map[string]string{}
+	for _, n := range []string{"a", "b", "c", "d"} {
+		p := filepath.Join(dir, n)
+		require.NoError(t, os.WriteFile(p, []byte("file "+n), 0o755))
+		files["/opt/svclab/"+n] = p
+	}
+	mods := filepath.Join(dir, "modules", "6.1.0-99-amd64")
+	require.NoError(t, os.MkdirAll(filepath.Join(mods, "kernel/net"), 0o755))
+	var dep strings.Builder
+	for _, n := range []string{"m1", "m2", "m3", "m4", "m5", "m6"} {
+		require.NoError(t, os.WriteFile(filepath.Join(mods, "kernel/net", n+".ko"), []byte("module "+n), 0o644))
+		dep.WriteString("kernel/net/" + n + ".ko:\n")
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(mods, "modules.dep"), []byte(dep.String()), 0o644))
+	ix, err := LoadModuleIndex(mods)
+	require.NoError(t, err)
+	plan, err := PlanModules(ix, []string{"kernel/net/"}, []string{"m3", "m1"})
+	require.NoError(t, err)
+	ls, err := exec.LookPath("ls")
+	require.NoError(t, err)
+
+	build := func() []byte {
+		var out bytes.Buffer
+		_, err := BuildInitramfs(context.Background(), ImageSpec{
+			Release: "6.1.0-99-amd64", Modules: plan, Busybox: busybox, Files: files,
+			Tools: []string{ls}, Init: []byte("#!/opt/busybox/sh\n"),
+		}, &out)
+		require.NoError(t, err)
+		return out.Bytes()
+	}
+	first := build()
+	for range 3 {
+		assert.Equal(t, first, build())
+	}
+}
+
 func TestBuildInitramfsNeedsStaticBusybox(t *testing.T) {
 	_, err := BuildInitramfs(context.Background(), ImageSpec{Busybox: "/bin/true", Init: []byte("x")}, &bytes.Buffer{})
 	assert.ErrorContains(t, err, "must be a static binary (package busybox-static)")
