@@ -75,7 +75,7 @@ func TestCPIOWriterRefusesConflicts(t *testing.T) {
 }
 
 // GNU cpio, where installed, reads what we write: the format is the real
-// newc, not just something our own reader accepts.
+// newc, not just something u-root's reader accepts.
 func TestCPIOReadableByGNUCpio(t *testing.T) {
 	if _, err := exec.LookPath("cpio"); err != nil {
 		t.Skip("cpio (package cpio) not found")

@@ -12,6 +12,13 @@
 // them. The console streams to stderr; the guest command's stdout comes back
 // on a second serial line; /init reports the exit status with a per-run token
 // and powers off.
+//
+// The API is a Config and Run: a Go caller (the bench's VM phase) fills the
+// Config, Validate gives zero fields their defaults, and Run boots the guest
+// and returns its exit status. ParseArgs is only `svclab vm`'s reading of
+// its flags into a Config. Debian's versions and control files are read with
+// pault.ag/go/debian, and the initramfs's newc records are written with
+// u-root's pkg/cpio. README.md describes the guest and lists the files.
 package vm
 
 import (
