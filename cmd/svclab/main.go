@@ -238,22 +238,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
 		tty = term.IsTerminal(int(fd.Fd()))
 	}
-	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty})
+	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty, VMKernel: f.vmKernel})
 	if err != nil {
 		return err
-	}
-	if f.vmKernel != "" {
-		// The host's figures are written already; a VM that cannot boot
-		// (no network for the kernel package, say) costs the VM's rows,
-		// not the run.
-		if err := benchInVM(ctx, f.vmKernel, sc, run, dir, stderr); err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
-			fmt.Fprintf(stderr, "\nwarning: the %s VM phase failed, its datapaths are missing from the results: %v\n", f.vmKernel, err)
-		} else if err := bench.WriteRun(dir, run); err != nil {
-			return err
-		}
 	}
 	fmt.Fprintln(stdout)
 	if err := results.WriteTable(stdout, run); err != nil {
