@@ -280,6 +280,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		Duration:    time.Duration(wl.Duration),
 		Rate:        ts.Rate,
 		Seed:        ts.Seed,
+		CPUCgroup:   topo.CgroupDir(),
 	})
 	if err != nil {
 		return nil, nil, err
@@ -382,7 +383,7 @@ func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) 
 	wl := plan.Scenario.Workload
 	wk, err := loadgen.RunClientProcess(ctx, w.Topology.Node, w.Topology.ClientCgroup.Path, loadgen.ClientSpec{Targets: []netip.AddrPort{target}, Concurrency: conc,
 		Protocol: string(plan.Port.Protocol), UDPMode: wl.UDPMode,
-		Warmup: time.Duration(wl.Warmup), Duration: time.Duration(wl.Duration)})
+		Warmup: time.Duration(wl.Warmup), Duration: time.Duration(wl.Duration), CPUCgroup: w.Topology.CgroupDir()})
 	if err != nil {
 		return nil, err
 	}

@@ -75,6 +75,10 @@ type ClientSpec struct {
 	// DefaultMaxInFlight); an arrival that finds them all busy is not
 	// started and counts as an "overload" error.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
+	// CPUCgroup is a cgroup v2 directory (the run's: client and backend
+	// pods) whose CPU time is read at the start and end of the window;
+	// empty leaves Workload.CPU's run figures out.
+	CPUCgroup string `json:"cpu_cgroup,omitempty"`
 }
 
 // Open-loop arrival processes (ClientSpec.Arrivals).
@@ -213,6 +217,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	time.Sleep(spec.Warmup)
 	synBefore := synRetrans()
 	cpuBefore, cpuErr := readCPUTimes()
+	runBefore, runErr := runCPU(spec.CPUCgroup)
 	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
 	if spec.Connections > 0 {
@@ -226,6 +231,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	rs.phase.Store(phaseStop)
 	window := time.Since(t0)
 	cpuAfter, cpuErr2 := readCPUTimes()
+	runAfter, runErr2 := runCPU(spec.CPUCgroup)
 	synAfter := synRetrans()
 	wg.Wait()
 
@@ -243,6 +249,9 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	w.Latency = w.Histogram.Latency()
 	if cpuErr == nil && cpuErr2 == nil {
 		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
+		if spec.CPUCgroup != "" && runErr == nil && runErr2 == nil {
+			w.CPU.AddRun(runAfter-runBefore, w.Connections)
+		}
 	}
 	return w, nil
 }
@@ -330,8 +339,10 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 	time.Sleep(time.Duration(from - nanotime()))
 	synBefore := synRetrans()
 	cpuBefore, cpuErr := readCPUTimes()
+	runBefore, runErr := runCPU(spec.CPUCgroup)
 	time.Sleep(time.Duration(to - nanotime()))
 	cpuAfter, cpuErr2 := readCPUTimes()
+	runAfter, runErr2 := runCPU(spec.CPUCgroup)
 	synAfter := synRetrans()
 	wg.Wait()
 
@@ -363,6 +374,9 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 	w.Latency = w.Histogram.Latency()
 	if cpuErr == nil && cpuErr2 == nil {
 		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
+		if spec.CPUCgroup != "" && runErr == nil && runErr2 == nil {
+			w.CPU.AddRun(runAfter-runBefore, w.Connections)
+		}
 	}
 	return w, nil
 }

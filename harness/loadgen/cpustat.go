@@ -6,9 +6,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"svclab/internal/cgroup2"
 	"svclab/results"
 )
 
@@ -76,4 +78,13 @@ func onlineCPUs() int {
 		return set.Count()
 	}
 	return 1
+}
+
+// runCPU is the CPU time charged so far to the cgroup directory dir (0 when
+// dir is empty).
+func runCPU(dir string) (time.Duration, error) {
+	if dir == "" {
+		return 0, nil
+	}
+	return cgroup2.CPUUsage(dir)
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -467,6 +468,10 @@ func (t *Topology) addPod(_ context.Context, nh *netlink.Handle, name string, ad
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// CgroupDir is the cgroup v2 directory of the whole topology: the client
+// and server cgroups are its children, so its CPU time is the pods'.
+func (t *Topology) CgroupDir() string { return filepath.Dir(t.ClientCgroup.Path) }
 
 // Env is what a datapath is set up in.
 func (t *Topology) Env() *datapath.Env {
