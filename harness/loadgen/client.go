@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"svclab/harness/internal/rawsys"
 	"svclab/internal/child"
 	"svclab/internal/nsutil"
 	"svclab/results"
@@ -307,7 +308,7 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 	}
 	nloops := len(loops)
 	// The schedule starts a little ahead, once the loops' threads run.
-	origin := nanotime() + int64(10*time.Millisecond)
+	origin := rawsys.Nanotime() + int64(10*time.Millisecond)
 	from := origin + int64(spec.Warmup)
 	to := from + int64(spec.Duration)
 	for i, l := range loops {
@@ -322,9 +323,9 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 			l.runOpen()
 		}()
 	}
-	time.Sleep(time.Duration(from - nanotime()))
+	time.Sleep(time.Duration(from - rawsys.Nanotime()))
 	m := startMeter(spec.CPUCgroup)
-	time.Sleep(time.Duration(to - nanotime()))
+	time.Sleep(time.Duration(to - rawsys.Nanotime()))
 	m.stop()
 	wg.Wait()
 
