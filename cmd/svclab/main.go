@@ -1,9 +1,19 @@
 // Command svclab measures what a Kubernetes Service datapath costs and
 // whether it behaves like a Service should.
 //
-//	svclab bench [flags]      run a scenario against datapaths, write results and charts
-//	svclab datapaths          list datapaths and whether this machine can run them
-//	svclab cleanup            remove what killed svclab runs left behind
+//	svclab bench [flags]          run a scenario against datapaths, write results and charts
+//	svclab conform [flags]        check Service behaviours against datapaths
+//	svclab compare OLD NEW        compare two runs; exit 1 on a significant regression
+//	svclab datapaths              list datapaths and whether this machine can run them
+//	svclab up [flags]             bring a lab up and keep it until Ctrl-C or svclab down
+//	svclab exec POD -- CMD        run CMD in a lab pod's network namespace and cgroup
+//	svclab status                 list the labs that are up
+//	svclab down [ID]              stop a lab and remove everything it made
+//	svclab cleanup                remove what killed svclab runs left behind
+//	svclab vm [flags] -- COMMAND  run a svclab command under another kernel in QEMU
+//
+// The work is in harness/ (see harness/README.md); this package parses
+// flags and prints.
 package main
 
 import (

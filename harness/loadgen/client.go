@@ -1,3 +1,8 @@
+// Package loadgen is the traffic of a trial: the load generator (closed loop
+// of C workers, or open loop at a rate; short TCP connections or UDP
+// exchanges, HDR latency histograms) and the event-driven backend server
+// whose every reply names its pod. Both run as child processes in pods
+// (RoleClient, RoleServe); what a window costs in CPU is read here too.
 package loadgen
 
 import (
