@@ -682,3 +682,8 @@ func (c *Conformance) validateExpect(e Expect, marks map[string]bool, self strin
 	}
 	return nil
 }
+
+// BuiltinConformance returns the text of a built-in conformance scenario.
+func BuiltinConformance(name string) ([]byte, error) {
+	return conformanceFS.ReadFile("conformance/" + name + ".yaml")
+}

@@ -484,3 +484,6 @@ func (s *Scenario) validateRanges(bad func(error, string, string, ...any), badEr
 		bad(ErrRange, "topology.serviceCIDR", "%s has no host address for a ClusterIP", svcs)
 	}
 }
+
+// Builtin returns the text of a built-in scenario.
+func Builtin(name string) ([]byte, error) { return builtin.ReadFile(name + ".yaml") }
