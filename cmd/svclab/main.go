@@ -29,6 +29,7 @@ import (
 	"svclab/internal/child"
 	"svclab/results"
 	"svclab/scenarios"
+	"svclab/vm"
 )
 
 const usage = `svclab: what does a Kubernetes Service datapath cost, and does it behave like a Service?
@@ -192,6 +193,15 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	}
 	if err := sc.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("invalid settings (flags override the scenario's fields):\n%w", err)
+	}
+	if set["vm-kernel"] {
+		// Checked now, not after the host bench has run for minutes.
+		if _, ok := vm.LookupSeries(f.vmKernel); !ok {
+			return nil, nil, fmt.Errorf("--vm-kernel: %q is not a kernel svclab can boot (known: %s)", f.vmKernel, strings.Join(vm.SeriesNames(), ", "))
+		}
+		if len(vmCandidates(sc)) == 0 {
+			fmt.Fprintf(stderr, "note: --vm-kernel %s is not used: this kernel runs every requested datapath (%s)\n", f.vmKernel, strings.Join(sc.Datapaths, ", "))
+		}
 	}
 	return &f, sc, nil
 }
