@@ -39,6 +39,7 @@ import (
 	"svclab/internal/child"
 	"svclab/results"
 	"svclab/scenarios"
+	"svclab/vm"
 )
 
 const usage = `svclab: what does a Kubernetes Service datapath cost, and does it behave like a Service?
@@ -203,7 +204,22 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	if err := sc.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("invalid settings (flags override the scenario's fields):\n%w", err)
 	}
+	if set["vm-kernel"] {
+		// Checked now, not after the host bench has run for minutes.
+		if _, ok := vm.LookupSeries(f.vmKernel); !ok {
+			return nil, nil, fmt.Errorf("--vm-kernel: %q is not a kernel svclab can boot (known: %s)", f.vmKernel, strings.Join(vm.SeriesNames(), ", "))
+		}
+	}
 	return &f, sc, nil
+}
+
+// vmKernelNote says that --vm-kernel has nothing to do when the plan
+// skipped no datapath (this kernel runs every one asked for).
+func vmKernelNote(kernel string, plan *bench.Plan) string {
+	if kernel == "" || len(plan.Skipped) > 0 {
+		return ""
+	}
+	return fmt.Sprintf("note: --vm-kernel %s is not used: this kernel runs every requested datapath (%s)", kernel, strings.Join(plan.Scenario.Datapaths, ", "))
 }
 
 // intList parses the comma-separated integers of flag name.
@@ -238,6 +254,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	plan, err := bench.NewPlan(sc)
 	if err != nil {
 		return err
+	}
+	if note := vmKernelNote(f.vmKernel, plan); note != "" {
+		fmt.Fprintln(stderr, note)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
