@@ -110,6 +110,9 @@ type Trial struct {
 	Repetition  int    `json:"repetition"`
 	// Order is the trial's position in the run (0-based), to see order effects.
 	Order int `json:"order"`
+	// Slot is the trial's position in its round (its repetition, scale
+	// point and concurrency level; 0 ran first), to see position effects.
+	Slot int `json:"slot,omitempty"`
 	// Services and Endpoints size the programmed state: how many services
 	// were applied and how many endpoints each had (scale sweeps vary
 	// them; the client always talks to the last service programmed).

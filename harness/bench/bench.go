@@ -285,7 +285,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if err != nil {
 		return nil, nil, err
 	}
-	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
+	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition, Slot: ts.Slot,
 		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
 		DatapathState: state, Workload: *wk}
 	if ts.Rate > 0 {
