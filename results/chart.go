@@ -338,6 +338,9 @@ func subtitle(run *Run) string {
 // reasons, and the load generator's own ceiling that bounds every bar.
 func caption(run *Run, spec chartSpec) string {
 	parts := skippedNotes(run)
+	if n := len(invalidNotes(run)); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d invalid trial(s) left out of the bars (see the table's notes).", n))
+	}
 	if g := run.Generator; g != nil {
 		if spec.file == "qps.png" {
 			parts = append(parts, fmt.Sprintf("Load generator alone (no datapath): %s connections/s at concurrency %d.",

@@ -103,7 +103,16 @@ type Comparison struct {
 	// Notes explain the table: fallbacks, unclean measurements, different
 	// machines.
 	Notes []string
+	// Invalid names the invalid trials of either run ("NEW: iptables
+	// conc=8 repetition 2: no completed connection"): their figures are
+	// left out, and a comparison with any fails as an invalid run, never
+	// passes as "better".
+	Invalid []string
 }
+
+// Failed reports whether the comparison fails the gate: a regression, or
+// an invalid trial in either run.
+func (c *Comparison) Failed() bool { return len(c.Regressions()) > 0 || len(c.Invalid) > 0 }
 
 // Regressions are the rows that fail the gate.
 func (c *Comparison) Regressions() []CompareRow {
@@ -124,6 +133,8 @@ type side struct {
 	// direct has direct's trial per site, point and repetition (keyed
 	// by groupKey.direct()).
 	direct map[groupKey]map[int]Trial
+	// invalid names the run's invalid trials.
+	invalid []string
 }
 
 func newSide(run *Run) side {
@@ -131,6 +142,11 @@ func newSide(run *Run) side {
 	dpOrder := map[site]int{}
 	for _, t := range run.Trials {
 		k := keyOf(t)
+		if !t.Valid() {
+			// Named by Compare as an invalid run; never a figure.
+			s.invalid = append(s.invalid, fmt.Sprintf("%s %s repetition %d: %s", SiteName(t.Datapath, t.Site), pointLabel(k.point), t.Repetition+1, t.Invalid))
+			continue
+		}
 		if _, ok := dpOrder[k.site]; !ok {
 			dpOrder[k.site] = len(dpOrder)
 		}
@@ -208,6 +224,12 @@ func (s side) ratios(k groupKey, m Metric, pairing Pairing) (out []float64, ok b
 func Compare(old, new *Run, th Thresholds) *Comparison {
 	c := &Comparison{OldID: old.ID, NewID: new.ID, Thresholds: th}
 	o, n := newSide(old), newSide(new)
+	for _, x := range o.invalid {
+		c.Invalid = append(c.Invalid, "OLD: "+x)
+	}
+	for _, x := range n.invalid {
+		c.Invalid = append(c.Invalid, "NEW: "+x)
+	}
 
 	// Rows in NEW's order, then what only OLD has.
 	var keys []groupKey
@@ -495,9 +517,15 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 		buf.WriteString(wrap("note: "+n, "      ", 100))
 	}
 	regs := c.Regressions()
-	if len(regs) == 0 {
+	if len(c.Invalid) > 0 {
+		fmt.Fprintf(&buf, "FAIL: invalid run: %d invalid trial(s), left out of every row above:\n", len(c.Invalid))
+		for _, x := range c.Invalid {
+			fmt.Fprintf(&buf, "  %s\n", x)
+		}
+	}
+	if len(regs) == 0 && len(c.Invalid) == 0 {
 		buf.WriteString("PASS: no gated figure regressed beyond its threshold with significance\n")
-	} else {
+	} else if len(regs) > 0 {
 		fmt.Fprintf(&buf, "FAIL: %d regression(s):\n", len(regs))
 		for _, r := range regs {
 			fmt.Fprintf(&buf, "  %s: %s → %s (%s, p=%.3g, threshold %.0f%%)\n", r.Name(),

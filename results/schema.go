@@ -110,6 +110,11 @@ type Trial struct {
 	Repetition  int    `json:"repetition"`
 	// Order is the trial's position in the run (0-based), to see order effects.
 	Order int `json:"order"`
+	// Invalid, when set, says why the trial's figures cannot stand for
+	// the datapath (no completed connection, errors above the scenario's
+	// tolerance): it is kept in results.json, named in the table and the
+	// charts, and left out of every median and comparison.
+	Invalid string `json:"invalid,omitempty"`
 	// Slot is the trial's position in its round (its repetition, scale
 	// point and concurrency level; 0 ran first), to see position effects.
 	Slot int `json:"slot,omitempty"`
@@ -137,6 +142,9 @@ type Trial struct {
 	OfferedRate  float64 `json:"offered_rate,omitempty"`
 	LoadFraction float64 `json:"load_fraction,omitempty"`
 }
+
+// Valid reports whether the trial's figures count (Invalid is empty).
+func (t Trial) Valid() bool { return t.Invalid == "" }
 
 // ModelOpen is Trial.Model of an open-loop trial.
 const ModelOpen = "open"
@@ -248,7 +256,10 @@ type Summary struct {
 	Site        string `json:"site,omitempty"`
 	Concurrency int    `json:"concurrency"`
 	Repetitions int    `json:"repetitions"`
-	QPS         Stat   `json:"qps"`
+	// Invalid counts the trials left out as invalid (Trial.Invalid);
+	// Repetitions counts the valid ones the figures come from.
+	Invalid int  `json:"invalid,omitempty"`
+	QPS     Stat `json:"qps"`
 	P50         Stat   `json:"p50_us"`
 	P90         Stat   `json:"p90_us"`
 	P99         Stat   `json:"p99_us"`

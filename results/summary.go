@@ -75,13 +75,17 @@ func Summarize(trials []Trial) []Summary {
 		// Stable, so trials sharing a repetition number (a retried trial)
 		// keep the order they were run in.
 		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
+		// Invalid trials are counted and their errors summed, but
+		// none of their figures reaches a median.
+		valid := slices.DeleteFunc(slices.Clone(ts), func(t Trial) bool { return !t.Valid() })
 		s := Summary{
 			Datapath:     k.datapath,
 			Site:         k.where,
 			Concurrency:  k.concurrency,
 			Services:     k.services,
 			Endpoints:    k.endpoints,
-			Repetitions:  len(ts),
+			Repetitions:  len(valid),
+			Invalid:      len(ts) - len(valid),
 			Model:        k.model,
 			LoadFraction: k.fraction,
 		}
@@ -104,7 +108,7 @@ func Summarize(trials []Trial) []Summary {
 				continue
 			}
 			var vs []float64
-			for _, t := range ts {
+			for _, t := range valid {
 				if v, ok := m.Trial(t); ok {
 					vs = append(vs, v)
 				}

@@ -70,8 +70,13 @@ func WriteTable(w io.Writer, run *Run) error {
 		}
 		spread := fmtSpread(s.QPS)
 		rangeOnly = rangeOnly || strings.HasPrefix(spread, "(")
-		row += fmt.Sprintf("%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
-			s.Concurrency, s.Repetitions, fmtQPS(s.QPS.Median), spread,
+		reps := strconv.Itoa(s.Repetitions)
+		if s.Invalid > 0 {
+			// Valid of all: the invalid ones are named in the notes.
+			reps = fmt.Sprintf("%d of %d", s.Repetitions, s.Repetitions+s.Invalid)
+		}
+		row += fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
+			s.Concurrency, reps, fmtQPS(s.QPS.Median), spread,
 			fmtRatio(s.QPSRatioToDirect),
 			fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median),
 			fmtRatio(s.P90RatioToDirect))
@@ -115,6 +120,7 @@ func WriteTable(w io.Writer, run *Run) error {
 			notes = append(notes, fmt.Sprintf("no trials for %s", SiteName(d.Name, d.Site)))
 		}
 	}
+	notes = append(notes, invalidNotes(run)...)
 	if !sweep {
 		// writeScale lists them in a sweep.
 		notes = append(notes, limitLines(run.ScaleLimits)...)
@@ -453,4 +459,16 @@ func fmtRatio(v float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2f", v)
+}
+
+// invalidNotes name the run's invalid trials: left out of every median.
+func invalidNotes(run *Run) []string {
+	var out []string
+	for _, t := range run.Trials {
+		if !t.Valid() {
+			out = append(out, fmt.Sprintf("invalid, left out of the figures: %s %s repetition %d: %s",
+				SiteName(t.Datapath, t.Site), pointLabel(keyOf(t).point), t.Repetition+1, t.Invalid))
+		}
+	}
+	return out
 }

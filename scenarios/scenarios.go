@@ -244,6 +244,21 @@ type Workload struct {
 	// LoadFractions are the open loop's offered loads as fractions of that
 	// capacity, e.g. [0.5, 0.8]; only with model open.
 	LoadFractions []float64 `json:"loadFractions,omitempty"`
+	// MaxErrorFraction is the share of a trial's connections that may
+	// fail (overload excepted) before the trial is invalid: its figures
+	// are then left out of the medians and named instead. Zero means
+	// DefaultMaxErrorFraction.
+	MaxErrorFraction float64 `json:"maxErrorFraction,omitempty"`
+}
+
+// DefaultMaxErrorFraction is Workload.MaxErrorFraction when not set: 1 %
+// of connections failing says more about the trial than about the
+// datapath's cost.
+const DefaultMaxErrorFraction = 0.01
+
+// ErrorTolerance is the workload's MaxErrorFraction, or its default.
+func (w *Workload) ErrorTolerance() float64 {
+	return cmp.Or(w.MaxErrorFraction, DefaultMaxErrorFraction)
 }
 
 // Load models (Workload.Model).
@@ -367,6 +382,9 @@ func (s *Scenario) Validate() error {
 	}
 	if s.Workload.Repetitions < 1 || s.Workload.Repetitions > 100 {
 		bad(ErrInvalid, "workload.repetitions", "%d is out of range [1, 100]", s.Workload.Repetitions)
+	}
+	if f := s.Workload.MaxErrorFraction; !(f >= 0 && f <= 1) {
+		bad(ErrInvalid, "workload.maxErrorFraction", "%v is out of range [0, 1]", f)
 	}
 	switch s.Workload.Model {
 	case "", ModelClosed:

@@ -85,7 +85,7 @@ func cmdCompare(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "svclab compare: %v\n", err)
 		return compareBadInput
 	}
-	if len(c.Regressions()) > 0 {
+	if c.Failed() {
 		return compareRegression
 	}
 	return compareOK

@@ -208,6 +208,12 @@ func TestPrivilegedInterruptedBenchLeavesNothing(t *testing.T) {
 			m := regexp.MustCompile(`kernel objects are named (svclab-[0-9a-f]{8})-`).FindStringSubmatch(stderr.String())
 			require.NotNil(t, m, "the run names its object prefix: %s", stderr.String())
 			prefix := m[1]
+			// The progress line comes before the trial's topology:
+			// signal once the run has objects of its own.
+			for len(svclabObjects(t, prefix)) == 0 {
+				require.True(t, time.Now().Before(deadline), "the run made no objects: %s", stderr.String())
+				time.Sleep(10 * time.Millisecond)
+			}
 			require.NoError(t, cmd.Process.Signal(sig))
 			err := cmd.Wait()
 			require.Error(t, err, "the run was interrupted and must say so in its exit status")

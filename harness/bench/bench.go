@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"svclab/datapath"
@@ -161,7 +162,27 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	if err := WriteRun(dir, run); err != nil {
 		return nil, "", err
 	}
+	if bad := withoutValidTrial(run); len(bad) > 0 {
+		return run, dir, fmt.Errorf("%w: %s (see the table's notes)", ErrNoValidTrial, strings.Join(bad, ", "))
+	}
 	return run, dir, nil
+}
+
+// ErrNoValidTrial is returned, with the run written, when a measured
+// datapath has no valid trial at some point of the run: its row has no
+// figure a reader could use.
+var ErrNoValidTrial = errors.New("no valid trial")
+
+// withoutValidTrial names the datapaths (and points) whose trials were all
+// invalid.
+func withoutValidTrial(run *results.Run) []string {
+	var out []string
+	for _, s := range run.Summary {
+		if s.Repetitions == 0 && s.Invalid > 0 {
+			out = append(out, fmt.Sprintf("%s at concurrency %d", results.SiteName(s.Datapath, s.Site), s.Concurrency))
+		}
+	}
+	return out
 }
 
 // WriteRun writes a run's results.json, its charts (with the scale
@@ -291,6 +312,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if ts.Rate > 0 {
 		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
 	}
+	tr.Invalid = invalidReason(wk, wl.ErrorTolerance())
 	if sc := plan.Scenario.Scale; sc != nil && sc.MeasureChange && len(st.Services[0].Endpoints) > 1 {
 		// One endpoint of the first service goes away: the incremental
 		// cost of a sync at this scale (kube-proxy's common case).
@@ -388,4 +410,20 @@ func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) 
 		return nil, err
 	}
 	return &results.Trial{Datapath: "generator-loopback", Concurrency: conc, Workload: *wk}, nil
+}
+
+// invalidReason says why a trial's figures cannot stand for its datapath,
+// or "" when they can: no completed connection (every percentile would be
+// 0, which reads as "fast"), or more failed connections than the scenario
+// tolerates. Overload (the open loop's own in-flight cap) is not the
+// datapath's failure and does not count.
+func invalidReason(w *results.Workload, tolerance float64) string {
+	if w.Connections == 0 {
+		return fmt.Sprintf("no completed connection (%d failed)", loadgen.SumErrors(w.Errors))
+	}
+	failed := loadgen.SumErrors(w.Errors) - w.Errors[loadgen.ErrOverload]
+	if f := float64(failed) / float64(failed+w.Connections); f > tolerance {
+		return fmt.Sprintf("%d of %d connections failed (%.1f%%, tolerance %.1f%%)", failed, failed+w.Connections, 100*f, 100*tolerance)
+	}
+	return ""
 }

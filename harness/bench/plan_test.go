@@ -136,3 +136,27 @@ func schedulePlan(ndp, nlev, npts, reps int) *Plan {
 	}
 	return p
 }
+
+// A trial is invalid when it completed nothing or failed more connections
+// than the scenario tolerates; the open loop's own overload does not count.
+func TestInvalidReason(t *testing.T) {
+	tests := []struct {
+		name   string
+		conns  int64
+		errors map[string]int64
+		want   string
+	}{
+		{"clean", 1000, nil, ""},
+		{"within tolerance", 1000, map[string]int64{"ECONNRESET": 10}, ""},
+		{"above tolerance", 1000, map[string]int64{"ECONNRESET": 11}, "11 of 1011 connections failed (1.1%, tolerance 1.0%)"},
+		{"overload is the generator's", 1000, map[string]int64{"overload": 500}, ""},
+		{"nothing completed", 0, map[string]int64{"timeout": 7}, "no completed connection (7 failed)"},
+		{"nothing at all", 0, nil, "no completed connection (0 failed)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &results.Workload{Connections: tt.conns, Errors: tt.errors}
+			assert.Equal(t, tt.want, invalidReason(w, 0.01))
+		})
+	}
+}

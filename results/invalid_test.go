@@ -1,0 +1,94 @@
+package results
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// invalidRun has a datapath whose second repetition completed nothing and
+// a second datapath whose every trial is invalid.
+func invalidRun(id string) *Run {
+	var trials []Trial
+	for rep := range 3 {
+		trials = append(trials, trial(DirectDatapath, 8, rep, 10000, 100, 200, 400, 0, 0))
+		t := trial("iptables", 8, rep, 8000, 120, 240, 480, 0, 0)
+		if rep == 1 {
+			t.Workload = Workload{Errors: map[string]int64{"ETIMEDOUT": 40}}
+			t.Invalid = "no completed connection (40 failed)"
+		}
+		trials = append(trials, t)
+		stuck := trial("stuck", 8, rep, 0, 0, 0, 0, 0, 0)
+		stuck.Invalid = "no completed connection (0 failed)"
+		trials = append(trials, stuck)
+	}
+	return &Run{SchemaVersion: SchemaVersion, ID: id, Trials: trials, Summary: Summarize(trials)}
+}
+
+// An invalid trial is counted but none of its figures reaches a median: a
+// failed repetition's zeros would otherwise pull latency down ("better").
+func TestSummarizeLeavesInvalidTrialsOut(t *testing.T) {
+	run := invalidRun("a")
+	byDP := map[string]Summary{}
+	for _, s := range run.Summary {
+		byDP[s.Datapath] = s
+	}
+	ipt := byDP["iptables"]
+	assert.Equal(t, 2, ipt.Repetitions)
+	assert.Equal(t, 1, ipt.Invalid)
+	assert.Equal(t, []float64{8000, 8000}, ipt.QPS.Values)
+	assert.Equal(t, 240.0, ipt.P90.Median, "the failed repetition's p90 of 0 is not in the median")
+	assert.Equal(t, int64(40), ipt.Errors, "its errors still count")
+	assert.InDelta(t, 0.8, ipt.QPSRatioToDirect, 1e-9)
+
+	stuck := byDP["stuck"]
+	assert.Equal(t, 0, stuck.Repetitions)
+	assert.Equal(t, 3, stuck.Invalid)
+	assert.Empty(t, stuck.QPS.Values)
+	assert.Zero(t, stuck.QPSRatioToDirect)
+}
+
+// The table says how many repetitions count and names every invalid trial;
+// the charts' caption says some were left out.
+func TestTableNamesInvalidTrials(t *testing.T) {
+	run := invalidRun("a")
+	var b bytes.Buffer
+	require.NoError(t, WriteTable(&b, run))
+	out := b.String()
+	assert.Contains(t, out, "2 of 3")
+	assert.Contains(t, out, "0 of 3")
+	assert.Contains(t, out, "invalid, left out of the figures: iptables conc=8 repetition 2: no completed connection (40 failed)")
+	assert.Contains(t, caption(run, chartSpec{file: "qps.png"}), "4 invalid trial(s) left out")
+}
+
+// Comparing a run that has an invalid trial fails as an invalid run, never
+// as better or the same; two valid runs do not.
+func TestCompareFailsOnInvalidRun(t *testing.T) {
+	bad := invalidRun("new")
+	good := invalidRun("old")
+	good.Trials = slicesDeleteInvalid(good.Trials)
+	good.Summary = Summarize(good.Trials)
+
+	c := Compare(good, bad, DefaultThresholds())
+	assert.True(t, c.Failed())
+	assert.Len(t, c.Invalid, 4)
+	assert.Contains(t, c.Invalid, "NEW: iptables conc=8 repetition 2: no completed connection (40 failed)")
+	var b bytes.Buffer
+	require.NoError(t, c.WriteTable(&b))
+	assert.Contains(t, b.String(), "FAIL: invalid run: 4 invalid trial(s)")
+	assert.NotContains(t, b.String(), "PASS")
+
+	assert.False(t, Compare(good, good, DefaultThresholds()).Failed())
+}
+
+func slicesDeleteInvalid(ts []Trial) []Trial {
+	var out []Trial
+	for _, t := range ts {
+		if t.Valid() {
+			out = append(out, t)
+		}
+	}
+	return out
+}
