@@ -306,6 +306,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if err != nil {
 		return nil, nil, err
 	}
+	state = afterTraffic(state, dp.Info())
 	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition, Slot: ts.Slot,
 		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
 		DatapathState: state, Workload: *wk}
@@ -426,4 +427,23 @@ func invalidReason(w *results.Workload, tolerance float64) string {
 		return fmt.Sprintf("%d of %d connections failed (%.1f%%, tolerance %.1f%%)", failed, failed+w.Connections, 100*f, 100*tolerance)
 	}
 	return ""
+}
+
+// afterTraffic merges what a datapath reports after the traffic into what
+// it reported after Apply: the programmed state (state_objects,
+// state_bytes) stays as Apply left it, everything else (the userspace
+// proxy's CPU time and RSS, counters) is read after the traffic, which is
+// when it says something.
+func afterTraffic(applied, after map[string]string) map[string]string {
+	for k, v := range after {
+		switch k {
+		case datapath.InfoStateObjects, datapath.InfoStateBytes, "state_bytes_unavailable":
+			continue
+		}
+		if applied == nil {
+			applied = map[string]string{}
+		}
+		applied[k] = v
+	}
+	return applied
 }

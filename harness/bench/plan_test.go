@@ -160,3 +160,12 @@ func TestInvalidReason(t *testing.T) {
 		})
 	}
 }
+
+// The programmed state is Apply's; a process's CPU and RSS are the
+// traffic's.
+func TestAfterTraffic(t *testing.T) {
+	applied := map[string]string{datapath.InfoStateObjects: "12", "proxy_cpu_seconds": "0.000"}
+	got := afterTraffic(applied, map[string]string{datapath.InfoStateObjects: "99", "proxy_cpu_seconds": "1.250", "proxy_rss_bytes": "8192"})
+	assert.Equal(t, map[string]string{datapath.InfoStateObjects: "12", "proxy_cpu_seconds": "1.250", "proxy_rss_bytes": "8192"}, got)
+	assert.Nil(t, afterTraffic(nil, nil), "direct reports nothing")
+}
