@@ -260,9 +260,9 @@ type Summary struct {
 	// Repetitions counts the valid ones the figures come from.
 	Invalid int  `json:"invalid,omitempty"`
 	QPS     Stat `json:"qps"`
-	P50         Stat   `json:"p50_us"`
-	P90         Stat   `json:"p90_us"`
-	P99         Stat   `json:"p99_us"`
+	P50     Stat `json:"p50_us"`
+	P90     Stat `json:"p90_us"`
+	P99     Stat `json:"p99_us"`
 	// QPSRatioToDirect and P90RatioToDirect compare medians with the
 	// "direct" datapath of the same run at the same site and point (0
 	// when direct was not measured there).
