@@ -104,8 +104,8 @@ func WriteBenchFormat(w io.Writer, run *Run) error {
 	if run.Env.CPUs > 0 {
 		procs = "-" + strconv.Itoa(run.Env.CPUs)
 	}
-	if g := run.Generator; g != nil {
-		if err := write(fmt.Sprintf("%s/conc=%d%s", benchGenerator, g.Concurrency, procs), *g); err != nil {
+	for _, g := range run.GeneratorTrials() {
+		if err := write(fmt.Sprintf("%s/conc=%d%s", benchGenerator, g.Concurrency, procs), g); err != nil {
 			return err
 		}
 	}
@@ -272,7 +272,8 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 		}
 		if string(base) == benchGenerator {
 			t.Datapath = "generator-loopback"
-			run.Generator = &t
+			run.Generators = append(run.Generators, t)
+			run.Generator = GeneratorCeiling(run.Generators)
 			continue
 		}
 		if t.Datapath == "" {

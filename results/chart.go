@@ -341,7 +341,7 @@ func caption(run *Run, spec chartSpec) string {
 	if n := len(invalidNotes(run)); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d invalid trial(s) left out of the bars (see the table's notes).", n))
 	}
-	if g := run.Generator; g != nil {
+	if g := GeneratorCeiling(run.GeneratorTrials()); g != nil {
 		if spec.file == "qps.png" {
 			parts = append(parts, fmt.Sprintf("Load generator alone (no datapath): %s connections/s at concurrency %d.",
 				groupThousands(g.Workload.QPS), g.Concurrency))

@@ -40,8 +40,14 @@ type Run struct {
 	Scenario json.RawMessage `json:"scenario"`
 	// Datapaths lists every datapath asked for, with what it recorded.
 	Datapaths []DatapathInfo `json:"datapaths"`
-	// Generator is the load generator's own ceiling, measured in the run.
-	Generator *Trial  `json:"generator,omitempty"`
+	// Generator is the load generator's own ceiling at the highest
+	// concurrency (the median repetition of Generators; the one trial of
+	// runs before Generators existed).
+	Generator *Trial `json:"generator,omitempty"`
+	// Generators are the ceiling's trials: the client and server alone
+	// over loopback, at every concurrency level and repetition,
+	// interleaved with the datapaths' trials.
+	Generators []Trial `json:"generators,omitempty"`
 	Trials    []Trial `json:"trials"`
 	// Summary is derived from Trials by Summarize.
 	Summary []Summary `json:"summary"`

@@ -299,3 +299,42 @@ func (s Stat) WithCI() Stat {
 	s.CI = MedianCI(s.Values, CIConfidence)
 	return s
 }
+
+// GeneratorTrials are the run's generator-ceiling trials: Generators, or
+// the one Generator of an older run.
+func (r *Run) GeneratorTrials() []Trial {
+	if len(r.Generators) > 0 || r.Generator == nil {
+		return r.Generators
+	}
+	return []Trial{*r.Generator}
+}
+
+// GeneratorCeiling is the trial that stands for the generator's ceiling:
+// at the highest concurrency, the repetition with the median QPS (the
+// lower middle one of an even count); nil without trials.
+func GeneratorCeiling(trials []Trial) *Trial {
+	var top []Trial
+	for _, t := range trials {
+		switch {
+		case len(top) == 0 || t.Concurrency > top[0].Concurrency:
+			top = []Trial{t}
+		case t.Concurrency == top[0].Concurrency:
+			top = append(top, t)
+		}
+	}
+	if len(top) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(top, func(a, b Trial) int { return cmp.Compare(a.Workload.QPS, b.Workload.QPS) })
+	t := top[(len(top)-1)/2]
+	return &t
+}
+
+// span is the range a figure's median may be in: its 95% interval, or
+// min–max without one.
+func (s Stat) span() (lo, hi float64) {
+	if s.CI != nil {
+		return s.CI.Lo, s.CI.Hi
+	}
+	return s.Min, s.Max
+}

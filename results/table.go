@@ -10,11 +10,6 @@ import (
 	"text/tabwriter"
 )
 
-// generatorBoundFraction is how close to the load generator's own ceiling a
-// datapath's median QPS may come before the table warns that the figure may
-// measure the generator rather than the datapath.
-const generatorBoundFraction = 0.9
-
 // tablePad is the gap between table columns.
 const tablePad = 2
 
@@ -134,18 +129,7 @@ func WriteTable(w io.Writer, run *Run) error {
 			notes = append(notes, "(±x%): fewer than 6 repetitions give no finite 95% interval; half the min–max range instead")
 		}
 	}
-	if g := run.Generator; g != nil {
-		notes = append(notes, fmt.Sprintf("generator ceiling (no datapath): %s conn/s at concurrency %d, p90 %s µs",
-			fmtQPS(g.Workload.QPS), g.Concurrency, fmtMicros(g.Workload.Latency.P90)))
-		if ceil := g.Workload.QPS; ceil > 0 {
-			for _, s := range sums {
-				if s.QPS.Median >= generatorBoundFraction*ceil {
-					notes = append(notes, fmt.Sprintf("warning: %s at concurrency %d reaches %.0f%% of the generator ceiling; the generator may be the bottleneck",
-						s.name(), s.Concurrency, 100*s.QPS.Median/ceil))
-				}
-			}
-		}
-	}
+	notes = append(notes, generatorNotes(run, sums)...)
 	if len(notes) > 0 {
 		if _, err := io.WriteString(w, strings.Join(notes, "\n")+"\n"); err != nil {
 			return fmt.Errorf("results table: %w", err)
@@ -471,4 +455,36 @@ func invalidNotes(run *Run) []string {
 		}
 	}
 	return out
+}
+
+// generatorNotes give the generator's ceiling per concurrency level and
+// warn where a datapath may have measured the generator rather than
+// itself: where its QPS interval (95%, or min–max) reaches the ceiling's
+// at the same level.
+func generatorNotes(run *Run, sums []Summary) []string {
+	gens := Summarize(run.GeneratorTrials())
+	if len(gens) == 0 {
+		return nil
+	}
+	var levels []string
+	ceiling := map[int]Summary{}
+	for _, g := range gens {
+		ceiling[g.Concurrency] = g
+		lo, hi := g.QPS.span()
+		levels = append(levels, fmt.Sprintf("c=%d %s conn/s (%s–%s), p90 %s µs", g.Concurrency,
+			fmtQPS(g.QPS.Median), fmtQPS(lo), fmtQPS(hi), fmtMicros(g.P90.Median)))
+	}
+	notes := []string{"generator ceiling (no datapath, loopback): " + strings.Join(levels, "; ")}
+	for _, s := range sums {
+		g, ok := ceiling[s.Concurrency]
+		if !ok || s.Site != "" || s.Repetitions == 0 {
+			continue
+		}
+		_, hi := s.QPS.span()
+		if glo, _ := g.QPS.span(); hi >= glo {
+			notes = append(notes, fmt.Sprintf("warning: %s at concurrency %d reaches the generator's ceiling (QPS up to %s, ceiling from %s): the generator may be the bottleneck",
+				s.name(), s.Concurrency, fmtQPS(hi), fmtQPS(glo)))
+		}
+	}
+	return notes
 }

@@ -68,7 +68,7 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	sched := plan.Schedule()
 	w := plan.Scenario.Workload
 	per := time.Duration(w.Warmup) + time.Duration(w.Duration) + 2*time.Second
-	prog := progress.New(cfg.Log, cfg.TTY, len(sched)+1+plan.openTrials(), per)
+	prog := progress.New(cfg.Log, cfg.TTY, len(sched)+plan.openTrials(), per)
 	defer prog.Finish()
 	trials := fmt.Sprintf("%d trials", len(sched))
 	if n := plan.openTrials(); n > 0 {
@@ -80,24 +80,26 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	}
 	infos := map[string]map[string]string{}
 
-	// The generator's own ceiling: the same client and server over loopback
-	// in one namespace, at the highest concurrency: no veth, no routing, no
-	// datapath. Datapath figures close to it are bound by the generator.
-	maxC := slices.Max(w.Concurrency)
-	prog.Start(fmt.Sprintf("generator ceiling (loopback, c=%d)", maxC))
-	gen, err := generatorCeiling(ctx, lock.Prefix+"-gen", plan, maxC)
-	if err != nil && ctx.Err() != nil {
-		return nil, "", fmt.Errorf("interrupted; everything it made was removed: %w", ctx.Err())
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("generator ceiling: %w", err)
-	}
-	run.Generator = gen
-	prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs", gen.Workload.QPS, gen.Workload.Latency.P90))
-
 	for i, ts := range sched {
 		if err := ctx.Err(); err != nil {
 			return nil, "", err
+		}
+		if ts.Generator {
+			// The generator's own ceiling at this level: the same client
+			// and server over loopback in one namespace (no veth, no
+			// routing, no datapath), in the rotation like a datapath.
+			prog.Start(fmt.Sprintf("generator ceiling (loopback) c=%d repetition %d/%d", ts.Concurrency, ts.Repetition+1, w.Repetitions))
+			gen, err := generatorCeiling(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts.Concurrency)
+			if err != nil && ctx.Err() != nil {
+				return nil, "", fmt.Errorf("interrupted during trial %d; everything it made was removed: %w", i+1, ctx.Err())
+			}
+			if err != nil {
+				return nil, "", fmt.Errorf("trial %d (generator ceiling, concurrency %d): %w", i+1, ts.Concurrency, err)
+			}
+			gen.Repetition, gen.Slot, gen.Order = ts.Repetition, ts.Slot, i
+			run.Generators = append(run.Generators, *gen)
+			prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs", gen.Workload.QPS, gen.Workload.Latency.P90))
+			continue
 		}
 		what := fmt.Sprintf("%s c=%d", ts.Factory.Name, ts.Concurrency)
 		if plan.Scenario.Scale != nil {
@@ -147,6 +149,7 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		run.Datapaths = append(run.Datapaths, results.DatapathInfo{Name: f.Name, Description: f.Description, Info: infos[f.Name]})
 	}
 	run.Datapaths = append(run.Datapaths, plan.Skipped...)
+	run.Generator = results.GeneratorCeiling(run.Generators)
 	run.Summary = results.Summarize(run.Trials)
 	if cfg.VMKernel != "" {
 		// A VM that cannot boot (no network for the kernel package, say)

@@ -127,6 +127,10 @@ type TrialSpec struct {
 	// Slot is the trial's position in its round (0 runs first): recorded,
 	// so that an order effect can be looked for.
 	Slot int
+	// Generator marks the load generator's own ceiling (loopback, no
+	// datapath; Factory is zero): measured at every concurrency level and
+	// repetition, in the rotation like a datapath.
+	Generator bool
 }
 
 // rotation is the first datapath of the round of cell (the index of a
@@ -139,12 +143,12 @@ type TrialSpec struct {
 func rotation(rep, cell, n int) int { return (rep + cell) % n }
 
 // Schedule interleaves datapaths: within each repetition, scale point and
-// concurrency level (a round) every datapath runs once, in an order that
+// concurrency level (a round) every datapath runs once, and so does the
+// generator's own ceiling at the first scale point, in an order that
 // rotates (see rotation), so neither drift of the machine nor position
 // favours one.
 func (p *Plan) Schedule() []TrialSpec {
 	var out []TrialSpec
-	n := len(p.Factories)
 	levels := p.Scenario.Workload.Concurrency
 	for rep := range p.Scenario.Workload.Repetitions {
 		points := p.Scenario.ScalePoints()
@@ -163,10 +167,20 @@ func (p *Plan) Schedule() []TrialSpec {
 		for _, pi := range idx {
 			pt := points[pi]
 			for ci, c := range levels {
-				first := rotation(rep, pi*len(levels)+ci, n)
-				for slot := range n {
-					out = append(out, TrialSpec{Factory: p.Factories[(first+slot)%n], Services: pt.Services,
-						Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep, Slot: slot})
+				round := make([]TrialSpec, 0, len(p.Factories)+1)
+				for _, f := range p.Factories {
+					round = append(round, TrialSpec{Factory: f, Services: pt.Services, Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep})
+				}
+				if pi == 0 {
+					// The generator's ceiling does not depend on the scale
+					// point: once per level and repetition.
+					round = append(round, TrialSpec{Generator: true, Services: pt.Services, Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep})
+				}
+				first := rotation(rep, pi*len(levels)+ci, len(round))
+				for slot := range round {
+					ts := round[(first+slot)%len(round)]
+					ts.Slot = slot
+					out = append(out, ts)
 				}
 			}
 		}

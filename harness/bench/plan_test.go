@@ -72,42 +72,60 @@ func TestScheduleInterleaves(t *testing.T) {
 	}
 	var got []string
 	for _, ts := range p.Schedule() {
-		got = append(got, ts.Factory.Name)
+		name := ts.Factory.Name
+		if ts.Generator {
+			name = "gen"
+		}
+		got = append(got, name)
 	}
-	assert.Equal(t, []string{"a", "b", "c", "b", "c", "a", "b", "c", "a", "c", "a", "b"}, got)
+	assert.Equal(t, []string{
+		"a", "b", "c", "gen", "b", "c", "gen", "a", // repetition 1: c=1, c=8
+		"b", "c", "gen", "a", "c", "gen", "a", "b", // repetition 2
+	}, got)
 }
 
-// Every datapath takes every position of every round equally often over n
-// repetitions (at most one apart over fewer), for any number of datapaths,
-// scale points and concurrency levels: the shape that made a rotation by
-// rounds stand still (points × levels a multiple of the datapaths) included.
+// Every participant of a round (each datapath, and the generator's own
+// ceiling in the rounds of the first scale point) takes every position
+// equally often over as many repetitions as the round has participants (at
+// most one apart over fewer), for any number of datapaths, scale points and
+// concurrency levels: the shape that made a rotation by rounds stand still
+// (points × levels a multiple of the datapaths) included.
 func TestScheduleBalancesPositions(t *testing.T) {
 	for ndp := 1; ndp <= 9; ndp++ {
 		for nlev := 1; nlev <= 4; nlev++ {
 			for npts := 1; npts <= 3; npts++ {
-				for _, reps := range []int{ndp, 2 * ndp, ndp + 1} {
+				for _, reps := range []int{ndp, ndp + 1, 2 * (ndp + 1)} {
 					t.Run(fmt.Sprintf("dp=%d/levels=%d/points=%d/reps=%d", ndp, nlev, npts, reps), func(t *testing.T) {
 						p := schedulePlan(ndp, nlev, npts, reps)
 						sched := p.Schedule()
-						require.Len(t, sched, reps*npts*nlev*ndp)
-						// count[cell][datapath][slot]
-						count := map[string]int{}
+						require.Equal(t, reps*nlev*(npts*ndp+1), len(sched), "every datapath once per round, the generator once per level")
+						type cell struct{ services, conc int }
+						count := map[cell]map[string]map[int]int{}
 						for _, ts := range sched {
-							count[fmt.Sprintf("%d/%d/%s/%d", ts.Services, ts.Concurrency, ts.Factory.Name, ts.Slot)]++
+							c := cell{ts.Services, ts.Concurrency}
+							who := ts.Factory.Name
+							if ts.Generator {
+								who = "generator"
+							}
+							if count[c] == nil {
+								count[c] = map[string]map[int]int{}
+							}
+							if count[c][who] == nil {
+								count[c][who] = map[int]int{}
+							}
+							count[c][who][ts.Slot]++
 						}
-						for _, ep := range p.Scenario.ScalePoints() {
-							for _, c := range p.Scenario.Workload.Concurrency {
-								lo, hi := reps, 0
-								for _, f := range p.Factories {
-									for slot := range ndp {
-										k := count[fmt.Sprintf("%d/%d/%s/%d", ep.Services, c, f.Name, slot)]
-										lo, hi = min(lo, k), max(hi, k)
-									}
+						for c, byWho := range count {
+							m := len(byWho)
+							lo, hi := reps, 0
+							for _, bySlot := range byWho {
+								for slot := range m {
+									lo, hi = min(lo, bySlot[slot]), max(hi, bySlot[slot])
 								}
-								assert.LessOrEqual(t, hi-lo, 1, "services=%d c=%d: positions taken %d to %d times", ep.Services, c, lo, hi)
-								if reps%ndp == 0 {
-									assert.Equal(t, lo, hi, "services=%d c=%d: %d repetitions of %d datapaths balance exactly", ep.Services, c, reps, ndp)
-								}
+							}
+							if hi-lo > 1 || (reps%m == 0 && lo != hi) {
+								t.Fatalf("services=%d c=%d: %d participants take a position %d to %d times over %d repetitions",
+									c.services, c.conc, m, lo, hi, reps)
 							}
 						}
 					})
