@@ -48,7 +48,7 @@ type Run struct {
 	// over loopback, at every concurrency level and repetition,
 	// interleaved with the datapaths' trials.
 	Generators []Trial `json:"generators,omitempty"`
-	Trials    []Trial `json:"trials"`
+	Trials     []Trial `json:"trials"`
 	// Summary is derived from Trials by Summarize.
 	Summary []Summary `json:"summary"`
 	// ScaleLimits are the scale points a datapath could not be measured
