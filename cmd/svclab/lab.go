@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -30,22 +28,22 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return badInput(err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return badInput(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
 	var err error
 	if cfg.Affinity, cfg.AffinityTimeout, err = lab.ParseAffinity(*affinity); err != nil {
-		return fmt.Errorf("--%w", err)
+		return badInput(fmt.Errorf("--%w", err))
 	}
 	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("--%w", err)
+		return badInput(fmt.Errorf("--%w", err))
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
+	if err := requireRoot(); err != nil {
+		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	ctx, stop := signalContext()
 	defer stop()
 	err = lab.Up(ctx, cfg, stderr, func(st *lab.State) { lab.Write(stdout, st) })
 	if err == nil {
@@ -135,10 +133,10 @@ func cmdDown(args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return badInput(err)
 	}
 	if fs.NArg() > 1 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(1))
+		return badInput(fmt.Errorf("unexpected argument %q", fs.Arg(1)))
 	}
 	st, err := lab.Down(context.Background(), fs.Arg(0), *timeout)
 	if err != nil {

@@ -164,7 +164,7 @@ func TestConformAndLabBadInput(t *testing.T) {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			code := run(tt.args, &stdout, &stderr)
-			assert.NotEqual(t, 0, code)
+			assert.Equal(t, exitBadInput, code, "bad input exits 2")
 			assert.Contains(t, stderr.String(), tt.want)
 		})
 	}

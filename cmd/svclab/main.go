@@ -7,17 +7,14 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/term"
@@ -46,7 +43,8 @@ Usage:
   svclab vm [flags] -- COMMAND   run a svclab command under another kernel (e.g. --kernel debian-6.1) in QEMU
 
 Run 'svclab bench -h' for the bench flags. svclab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF).
-`
+
+` + exitCodesUsage
 
 func main() {
 	child.Main(os.Args[1:])
@@ -56,7 +54,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return 2
+		return exitBadInput
 	}
 	var err error
 	switch args[0] {
@@ -82,25 +80,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdVM(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
-		return 0
+		return exitOK
 	default:
 		fmt.Fprintf(stderr, "svclab: unknown command %q\n\n%s", args[0], usage)
-		return 2
+		return exitBadInput
 	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if errors.Is(err, errStrict) {
-		return 1
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errStrict) {
 		fmt.Fprintf(stderr, "svclab %s: %v\n", args[0], err)
-		if errors.Is(err, context.Canceled) {
-			return 130
-		}
-		return 1
 	}
-	return 0
+	return exitCode(err)
 }
 
 // benchFlags are the bench command line; set flags override the scenario.
@@ -222,17 +210,17 @@ func splitList(s string) []string {
 func cmdBench(args []string, stdout, stderr io.Writer) error {
 	f, sc, err := parseBenchFlags(args, stderr)
 	if err != nil {
-		return err
+		return badInput(err)
 	}
 	// Validate the plan (names, probes, CIDRs) before anything is created.
 	plan, err := bench.NewPlan(sc)
 	if err != nil {
+		return badInput(err)
+	}
+	if err := requireRoot(); err != nil {
 		return err
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	defer stop()
 	tty := false
 	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
