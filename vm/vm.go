@@ -440,11 +440,16 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp("", "svclab-vm-")
+	// What killed runs left first, as runlock.Begin does for namespaces.
+	if removed, err := CleanupStale(); err == nil && len(removed) > 0 {
+		fmt.Fprintf(c.Stderr, "svclab vm: removed %d temporary directories left by killed runs\n", len(removed))
+	}
+	td, err := newTempDir()
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(tmp)
+	defer td.Remove()
+	tmp := td.Path
 
 	k, err := c.kernel(ctx)
 	if err != nil {

@@ -22,10 +22,12 @@ import (
 	"svclab/datapath"
 	_ "svclab/datapath/all"
 	"svclab/harness/bench"
+	"svclab/harness/lab"
 	"svclab/harness/runlock"
 	"svclab/internal/child"
 	"svclab/results"
 	"svclab/scenarios"
+	"svclab/vm"
 )
 
 const usage = `svclab: what does a Kubernetes Service datapath cost, and does it behave like a Service?
@@ -33,12 +35,12 @@ const usage = `svclab: what does a Kubernetes Service datapath cost, and does it
 Usage:
   svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,qps.png,p90.png}
   svclab datapaths       list the datapaths and whether this machine can run them
-  svclab cleanup         remove network namespaces and cgroups left by killed svclab runs
+  svclab cleanup         remove what killed svclab runs left: network namespaces, cgroups, lock files, VM temp dirs
   svclab conform [flags] check Service behaviours against datapaths; writes results/<run-id>/conformance.{json,md}
   svclab up [flags]      bring a lab up (topology, backends, datapath) and keep it until Ctrl-C or 'svclab down'
   svclab exec POD -- CMD run CMD in a lab pod's network namespace and cgroup, e.g. exec client-0 -- curl -s http://10.96.0.10/
-  svclab status          list the labs that are up
-  svclab down [ID]       stop a lab and remove everything it made
+  svclab status          list the labs that are up, and dead ones (killed) with what they left
+  svclab down [ID]       stop a lab and remove everything it made (or what a killed lab left)
   svclab compare OLD NEW compare two runs with CIs and p-values; exit 1 on a significant regression (see ci/)
   svclab vm [flags] -- COMMAND   run a svclab command under another kernel (e.g. --kernel debian-6.1) in QEMU
 
@@ -271,6 +273,11 @@ func cmdDatapaths(stdout io.Writer) error {
 
 func cmdCleanup(stdout io.Writer) error {
 	removed, err := runlock.CleanupStale()
+	// The VM's temporary directories, and the state files of dead labs
+	// whose objects are now gone.
+	vmRemoved, vmErr := vm.CleanupStale()
+	removed, err = append(removed, vmRemoved...), errors.Join(err, vmErr)
+	lab.Prune()
 	for _, r := range removed {
 		fmt.Fprintln(stdout, "removed", r)
 	}

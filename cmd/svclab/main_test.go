@@ -164,7 +164,8 @@ func TestPrivilegedInterruptedBenchLeavesNothing(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
 			var stderr bytes.Buffer
-			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--repetitions", "10", "--output", t.TempDir())
+			output := t.TempDir()
+			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--repetitions", "10", "--output", output)
 			cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
 			cmd.Stderr = &stderr
 			require.NoError(t, cmd.Start())
@@ -183,6 +184,9 @@ func TestPrivilegedInterruptedBenchLeavesNothing(t *testing.T) {
 			if sig == syscall.SIGINT {
 				assert.Equal(t, 130, cmd.ProcessState.ExitCode(), stderr.String())
 				assert.Empty(t, svclabObjects(t, prefix), "an interrupted run must remove what it made")
+				ents, err := os.ReadDir(output)
+				require.NoError(t, err)
+				assert.Empty(t, ents, "an interrupted run that wrote nothing leaves no empty run directory")
 				return
 			}
 			// SIGKILL runs no cleanup; the next run's does.
@@ -230,4 +234,58 @@ func TestBenchQuickFlag(t *testing.T) {
 	_, sc, err = parseBenchFlags([]string{"--scenario", "scale", "--quick", "--services", "1,10", "--endpoint-sweep", "12,50"}, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, []scenarios.ScalePoint{{Services: 1, Endpoints: 12}, {Services: 10, Endpoints: 12}, {Services: 1, Endpoints: 50}}, sc.ScalePoints())
+}
+
+// A bench killed with SIGKILL at any point (before its lock, while
+// building the generator's namespace, during trials) leaves nothing that
+// `svclab cleanup` does not remove.
+func TestPrivilegedKilledBenchCleanup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	for _, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond} {
+		t.Run(delay.String(), func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--output", t.TempDir())
+			cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+			require.NoError(t, cmd.Start())
+			time.Sleep(delay)
+			require.NoError(t, cmd.Process.Kill())
+			_ = cmd.Wait()
+			var out, errb bytes.Buffer
+			require.Equal(t, 0, run([]string{"cleanup"}, &out, &errb), errb.String())
+			assert.Empty(t, deadRunObjects(t), "cleanup output: %s", out.String())
+		})
+	}
+}
+
+// deadRunObjects lists the svclab objects (netns, cgroups, lock files) of
+// runs that are not alive: what cleanup should have removed.
+func deadRunObjects(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	dead := func(name string) bool {
+		id, ok := strings.CutPrefix(name, "svclab-")
+		return ok && runlock.IsRunObject(name) && !runlock.Alive(id[:8])
+	}
+	ents, _ := os.ReadDir("/var/run/netns")
+	for _, e := range ents {
+		if dead(e.Name()) {
+			out = append(out, "netns "+e.Name())
+		}
+	}
+	mnt, err := cgroup2.Mount()
+	require.NoError(t, err)
+	ents, _ = os.ReadDir(mnt)
+	for _, e := range ents {
+		if dead(e.Name()) {
+			out = append(out, "cgroup "+e.Name())
+		}
+	}
+	ents, _ = os.ReadDir("/run/svclab/runs")
+	for _, e := range ents {
+		if id, ok := strings.CutSuffix(e.Name(), ".lock"); ok && !runlock.Alive(id) {
+			out = append(out, "lock "+e.Name())
+		}
+	}
+	return out
 }

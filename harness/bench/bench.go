@@ -59,6 +59,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", fmt.Errorf("output: %w", err)
 	}
+	// Error returns clear the named dir: keep the path for the check.
+	runDir := dir
+	defer func() { runlock.DropEmptyDir(runDir, err) }()
 
 	sched := plan.Schedule()
 	w := plan.Scenario.Workload

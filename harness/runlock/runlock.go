@@ -176,3 +176,14 @@ func Begin(log io.Writer) (*Lock, error) {
 func (l *Lock) RunID(started time.Time) string {
 	return started.UTC().Format("20060102-150405") + "-" + l.ID
 }
+
+// DropEmptyDir removes a run's output directory when the run failed or was
+// interrupted before writing anything into it, so that no empty
+// <output>/<run-id>/ is left beside a message saying everything was
+// removed. A directory with files in it is kept (os.Remove refuses it): a
+// partial run is worth a look.
+func DropEmptyDir(dir string, err error) {
+	if err != nil && dir != "" {
+		_ = os.Remove(dir)
+	}
+}
