@@ -67,6 +67,13 @@ func TestWriteTableNotes(t *testing.T) {
 	assert.Contains(t, out, "no trials for nftables")
 	assert.Contains(t, out, "warning: direct at concurrency 64 reaches 97% of the generator ceiling")
 	assert.NotContains(t, out, "warning: iptables")
+	assert.NotContains(t, out, "other svclab runs")
+
+	// Another run on the machine during trials is said, with its id.
+	run.ConcurrentRuns = []string{"0badf00d"}
+	buf.Reset()
+	require.NoError(t, WriteTable(&buf, run))
+	assert.Contains(t, buf.String(), "warning: other svclab runs were live during trials (0badf00d)")
 
 	assert.Error(t, WriteTable(&buf, nil))
 }

@@ -289,3 +289,26 @@ func deadRunObjects(t *testing.T) []string {
 	}
 	return out
 }
+
+// A bench that finds another svclab run live at the start of a trial says
+// so on stderr, in results.json and in the table.
+func TestPrivilegedBenchWarnsOfConcurrentRun(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	other, err := runlock.New()
+	require.NoError(t, err)
+	defer other.Release()
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"bench", "--scenario", "quick", "--datapaths", "direct", "--concurrency", "1", "--output", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, "stderr: %s", stderr.String())
+	assert.Contains(t, stderr.String(), "warning: another svclab run ("+other.ID+") is live")
+	assert.Contains(t, stdout.String(), "warning: other svclab runs were live during trials (")
+	ents, err := os.ReadDir(out)
+	require.NoError(t, err)
+	require.Len(t, ents, 1)
+	res, err := results.Read(filepath.Join(out, ents[0].Name(), "results.json"))
+	require.NoError(t, err)
+	assert.Contains(t, res.ConcurrentRuns, other.ID)
+}

@@ -106,6 +106,7 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 				continue
 			}
 		}
+		run.ConcurrentRuns = noteConcurrentRuns(prog, lock.ID, run.ConcurrentRuns)
 		prog.Start(fmt.Sprintf("%s repetition %d/%d", what, ts.Repetition+1, w.Repetitions))
 		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
 		var limit *applyLimitError

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -186,4 +187,20 @@ func DropEmptyDir(dir string, err error) {
 	if err != nil && dir != "" {
 		_ = os.Remove(dir)
 	}
+}
+
+// LiveRuns returns the ids of the live runs other than except's, sorted: a
+// cheap scan of the lock files (one open and a non-blocking flock each) that
+// a run makes before each trial to warn that another run shares the machine.
+func LiveRuns(except string) []string {
+	ents, _ := os.ReadDir(lockDir)
+	var ids []string
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".lock")
+		if ok && id != except && Alive(id) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
 }

@@ -3,6 +3,7 @@ package runlock_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -42,4 +43,46 @@ func TestPrivilegedCleanupStaleRemovesDeadRuns(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotEmpty(t, removed)
 	assert.Empty(t, harnesstest.Leftovers(t, run.Prefix))
+}
+
+// Another run's lock is seen as live, one's own and released ones are not.
+func TestPrivilegedLiveRuns(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	self := harnesstest.NewRun(t)
+	other, err := runlock.New()
+	require.NoError(t, err)
+	assert.Contains(t, runlock.LiveRuns(self.ID), other.ID)
+	assert.NotContains(t, runlock.LiveRuns(self.ID), self.ID)
+	other.Release()
+	assert.NotContains(t, runlock.LiveRuns(self.ID), other.ID)
+}
+
+// A failed run's empty directory goes; one with files, or a run that
+// succeeded, keeps it.
+func TestDropEmptyDir(t *testing.T) {
+	tests := []struct {
+		name     string
+		file     bool
+		err      error
+		wantKept bool
+	}{
+		{"failed, empty", false, context.Canceled, false},
+		{"failed, partial", true, context.Canceled, true},
+		{"succeeded, empty", false, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "20260101-000000-0badf00d")
+			require.NoError(t, os.Mkdir(dir, 0o755))
+			if tt.file {
+				require.NoError(t, os.WriteFile(filepath.Join(dir, "results.json"), nil, 0o644))
+			}
+			runlock.DropEmptyDir(dir, tt.err)
+			if tt.wantKept {
+				assert.DirExists(t, dir)
+			} else {
+				assert.NoDirExists(t, dir)
+			}
+		})
+	}
 }
