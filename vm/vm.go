@@ -517,6 +517,10 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 		"SVCLAB_VM=1",
 		"SVCLAB_VM_KERNEL=" + k.Describe(),
 		"SVCLAB_VM_ACCEL=" + accel,
+		// The serial console is a terminal to the guest, but its output
+		// reaches the host line by line: in-place progress would only
+		// leave escape sequences in the host's logs.
+		"SVCLAB_TTY=0",
 	}}
 	if plan != nil {
 		initCfg.Modules = plan.PreloadPaths()

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/term"
-
 	"svclab/datapath"
 	"svclab/harness/conform"
 	"svclab/results"
@@ -81,10 +79,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signalContext()
 	defer stop()
-	tty := false
-	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
-		tty = term.IsTerminal(int(fd.Fd()))
-	}
+	tty := isTerminal(stderr)
 	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
 	if run != nil {
 		fmt.Fprintln(stdout)

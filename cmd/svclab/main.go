@@ -17,8 +17,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/term"
-
 	"svclab/datapath"
 	_ "svclab/datapath/all"
 	"svclab/harness/bench"
@@ -224,10 +222,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signalContext()
 	defer stop()
-	tty := false
-	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
-		tty = term.IsTerminal(int(fd.Fd()))
-	}
+	tty := isTerminal(stderr)
 	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty})
 	if err != nil {
 		return err
