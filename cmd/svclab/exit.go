@@ -29,7 +29,8 @@ const (
 	// environment the command cannot run in (not root, a missing tool, no
 	// datapath that runs here).
 	exitBadInput = 2
-	// exitInterrupted: SIGINT, SIGTERM, SIGHUP or SIGQUIT ended the run
+	// exitInterrupted: SIGINT, SIGTERM, SIGHUP, SIGQUIT (or SIGPIPE,
+	// its output gone) ended the run
 	// (128 + SIGINT, as shells report Ctrl-C); what it made was removed.
 	exitInterrupted = 130
 )
@@ -88,7 +89,10 @@ func requireRoot() error {
 // run stops and removes what it made. SIGHUP is a dropped ssh session and
 // SIGQUIT is Ctrl-\; left at their defaults both kill the process like
 // SIGKILL would, leaving namespaces, cgroups and the lock file behind.
-var interruptSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+// SIGPIPE is the same session's `| tee log` gone: Go's default kills the
+// process at its next write to stdout or stderr; handled, the write fails
+// and the run ends cleanly.
+var interruptSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE}
 
 // interrupted is set once one of interruptSignals arrived: the exit status
 // is then 130 whatever error the cut-short run returned (a child killed by
@@ -114,6 +118,8 @@ func sigName(s os.Signal) string {
 			return "SIGHUP"
 		case syscall.SIGQUIT:
 			return "SIGQUIT"
+		case syscall.SIGPIPE:
+			return "SIGPIPE"
 		}
 	}
 	return s.String()
@@ -138,6 +144,9 @@ func signalContext() (ctx context.Context, stop func()) {
 	}()
 	return ctx, func() {
 		signal.Stop(ch)
+		// The error message still to come must not kill the process
+		// when its stderr is a pipe that is gone.
+		signal.Ignore(syscall.SIGPIPE)
 		close(done)
 		cancel(nil)
 	}

@@ -312,3 +312,40 @@ func TestPrivilegedBenchWarnsOfConcurrentRun(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, res.ConcurrentRuns, other.ID)
 }
+
+// A dropped ssh session: the terminal's process group gets SIGHUP (the
+// run's servers and clients too) and the pipe its stderr went to is gone.
+// The run still removes everything it made and exits 130.
+func TestPrivilegedBenchHangup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	output := t.TempDir()
+	cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--repetitions", "10", "--output", output)
+	cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	cmd.Stderr, cmd.Stdout = w, w
+	require.NoError(t, cmd.Start())
+	w.Close()
+	var seen strings.Builder
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(seen.String(), "repetition 2/") {
+		require.True(t, time.Now().Before(deadline), "bench did not reach its second repetition: %s", seen.String())
+		n, err := r.Read(buf)
+		require.NoError(t, err, seen.String())
+		seen.Write(buf[:n])
+	}
+	m := regexp.MustCompile(`kernel objects are named (svclab-[0-9a-f]{8})-`).FindStringSubmatch(seen.String())
+	require.NotNil(t, m, seen.String())
+	require.NoError(t, r.Close())
+	require.NoError(t, syscall.Kill(-cmd.Process.Pid, syscall.SIGHUP))
+	require.Error(t, cmd.Wait())
+	assert.Equal(t, exitInterrupted, cmd.ProcessState.ExitCode(), "%s", cmd.ProcessState)
+	assert.Empty(t, svclabObjects(t, m[1]), "a hung-up run must remove what it made")
+	ents, err := os.ReadDir(output)
+	require.NoError(t, err)
+	assert.Empty(t, ents, "no empty run directory")
+}
