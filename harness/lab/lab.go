@@ -180,6 +180,11 @@ func stopFile(id string) string { return filepath.Join(labDir, id+".down") }
 // Left lists the kernel objects of the lab that still exist. For a dead
 // lab (killed with SIGKILL, crashed) they are what it left behind.
 func (s *State) Left() []string {
+	// Only a run's own names: a damaged state file must not make every
+	// namespace or the cgroup root look like the lab's.
+	if !runlock.IsRunObject(s.Prefix) || s.Prefix != "svclab-"+s.ID {
+		return nil
+	}
 	var left []string
 	if names, err := nsutil.List(s.Prefix + "-"); err == nil {
 		for _, n := range names {
