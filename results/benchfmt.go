@@ -298,7 +298,7 @@ func ReadBenchFormat(r io.Reader, fileName string) (*Run, error) {
 		return nil, fmt.Errorf("read bench format: %w", err)
 	}
 	if len(run.Trials) == 0 {
-		return nil, fmt.Errorf("%s: no svclab benchmark lines (BenchmarkSvc/dp=…)", fileName)
+		return nil, fmt.Errorf("%s is not a svclab bench.txt (Go benchmark format): no svclab benchmark lines (BenchmarkSvc/dp=…)", fileName)
 	}
 	run.Summary = Summarize(run.Trials)
 	return run, nil

@@ -206,6 +206,25 @@ var metricTable = []Metric{{
 	Column:    "CPU µs/C", Format: fmtMicros,
 	Scale: &ScaleChart{Name: "cpu", Title: "machine-wide busy CPU time per connection in µs", YLabel: "CPU per connection (µs)"},
 }, {
+	Key: "run_cpu_per_conn", Label: "run cpu µs/conn", Better: LowerIsBetter,
+	Trial: func(t Trial) (float64, bool) {
+		if t.Workload.CPU == nil || t.Workload.CPU.RunPerConnectionUS == 0 {
+			return 0, false
+		}
+		return t.Workload.CPU.RunPerConnectionUS, true
+	},
+	Unit: "run-cpu-µs/conn", Digits: 3,
+	SetTrial: func(t *Trial, v float64) {
+		if t.Workload.CPU == nil {
+			t.Workload.CPU = &CPUUsage{}
+		}
+		t.Workload.CPU.RunPerConnectionUS = v
+	},
+	Stat: func(s *Summary) *Stat { return &s.RunCPUPerConnUS }, CI: true,
+	Threshold: 0.10,
+	Column:    "RUN CPU µs/C", Format: fmtMicros,
+	Scale: &ScaleChart{Name: "run-cpu", Title: "CPU time of the run's pods per connection in µs", YLabel: "run CPU per connection (µs)"},
+}, {
 	Key: "apply", Label: "apply s", Better: LowerIsBetter,
 	Trial: func(t Trial) (float64, bool) { return t.ApplySeconds, true },
 	Unit:  unitApply, Digits: 6, BenchScaleOnly: true,

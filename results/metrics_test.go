@@ -22,7 +22,7 @@ func measuredTrials(dp string, services int) []Trial {
 	closed.Services, closed.Endpoints = services, 12
 	closed.ApplyChangeSeconds = 0.25
 	closed.DatapathState = map[string]string{StateObjects: "120", StateBytes: "4096"}
-	closed.Workload.CPU = &CPUUsage{PerConnectionUS: 150}
+	closed.Workload.CPU = &CPUUsage{PerConnectionUS: 150, RunPerConnectionUS: 120}
 	open := openTrial(dp, 0.5, 0, 6000, 5900, 400, 30, 0)
 	open.Services, open.Endpoints = services, 12
 	return []Trial{closed, open}

@@ -114,6 +114,9 @@ type Trial struct {
 	Repetition  int    `json:"repetition"`
 	// Order is the trial's position in the run (0-based), to see order effects.
 	Order int `json:"order"`
+	// Slot is the trial's position in its round (its repetition, scale
+	// point and concurrency level; 0 ran first), to see position effects.
+	Slot int `json:"slot,omitempty"`
 	// Services and Endpoints size the programmed state: how many services
 	// were applied and how many endpoints each had (scale sweeps vary
 	// them; the client always talks to the last service programmed).
@@ -212,6 +215,23 @@ type CPUUsage struct {
 	// BusyFraction is BusySeconds / (WindowSeconds × CPUs): a low value
 	// means the trial stalled (lost SYNs, timeouts), not that it was fast.
 	BusyFraction float64 `json:"busy_fraction"`
+	// RunSeconds is the CPU time charged to the run's own cgroups (client
+	// and backend pods: cgroup v2 cpu.stat usage_usec) over the window,
+	// and RunPerConnectionUS that per successful connection: unlike
+	// BusySeconds, another tenant's work and hypervisor steal are not in
+	// it; softirq work the kernel does outside the pods' tasks (ksoftirqd)
+	// is not either. Absent when not measured.
+	RunSeconds         float64 `json:"run_seconds,omitempty"`
+	RunPerConnectionUS float64 `json:"run_per_connection_us,omitempty"`
+}
+
+// AddRun records the run's own CPU time d over the window, and per
+// connection.
+func (u *CPUUsage) AddRun(d time.Duration, conns int64) {
+	u.RunSeconds = d.Seconds()
+	if conns > 0 {
+		u.RunPerConnectionUS = u.RunSeconds / float64(conns) * 1e6
+	}
 }
 
 // Latency percentiles in microseconds.
@@ -261,6 +281,9 @@ type Summary struct {
 	// CPURatioToDirect compares CPUPerConnUS medians with direct at the
 	// same scale point and concurrency (0 when there is none).
 	CPURatioToDirect float64 `json:"cpu_ratio_to_direct,omitempty"`
+	// RunCPUPerConnUS is the CPU time of the run's own cgroups per
+	// connection in µs (absent when not measured).
+	RunCPUPerConnUS Stat `json:"run_cpu_per_conn_us,omitzero"`
 	// SynRetrans totals the SYN retransmissions of all repetitions: a
 	// clean measurement has none.
 	SynRetrans int64 `json:"syn_retrans"`

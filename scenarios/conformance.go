@@ -3,12 +3,9 @@ package scenarios
 import (
 	"embed"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
-
-	"sigs.k8s.io/yaml"
 )
 
 // The conformance scenarios: one YAML file per checked behaviour.
@@ -242,10 +239,11 @@ func LoadConformance(nameOrFile string) (*Conformance, error) {
 			return nil, fmt.Errorf("conformance scenario: %q is neither a built-in one (%s) nor a file path", nameOrFile, strings.Join(ConformanceNames(), ", "))
 		}
 	} else {
-		if b, err = os.ReadFile(nameOrFile); err != nil {
+		if b, err = readFile(nameOrFile); err != nil {
 			return nil, fmt.Errorf("conformance scenario: cannot read %s: %w", nameOrFile, err)
 		}
 		name = strings.TrimSuffix(nameOrFile[strings.LastIndex(nameOrFile, "/")+1:], ".yaml")
+		return parseConformance(b, name, nameOrFile)
 	}
 	return ParseConformance(b, name)
 }
@@ -266,9 +264,16 @@ func LoadAllConformance() ([]*Conformance, error) {
 // ParseConformance decodes a conformance scenario strictly and validates
 // it; name is used when the file has no name field.
 func ParseConformance(b []byte, name string) (*Conformance, error) {
+	return parseConformance(b, name, name)
+}
+
+// parseConformance is ParseConformance with the source (the file path)
+// that errors name.
+func parseConformance(b []byte, name, source string) (*Conformance, error) {
 	var c Conformance
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
-		return nil, fmt.Errorf("conformance scenario %s: %w", name, err)
+	ln, err := decodeStrict(b, &c)
+	if err != nil {
+		return nil, fileError("conformance scenario", source, err, ln)
 	}
 	if c.Name == "" {
 		c.Name = name
@@ -280,7 +285,7 @@ func ParseConformance(b []byte, name string) (*Conformance, error) {
 		c.Family = "ipv4"
 	}
 	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("conformance scenario %s: %w", c.Name, err)
+		return nil, fileError("conformance scenario", source, err, ln)
 	}
 	return &c, nil
 }
@@ -335,6 +340,14 @@ func ParseFrom(s string, backends int) (int, error) {
 
 // Validate checks the scenario and names the field at fault.
 func (c *Conformance) Validate() error {
+	if len(c.Name) > MaxLabelLength || !scenarioName.MatchString(c.Name) {
+		return fieldErr(ErrName, "name", "%q is not a scenario name (letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most %d characters)", truncate(c.Name), MaxLabelLength)
+	}
+	for _, t := range []struct{ field, text string }{{"behaviour", c.Behaviour}, {"source", c.Source}, {"notes", c.Notes}, {"advisory", c.Advisory}} {
+		if err := checkPrintable(t.text); err != nil {
+			return fieldErr(ErrInvalid, t.field, "%v", err)
+		}
+	}
 	if c.Behaviour == "" {
 		return fmt.Errorf("behaviour: required")
 	}
@@ -430,8 +443,10 @@ func (c *Conformance) Validate() error {
 			if _, err := ParsePods(st.Kill, c.Backends); err != nil {
 				return fmt.Errorf("%s.kill: %w", at, err)
 			}
-		case st.Sleep < 0:
-			return fmt.Errorf("%s.sleep: must not be negative", at)
+		case st.Sleep != 0:
+			if e := checkDuration(at+".sleep", st.Sleep, 0); e != nil {
+				return e
+			}
 		case st.Wait != "":
 			if !background[st.Wait] {
 				return fmt.Errorf("%s.wait: %q is not an earlier background probe", at, st.Wait)
@@ -462,16 +477,20 @@ func (c *Conformance) Validate() error {
 }
 
 func (c *Conformance) validateService(s *ConformanceService, initial bool) error {
-	if s.Name == "" {
-		return fmt.Errorf("name: required")
+	// The name goes into nft and iptables scripts: only Kubernetes names.
+	if err := CheckServiceName(s.Name); err != nil {
+		return fieldErr(ErrName, "name", "%v", err)
 	}
 	if initial && len(s.Ports) == 0 {
 		return fmt.Errorf("ports: none given")
 	}
 	names := map[string]bool{}
 	for i, p := range s.Ports {
-		if p.Name == "" || names[p.Name] {
-			return fmt.Errorf("ports[%d].name: %q is empty or used twice", i, p.Name)
+		if err := CheckPortName(p.Name); err != nil {
+			return fieldErr(ErrName, fmt.Sprintf("ports[%d].name", i), "%v", err)
+		}
+		if names[p.Name] {
+			return fmt.Errorf("ports[%d].name: %q is used twice", i, p.Name)
 		}
 		names[p.Name] = true
 		if p.Protocol != "TCP" && p.Protocol != "UDP" {
@@ -581,8 +600,13 @@ func (c *Conformance) validateProbe(p *ProbeStep, ports map[string]map[string]bo
 	if p.Count == 0 && p.Duration == 0 {
 		return fmt.Errorf("count or duration: one is required")
 	}
-	if p.Duration < 0 || p.Interval < 0 || p.Timeout < 0 {
-		return fmt.Errorf("duration, interval, timeout: must not be negative")
+	for _, d := range []struct {
+		field string
+		d     Duration
+	}{{"duration", p.Duration}, {"interval", p.Interval}, {"timeout", p.Timeout}, {"resend", p.Resend}} {
+		if e := checkDuration(d.field, d.d, 0); e != nil {
+			return e
+		}
 	}
 	return nil
 }
@@ -599,6 +623,14 @@ func (c *Conformance) validateExpect(e Expect, marks map[string]bool, self strin
 	for _, m := range []struct{ field, id string }{{"after", e.After}, {"before", e.Before}} {
 		if m.id != "" && (!marks[m.id] || m.id == self) {
 			return fmt.Errorf("%s: %q is not the id of an earlier step", m.field, m.id)
+		}
+	}
+	for _, d := range []struct {
+		field string
+		d     Duration
+	}{{"grace", e.Grace}, {"within", e.Within}} {
+		if e := checkDuration(d.field, d.d, 0); e != nil {
+			return e
 		}
 	}
 	switch e.Phase {
@@ -649,4 +681,9 @@ func (c *Conformance) validateExpect(e Expect, marks map[string]bool, self strin
 		}
 	}
 	return nil
+}
+
+// BuiltinConformance returns the text of a built-in conformance scenario.
+func BuiltinConformance(name string) ([]byte, error) {
+	return conformanceFS.ReadFile("conformance/" + name + ".yaml")
 }

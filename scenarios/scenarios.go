@@ -8,13 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
-	"os"
 	"sort"
 	"strings"
 	"time"
-
-	"sigs.k8s.io/yaml"
 )
 
 //go:embed *.yaml
@@ -41,7 +37,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return err
+		return fmt.Errorf("%q is not a duration such as \"500ms\" or \"3s\"", s)
 	}
 	*d = Duration(v)
 	return nil
@@ -283,147 +279,211 @@ func Load(nameOrFile string) (*Scenario, error) {
 		if err != nil {
 			return nil, fmt.Errorf("scenario: %q is neither a built-in scenario (%s) nor a file path", nameOrFile, strings.Join(Names(), ", "))
 		}
-	} else if b, err = os.ReadFile(nameOrFile); err != nil {
+	} else if b, err = readFile(nameOrFile); err != nil {
 		return nil, fmt.Errorf("scenario: cannot read %s: %w", nameOrFile, err)
 	}
 	return Parse(b, nameOrFile)
 }
 
-// Parse decodes a YAML (or JSON) scenario strictly: an unknown field is an
-// error, not silently ignored.
+// Parse decodes a YAML (or JSON) scenario strictly and validates it. An
+// error names the source, the line and the key path of every refused
+// field (see FieldError, SourceError).
 func Parse(b []byte, source string) (*Scenario, error) {
 	var s Scenario
-	if err := yaml.UnmarshalStrict(b, &s); err != nil {
-		return nil, fmt.Errorf("scenario %s: %w", source, err)
+	ln, err := decodeStrict(b, &s)
+	if err != nil {
+		return nil, fileError("scenario", source, err, ln)
 	}
 	if err := s.Validate(); err != nil {
-		return nil, fmt.Errorf("scenario %s: %w", source, err)
+		return nil, fileError("scenario", source, err, ln)
 	}
 	return &s, nil
 }
 
-// Validate checks every field and names the first bad one.
+// Validate checks every field, before anything is built, and refuses
+// every value that can only fail later: address ranges no pod or Service
+// can use, names that are not Kubernetes names (they end up in rulesets),
+// durations past a day. It returns every refused field, each a
+// *FieldError named by its key in the file.
 func (s *Scenario) Validate() error {
 	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	bad := func(kind error, field, format string, args ...any) {
+		errs = append(errs, fieldErr(kind, field, format, args...))
+	}
+	badErr := func(kind error, field string, err error) {
+		if err != nil {
+			errs = append(errs, &FieldError{Field: field, Msg: err.Error(), Kind: kind})
+		}
 	}
 	if s.Name == "" {
-		bad("name", "must not be empty")
+		bad(ErrName, "name", "must not be empty")
+	} else if len(s.Name) > MaxLabelLength || !scenarioName.MatchString(s.Name) {
+		bad(ErrName, "name", "%q is not a scenario name (letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most %d characters)", truncate(s.Name), MaxLabelLength)
 	}
+	badErr(ErrInvalid, "description", checkPrintable(s.Description))
 	if s.Topology.Clients < 1 || s.Topology.Clients > MaxClients {
-		bad("topology.clients", "%d is out of range [1, %d]", s.Topology.Clients, MaxClients)
+		bad(ErrInvalid, "topology.clients", "%d is out of range [1, %d]", s.Topology.Clients, MaxClients)
 	}
 	if s.Topology.Backends < 1 || s.Topology.Backends > MaxBackends {
-		bad("topology.backends", "%d is out of range [1, %d]", s.Topology.Backends, MaxBackends)
+		bad(ErrInvalid, "topology.backends", "%d is out of range [1, %d]", s.Topology.Backends, MaxBackends)
 	}
-	if _, err := netip.ParsePrefix(s.Topology.PodCIDR); err != nil {
-		bad("topology.podCIDR", "%q is not a CIDR (e.g. 10.244.0.0/16)", s.Topology.PodCIDR)
-	}
-	if _, err := netip.ParsePrefix(s.Topology.ServiceCIDR); err != nil {
-		bad("topology.serviceCIDR", "%q is not a CIDR (e.g. 10.96.0.0/16)", s.Topology.ServiceCIDR)
-	}
+	s.validateRanges(bad, badErr)
 	if s.Service.Port < 1 || s.Service.Port > 65535 {
-		bad("service.port", "%d is not a port (1-65535)", s.Service.Port)
+		bad(ErrInvalid, "service.port", "%d is not a port (1-65535)", s.Service.Port)
 	}
 	if s.Service.TargetPort < 1 || s.Service.TargetPort > 65535 {
-		bad("service.targetPort", "%d is not a port (1-65535)", s.Service.TargetPort)
+		bad(ErrInvalid, "service.targetPort", "%d is not a port (1-65535)", s.Service.TargetPort)
 	}
 	switch s.Service.Protocol {
 	case "TCP":
 		if s.Workload.UDPMode != "" {
-			bad("workload.udpMode", "is only for UDP services")
+			bad(ErrInvalid, "workload.udpMode", "is only for UDP services")
 		}
 	case "UDP":
 		switch s.Workload.UDPMode {
 		case "", "socket-per-request", "long-lived":
 		default:
-			bad("workload.udpMode", "%q is not one of socket-per-request, long-lived", s.Workload.UDPMode)
+			bad(ErrInvalid, "workload.udpMode", "%q is not one of socket-per-request, long-lived", s.Workload.UDPMode)
 		}
 	default:
-		bad("service.protocol", "%q is not supported by this workload (TCP or UDP)", s.Service.Protocol)
+		bad(ErrInvalid, "service.protocol", "%q is not supported by this workload (TCP or UDP)", s.Service.Protocol)
 	}
-	if s.Service.Name == "" || s.Service.Namespace == "" {
-		bad("service.name", "service namespace and name must not be empty")
-	}
+	// The names go into nft and iptables scripts: only Kubernetes names.
+	badErr(ErrName, "service.namespace", CheckNamespace(s.Service.Namespace))
+	badErr(ErrName, "service.name", CheckServiceName(s.Service.Name))
 	if len(s.Workload.Concurrency) == 0 {
-		bad("workload.concurrency", "needs at least one level")
+		bad(ErrInvalid, "workload.concurrency", "needs at least one level")
 	}
 	for _, c := range s.Workload.Concurrency {
 		if c < 1 || c > 1024 {
-			bad("workload.concurrency", "%d is out of range [1, 1024]", c)
+			bad(ErrInvalid, "workload.concurrency", "%d is out of range [1, 1024]", c)
 		}
 	}
-	if time.Duration(s.Workload.Duration) < 100*time.Millisecond {
-		bad("workload.duration", "%s is shorter than 100ms", time.Duration(s.Workload.Duration))
+	if e := checkDuration("workload.duration", s.Workload.Duration, Duration(100*time.Millisecond)); e != nil {
+		errs = append(errs, e)
 	}
-	if s.Workload.Warmup < 0 {
-		bad("workload.warmup", "must not be negative")
+	if e := checkDuration("workload.warmup", s.Workload.Warmup, 0); e != nil {
+		errs = append(errs, e)
 	}
 	if s.Workload.Repetitions < 1 || s.Workload.Repetitions > 100 {
-		bad("workload.repetitions", "%d is out of range [1, 100]", s.Workload.Repetitions)
+		bad(ErrInvalid, "workload.repetitions", "%d is out of range [1, 100]", s.Workload.Repetitions)
 	}
 	switch s.Workload.Model {
 	case "", ModelClosed:
 		if len(s.Workload.LoadFractions) > 0 {
-			bad("workload.loadFractions", "is only for model %s", ModelOpen)
+			bad(ErrInvalid, "workload.loadFractions", "is only for model %s", ModelOpen)
 		}
 	case ModelOpen:
 		if len(s.Workload.LoadFractions) == 0 {
-			bad("workload.loadFractions", "model %s needs at least one fraction of capacity (e.g. [0.5, 0.8])", ModelOpen)
+			bad(ErrInvalid, "workload.loadFractions", "model %s needs at least one fraction of capacity (e.g. [0.5, 0.8])", ModelOpen)
 		}
 		for _, f := range s.Workload.LoadFractions {
 			if !(f > 0 && f <= MaxLoadFraction) {
-				bad("workload.loadFractions", "%v is out of range (0, %g]", f, MaxLoadFraction)
+				bad(ErrInvalid, "workload.loadFractions", "%v is out of range (0, %g]", f, MaxLoadFraction)
 			}
 		}
 		if s.Scale != nil {
-			bad("workload.model", "%s is not supported with scale (capacity is measured at one scale point)", ModelOpen)
+			bad(ErrInvalid, "workload.model", "%s is not supported with scale (capacity is measured at one scale point)", ModelOpen)
 		}
 	default:
-		bad("workload.model", "%q is not one of %s, %s", s.Workload.Model, ModelClosed, ModelOpen)
+		bad(ErrInvalid, "workload.model", "%q is not one of %s, %s", s.Workload.Model, ModelClosed, ModelOpen)
 	}
 	if sc := s.Scale; sc != nil {
 		if len(sc.Services) == 0 {
-			bad("scale.services", "needs at least one count")
+			bad(ErrInvalid, "scale.services", "needs at least one count")
 		}
 		for _, n := range sc.Services {
 			if n < 1 || n > MaxServices {
-				bad("scale.services", "%d is out of range [1, %d]", n, MaxServices)
+				bad(ErrInvalid, "scale.services", "%d is out of range [1, %d]", n, MaxServices)
 			}
 		}
 		if sc.Endpoints < 0 || sc.Endpoints > s.Topology.Backends {
-			bad("scale.endpoints", "%d is out of range [0, topology.backends=%d] (0 means every backend)", sc.Endpoints, s.Topology.Backends)
+			bad(ErrInvalid, "scale.endpoints", "%d is out of range [0, topology.backends=%d] (0 means every backend)", sc.Endpoints, s.Topology.Backends)
 		}
 		for _, n := range sc.EndpointSweep {
 			if n < 1 || n > MaxSweepEndpoints {
-				bad("scale.endpointSweep", "%d is out of range [1, %d]", n, MaxSweepEndpoints)
+				bad(ErrInvalid, "scale.endpointSweep", "%d is out of range [1, %d]", n, MaxSweepEndpoints)
 			}
 		}
-		if sc.ApplyTimeout < 0 {
-			bad("scale.applyTimeout", "must not be negative")
+		if e := checkDuration("scale.applyTimeout", sc.ApplyTimeout, 0); e != nil {
+			errs = append(errs, e)
 		}
 	}
 	if q := s.Quick; q != nil {
-		if q.Repetitions < 0 {
-			bad("quick.repetitions", "must not be negative")
+		if q.Repetitions < 0 || q.Repetitions > 100 {
+			bad(ErrInvalid, "quick.repetitions", "%d is out of range [0, 100] (0 means 1)", q.Repetitions)
 		}
-		if q.Warmup < 0 || q.Duration < 0 {
-			bad("quick.duration", "warmup and duration must not be negative")
+		if e := checkDuration("quick.warmup", q.Warmup, 0); e != nil {
+			errs = append(errs, e)
+		}
+		if e := checkDuration("quick.duration", q.Duration, 0); e != nil {
+			errs = append(errs, e)
 		}
 		if s.Scale == nil && (len(q.Services) > 0 || len(q.EndpointSweep) > 0) {
-			bad("quick.services", "services and endpointSweep are only for a scenario with scale")
+			bad(ErrInvalid, "quick.services", "services and endpointSweep are only for a scenario with scale")
 		}
+		checkDatapaths(bad, "quick.datapaths", q.Datapaths, true)
 	}
-	if len(s.Datapaths) == 0 {
-		bad("datapaths", "needs at least one datapath")
-	}
-	seen := map[string]bool{}
-	for _, d := range s.Datapaths {
-		if seen[d] {
-			bad("datapaths", "%q is listed twice", d)
-		}
-		seen[d] = true
-	}
+	checkDatapaths(bad, "datapaths", s.Datapaths, false)
 	return errors.Join(errs...)
 }
+
+// checkDatapaths refuses an empty (unless optional) or repeated list, and
+// names that are not words: a datapath name is looked up in the registry
+// later, but it is printed before that.
+func checkDatapaths(bad func(error, string, string, ...any), field string, dps []string, optional bool) {
+	if len(dps) == 0 && !optional {
+		bad(ErrInvalid, field, "needs at least one datapath")
+	}
+	seen := map[string]bool{}
+	for _, d := range dps {
+		if seen[d] {
+			bad(ErrInvalid, field, "%q is listed twice", d)
+		}
+		seen[d] = true
+		if !scenarioName.MatchString(d) {
+			bad(ErrName, field, "%q is not a datapath name (see 'svclab datapaths')", truncate(d))
+		}
+	}
+}
+
+// validateRanges refuses pod and Service CIDRs no pod or Service can use,
+// that overlap each other, or that are too small for the pods and the
+// ClusterIPs (services get consecutive ClusterIPs from the 10th address:
+// a sweep past the end of the range would program addresses outside it).
+func (s *Scenario) validateRanges(bad func(error, string, string, ...any), badErr func(error, string, error)) {
+	pods, perr := ParseRange(s.Topology.PodCIDR, "10.244.0.0/16")
+	badErr(ErrRange, "topology.podCIDR", perr)
+	svcs, serr := ParseRange(s.Topology.ServiceCIDR, "10.96.0.0/16")
+	badErr(ErrRange, "topology.serviceCIDR", serr)
+	if perr == nil && !pods.Addr().Is4() {
+		bad(ErrRange, "topology.podCIDR", "%s is not IPv4: bench topologies are IPv4 (e.g. 10.244.0.0/16)", pods)
+		perr = ErrRange
+	}
+	if serr == nil && !svcs.Addr().Is4() {
+		bad(ErrRange, "topology.serviceCIDR", "%s is not IPv4: bench topologies are IPv4 (e.g. 10.96.0.0/16)", svcs)
+		serr = ErrRange
+	}
+	if perr != nil || serr != nil {
+		return
+	}
+	if pods.Overlaps(svcs) {
+		bad(ErrRange, "topology.serviceCIDR", "%s overlaps topology.podCIDR %s: they must be disjoint", svcs, pods)
+		return
+	}
+	if need := s.Topology.Clients + s.Topology.Backends; hosts(pods) < need {
+		bad(ErrRange, "topology.podCIDR", "%s has %d host addresses; %d pods (topology.clients + topology.backends) need one each", pods, hosts(pods), need)
+	}
+	maxSvcs := 1
+	for _, n := range s.ServiceCounts() {
+		maxSvcs = max(maxSvcs, n)
+	}
+	if maxSvcs > 1 && hosts(svcs) < 9+maxSvcs {
+		bad(ErrRange, "topology.serviceCIDR", "%s has %d host addresses; scale.services up to %d needs %d (ClusterIPs from the 10th address on)", svcs, hosts(svcs), maxSvcs, 9+maxSvcs)
+	} else if hosts(svcs) < 1 {
+		bad(ErrRange, "topology.serviceCIDR", "%s has no host address for a ClusterIP", svcs)
+	}
+}
+
+// Builtin returns the text of a built-in scenario.
+func Builtin(name string) ([]byte, error) { return builtin.ReadFile(name + ".yaml") }

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,7 +10,30 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/u-root/u-root/pkg/cpio"
 )
+
+// cpioEntry is one member of a newc archive, as the tests look at it.
+type cpioEntry struct {
+	Name                 string
+	Mode                 uint32
+	Data                 []byte
+	RdevMajor, RdevMinor uint32
+}
+
+// readCPIO reads a newc archive with u-root's reader, up to its trailer.
+func readCPIO(t *testing.T, b []byte) []cpioEntry {
+	t.Helper()
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(b)))
+	require.NoError(t, err)
+	var out []cpioEntry
+	for _, r := range recs {
+		data, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+		require.NoError(t, err)
+		out = append(out, cpioEntry{Name: r.Name, Mode: uint32(r.Mode), Data: data, RdevMajor: uint32(r.Rmajor), RdevMinor: uint32(r.Rminor)})
+	}
+	return out
+}
 
 func TestCPIORoundTrip(t *testing.T) {
 	var buf bytes.Buffer
@@ -23,9 +47,8 @@ func TestCPIORoundTrip(t *testing.T) {
 	require.NoError(t, w.Close())
 	assert.Zero(t, buf.Len()%4, "newc pads everything to 4 bytes")
 
-	got, err := ReadCPIO(bytes.NewReader(buf.Bytes()))
-	require.NoError(t, err)
-	byName := map[string]CPIOEntry{}
+	got := readCPIO(t, buf.Bytes())
+	byName := map[string]cpioEntry{}
 	var order []string
 	for _, e := range got {
 		byName[e.Name] = e
@@ -51,15 +74,8 @@ func TestCPIOWriterRefusesConflicts(t *testing.T) {
 	assert.ErrorContains(t, w.File("/", 0o644, nil), "empty name")
 }
 
-func TestReadCPIORejectsGarbage(t *testing.T) {
-	_, err := ReadCPIO(bytes.NewReader(bytes.Repeat([]byte("x"), 200)))
-	assert.ErrorContains(t, err, "bad magic")
-	_, err = ReadCPIO(bytes.NewReader([]byte("070701")))
-	assert.ErrorContains(t, err, "header")
-}
-
 // GNU cpio, where installed, reads what we write: the format is the real
-// newc, not just something our own reader accepts.
+// newc, not just something u-root's reader accepts.
 func TestCPIOReadableByGNUCpio(t *testing.T) {
 	if _, err := exec.LookPath("cpio"); err != nil {
 		t.Skip("cpio (package cpio) not found")

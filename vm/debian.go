@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -17,11 +16,12 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"pault.ag/go/debian/control"
+	"pault.ag/go/debian/version"
 )
 
 // DefaultMirror is Debian's package registry; --mirror may name another
@@ -82,51 +82,6 @@ func SeriesNames() []string {
 	return n
 }
 
-// Stanza is one paragraph of a Debian control file (Packages, InRelease):
-// field name to value, continuation lines joined with "\n".
-type Stanza map[string]string
-
-// ParseControl reads RFC 822-style paragraphs separated by blank lines, as
-// Packages indexes and Release files are written.
-func ParseControl(r io.Reader) ([]Stanza, error) {
-	var out []Stanza
-	cur := Stanza{}
-	last := ""
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		switch {
-		case strings.TrimSpace(line) == "":
-			if len(cur) > 0 {
-				out = append(out, cur)
-				cur, last = Stanza{}, ""
-			}
-		case line[0] == ' ' || line[0] == '\t':
-			if last == "" {
-				return nil, fmt.Errorf("line %d: continuation line outside a field", n)
-			}
-			cur[last] += "\n" + strings.TrimSpace(line)
-		default:
-			k, v, ok := strings.Cut(line, ":")
-			if !ok {
-				return nil, fmt.Errorf("line %d: %q is not a field", n, line)
-			}
-			last = k
-			cur[k] = strings.TrimSpace(v)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	if len(cur) > 0 {
-		out = append(out, cur)
-	}
-	return out, nil
-}
-
 // IndexFile is one file a Release file lists, with its SHA256.
 type IndexFile struct {
 	Path   string
@@ -142,32 +97,40 @@ type Release struct {
 	Files       map[string]IndexFile
 }
 
+// releaseFile is what ParseRelease decodes with pault.ag/go/debian/control;
+// the SHA256 field is one "hash size path" line per index file.
+type releaseFile struct {
+	Suite         string
+	Codename      string
+	AcquireByHash bool                     `control:"Acquire-By-Hash"`
+	SHA256        []control.SHA256FileHash `delim:"\n" strip:"\n\r\t "`
+}
+
 // ParseRelease reads the (already signature-checked) text of an InRelease
 // file.
 func ParseRelease(text []byte) (*Release, error) {
-	st, err := ParseControl(bytes.NewReader(text))
-	if err != nil {
+	// The control package strips a clearsigned wrapper without checking it
+	// when given no keyring; only text gpgv vouched for may get here.
+	if bytes.HasPrefix(bytes.TrimSpace(text), []byte("-----BEGIN PGP")) {
+		return nil, errors.New("release file: still signed; only the text the signature check returns is parsed")
+	}
+	var rf releaseFile
+	if err := control.Unmarshal(&rf, bytes.NewReader(text)); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("release file: empty")
+		}
 		return nil, fmt.Errorf("release file: %w", err)
 	}
-	if len(st) == 0 {
-		return nil, errors.New("release file: empty")
-	}
-	s := st[0]
-	r := &Release{Suite: s["Suite"], Codename: s["Codename"], AcquireHash: s["Acquire-By-Hash"] == "yes", Files: map[string]IndexFile{}}
-	sums, ok := s["SHA256"]
-	if !ok {
+	if len(rf.SHA256) == 0 {
 		return nil, errors.New("release file: no SHA256 field")
 	}
-	for _, l := range strings.Split(sums, "\n") {
-		f := strings.Fields(l)
-		if len(f) != 3 {
-			continue
+	r := &Release{Suite: rf.Suite, Codename: rf.Codename, AcquireHash: rf.AcquireByHash, Files: map[string]IndexFile{}}
+	for _, h := range rf.SHA256 {
+		// A short hash would make every later digest check meaningless.
+		if len(h.Hash) != 64 || h.Filename == "" {
+			return nil, fmt.Errorf("release file: bad SHA256 line %q", fmt.Sprintf("%s %d %s", h.Hash, h.Size, h.Filename))
 		}
-		size, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil || len(f[0]) != 64 {
-			return nil, fmt.Errorf("release file: bad SHA256 line %q", l)
-		}
-		r.Files[f[2]] = IndexFile{Path: f[2], Size: size, SHA256: f[0]}
+		r.Files[h.Filename] = IndexFile{Path: h.Filename, Size: h.Size, SHA256: h.Hash}
 	}
 	return r, nil
 }
@@ -197,44 +160,72 @@ type KernelPackage struct {
 // (backports, trixie); the flavours put a word before -amd64.
 var kernelPackageRE = regexp.MustCompile(`^linux-image-([0-9][0-9.]*(?:-[0-9]+|\+[0-9a-z.~]+)-amd64)-unsigned$`)
 
+// kernelStanza is the part of a Packages stanza a kernel choice reads.
+type kernelStanza struct {
+	Package      string
+	Version      version.Version
+	Architecture string
+	Filename     string
+	Size         int
+	SHA256       string
+}
+
 // KernelPackages returns the packages of a Packages index that are generic
 // amd64 kernels of the given upstream series (e.g. "6.1"), found in
 // archive/suite.
-func KernelPackages(stanzas []Stanza, upstream, archive, suite string) ([]KernelPackage, error) {
+func KernelPackages(index io.Reader, upstream, archive, suite string) ([]KernelPackage, error) {
+	pr, err := control.NewParagraphReader(index, nil)
+	if err != nil {
+		return nil, err
+	}
 	var out []KernelPackage
-	for _, s := range stanzas {
-		m := kernelPackageRE.FindStringSubmatch(s["Package"])
-		if m == nil || !strings.HasPrefix(s["Version"], upstream+".") || s["Architecture"] != "amd64" {
+	for {
+		p, err := pr.Next()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("packages index: %w", err)
+		}
+		// A suite's index has some 60,000 stanzas and a handful of
+		// kernels: match the name before decoding the stanza.
+		name, ver := p.Values["Package"], p.Values["Version"]
+		m := kernelPackageRE.FindStringSubmatch(name)
+		if m == nil || !strings.HasPrefix(ver, upstream+".") || p.Values["Architecture"] != "amd64" {
 			continue
 		}
-		size, err := strconv.ParseInt(s["Size"], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("package %s %s: bad Size %q", s["Package"], s["Version"], s["Size"])
+		var s kernelStanza
+		if err := control.UnpackFromParagraph(*p, &s); err != nil {
+			return nil, fmt.Errorf("package %s %s: %w", name, ver, err)
 		}
-		if len(s["SHA256"]) != 64 || s["Filename"] == "" {
-			return nil, fmt.Errorf("package %s %s: no SHA256 or Filename", s["Package"], s["Version"])
+		if len(s.SHA256) != 64 || s.Filename == "" {
+			return nil, fmt.Errorf("package %s %s: no SHA256 or Filename", name, ver)
 		}
 		out = append(out, KernelPackage{
-			Package: s["Package"], Version: s["Version"], Release: m[1], Archive: archive, Suite: suite,
-			Filename: s["Filename"], Size: size, SHA256: s["SHA256"],
+			Package: name, Version: ver, Release: m[1], Archive: archive, Suite: suite,
+			Filename: s.Filename, Size: int64(s.Size), SHA256: s.SHA256,
 		})
 	}
-	return out, nil
 }
 
-// Newest returns the package with the highest Debian version; ties (the
-// same version in two suites) keep the first.
+// Newest returns the package with the highest Debian version, in dpkg's
+// order: "6.1.10-1" is newer than "6.1.9-1", and a backport
+// "6.12.95-1~bpo12+1" older than "6.12.95-1". Ties (the same version in two
+// suites) keep the first.
 func Newest(pkgs []KernelPackage) (KernelPackage, bool) {
-	if len(pkgs) == 0 {
-		return KernelPackage{}, false
-	}
-	best := pkgs[0]
-	for _, p := range pkgs[1:] {
-		if CompareDebianVersions(p.Version, best.Version) > 0 {
-			best = p
+	var best KernelPackage
+	var bestV version.Version
+	found := false
+	for _, p := range pkgs {
+		v, err := version.Parse(p.Version)
+		if err != nil {
+			continue // KernelPackages refuses these, and it makes every KernelPackage
+		}
+		if !found || version.Compare(v, bestV) > 0 {
+			best, bestV, found = p, v, true
 		}
 	}
-	return best, true
+	return best, found
 }
 
 // Fetcher downloads from a Debian mirror and checks what it gets against the
@@ -313,8 +304,8 @@ func (f *Fetcher) gpgv(ctx context.Context, signed []byte) ([]byte, error) {
 }
 
 // packages downloads main/binary-amd64's Packages index of a suite, checks
-// it against the signed InRelease and parses it.
-func (f *Fetcher) packages(ctx context.Context, a Archive) ([]Stanza, error) {
+// it against the signed InRelease and returns it uncompressed.
+func (f *Fetcher) packages(ctx context.Context, a Archive) ([]byte, error) {
 	rel, err := f.release(ctx, a)
 	if err != nil {
 		return nil, err
@@ -348,7 +339,7 @@ func (f *Fetcher) packages(ctx context.Context, a Archive) ([]Stanza, error) {
 				return nil, fmt.Errorf("%s/%s %s (uncompressed): %w", a.Path, a.Suite, idx.Path, err)
 			}
 		}
-		return ParseControl(bytes.NewReader(plain))
+		return plain, nil
 	}
 	return nil, fmt.Errorf("%s/%s: InRelease lists no %sPackages.gz or Packages.xz", a.Path, a.Suite, dir)
 }
@@ -393,11 +384,11 @@ func xzDecompress(ctx context.Context, r io.Reader) ([]byte, error) {
 func (f *Fetcher) Resolve(ctx context.Context, s Series) (KernelPackage, error) {
 	var all []KernelPackage
 	for _, a := range s.Archives {
-		st, err := f.packages(ctx, a)
+		index, err := f.packages(ctx, a)
 		if err != nil {
 			return KernelPackage{}, err
 		}
-		pkgs, err := KernelPackages(st, s.Upstream, a.Path, a.Suite)
+		pkgs, err := KernelPackages(bytes.NewReader(index), s.Upstream, a.Path, a.Suite)
 		if err != nil {
 			return KernelPackage{}, fmt.Errorf("%s/%s: %w", a.Path, a.Suite, err)
 		}

@@ -9,31 +9,39 @@ import (
 )
 
 // Kernel choice hangs on dpkg's version order, which differs from string
-// and semver order in the places that matter for kernels.
-func TestCompareDebianVersions(t *testing.T) {
+// and semver order in the places that matter for kernels: the ABI number
+// ("47" after "9"), backports ("~bpo12" before the release it backports)
+// and rebuilds of a backport.
+func TestNewest(t *testing.T) {
 	tests := []struct {
-		a, b string
-		want int
+		name  string
+		older string
+		newer string
 	}{
-		{"6.1.10-1", "6.1.9-1", 1},
-		{"6.1.176-1", "6.1.176-1", 0},
-		{"6.12.95-1~bpo12+1", "6.12.95-1", -1},
-		{"6.12.95-1~bpo12+1", "6.12.94-1~bpo12+1", 1},
-		{"6.12.95-1~bpo12+2", "6.12.95-1~bpo12+1", 1},
-		{"1:1.0-1", "2.0-1", 1},
-		{"1.0~rc1-1", "1.0-1", -1},
-		{"1.0-1", "1.0", 1},
-		{"1.0a-1", "1.0-1", 1},
-		{"1.0+b1", "1.0", 1},
-		{"6.1.0-47", "6.1.0-9", 1},
-		{"007", "7", 0},
+		{"numeric, not string, order", "6.1.9-1", "6.1.10-1"},
+		{"a backport sorts before its release", "6.12.95-1~bpo12+1", "6.12.95-1"},
+		{"a newer backport", "6.12.94-1~bpo12+1", "6.12.95-1~bpo12+1"},
+		{"a backport rebuild", "6.12.95-1~bpo12+1", "6.12.95-1~bpo12+2"},
+		{"a release candidate", "6.1~rc1-1", "6.1-1"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.a+"_vs_"+tt.b, func(t *testing.T) {
-			assert.Equal(t, tt.want, CompareDebianVersions(tt.a, tt.b))
-			assert.Equal(t, -tt.want, CompareDebianVersions(tt.b, tt.a), "the order must be antisymmetric")
+		t.Run(tt.name, func(t *testing.T) {
+			for _, order := range [][]string{{tt.older, tt.newer}, {tt.newer, tt.older}} {
+				var pkgs []KernelPackage
+				for _, v := range order {
+					pkgs = append(pkgs, KernelPackage{Version: v})
+				}
+				best, ok := Newest(pkgs)
+				require.True(t, ok)
+				assert.Equal(t, tt.newer, best.Version, "whatever the order of the index")
+			}
 		})
 	}
+	best, ok := Newest([]KernelPackage{{Version: "6.1.1-1", Suite: "bookworm"}, {Version: "6.1.1-1", Suite: "bookworm-security"}})
+	require.True(t, ok)
+	assert.Equal(t, "bookworm", best.Suite, "a tie keeps the first")
+	_, ok = Newest(nil)
+	assert.False(t, ok, "no package, no choice")
 }
 
 const packagesIndex = `Package: linux-image-6.1.0-47-amd64-unsigned
@@ -83,11 +91,6 @@ SHA256: 5555555555555555555555555555555555555555555555555555555555555555
 // the newest by Debian version wins (6.1.176 over 6.1.27, which a string
 // comparison of the ABI "47" vs "9" would get wrong).
 func TestKernelPackagesAndNewest(t *testing.T) {
-	st, err := ParseControl(strings.NewReader(packagesIndex))
-	require.NoError(t, err)
-	require.Len(t, st, 5)
-	assert.Equal(t, "Linux 6.1 for 64-bit PCs\nA second description line.", st[0]["Description"], "continuation lines join the field")
-
 	tests := []struct {
 		upstream    string
 		wantNames   []string
@@ -99,7 +102,7 @@ func TestKernelPackagesAndNewest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.upstream, func(t *testing.T) {
-			pkgs, err := KernelPackages(st, tt.upstream, "debian", "bookworm")
+			pkgs, err := KernelPackages(strings.NewReader(packagesIndex), tt.upstream, "debian", "bookworm")
 			require.NoError(t, err)
 			var names []string
 			for _, p := range pkgs {
@@ -113,34 +116,24 @@ func TestKernelPackagesAndNewest(t *testing.T) {
 			assert.Equal(t, "bookworm", best.Suite)
 		})
 	}
-	_, ok := Newest(nil)
-	assert.False(t, ok, "no package, no choice")
 }
 
 func TestKernelPackagesRejectsBrokenStanzas(t *testing.T) {
 	tests := []struct {
 		name, index, want string
 	}{
-		{"bad size", "Package: linux-image-6.1.0-1-amd64-unsigned\nVersion: 6.1.1-1\nArchitecture: amd64\nSize: lots\nFilename: x.deb\nSHA256: " + strings.Repeat("a", 64) + "\n", `bad Size "lots"`},
+		{"bad size", "Package: linux-image-6.1.0-1-amd64-unsigned\nVersion: 6.1.1-1\nArchitecture: amd64\nSize: lots\nFilename: x.deb\nSHA256: " + strings.Repeat("a", 64) + "\n", `"lots"`},
+		{"bad version", "Package: linux-image-6.1.0-1-amd64-unsigned\nVersion: 6.1.1-1 x\nArchitecture: amd64\nSize: 1\nFilename: x.deb\nSHA256: " + strings.Repeat("a", 64) + "\n", "embedded spaces"},
 		{"no digest", "Package: linux-image-6.1.0-1-amd64-unsigned\nVersion: 6.1.1-1\nArchitecture: amd64\nSize: 1\nFilename: x.deb\n", "no SHA256"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := ParseControl(strings.NewReader(tt.index))
-			require.NoError(t, err)
-			_, err = KernelPackages(st, "6.1", "debian", "bookworm")
+			_, err := KernelPackages(strings.NewReader(tt.index), "6.1", "debian", "bookworm")
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.want)
 			assert.Contains(t, err.Error(), "linux-image-6.1.0-1-amd64-unsigned", "the error names the package")
 		})
 	}
-}
-
-func TestParseControlErrors(t *testing.T) {
-	_, err := ParseControl(strings.NewReader(" leading continuation\n"))
-	assert.ErrorContains(t, err, "line 1")
-	_, err = ParseControl(strings.NewReader("Package: a\nno colon here\n"))
-	assert.ErrorContains(t, err, "line 2")
 }
 
 func TestParseRelease(t *testing.T) {
@@ -162,6 +155,10 @@ SHA256:
 	assert.ErrorContains(t, err, "no SHA256")
 	_, err = ParseRelease([]byte("Suite: x\nSHA256:\n nothex 12 a/b\n"))
 	assert.ErrorContains(t, err, "bad SHA256 line")
+	_, err = ParseRelease(nil)
+	assert.ErrorContains(t, err, "empty")
+	_, err = ParseRelease([]byte("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nSuite: x\n"))
+	assert.ErrorContains(t, err, "still signed", "an unchecked signature is never stripped silently")
 }
 
 func TestLookupSeries(t *testing.T) {

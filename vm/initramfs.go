@@ -484,12 +484,13 @@ func BuildInitramfs(ctx context.Context, spec ImageSpec, w io.Writer) (*ImageInf
 	if err := b.addLibraries(ctx); err != nil {
 		return nil, err
 	}
-	for name, content := range map[string]string{
-		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-		"/etc/group":  "root:x:0:\nnogroup:x:65534:\n",
-		"/etc/hosts":  "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+	// A slice, not a map: the order of entries is part of the bytes.
+	for _, f := range [][2]string{
+		{"/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"},
+		{"/etc/group", "root:x:0:\nnogroup:x:65534:\n"},
+		{"/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"},
 	} {
-		if err := b.file(name, 0o644, []byte(content)); err != nil {
+		if err := b.file(f[0], 0o644, []byte(f[1])); err != nil {
 			return nil, err
 		}
 	}
@@ -507,7 +508,7 @@ func BuildInitramfs(ctx context.Context, spec ImageSpec, w io.Writer) (*ImageInf
 	if err := zw.Close(); err != nil {
 		return nil, err
 	}
-	info.Files = len(b.cw.seen)
+	info.Files = b.cw.Files()
 	info.Uncompressed, info.Compressed = raw.n, cw.n
 	return info, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,21 +16,21 @@ import (
 )
 
 // readImage unpacks a gzip'd newc image into name -> entry.
-func readImage(t *testing.T, b []byte) map[string]CPIOEntry {
+func readImage(t *testing.T, b []byte) map[string]cpioEntry {
 	t.Helper()
 	zr, err := gzip.NewReader(bytes.NewReader(b))
 	require.NoError(t, err)
-	entries, err := ReadCPIO(zr)
+	raw, err := io.ReadAll(zr)
 	require.NoError(t, err)
-	m := map[string]CPIOEntry{}
-	for _, e := range entries {
+	m := map[string]cpioEntry{}
+	for _, e := range readCPIO(t, raw) {
 		m[e.Name] = e
 	}
 	return m
 }
 
 // lookup follows the image's symlinks like the guest kernel would.
-func lookup(t *testing.T, img map[string]CPIOEntry, p string) (CPIOEntry, bool) {
+func lookup(t *testing.T, img map[string]cpioEntry, p string) (cpioEntry, bool) {
 	t.Helper()
 	for range 40 {
 		parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
@@ -38,7 +39,7 @@ func lookup(t *testing.T, img map[string]CPIOEntry, p string) (CPIOEntry, bool) 
 			prefix := strings.Join(parts[:i+1], "/")
 			e, ok := img[prefix]
 			if !ok {
-				return CPIOEntry{}, false
+				return cpioEntry{}, false
 			}
 			if e.Mode&modeType == modeSymlink {
 				target := string(e.Data)
@@ -54,10 +55,10 @@ func lookup(t *testing.T, img map[string]CPIOEntry, p string) (CPIOEntry, bool) 
 			}
 		}
 		if !moved {
-			return CPIOEntry{}, false
+			return cpioEntry{}, false
 		}
 	}
-	return CPIOEntry{}, false
+	return cpioEntry{}, false
 }
 
 // The image holds init, busybox with its applets, the given files, host
@@ -145,6 +146,54 @@ func TestBuildInitramfs(t *testing.T) {
 	assert.Equal(t, "kernel/net/a.ko:\nkernel/net/b.ko: kernel/net/a.ko\n", string(e.Data))
 	e, _ = lookup(t, img, "/lib/modules/6.1.0-99-amd64/modules.alias")
 	assert.Equal(t, "alias b-alias b\n", string(e.Data))
+}
+
+// The same inputs give the same bytes: entry order, inode numbers, owners
+// and mtimes never depend on the build, so an image can be compared or
+// cached by its digest.
+func TestBuildInitramfsIsDeterministic(t *testing.T) {
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox (package busybox-static) not found")
+	}
+	if static, _ := IsStaticELF(busybox); !static {
+		t.Skip("busybox is not the static one (package busybox-static)")
+	}
+	dir := t.TempDir()
+	files := map[string]string{}
+	for _, n := range []string{"a", "b", "c", "d"} {
+		p := filepath.Join(dir, n)
+		require.NoError(t, os.WriteFile(p, []byte("file "+n), 0o755))
+		files["/opt/svclab/"+n] = p
+	}
+	mods := filepath.Join(dir, "modules", "6.1.0-99-amd64")
+	require.NoError(t, os.MkdirAll(filepath.Join(mods, "kernel/net"), 0o755))
+	var dep strings.Builder
+	for _, n := range []string{"m1", "m2", "m3", "m4", "m5", "m6"} {
+		require.NoError(t, os.WriteFile(filepath.Join(mods, "kernel/net", n+".ko"), []byte("module "+n), 0o644))
+		dep.WriteString("kernel/net/" + n + ".ko:\n")
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(mods, "modules.dep"), []byte(dep.String()), 0o644))
+	ix, err := LoadModuleIndex(mods)
+	require.NoError(t, err)
+	plan, err := PlanModules(ix, []string{"kernel/net/"}, []string{"m3", "m1"})
+	require.NoError(t, err)
+	ls, err := exec.LookPath("ls")
+	require.NoError(t, err)
+
+	build := func() []byte {
+		var out bytes.Buffer
+		_, err := BuildInitramfs(context.Background(), ImageSpec{
+			Release: "6.1.0-99-amd64", Modules: plan, Busybox: busybox, Files: files,
+			Tools: []string{ls}, Init: []byte("#!/opt/busybox/sh\n"),
+		}, &out)
+		require.NoError(t, err)
+		return out.Bytes()
+	}
+	first := build()
+	for range 3 {
+		assert.Equal(t, first, build())
+	}
 }
 
 func TestBuildInitramfsNeedsStaticBusybox(t *testing.T) {

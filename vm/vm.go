@@ -12,10 +12,18 @@
 // them. The console streams to stderr; the guest command's stdout comes back
 // on a second serial line; /init reports the exit status with a per-run token
 // and powers off.
+//
+// The API is a Config and Run: a Go caller (the bench's VM phase) fills the
+// Config, Validate gives zero fields their defaults, and Run boots the guest
+// and returns its exit status. ParseArgs is only `svclab vm`'s reading of
+// its flags into a Config. Debian's versions and control files are read with
+// pault.ag/go/debian, and the initramfs's newc records are written with
+// u-root's pkg/cpio. README.md describes the guest and lists the files.
 package vm
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -33,46 +41,82 @@ import (
 	"time"
 )
 
-// Config is one `svclab vm` invocation.
+// Config is one guest run. A Go caller fills it and passes it to Run;
+// `svclab vm` fills it with ParseArgs. Zero fields take the defaults
+// Validate gives them, so a caller sets only what it means:
+//
+//	res, err := vm.Run(ctx, &vm.Config{
+//		Kernel: "debian-6.12",
+//		Shares: []string{dir},
+//		Args:   []string{"bench", "--scenario", scenario},
+//		Stderr: os.Stderr,
+//	})
 type Config struct {
-	// Kernel is a series name (debian-6.1, debian-6.12) or a vmlinuz path.
+	// Kernel is a series name (debian-6.1, debian-6.12) or a vmlinuz path;
+	// default DefaultKernel.
 	Kernel string
-	// Modules is lib/modules/<release> for a vmlinuz path.
+	// Modules is lib/modules/<release> (with modules.dep) for a vmlinuz
+	// path; empty for a kernel without loadable modules.
 	Modules string
 	// Binary is a static svclab binary; empty builds one from the source
-	// tree.
+	// tree above Dir.
 	Binary string
 	// GoTest lists packages whose test binaries run instead of a svclab
 	// command; Args are then test flags.
 	GoTest []string
-	// Args are the svclab command line (or the test flags).
+	// Args are the svclab command line without "svclab" (or the test
+	// flags), e.g. {"bench", "--scenario", "quick"}.
 	Args []string
 
+	// Timeout bounds the whole guest run; default DefaultTimeout.
 	Timeout time.Duration
-	Memory  int // MiB
-	CPUs    int
-	Accel   string // auto, kvm or tcg
-	Append  string // extra kernel command line
-	Shares  []string
+	// Memory is the guest's memory in MiB; default DefaultMemory.
+	Memory int
+	// CPUs is the guest's CPU count; default the host's.
+	CPUs int
+	// Accel is auto (kvm when usable, else tcg), kvm or tcg; default auto.
+	Accel string
+	// Append is extra kernel command line, e.g. "mitigations=off".
+	Append string
+	// Shares are host directories, besides Dir, that the guest mounts at
+	// the same path.
+	Shares []string
 
+	// CacheDir keeps downloaded kernels; default DefaultCacheDir for root,
+	// else under the user's cache directory.
 	CacheDir string
-	Mirror   string
-	Keyring  string
-	Refresh  bool
-	Busybox  string
-	Tools    []string
+	// Mirror is the Debian mirror; default DefaultMirror.
+	Mirror string
+	// Keyring checks the mirror's InRelease files; default DefaultKeyring.
+	Keyring string
+	// Refresh re-reads Debian's indexes even if the newest kernel was
+	// looked up in the last 24 hours.
+	Refresh bool
+	// Busybox is a static busybox for /init; default busybox in PATH.
+	Busybox string
+	// Tools are host programs copied into the guest; nil means
+	// DefaultTools.
+	Tools []string
 
-	// Dir is the working directory, shared with the guest; default the
-	// process's.
+	// Dir is the working directory, shared with the guest and where the
+	// command runs; default the process's.
 	Dir string
 
+	// Stdout receives the guest command's stdout, Stderr the console and
+	// svclab's progress lines; nil discards.
 	Stdout, Stderr io.Writer
 }
 
-// DefaultTimeout bounds a whole guest run.
-const DefaultTimeout = 30 * time.Minute
+// Defaults for a zero Config field.
+const (
+	DefaultKernel  = "debian-6.1"
+	DefaultTimeout = 30 * time.Minute
+	DefaultMemory  = 2048 // MiB
+	DefaultAccel   = "auto"
+)
 
-// DefaultCacheDir is where Debian kernels are kept between runs.
+// DefaultCacheDir is where Debian kernels are kept between runs when svclab
+// runs as root.
 const DefaultCacheDir = "/var/cache/svclab/kernels"
 
 // Usage is the vm command's synopsis.
@@ -89,7 +133,9 @@ Examples:
 Flags:
 `
 
-// ParseArgs reads the vm command line. Errors name the flag at fault.
+// ParseArgs reads the vm command line into a Config and checks it. Errors
+// name the flag at fault. Unlike in a Config, a zero --timeout, --memory or
+// --cpus is an error, not the default: on a command line it is a mistake.
 func ParseArgs(args []string, stderr io.Writer) (*Config, error) {
 	fs := flag.NewFlagSet("vm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -99,14 +145,14 @@ func ParseArgs(args []string, stderr io.Writer) (*Config, error) {
 	}
 	c := &Config{}
 	var goTest string
-	fs.StringVar(&c.Kernel, "kernel", "debian-6.1", "kernel to boot: "+strings.Join(SeriesNames(), ", ")+" (fetched from Debian), or a vmlinuz path")
+	fs.StringVar(&c.Kernel, "kernel", DefaultKernel, "kernel to boot: "+strings.Join(SeriesNames(), ", ")+" (fetched from Debian), or a vmlinuz path")
 	fs.StringVar(&c.Modules, "modules", "", "lib/modules/<release> directory (with modules.dep) for a --kernel path")
 	fs.StringVar(&c.Binary, "binary", "", "static svclab binary to run in the guest (default: build one with CGO_ENABLED=0 from the source tree)")
 	fs.StringVar(&goTest, "go-test", "", "comma-separated packages whose tests run in the guest (go test -c); flags after -- go to the test binaries")
 	fs.DurationVar(&c.Timeout, "timeout", DefaultTimeout, "stop the guest after this long")
-	fs.IntVar(&c.Memory, "memory", 2048, "guest memory in MiB")
+	fs.IntVar(&c.Memory, "memory", DefaultMemory, "guest memory in MiB")
 	fs.IntVar(&c.CPUs, "cpus", runtime.NumCPU(), "guest CPUs")
-	fs.StringVar(&c.Accel, "accel", "auto", "QEMU accelerator: auto (kvm when usable, else tcg), kvm or tcg")
+	fs.StringVar(&c.Accel, "accel", DefaultAccel, "QEMU accelerator: auto (kvm when usable, else tcg), kvm or tcg")
 	fs.StringVar(&c.Append, "append", "", "extra kernel command line, e.g. mitigations=off")
 	fs.Func("share", "extra host directory the guest mounts at the same path (repeatable)", func(s string) error {
 		c.Shares = append(c.Shares, s)
@@ -130,7 +176,9 @@ func ParseArgs(args []string, stderr io.Writer) (*Config, error) {
 			return nil, errors.New("--go-test: no package given")
 		}
 	}
-	if err := c.validate(); err != nil {
+	// check, not Validate: every flag has its default already, and a zero
+	// given on the command line must not turn into one.
+	if err := c.check(); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -146,7 +194,48 @@ func defaultCacheDir() string {
 	return DefaultCacheDir
 }
 
-func (c *Config) validate() error {
+// Validate gives zero fields their defaults and checks the Config. Errors
+// name the field by its command-line flag (--kernel for Kernel). Run calls
+// it; a caller may call it first to fail before anything is built.
+func (c *Config) Validate() error {
+	if err := c.setDefaults(); err != nil {
+		return err
+	}
+	return c.check()
+}
+
+func (c *Config) setDefaults() error {
+	c.Kernel = cmp.Or(c.Kernel, DefaultKernel)
+	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
+	c.Memory = cmp.Or(c.Memory, DefaultMemory)
+	c.CPUs = cmp.Or(c.CPUs, runtime.NumCPU())
+	c.Accel = cmp.Or(c.Accel, DefaultAccel)
+	c.Mirror = cmp.Or(c.Mirror, DefaultMirror)
+	c.Keyring = cmp.Or(c.Keyring, DefaultKeyring)
+	if c.CacheDir == "" {
+		c.CacheDir = defaultCacheDir()
+	}
+	if c.Tools == nil {
+		c.Tools = DefaultTools
+	}
+	if c.Stdout == nil {
+		c.Stdout = io.Discard
+	}
+	if c.Stderr == nil {
+		c.Stderr = io.Discard
+	}
+	if c.Dir == "" {
+		d, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		c.Dir = d
+	}
+	return nil
+}
+
+// check reports the first field that is wrong, naming its flag.
+func (c *Config) check() error {
 	if _, ok := LookupSeries(c.Kernel); !ok {
 		fi, err := os.Stat(c.Kernel)
 		if err != nil || !fi.Mode().IsRegular() {
@@ -357,15 +446,11 @@ func buildTests(ctx context.Context, dir, out string, pkgs []string) ([]testPack
 
 func (c *Config) kernel(ctx context.Context) (*Kernel, error) {
 	if s, ok := LookupSeries(c.Kernel); ok {
-		keyring := c.Keyring
-		if keyring == "" {
-			keyring = DefaultKeyring
-		}
 		cache := &Cache{
 			Dir:     c.CacheDir,
 			Refresh: c.Refresh,
 			Log:     c.Stderr,
-			Fetcher: &Fetcher{Mirror: c.Mirror, Keyring: keyring, Client: &http.Client{Timeout: 10 * time.Minute}, Log: c.Stderr},
+			Fetcher: &Fetcher{Mirror: c.Mirror, Keyring: c.Keyring, Client: &http.Client{Timeout: 10 * time.Minute}, Log: c.Stderr},
 		}
 		return cache.Get(ctx, s)
 	}
@@ -409,22 +494,13 @@ func KernelRelease(vmlinuz string) (string, error) {
 	return fields[0], nil
 }
 
-// Run boots the kernel, runs the command (or tests) and returns how it
-// went, the guest command's exit status included. An error means the guest
-// did not get to report one (or the setup failed).
+// Run validates c (filling in its defaults), boots the kernel, runs the
+// command (or tests) and returns how it went, the guest command's exit
+// status included. An error means the guest did not get to report one (or
+// the setup failed).
 func Run(ctx context.Context, c *Config) (*BootResult, error) {
-	if c.Stdout == nil {
-		c.Stdout = io.Discard
-	}
-	if c.Stderr == nil {
-		c.Stderr = io.Discard
-	}
-	if c.Dir == "" {
-		d, err := os.Getwd()
-		if err != nil {
-			return nil, err
-		}
-		c.Dir = d
+	if err := c.Validate(); err != nil {
+		return nil, err
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
@@ -529,17 +605,13 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	tools := c.Tools
-	if tools == nil {
-		tools = DefaultTools
-	}
 	start := time.Now()
 	initrd := filepath.Join(tmp, "initrd.cpio.gz")
 	f, err := os.Create(initrd)
 	if err != nil {
 		return nil, err
 	}
-	info, err := BuildInitramfs(ctx, ImageSpec{Release: k.Release, Modules: plan, Busybox: busybox, Files: files, Tools: tools, Init: initScript, Log: c.Stderr}, f)
+	info, err := BuildInitramfs(ctx, ImageSpec{Release: k.Release, Modules: plan, Busybox: busybox, Files: files, Tools: c.Tools, Init: initScript, Log: c.Stderr}, f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -62,6 +63,56 @@ func TestParseArgs(t *testing.T) {
 			_, err := ParseArgs(tt.args, &stderr)
 			require.Error(t, err)
 			assert.Contains(t, err.Error()+stderr.String(), tt.want)
+		})
+	}
+}
+
+// A Go caller fills only what it means; Validate gives the rest the
+// defaults the command line has, and refuses what the command line refuses.
+func TestConfigValidate(t *testing.T) {
+	c := &Config{Args: []string{"datapaths"}}
+	require.NoError(t, c.Validate())
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	assert.Equal(t, DefaultKernel, c.Kernel)
+	assert.Equal(t, DefaultTimeout, c.Timeout)
+	assert.Equal(t, DefaultMemory, c.Memory)
+	assert.Equal(t, runtime.NumCPU(), c.CPUs)
+	assert.Equal(t, DefaultAccel, c.Accel)
+	assert.Equal(t, DefaultMirror, c.Mirror)
+	assert.Equal(t, DefaultKeyring, c.Keyring)
+	assert.Equal(t, DefaultTools, c.Tools)
+	assert.NotEmpty(t, c.CacheDir)
+	assert.Equal(t, wd, c.Dir)
+	assert.Equal(t, io.Discard, c.Stdout)
+	assert.Equal(t, io.Discard, c.Stderr)
+
+	parsed, err := ParseArgs([]string{"datapaths"}, io.Discard)
+	require.NoError(t, err)
+	require.NoError(t, parsed.Validate())
+	assert.Equal(t, c, parsed, "ParseArgs with no flags and a zero Config agree")
+
+	kept := &Config{Kernel: "debian-6.12", Timeout: time.Minute, CPUs: 3, Tools: []string{}, Args: []string{"datapaths"}}
+	require.NoError(t, kept.Validate())
+	assert.Equal(t, "debian-6.12", kept.Kernel)
+	assert.Equal(t, time.Minute, kept.Timeout)
+	assert.Equal(t, 3, kept.CPUs)
+	assert.Empty(t, kept.Tools, "an empty, not nil, Tools means no tools")
+
+	tests := []struct {
+		name string
+		c    Config
+		want string
+	}{
+		{"negative timeout", Config{Timeout: -time.Second, Args: []string{"datapaths"}}, "--timeout: -1s is not positive"},
+		{"little memory", Config{Memory: 64, Args: []string{"datapaths"}}, "--memory: 64 MiB is too little"},
+		{"accel", Config{Accel: "hvf", Args: []string{"datapaths"}}, `--accel: "hvf" is not auto, kvm or tcg`},
+		{"nothing to run", Config{}, "nothing to run"},
+		{"missing share", Config{Shares: []string{"/nonexistent/share"}, Args: []string{"datapaths"}}, "--share:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.ErrorContains(t, tt.c.Validate(), tt.want)
 		})
 	}
 }

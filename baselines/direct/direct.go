@@ -10,11 +10,12 @@ import (
 	"sync"
 
 	"svclab/datapath"
+	"svclab/results"
 )
 
 func init() {
 	datapath.Register(datapath.Factory{
-		Name:        "direct",
+		Name:        results.DirectDatapath, // the datapath every ratio is taken against
 		Description: "no Service datapath: the client connects straight to an endpoint (physical limit)",
 		Probe:       func() error { return nil },
 		New:         func() datapath.Datapath { return &Datapath{} },

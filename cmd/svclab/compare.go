@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"unicode/utf8"
 
 	"svclab/results"
 )
@@ -109,6 +111,9 @@ func loadRun(path string) (*results.Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := sniffRun(path, b); err != nil {
+		return nil, err
+	}
 	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '{' {
 		r, err := results.Read(path)
 		if err != nil {
@@ -120,4 +125,52 @@ func loadRun(path string) (*results.Run, error) {
 		return r, nil
 	}
 	return results.ReadBenchFormat(bytes.NewReader(b), path)
+}
+
+// errNotRun: the file is neither a results.json nor a bench.txt.
+var errNotRun = errors.New("not a svclab run")
+
+// notRun is an errNotRun whose text is only its message.
+type notRun string
+
+func (e notRun) Error() string        { return string(e) }
+func (e notRun) Is(target error) bool { return target == errNotRun }
+
+func notRunf(format string, args ...any) error { return notRun(fmt.Sprintf(format, args...)) }
+
+// sniffRun refuses, naming the file and what it is not, input that is
+// neither a results.json nor a bench.txt: binary bytes, JSON that is not
+// an object with schema_version (a scenario, some other tool's JSON).
+// Without it, such a file is read as an empty bench.txt and the message
+// says only that it has no benchmark lines.
+func sniffRun(path string, b []byte) error {
+	const want = "want the results.json of 'svclab bench', a bench.txt, or a run directory"
+	if i := bytes.IndexFunc(b, func(r rune) bool {
+		return r == utf8.RuneError || (r < 0x20 && r != '\n' && r != '\t' && r != '\r')
+	}); i >= 0 {
+		return notRunf("%s is not a results.json or bench.txt: it is binary (byte 0x%02x at offset %d); %s", path, b[i], i, want)
+	}
+	t := bytes.TrimSpace(b)
+	if len(t) == 0 {
+		return notRunf("%s is empty: not a results.json or bench.txt; %s", path, want)
+	}
+	if t[0] != '{' && t[0] != '[' {
+		return nil // a bench.txt, or text ReadBenchFormat will refuse
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(t, &obj); err != nil {
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			return notRunf("%s is not a results.json: invalid JSON at byte %d; %s", path, syn.Offset, want)
+		}
+		return notRunf("%s is not a results.json: its JSON is not an object; %s", path, want)
+	}
+	if _, ok := obj["schema_version"]; !ok {
+		what := "a JSON object without schema_version"
+		if _, ok := obj["topology"]; ok {
+			what = "a scenario file, not a run's results"
+		}
+		return notRunf("%s is not a results.json: it is %s; %s", path, what, want)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -90,6 +91,34 @@ func TestCompareCommand(t *testing.T) {
 			for _, s := range tc.wantErr {
 				assert.Contains(t, stderr.String(), s)
 			}
+		})
+	}
+}
+
+// A file that is not a run is refused, naming the file and what it is not.
+func TestCompareRefusesWhatIsNotARun(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name, content, want string
+	}{
+		{"other JSON object", `{"foo": 1}`, "is not a results.json: it is a JSON object without schema_version"},
+		{"JSON array", `[1, 2]`, "is not a results.json: its JSON is not an object"},
+		{"broken JSON", `{"schema_version": `, "is not a results.json: invalid JSON"},
+		{"scenario as JSON", `{"name": "default", "topology": {}}`, "it is a scenario file"},
+		{"binary", "\x00\x01\xff", "is not a results.json or bench.txt: it is binary"},
+		{"empty", "", "is empty"},
+		{"other benchmarks", "BenchmarkOther 10 5 ns/op\n", "is not a svclab bench.txt"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "-"))
+			require.NoError(t, os.WriteFile(p, []byte(tt.content), 0o644))
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"compare", p, p}, &stdout, &stderr)
+			assert.Equal(t, compareBadInput, code)
+			assert.Contains(t, stderr.String(), p+" ")
+			assert.Contains(t, stderr.String(), tt.want)
+			assert.NotContains(t, stderr.String(), "cannot unmarshal", "no Go internals")
 		})
 	}
 }

@@ -1,9 +1,19 @@
 // Command svclab measures what a Kubernetes Service datapath costs and
 // whether it behaves like a Service should.
 //
-//	svclab bench [flags]      run a scenario against datapaths, write results and charts
-//	svclab datapaths          list datapaths and whether this machine can run them
-//	svclab cleanup            remove what killed svclab runs left behind
+//	svclab bench [flags]          run a scenario against datapaths, write results and charts
+//	svclab conform [flags]        check Service behaviours against datapaths
+//	svclab compare OLD NEW        compare two runs; exit 1 on a significant regression
+//	svclab datapaths              list datapaths and whether this machine can run them
+//	svclab up [flags]             bring a lab up and keep it until Ctrl-C or svclab down
+//	svclab exec POD -- CMD        run CMD in a lab pod's network namespace and cgroup
+//	svclab status                 list the labs that are up
+//	svclab down [ID]              stop a lab and remove everything it made
+//	svclab cleanup                remove what killed svclab runs left behind
+//	svclab vm [flags] -- COMMAND  run a svclab command under another kernel in QEMU
+//
+// The work is in harness/ (see harness/README.md); this package parses
+// flags and prints.
 package main
 
 import (
@@ -181,7 +191,22 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	if err := sc.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("invalid settings (flags override the scenario's fields):\n%w", err)
 	}
+	if set["vm-kernel"] {
+		// Checked now, not after the host bench has run for minutes.
+		if _, ok := vm.LookupSeries(f.vmKernel); !ok {
+			return nil, nil, fmt.Errorf("--vm-kernel: %q is not a kernel svclab can boot (known: %s)", f.vmKernel, strings.Join(vm.SeriesNames(), ", "))
+		}
+	}
 	return &f, sc, nil
+}
+
+// vmKernelNote says that --vm-kernel has nothing to do when the plan
+// skipped no datapath (this kernel runs every one asked for).
+func vmKernelNote(kernel string, plan *bench.Plan) string {
+	if kernel == "" || len(plan.Skipped) > 0 {
+		return ""
+	}
+	return fmt.Sprintf("note: --vm-kernel %s is not used: this kernel runs every requested datapath (%s)", kernel, strings.Join(plan.Scenario.Datapaths, ", "))
 }
 
 // intList parses the comma-separated integers of flag name.
@@ -217,28 +242,18 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return badInput(err)
 	}
+	if note := vmKernelNote(f.vmKernel, plan); note != "" {
+		fmt.Fprintln(stderr, note)
+	}
 	if err := requireRoot(); err != nil {
 		return err
 	}
 	ctx, stop := signalContext()
 	defer stop()
 	tty := isTerminal(stderr)
-	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty})
+	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty, VMKernel: f.vmKernel})
 	if err != nil {
 		return err
-	}
-	if f.vmKernel != "" {
-		// The host's figures are written already; a VM that cannot boot
-		// (no network for the kernel package, say) costs the VM's rows,
-		// not the run.
-		if err := benchInVM(ctx, f.vmKernel, sc, run, dir, stderr); err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
-			fmt.Fprintf(stderr, "\nwarning: the %s VM phase failed, its datapaths are missing from the results: %v\n", f.vmKernel, err)
-		} else if err := bench.WriteRun(dir, run); err != nil {
-			return err
-		}
 	}
 	fmt.Fprintln(stdout)
 	if err := results.WriteTable(stdout, run); err != nil {

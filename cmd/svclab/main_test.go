@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"svclab/harness/bench"
 	"svclab/harness/runlock"
 	"svclab/internal/cgroup2"
 	"svclab/internal/child"
@@ -48,6 +49,15 @@ func TestBenchBadInput(t *testing.T) {
 	require.NoError(t, os.WriteFile(smallPods, bytes.Replace(sb, []byte("10.244.0.0/16"), []byte("10.244.0.0/23"), 1), 0o644))
 	unknownField := filepath.Join(dir, "unknown-field.yaml")
 	require.NoError(t, os.WriteFile(unknownField, append(b, []byte("colour: blue\n")...), 0o644))
+	write := func(name, from, to string) string {
+		p := filepath.Join(dir, name)
+		require.True(t, bytes.Contains(b, []byte(from)))
+		require.NoError(t, os.WriteFile(p, bytes.Replace(b, []byte(from), []byte(to), 1), 0o644))
+		return p
+	}
+	hostile := write("hostile.yaml", "name: echo", `name: "echo\"; flush ruleset; #"`)
+	multicast := write("multicast.yaml", "10.244.0.0/16", "224.0.0.0/16")
+	wrongType := write("wrong-type.yaml", "backends: 12", "backends: x")
 
 	tests := []struct {
 		name string
@@ -72,6 +82,14 @@ func TestBenchBadInput(t *testing.T) {
 		{"huge endpoint sweep", []string{"--scenario", "scale", "--endpoint-sweep", "100000"}, []string{"scale.endpointSweep", "out of range"}},
 		{"endpoint sweep too big for the pod CIDR", []string{"--scenario", smallPods}, []string{"scale.endpointSweep", "1000 endpoints", "extraEndpoints"}},
 		{"negative apply timeout", []string{"--scenario", "scale", "--apply-timeout", "-1s"}, []string{"scale.applyTimeout"}},
+		{"unknown VM kernel", []string{"--vm-kernel", "bogus"}, []string{"--vm-kernel", `"bogus" is not a kernel`, "debian-6.1"}},
+		{"VM kernel path", []string{"--vm-kernel", "/boot/vmlinuz"}, []string{"--vm-kernel", "is not a kernel"}},
+		{"duration past a day", []string{"--duration", "100000h"}, []string{"workload.duration", "100000h0m0s is out of range [100ms, 24h0m0s]"}},
+		{"warm-up past a day", []string{"--warmup", "25h"}, []string{"workload.warmup", "out of range"}},
+		{"apply timeout past a day", []string{"--scenario", "scale", "--apply-timeout", "48h"}, []string{"scale.applyTimeout", "out of range"}},
+		{"hostile service name", []string{"--scenario", hostile}, []string{"hostile.yaml:", "service.name", "is not a Service name"}},
+		{"multicast pod CIDR", []string{"--scenario", multicast}, []string{"multicast.yaml:", "topology.podCIDR", "is multicast"}},
+		{"wrong type", []string{"--scenario", wrongType}, []string{"wrong-type.yaml:", `topology.backends: "x" is not an integer`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,6 +102,19 @@ func TestBenchBadInput(t *testing.T) {
 			assert.NotContains(t, stderr.String(), "panic")
 		})
 	}
+}
+
+// --vm-kernel with nothing for the VM to do is said, not ignored.
+func TestVMKernelNotNeededIsSaid(t *testing.T) {
+	var stderr bytes.Buffer
+	_, sc, err := parseBenchFlags([]string{"--datapaths", "direct", "--vm-kernel", "debian-6.1"}, &stderr)
+	require.NoError(t, err)
+	plan, err := bench.NewPlan(sc)
+	require.NoError(t, err)
+	assert.Contains(t, vmKernelNote("debian-6.1", plan), "--vm-kernel debian-6.1 is not used")
+	assert.Empty(t, vmKernelNote("", plan))
+	plan.Skipped = append(plan.Skipped, results.DatapathInfo{Name: "ipvs", Skipped: "no IPVS"})
+	assert.Empty(t, vmKernelNote("debian-6.1", plan), "a datapath for the VM: no note")
 }
 
 // An end-to-end run of the quick scenario: the real binary path (child

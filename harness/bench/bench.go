@@ -37,6 +37,10 @@ type Config struct {
 	// Log receives progress; TTY says whether it is a terminal.
 	Log io.Writer
 	TTY bool
+	// VMKernel, if set, also measures the datapaths this kernel cannot
+	// run (Plan.Skipped) under that Debian kernel in QEMU, with direct
+	// for the ratio (vm.SeriesNames lists the kernels).
+	VMKernel string
 }
 
 // Run runs a whole benchmark and writes its results. Everything it creates
@@ -146,8 +150,18 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		run.Datapaths = append(run.Datapaths, results.DatapathInfo{Name: f.Name, Description: f.Description, Info: infos[f.Name]})
 	}
 	run.Datapaths = append(run.Datapaths, plan.Skipped...)
-	run.Finished = time.Now().UTC()
 	run.Summary = results.Summarize(run.Trials)
+	if cfg.VMKernel != "" {
+		// A VM that cannot boot (no network for the kernel package, say)
+		// costs the VM's rows, not the run.
+		if err := benchInVM(ctx, cfg.VMKernel, plan, run, dir, cfg.Log); err != nil {
+			if ctx.Err() != nil {
+				return nil, "", fmt.Errorf("interrupted during the %s VM phase: %w", cfg.VMKernel, err)
+			}
+			fmt.Fprintf(cfg.Log, "\nwarning: the %s VM phase failed, its datapaths are missing from the results: %v\n", cfg.VMKernel, err)
+		}
+	}
+	run.Finished = time.Now().UTC()
 	if err := WriteRun(dir, run); err != nil {
 		return nil, "", err
 	}
@@ -270,11 +284,12 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		Duration:    time.Duration(wl.Duration),
 		Rate:        ts.Rate,
 		Seed:        ts.Seed,
+		CPUCgroup:   topo.CgroupDir(),
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition,
+	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition, Slot: ts.Slot,
 		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
 		DatapathState: state, Workload: *wk}
 	if ts.Rate > 0 {
@@ -372,7 +387,7 @@ func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) 
 	wl := plan.Scenario.Workload
 	wk, err := loadgen.RunClientProcess(ctx, w.Topology.Node, w.Topology.ClientCgroup.Path, loadgen.ClientSpec{Targets: []netip.AddrPort{target}, Concurrency: conc,
 		Protocol: string(plan.Port.Protocol), UDPMode: wl.UDPMode,
-		Warmup: time.Duration(wl.Warmup), Duration: time.Duration(wl.Duration)})
+		Warmup: time.Duration(wl.Warmup), Duration: time.Duration(wl.Duration), CPUCgroup: w.Topology.CgroupDir()})
 	if err != nil {
 		return nil, err
 	}

@@ -124,34 +124,50 @@ type TrialSpec struct {
 	Rate         float64
 	LoadFraction float64
 	Seed         uint64
+	// Slot is the trial's position in its round (0 runs first): recorded,
+	// so that an order effect can be looked for.
+	Slot int
 }
 
+// rotation is the first datapath of the round of cell (the index of a
+// scale point × concurrency level, or of a load fraction) in repetition
+// rep. It advances by one from one cell to the next and, for the same
+// cell, from one repetition to the next, so over n repetitions every
+// datapath takes every position of every cell once, whatever the numbers
+// of points and levels (advancing by rounds instead stops rotating when
+// points × levels is a multiple of n).
+func rotation(rep, cell, n int) int { return (rep + cell) % n }
+
 // Schedule interleaves datapaths: within each repetition, scale point and
-// concurrency level every datapath runs once, and the order rotates from
-// one round to the next, so neither drift of the machine nor position
+// concurrency level (a round) every datapath runs once, in an order that
+// rotates (see rotation), so neither drift of the machine nor position
 // favours one.
 func (p *Plan) Schedule() []TrialSpec {
 	var out []TrialSpec
-	round := 0
 	n := len(p.Factories)
+	levels := p.Scenario.Workload.Concurrency
 	for rep := range p.Scenario.Workload.Repetitions {
 		points := p.Scenario.ScalePoints()
+		idx := make([]int, len(points))
+		for i := range idx {
+			idx[i] = i
+		}
 		if rep%2 == 1 {
 			// Scale points run in turn, so a machine that drifts over
 			// the run would tilt a sweep; odd repetitions go back down,
 			// which cancels a steady drift. The first repetition goes
 			// up, so a datapath's scale limit is found at its smallest
 			// point and larger ones are not tried.
-			points = slices.Clone(points)
-			slices.Reverse(points)
+			slices.Reverse(idx)
 		}
-		for _, pt := range points {
-			for _, c := range p.Scenario.Workload.Concurrency {
-				for i := range n {
-					out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: pt.Services,
-						Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep})
+		for _, pi := range idx {
+			pt := points[pi]
+			for ci, c := range levels {
+				first := rotation(rep, pi*len(levels)+ci, n)
+				for slot := range n {
+					out = append(out, TrialSpec{Factory: p.Factories[(first+slot)%n], Services: pt.Services,
+						Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep, Slot: slot})
 				}
-				round++
 			}
 		}
 	}
@@ -174,16 +190,15 @@ func (p *Plan) openTrials() int {
 func (p *Plan) OpenSchedule(capacity float64, seed uint64) []TrialSpec {
 	w := p.Scenario.Workload
 	var out []TrialSpec
-	round := 0
 	n := len(p.Factories)
 	for rep := range w.Repetitions {
 		for fi, f := range w.LoadFractions {
 			s := seed + uint64(rep*len(w.LoadFractions)+fi)
-			for i := range n {
-				out = append(out, TrialSpec{Factory: p.Factories[(i+round)%n], Services: 1, Endpoints: p.Scenario.EndpointsPerService(), Repetition: rep,
-					Rate: f * capacity, LoadFraction: f, Seed: s})
+			first := rotation(rep, fi, n)
+			for slot := range n {
+				out = append(out, TrialSpec{Factory: p.Factories[(first+slot)%n], Services: 1, Endpoints: p.Scenario.EndpointsPerService(), Repetition: rep,
+					Rate: f * capacity, LoadFraction: f, Seed: s, Slot: slot})
 			}
-			round++
 		}
 	}
 	return out

@@ -47,7 +47,9 @@ func TestOpenLoopPhasePlan(t *testing.T) {
 	}
 	assert.Equal(t, []string{
 		"a r0 400 100", "b r0 400 100", "b r0 640 101", "a r0 640 101",
-		"a r1 400 102", "b r1 400 102", "b r1 640 103", "a r1 640 103",
+		// The next repetition starts each fraction's round with the
+		// other datapath (by rounds, a would have led at 400/s again).
+		"b r1 400 102", "a r1 400 102", "a r1 640 103", "b r1 640 103",
 	}, got)
 }
 
@@ -72,5 +74,65 @@ func TestScheduleInterleaves(t *testing.T) {
 	for _, ts := range p.Schedule() {
 		got = append(got, ts.Factory.Name)
 	}
-	assert.Equal(t, []string{"a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"}, got)
+	assert.Equal(t, []string{"a", "b", "c", "b", "c", "a", "b", "c", "a", "c", "a", "b"}, got)
+}
+
+// Every datapath takes every position of every round equally often over n
+// repetitions (at most one apart over fewer), for any number of datapaths,
+// scale points and concurrency levels: the shape that made a rotation by
+// rounds stand still (points × levels a multiple of the datapaths) included.
+func TestScheduleBalancesPositions(t *testing.T) {
+	for ndp := 1; ndp <= 9; ndp++ {
+		for nlev := 1; nlev <= 4; nlev++ {
+			for npts := 1; npts <= 3; npts++ {
+				for _, reps := range []int{ndp, 2 * ndp, ndp + 1} {
+					t.Run(fmt.Sprintf("dp=%d/levels=%d/points=%d/reps=%d", ndp, nlev, npts, reps), func(t *testing.T) {
+						p := schedulePlan(ndp, nlev, npts, reps)
+						sched := p.Schedule()
+						require.Len(t, sched, reps*npts*nlev*ndp)
+						// count[cell][datapath][slot]
+						count := map[string]int{}
+						for _, ts := range sched {
+							count[fmt.Sprintf("%d/%d/%s/%d", ts.Services, ts.Concurrency, ts.Factory.Name, ts.Slot)]++
+						}
+						for _, ep := range p.Scenario.ScalePoints() {
+							for _, c := range p.Scenario.Workload.Concurrency {
+								lo, hi := reps, 0
+								for _, f := range p.Factories {
+									for slot := range ndp {
+										k := count[fmt.Sprintf("%d/%d/%s/%d", ep.Services, c, f.Name, slot)]
+										lo, hi = min(lo, k), max(hi, k)
+									}
+								}
+								assert.LessOrEqual(t, hi-lo, 1, "services=%d c=%d: positions taken %d to %d times", ep.Services, c, lo, hi)
+								if reps%ndp == 0 {
+									assert.Equal(t, lo, hi, "services=%d c=%d: %d repetitions of %d datapaths balance exactly", ep.Services, c, reps, ndp)
+								}
+							}
+						}
+					})
+				}
+			}
+		}
+	}
+}
+
+// schedulePlan is a plan of ndp datapaths at nlev concurrency levels and
+// npts scale points (services 1, 10, 100, …).
+func schedulePlan(ndp, nlev, npts, reps int) *Plan {
+	sc := &scenarios.Scenario{Workload: scenarios.Workload{Repetitions: reps}}
+	for i := range nlev {
+		sc.Workload.Concurrency = append(sc.Workload.Concurrency, 1<<i)
+	}
+	if npts > 1 {
+		sc.Scale = &scenarios.Scale{}
+		for i := range npts {
+			sc.Scale.Services = append(sc.Scale.Services, []int{1, 10, 100}[i])
+		}
+	}
+	p := &Plan{Scenario: sc}
+	for i := range ndp {
+		p.Factories = append(p.Factories, datapath.Factory{Name: string(rune('a' + i))})
+	}
+	return p
 }

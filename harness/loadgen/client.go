@@ -1,3 +1,8 @@
+// Package loadgen is the traffic of a trial: the load generator (closed loop
+// of C workers, or open loop at a rate; short TCP connections or UDP
+// exchanges, HDR latency histograms) and the event-driven backend server
+// whose every reply names its pod. Both run as child processes in pods
+// (RoleClient, RoleServe); what a window costs in CPU is read here too.
 package loadgen
 
 import (
@@ -15,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"svclab/harness/internal/rawsys"
 	"svclab/internal/child"
 	"svclab/internal/nsutil"
 	"svclab/results"
@@ -75,6 +81,10 @@ type ClientSpec struct {
 	// DefaultMaxInFlight); an arrival that finds them all busy is not
 	// started and counts as an "overload" error.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
+	// CPUCgroup is a cgroup v2 directory (the run's: client and backend
+	// pods) whose CPU time is read at the start and end of the window;
+	// empty leaves Workload.CPU's run figures out.
+	CPUCgroup string `json:"cpu_cgroup,omitempty"`
 }
 
 // Open-loop arrival processes (ClientSpec.Arrivals).
@@ -179,28 +189,11 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	if spec.Rate > 0 {
 		return runOpenLoop(spec)
 	}
-	nloops := spec.Loops
-	if nloops <= 0 {
-		nloops = defaultLoops()
-	}
-	nloops = min(nloops, spec.Concurrency)
 	rs := &runState{limit: spec.Connections}
-	loops := make([]*clientLoop, 0, nloops)
-	defer func() {
-		for _, l := range loops {
-			l.close()
-		}
-	}()
-	for i := range nloops {
-		slots := spec.Concurrency / nloops
-		if i < spec.Concurrency%nloops {
-			slots++
-		}
-		l, err := newClientLoop(&spec, rs, slots, uint64(i))
-		if err != nil {
-			return nil, err
-		}
-		loops = append(loops, l)
+	loops, err := newClientLoops(&spec, rs, spec.Concurrency)
+	defer closeLoops(loops)
+	if err != nil {
+		return nil, err
 	}
 	var wg sync.WaitGroup
 	for _, l := range loops {
@@ -211,8 +204,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		}()
 	}
 	time.Sleep(spec.Warmup)
-	synBefore := synRetrans()
-	cpuBefore, cpuErr := readCPUTimes()
+	m := startMeter(spec.CPUCgroup)
 	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
 	if spec.Connections > 0 {
@@ -225,8 +217,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	}
 	rs.phase.Store(phaseStop)
 	window := time.Since(t0)
-	cpuAfter, cpuErr2 := readCPUTimes()
-	synAfter := synRetrans()
+	m.stop()
 	wg.Wait()
 
 	w := &results.Workload{
@@ -234,17 +225,44 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		Errors:          map[string]int64{},
 		PerBackend:      map[string]int64{},
 		Histogram:       results.NewHistogram(),
-		SynRetrans:      synAfter - synBefore,
+		SynRetrans:      m.synRetrans(),
 	}
 	if err := collect(w, loops); err != nil {
 		return nil, err
 	}
 	w.QPS = float64(w.Connections) / window.Seconds()
 	w.Latency = w.Histogram.Latency()
-	if cpuErr == nil && cpuErr2 == nil {
-		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
-	}
+	w.CPU = m.cpu(window, w.Connections)
 	return w, nil
+}
+
+// newClientLoops makes spec.Loops event loops (one per CPU pair by
+// default, at most one per slot) sharing slots between them.
+func newClientLoops(spec *ClientSpec, rs *runState, slots int) ([]*clientLoop, error) {
+	n := spec.Loops
+	if n <= 0 {
+		n = defaultLoops()
+	}
+	n = min(n, slots)
+	loops := make([]*clientLoop, 0, n)
+	for i := range n {
+		k := slots / n
+		if i < slots%n {
+			k++
+		}
+		l, err := newClientLoop(spec, rs, k, uint64(i))
+		if err != nil {
+			return loops, err
+		}
+		loops = append(loops, l)
+	}
+	return loops, nil
+}
+
+func closeLoops(loops []*clientLoop) {
+	for _, l := range loops {
+		l.close()
+	}
 }
 
 // collect merges the loops' counters and histograms into w.
@@ -288,31 +306,14 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 		// Below 2^53 so that JSON readers that use doubles keep it exact.
 		spec.Seed = rand.Uint64()&(1<<53-1) | 1
 	}
-	nloops := spec.Loops
-	if nloops <= 0 {
-		nloops = defaultLoops()
+	loops, err := newClientLoops(&spec, &runState{}, spec.MaxInFlight)
+	defer closeLoops(loops)
+	if err != nil {
+		return nil, err
 	}
-	nloops = min(nloops, spec.MaxInFlight)
-	rs := &runState{}
-	loops := make([]*clientLoop, 0, nloops)
-	defer func() {
-		for _, l := range loops {
-			l.close()
-		}
-	}()
-	for i := range nloops {
-		slots := spec.MaxInFlight / nloops
-		if i < spec.MaxInFlight%nloops {
-			slots++
-		}
-		l, err := newClientLoop(&spec, rs, slots, uint64(i))
-		if err != nil {
-			return nil, err
-		}
-		loops = append(loops, l)
-	}
+	nloops := len(loops)
 	// The schedule starts a little ahead, once the loops' threads run.
-	origin := nanotime() + int64(10*time.Millisecond)
+	origin := rawsys.Nanotime() + int64(10*time.Millisecond)
 	from := origin + int64(spec.Warmup)
 	to := from + int64(spec.Duration)
 	for i, l := range loops {
@@ -327,12 +328,10 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 			l.runOpen()
 		}()
 	}
-	time.Sleep(time.Duration(from - nanotime()))
-	synBefore := synRetrans()
-	cpuBefore, cpuErr := readCPUTimes()
-	time.Sleep(time.Duration(to - nanotime()))
-	cpuAfter, cpuErr2 := readCPUTimes()
-	synAfter := synRetrans()
+	time.Sleep(time.Duration(from - rawsys.Nanotime()))
+	m := startMeter(spec.CPUCgroup)
+	time.Sleep(time.Duration(to - rawsys.Nanotime()))
+	m.stop()
 	wg.Wait()
 
 	window := time.Duration(to - from)
@@ -341,7 +340,7 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 		Errors:          map[string]int64{},
 		PerBackend:      map[string]int64{},
 		Histogram:       results.NewHistogram(),
-		SynRetrans:      synAfter - synBefore,
+		SynRetrans:      m.synRetrans(),
 		OfferedRate:     spec.Rate,
 		Arrivals:        spec.Arrivals,
 		ScheduleSeed:    spec.Seed,
@@ -361,9 +360,7 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 	}
 	w.QPS = float64(w.Connections) / window.Seconds()
 	w.Latency = w.Histogram.Latency()
-	if cpuErr == nil && cpuErr2 == nil {
-		w.CPU = cpuUsage(cpuBefore, cpuAfter, window.Seconds(), w.Connections)
-	}
+	w.CPU = m.cpu(window, w.Connections)
 	return w, nil
 }
 

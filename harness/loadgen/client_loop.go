@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"svclab/harness/internal/rawsys"
 	"svclab/results"
 )
 
@@ -110,7 +111,7 @@ func newClientLoop(spec *ClientSpec, rs *runState, slots int, seed uint64) (*cli
 		l.timeoutK = "timeout"
 	}
 	for _, t := range spec.Targets {
-		l.targets = append(l.targets, rawSockaddr(t))
+		l.targets = append(l.targets, rawsys.Sockaddr4(t))
 	}
 	if spec.Rate > 0 {
 		l.open = true
@@ -138,7 +139,7 @@ func newClientLoop(spec *ClientSpec, rs *runState, slots int, seed uint64) (*cli
 func (l *clientLoop) close() {
 	for i := range l.slots {
 		if l.slots[i].fd >= 0 {
-			sysClose(l.slots[i].fd)
+			rawsys.Close(l.slots[i].fd)
 			l.slots[i].fd = -1
 		}
 	}
@@ -161,17 +162,17 @@ func (l *clientLoop) openLongLived(i int) error {
 // on failure.
 func (l *clientLoop) openUDPSlot(i int) string {
 	s := &l.slots[i]
-	fd, e := sysSocket(unix.SOCK_DGRAM)
+	fd, e := rawsys.Socket(unix.SOCK_DGRAM)
 	if e != 0 {
-		return errnoName(e)
+		return rawsys.ErrnoName(e)
 	}
 	s.fd = fd
 	s.gen++
 	// Level-triggered: one datagram is read per report, and one more
 	// queued would simply be reported again.
-	if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN, l.data(i)); e != 0 {
+	if e := rawsys.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN, l.data(i)); e != 0 {
 		l.closeSlot(i)
-		return errnoName(e)
+		return rawsys.ErrnoName(e)
 	}
 	return ""
 }
@@ -184,7 +185,7 @@ func (l *clientLoop) run() {
 	for i := range l.slots {
 		l.begin(i)
 	}
-	l.lastScan = nanotime()
+	l.lastScan = rawsys.Nanotime()
 	for l.rs.phase.Load() != phaseStop {
 		wait := 10 // ms: bounds how late the end of the run and time-outs are noticed
 		if l.idle > 0 {
@@ -198,7 +199,7 @@ func (l *clientLoop) run() {
 				wait = 0
 			}
 		}
-		n, err := epollWait(l.ep, l.evs, wait)
+		n, err := rawsys.EpollWait(l.ep, l.evs, wait)
 		if !l.handle(n, err) {
 			return
 		}
@@ -217,7 +218,7 @@ func (l *clientLoop) handle(n int, err error) bool {
 		return false
 	}
 	for k := range n {
-		d := epollData(&l.evs[k])
+		d := rawsys.EpollData(&l.evs[k])
 		i := int(uint32(d))
 		if i >= len(l.slots) || l.slots[i].gen != uint32(d>>32) || l.slots[i].fd < 0 {
 			continue
@@ -229,7 +230,7 @@ func (l *clientLoop) handle(n int, err error) bool {
 			l.udpEvent(i)
 		}
 	}
-	if now := nanotime(); now-l.lastScan >= int64(5*time.Millisecond) {
+	if now := rawsys.Nanotime(); now-l.lastScan >= int64(5*time.Millisecond) {
 		l.lastScan = now
 		l.expire(now)
 	}
@@ -247,9 +248,9 @@ func (l *clientLoop) runOpen() {
 	// to the latency of connections started after a wait.
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
 	next := l.arr.next()
-	l.lastScan = nanotime()
+	l.lastScan = rawsys.Nanotime()
 	for l.rs.phase.Load() != phaseStop {
-		now := nanotime()
+		now := rawsys.Nanotime()
 		for next <= now {
 			l.arrive(next)
 			next = l.arr.next()
@@ -258,7 +259,7 @@ func (l *clientLoop) runOpen() {
 			return
 		}
 		// Bounded, as in run, for time-outs and the end of the run.
-		wait := min(next-nanotime(), int64(10*time.Millisecond))
+		wait := min(next-rawsys.Nanotime(), int64(10*time.Millisecond))
 		n, err := epollWaitNS(l.ep, l.evs, &l.ts, wait)
 		if !l.handle(n, err) {
 			return
@@ -286,7 +287,7 @@ func (l *clientLoop) arrive(t int64) {
 	s := &l.slots[i]
 	s.measured = measured
 	s.intended = t
-	s.start = nanotime()
+	s.start = rawsys.Nanotime()
 	if measured {
 		l.inWindow++
 		l.lag.Record(s.start - t)
@@ -298,7 +299,7 @@ func (l *clientLoop) arrive(t int64) {
 func (l *clientLoop) begin(i int) {
 	s := &l.slots[i]
 	s.measured = l.rs.phase.Load() == phaseMeasure
-	s.start = nanotime()
+	s.start = rawsys.Nanotime()
 	s.intended = s.start
 	l.launch(i)
 }
@@ -322,8 +323,8 @@ func (l *clientLoop) launch(i int) {
 			kind = l.openUDPSlot(i)
 		}
 		if kind == "" {
-			if _, e := sysSendto(s.fd, UDPRequest, &l.targets[s.target]); e != 0 {
-				kind = errnoName(e)
+			if _, e := rawsys.Sendto(s.fd, UDPRequest, &l.targets[s.target]); e != 0 {
+				kind = rawsys.ErrnoName(e)
 			}
 		}
 	default:
@@ -339,42 +340,42 @@ func (l *clientLoop) launch(i int) {
 
 func (l *clientLoop) beginTCP(i int) string {
 	s := &l.slots[i]
-	fd, e := sysSocket(unix.SOCK_STREAM)
+	fd, e := rawsys.Socket(unix.SOCK_STREAM)
 	if e != 0 {
-		return errnoName(e)
+		return rawsys.ErrnoName(e)
 	}
-	if e := sysConnect(fd, &l.targets[s.target]); e != 0 && e != unix.EINPROGRESS {
-		sysClose(fd)
-		return errnoName(e)
+	if e := rawsys.Connect(fd, &l.targets[s.target]); e != 0 && e != unix.EINPROGRESS {
+		rawsys.Close(fd)
+		return rawsys.ErrnoName(e)
 	}
 	s.fd = fd
 	s.gen++
 	// Edge-triggered: EPOLLOUT once when the handshake completes, then
 	// EPOLLIN as the reply arrives; no EPOLL_CTL_MOD in between.
-	if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, l.data(i)); e != 0 {
+	if e := rawsys.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, l.data(i)); e != 0 {
 		l.closeSlot(i)
-		return errnoName(e)
+		return rawsys.ErrnoName(e)
 	}
 	return ""
 }
 
 func (l *clientLoop) beginUDP(i int) string {
 	s := &l.slots[i]
-	fd, e := sysSocket(unix.SOCK_DGRAM)
+	fd, e := rawsys.Socket(unix.SOCK_DGRAM)
 	if e != 0 {
-		return errnoName(e)
+		return rawsys.ErrnoName(e)
 	}
 	s.fd = fd
 	s.gen++
-	if _, e := sysSendto(fd, UDPRequest, &l.targets[s.target]); e != 0 {
+	if _, e := rawsys.Sendto(fd, UDPRequest, &l.targets[s.target]); e != 0 {
 		l.closeSlot(i)
-		return errnoName(e)
+		return rawsys.ErrnoName(e)
 	}
 	// Registered after the send: epoll reports a reply that is already
 	// queued.
-	if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN, l.data(i)); e != 0 {
+	if e := rawsys.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN, l.data(i)); e != 0 {
 		l.closeSlot(i)
-		return errnoName(e)
+		return rawsys.ErrnoName(e)
 	}
 	return ""
 }
@@ -382,7 +383,7 @@ func (l *clientLoop) beginUDP(i int) string {
 func (l *clientLoop) closeSlot(i int) {
 	s := &l.slots[i]
 	if s.fd >= 0 {
-		sysClose(s.fd)
+		rawsys.Close(s.fd)
 		s.fd = -1
 	}
 }
@@ -404,7 +405,7 @@ func (l *clientLoop) end(i int, kind string, pod []byte, wrong bool) {
 // in the open loop, if it was intended to start inside it (however late
 // it ends), whose slot goes back to the free ones.
 func (l *clientLoop) done(i int, kind string, pod []byte, wrong bool) {
-	t1 := nanotime()
+	t1 := rawsys.Nanotime()
 	s := &l.slots[i]
 	s.active = false
 	if l.open {
@@ -444,7 +445,7 @@ func (l *clientLoop) tcpEvent(i int, ev uint32) {
 		if ev&unix.EPOLLERR != 0 {
 			kind := "connect-error"
 			if soerr, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && soerr != 0 {
-				kind = errnoName(unix.Errno(soerr))
+				kind = rawsys.ErrnoName(unix.Errno(soerr))
 			}
 			l.end(i, kind, nil, false)
 			return
@@ -453,9 +454,9 @@ func (l *clientLoop) tcpEvent(i int, ev uint32) {
 			return
 		}
 		s.connected = true
-		n, e := sysWrite(s.fd, Request)
+		n, e := rawsys.Write(s.fd, Request)
 		if e != 0 {
-			l.end(i, errnoName(e), nil, false)
+			l.end(i, rawsys.ErrnoName(e), nil, false)
 			return
 		}
 		if n != len(Request) {
@@ -468,7 +469,7 @@ func (l *clientLoop) tcpEvent(i int, ev uint32) {
 	}
 	for {
 		want := len(s.buf) - s.n
-		m, e := sysRead(s.fd, s.buf[s.n:])
+		m, e := rawsys.Read(s.fd, s.buf[s.n:])
 		switch e {
 		case 0:
 		case unix.EAGAIN:
@@ -476,7 +477,7 @@ func (l *clientLoop) tcpEvent(i int, ev uint32) {
 		case unix.EINTR:
 			continue
 		default:
-			l.end(i, errnoName(e), nil, false)
+			l.end(i, rawsys.ErrnoName(e), nil, false)
 			return
 		}
 		if m == 0 {
@@ -501,7 +502,7 @@ func (l *clientLoop) tcpEvent(i int, ev uint32) {
 
 func (l *clientLoop) udpEvent(i int) {
 	s := &l.slots[i]
-	m, e := sysRecvfrom(s.fd, s.buf, &s.from)
+	m, e := rawsys.Recvfrom(s.fd, s.buf, &s.from)
 	switch {
 	case e == unix.EAGAIN || e == unix.EINTR:
 		return
@@ -509,7 +510,7 @@ func (l *clientLoop) udpEvent(i int) {
 		// A long-lived socket's late reply to a request already given up.
 		return
 	case e != 0:
-		l.end(i, errnoName(e), nil, false)
+		l.end(i, rawsys.ErrnoName(e), nil, false)
 		return
 	}
 	t := &l.targets[s.target]
@@ -588,7 +589,7 @@ func (a *arrivals) next() int64 {
 // rounded up.
 func epollWaitNS(ep int, evs []unix.EpollEvent, ts *unix.Timespec, ns int64) (int, error) {
 	if ns <= 0 {
-		return epollWait(ep, evs, 0)
+		return rawsys.EpollWait(ep, evs, 0)
 	}
 	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(evs))), uintptr(len(evs)), 0, 0, 0)
 	if e == 0 && r > 0 {

@@ -2,13 +2,16 @@ package loadgen
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"svclab/internal/cgroup2"
 	"svclab/results"
 )
 
@@ -76,4 +79,56 @@ func onlineCPUs() int {
 		return set.Count()
 	}
 	return 1
+}
+
+// runCPU is the CPU time charged so far to the cgroup directory dir (0 when
+// dir is empty).
+func runCPU(dir string) (time.Duration, error) {
+	if dir == "" {
+		return 0, nil
+	}
+	return cgroup2.CPUUsage(dir)
+}
+
+// meter reads what a trial's window costs: SYN retransmits, the machine's
+// CPU time and the run's own (cgroup) CPU time, at the window's start and
+// end.
+type meter struct {
+	cgroup         string
+	syn0, syn1     int64
+	cpu0, cpu1     cpuTimes
+	run0, run1     time.Duration
+	cpuErr, runErr error
+}
+
+func startMeter(cgroup string) *meter {
+	m := &meter{cgroup: cgroup, syn0: synRetrans()}
+	var err error
+	m.cpu0, m.cpuErr = readCPUTimes()
+	m.run0, err = runCPU(cgroup)
+	m.runErr = err
+	return m
+}
+
+func (m *meter) stop() {
+	cpu1, err := readCPUTimes()
+	m.cpu1, m.cpuErr = cpu1, errors.Join(m.cpuErr, err)
+	run1, err := runCPU(m.cgroup)
+	m.run1, m.runErr = run1, errors.Join(m.runErr, err)
+	m.syn1 = synRetrans()
+}
+
+func (m *meter) synRetrans() int64 { return m.syn1 - m.syn0 }
+
+// cpu is the window's CPU figures (nil when /proc/stat could not be read;
+// without the run's figures when the cgroup could not).
+func (m *meter) cpu(window time.Duration, conns int64) *results.CPUUsage {
+	if m.cpuErr != nil {
+		return nil
+	}
+	u := cpuUsage(m.cpu0, m.cpu1, window.Seconds(), conns)
+	if m.cgroup != "" && m.runErr == nil {
+		u.AddRun(m.run1-m.run0, conns)
+	}
+	return u
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"svclab/datapath"
+	"svclab/harness/internal/rawsys"
 	"svclab/internal/child"
 	"svclab/internal/nsutil"
 )
@@ -232,11 +233,11 @@ func newServer(spec ServerSpec) (_ *server, err error) {
 				// Wake one loop per connection, not all of them.
 				flags |= unix.EPOLLEXCLUSIVE
 			}
-			if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, tcp[k], flags, kindListener|uint64(len(l.tcp))); e != 0 {
+			if e := rawsys.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, tcp[k], flags, kindListener|uint64(len(l.tcp))); e != 0 {
 				return nil, fmt.Errorf("serve: epoll_ctl listener: %w", e)
 			}
 			l.tcp = append(l.tcp, podSock{fd: tcp[k], resp: resp})
-			if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, udp[k], flags, kindUDP|uint64(len(l.udp))); e != 0 {
+			if e := rawsys.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, udp[k], flags, kindUDP|uint64(len(l.udp))); e != 0 {
 				return nil, fmt.Errorf("serve: epoll_ctl udp socket: %w", e)
 			}
 			l.udp = append(l.udp, podSock{fd: udp[k], resp: body, pktinfo: ap.Addr() == netip.IPv4Unspecified()})
@@ -248,7 +249,7 @@ func newServer(spec ServerSpec) (_ *server, err error) {
 	}
 	s.wake = wake
 	for _, l := range s.loops {
-		if e := sysEpollCtl(l.ep, unix.EPOLL_CTL_ADD, wake, unix.EPOLLIN, kindWake); e != 0 {
+		if e := rawsys.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, wake, unix.EPOLLIN, kindWake); e != 0 {
 			return nil, fmt.Errorf("serve: epoll_ctl eventfd: %w", e)
 		}
 	}
@@ -340,7 +341,7 @@ func bindSocket(typ int, ap netip.AddrPort) (int, error) {
 	} else {
 		sa = &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
 	}
-	fd, e := sysSocketFamily(family, typ)
+	fd, e := rawsys.SocketFamily(family, typ)
 	if e != 0 {
 		return -1, fmt.Errorf("socket: %w", e)
 	}
@@ -388,7 +389,7 @@ func (s *server) close() {
 	for _, l := range s.loops {
 		for fd := range l.conns {
 			if l.conns[fd].resp != nil {
-				sysClose(fd)
+				rawsys.Close(fd)
 			}
 		}
 	}
@@ -429,7 +430,7 @@ func (l *serverLoop) run(stop *atomic.Bool) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for !stop.Load() {
-		n, err := epollWait(l.ep, l.evs, -1)
+		n, err := rawsys.EpollWait(l.ep, l.evs, -1)
 		if err != nil {
 			if err == unix.EINTR {
 				continue
@@ -438,7 +439,7 @@ func (l *serverLoop) run(stop *atomic.Bool) {
 			return
 		}
 		for i := range n {
-			d := epollData(&l.evs[i])
+			d := rawsys.EpollData(&l.evs[i])
 			idx := int(uint32(d))
 			switch d &^ 0xffffffff {
 			case kindConn:
@@ -457,7 +458,7 @@ func (l *serverLoop) accept(ln podSock) {
 	// Level-triggered: a bounded batch keeps one busy pod from starving
 	// the others; what is left is reported again.
 	for range 64 {
-		fd, e := sysAccept(ln.fd)
+		fd, e := rawsys.Accept(ln.fd)
 		switch e {
 		case 0:
 		case unix.EINTR, unix.ECONNABORTED:
@@ -489,7 +490,7 @@ func (l *serverLoop) serve(fd int, ev uint32) {
 	}
 	eof := false
 	for {
-		m, e := sysRead(fd, l.buf)
+		m, e := rawsys.Read(fd, l.buf)
 		if e == unix.EINTR {
 			continue
 		}
@@ -520,7 +521,7 @@ func (l *serverLoop) serve(fd int, ev uint32) {
 		}
 	}
 	if c.match == 4 && c.off < len(c.resp) {
-		n, e := sysWrite(fd, c.resp[c.off:])
+		n, e := rawsys.Write(fd, c.resp[c.off:])
 		switch {
 		case e == 0:
 			c.off += n
@@ -544,7 +545,7 @@ func (l *serverLoop) serve(fd int, ev uint32) {
 		if c.added {
 			op = unix.EPOLL_CTL_MOD
 		}
-		if e := sysEpollCtl(l.ep, op, fd, ev, kindConn|uint64(fd)); e != 0 {
+		if e := rawsys.EpollCtl(l.ep, op, fd, ev, kindConn|uint64(fd)); e != 0 {
 			l.closeConn(fd)
 			return
 		}
@@ -554,7 +555,7 @@ func (l *serverLoop) serve(fd int, ev uint32) {
 
 func (l *serverLoop) closeConn(fd int) {
 	l.conns[fd] = srvConn{}
-	sysClose(fd)
+	rawsys.Close(fd)
 }
 
 // scanBlankLine advances the match of "\r\n\r\n" over b and returns how
@@ -595,7 +596,7 @@ func (l *serverLoop) answerUDP(s podSock) {
 				l.in[i].Hdr.SetControllen(0)
 			}
 		}
-		n, e := sysRecvmmsg(s.fd, l.in)
+		n, e := rawsys.Recvmmsg(s.fd, l.in)
 		if e != 0 || n <= 0 {
 			return
 		}
@@ -612,7 +613,7 @@ func (l *serverLoop) answerUDP(s podSock) {
 			}
 		}
 		for sent := 0; sent < n; {
-			m, e := sysSendmmsg(s.fd, l.out[sent:n])
+			m, e := rawsys.Sendmmsg(s.fd, l.out[sent:n])
 			switch {
 			case e == unix.EINTR:
 				continue

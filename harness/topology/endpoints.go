@@ -50,7 +50,7 @@ func layoutExtra(cfg Config) (extraLayout, error) {
 	// The pods' own addresses are hosts 1 .. Clients+Backends.
 	pods := uint64(cfg.Clients + cfg.Backends)
 	if top < need || top-need <= pods {
-		return extraLayout{}, fmt.Errorf("extraEndpoints: %d do not fit in pod_cidr %s: %d backends need a block of %d addresses each (%d in all) above the %d pod addresses",
+		return extraLayout{}, fmt.Errorf("extraEndpoints: %d do not fit in podCIDR %s: %d backends need a block of %d addresses each (%d in all) above the %d pod addresses",
 			cfg.ExtraEndpoints, cfg.PodCIDR, cfg.Backends, size, need, pods)
 	}
 	return extraLayout{blockSize: size, first: uint32(top - need)}, nil

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -91,19 +92,19 @@ func (c Config) Validate() error {
 	case c.Backends < 1 || c.Backends > MaxBackends:
 		return fmt.Errorf("backends: %d is out of range [1, %d]", c.Backends, MaxBackends)
 	case !c.PodCIDR.IsValid() || !c.PodCIDR.Addr().Is4():
-		return fmt.Errorf("pod_cidr: %q is not an IPv4 prefix", c.PodCIDR)
+		return fmt.Errorf("podCIDR: %q is not an IPv4 prefix", c.PodCIDR)
 	case !c.ServiceCIDR.IsValid() || !c.ServiceCIDR.Addr().Is4():
-		return fmt.Errorf("service_cidr: %q is not an IPv4 prefix", c.ServiceCIDR)
+		return fmt.Errorf("serviceCIDR: %q is not an IPv4 prefix", c.ServiceCIDR)
 	case c.PodCIDR.Overlaps(c.ServiceCIDR):
-		return fmt.Errorf("service_cidr: %s overlaps pod_cidr %s", c.ServiceCIDR, c.PodCIDR)
+		return fmt.Errorf("serviceCIDR: %s overlaps podCIDR %s", c.ServiceCIDR, c.PodCIDR)
 	case c.PodCIDR.Overlaps(netip.PrefixFrom(podGateway, 16)):
-		return fmt.Errorf("pod_cidr: %s overlaps the link-local gateway range 169.254.0.0/16", c.PodCIDR)
+		return fmt.Errorf("podCIDR: %s overlaps the link-local gateway range 169.254.0.0/16", c.PodCIDR)
 	}
 	if hosts := PrefixHosts(c.PodCIDR); hosts < c.Clients+c.Backends {
-		return fmt.Errorf("pod_cidr: %s has %d host addresses, %d pods need one each", c.PodCIDR, hosts, c.Clients+c.Backends)
+		return fmt.Errorf("podCIDR: %s has %d host addresses, %d pods need one each", c.PodCIDR, hosts, c.Clients+c.Backends)
 	}
 	if PrefixHosts(c.ServiceCIDR) < 1 {
-		return fmt.Errorf("service_cidr: %s has no host address for a ClusterIP", c.ServiceCIDR)
+		return fmt.Errorf("serviceCIDR: %s has no host address for a ClusterIP", c.ServiceCIDR)
 	}
 	if err := c.validateExtra(); err != nil {
 		return err
@@ -118,19 +119,19 @@ func (c Config) validate6() error {
 	linkLocal := netip.MustParsePrefix("fe80::/10")
 	switch {
 	case !c.PodCIDR6.IsValid() || !c.PodCIDR6.Addr().Is6() || c.PodCIDR6.Addr().Is4In6():
-		return fmt.Errorf("pod_cidr6: %q is not an IPv6 prefix (a dual-stack topology needs both pod_cidr6 and service_cidr6)", c.PodCIDR6)
+		return fmt.Errorf("podCIDR6: %q is not an IPv6 prefix (a dual-stack topology needs both podCIDR6 and serviceCIDR6)", c.PodCIDR6)
 	case !c.ServiceCIDR6.IsValid() || !c.ServiceCIDR6.Addr().Is6() || c.ServiceCIDR6.Addr().Is4In6():
-		return fmt.Errorf("service_cidr6: %q is not an IPv6 prefix (a dual-stack topology needs both pod_cidr6 and service_cidr6)", c.ServiceCIDR6)
+		return fmt.Errorf("serviceCIDR6: %q is not an IPv6 prefix (a dual-stack topology needs both podCIDR6 and serviceCIDR6)", c.ServiceCIDR6)
 	case c.PodCIDR6.Overlaps(c.ServiceCIDR6):
-		return fmt.Errorf("service_cidr6: %s overlaps pod_cidr6 %s", c.ServiceCIDR6, c.PodCIDR6)
+		return fmt.Errorf("serviceCIDR6: %s overlaps podCIDR6 %s", c.ServiceCIDR6, c.PodCIDR6)
 	case c.PodCIDR6.Overlaps(linkLocal) || c.ServiceCIDR6.Overlaps(linkLocal):
-		return fmt.Errorf("pod_cidr6: %s or service_cidr6 %s overlaps the link-local range fe80::/10", c.PodCIDR6, c.ServiceCIDR6)
+		return fmt.Errorf("podCIDR6: %s or serviceCIDR6 %s overlaps the link-local range fe80::/10", c.PodCIDR6, c.ServiceCIDR6)
 	}
 	if hosts := PrefixHosts(c.PodCIDR6); hosts < c.Clients+c.Backends {
-		return fmt.Errorf("pod_cidr6: %s has %d host addresses, %d pods need one each", c.PodCIDR6, hosts, c.Clients+c.Backends)
+		return fmt.Errorf("podCIDR6: %s has %d host addresses, %d pods need one each", c.PodCIDR6, hosts, c.Clients+c.Backends)
 	}
 	if PrefixHosts(c.ServiceCIDR6) < 1 {
-		return fmt.Errorf("service_cidr6: %s has no host address for a ClusterIP", c.ServiceCIDR6)
+		return fmt.Errorf("serviceCIDR6: %s has no host address for a ClusterIP", c.ServiceCIDR6)
 	}
 	return nil
 }
@@ -467,6 +468,10 @@ func (t *Topology) addPod(_ context.Context, nh *netlink.Handle, name string, ad
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// CgroupDir is the cgroup v2 directory of the whole topology: the client
+// and server cgroups are its children, so its CPU time is the pods'.
+func (t *Topology) CgroupDir() string { return filepath.Dir(t.ClientCgroup.Path) }
 
 // Env is what a datapath is set up in.
 func (t *Topology) Env() *datapath.Env {

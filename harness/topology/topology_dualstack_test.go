@@ -53,12 +53,12 @@ func TestTopologyConfigValidateDualStack(t *testing.T) {
 		mutate func(*Config)
 		field  string
 	}{
-		{"pod CIDR6 without service CIDR6", func(c *Config) { c.ServiceCIDR6 = netip.Prefix{} }, "service_cidr6"},
-		{"service CIDR6 without pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.Prefix{} }, "pod_cidr6"},
-		{"IPv4 pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("10.1.0.0/16") }, "pod_cidr6"},
-		{"overlapping CIDR6s", func(c *Config) { c.ServiceCIDR6 = netip.MustParsePrefix("fd00:10:244::/64") }, "service_cidr6"},
-		{"link-local pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("fe80::/64") }, "pod_cidr6"},
-		{"pod CIDR6 too small", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("fd00:10:244::/125") }, "pod_cidr6"},
+		{"pod CIDR6 without service CIDR6", func(c *Config) { c.ServiceCIDR6 = netip.Prefix{} }, "serviceCIDR6"},
+		{"service CIDR6 without pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.Prefix{} }, "podCIDR6"},
+		{"IPv4 pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("10.1.0.0/16") }, "podCIDR6"},
+		{"overlapping CIDR6s", func(c *Config) { c.ServiceCIDR6 = netip.MustParsePrefix("fd00:10:244::/64") }, "serviceCIDR6"},
+		{"link-local pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("fe80::/64") }, "podCIDR6"},
+		{"pod CIDR6 too small", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("fd00:10:244::/125") }, "podCIDR6"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,9 +32,9 @@ func TestTopologyConfigValidate(t *testing.T) {
 		{"zero backends", func(c *Config) { c.Backends = 0 }, "backends"},
 		{"10000 backends", func(c *Config) { c.Backends = 10000 }, "backends"},
 		{"no clients", func(c *Config) { c.Clients = 0 }, "clients"},
-		{"pod CIDR too small", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("10.244.0.0/29") }, "pod_cidr"},
-		{"overlapping CIDRs", func(c *Config) { c.ServiceCIDR = netip.MustParsePrefix("10.244.0.0/16") }, "service_cidr"},
-		{"IPv6 pod CIDR", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("fd00::/64") }, "pod_cidr"},
+		{"pod CIDR too small", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("10.244.0.0/29") }, "podCIDR"},
+		{"overlapping CIDRs", func(c *Config) { c.ServiceCIDR = netip.MustParsePrefix("10.244.0.0/16") }, "serviceCIDR"},
+		{"IPv6 pod CIDR", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("fd00::/64") }, "podCIDR"},
 	}
 	require.NoError(t, good.Validate())
 	for _, tt := range tests {

@@ -145,3 +145,25 @@ func pids(path string) []int {
 	}
 	return out
 }
+
+// CPUUsage is the CPU time charged to the cgroup directory dir and its
+// descendants since they were created (cpu.stat usage_usec, which cgroup v2
+// keeps for every cgroup, controller enabled or not).
+func CPUUsage(dir string) (time.Duration, error) {
+	mnt, err := Find()
+	if err != nil {
+		return 0, err
+	}
+	m, err := cgroup2.Load(strings.TrimPrefix(dir, mnt), cgroup2.WithMountpoint(mnt))
+	if err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", dir, err)
+	}
+	st, err := m.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("cgroup %s: cpu.stat: %w", dir, err)
+	}
+	if st.GetCPU() == nil {
+		return 0, fmt.Errorf("cgroup %s: no cpu.stat", dir)
+	}
+	return time.Duration(st.GetCPU().GetUsageUsec()) * time.Microsecond, nil
+}

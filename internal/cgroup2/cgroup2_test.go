@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -39,6 +40,21 @@ func TestPrivilegedNewAndRemove(t *testing.T) {
 	require.NoError(t, cmd.Start())
 	fd.Close()
 	assert.Equal(t, []int{cmd.Process.Pid}, pids(cg.Path))
+
+	// The sleeper costs next to nothing; a busy child is charged to the
+	// cgroup and to its parent.
+	fd2, err := cg.OpenFD()
+	require.NoError(t, err)
+	busy := exec.Command("sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
+	busy.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: int(fd2.Fd())}
+	require.NoError(t, busy.Run())
+	fd2.Close()
+	own, err := CPUUsage(cg.Path)
+	require.NoError(t, err)
+	parent, err := CPUUsage(filepath.Join(mnt, group))
+	require.NoError(t, err)
+	assert.Greater(t, own, 10*time.Millisecond, "the busy loop's CPU time is charged to its cgroup")
+	assert.GreaterOrEqual(t, parent, own, "a parent's usage includes its children's")
 
 	require.NoError(t, RemoveDir(filepath.Join(mnt, group)))
 	_ = cmd.Wait()

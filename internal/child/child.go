@@ -3,7 +3,8 @@
 // backend server, a load generator, a probe or a datapath's helper process
 // (e.g. the userspace proxy) inside a pod's namespace and cgroup. Roles
 // register in init(), so the harness needs no knowledge of any datapath's
-// processes.
+// processes. Command, Start, StartRole and Run start a role forked in a
+// network namespace and born in a cgroup: the one way svclab starts a child.
 package child
 
 import (

@@ -1,32 +1,24 @@
-package main
+package bench
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 
-	"svclab/datapath"
 	"svclab/results"
-	"svclab/scenarios"
 	"svclab/vm"
 )
 
-// vmCandidates are the scenario's datapaths this kernel cannot run.
-func vmCandidates(sc *scenarios.Scenario) []string {
+// vmCandidates are the plan's datapaths this kernel cannot run (probed
+// once, by NewPlan).
+func (p *Plan) vmCandidates() []string {
 	var out []string
-	for _, name := range sc.Datapaths {
-		f, err := datapath.Lookup(name)
-		if err != nil || f.Probe == nil {
-			continue
-		}
-		if err := f.Probe(); errors.Is(err, datapath.ErrUnsupported) {
-			out = append(out, name)
-		}
+	for _, d := range p.Skipped {
+		out = append(out, d.Name)
 	}
 	return out
 }
@@ -37,8 +29,9 @@ func vmCandidates(sc *scenarios.Scenario) []string {
 // figures are only comparable with the VM's own direct (software emulation
 // is much slower): Summarize takes each ratio against direct at the same
 // site, and the description says so.
-func benchInVM(ctx context.Context, kernel string, sc *scenarios.Scenario, run *results.Run, dir string, stderr io.Writer) error {
-	names := vmCandidates(sc)
+func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run, dir string, stderr io.Writer) error {
+	sc := plan.Scenario
+	names := plan.vmCandidates()
 	if len(names) == 0 {
 		return nil
 	}
@@ -61,12 +54,13 @@ func benchInVM(ctx context.Context, kernel string, sc *scenarios.Scenario, run *
 	}
 	// The run directory is shared with the guest, so the guest writes its
 	// results straight into it.
-	cfg, err := vm.ParseArgs([]string{"--kernel", kernel, "--share", absDir, "--", "bench", "--scenario", filepath.Join(absDir, filepath.Base(scFile)), "--output", filepath.Join(absDir, filepath.Base(out))}, stderr)
-	if err != nil {
-		return err
-	}
-	cfg.Stdout, cfg.Stderr = io.Discard, stderr
-	res, err := vm.Run(ctx, cfg)
+	res, err := vm.Run(ctx, &vm.Config{
+		Kernel: kernel,
+		Shares: []string{absDir},
+		Args:   []string{"bench", "--scenario", filepath.Join(absDir, filepath.Base(scFile)), "--output", filepath.Join(absDir, filepath.Base(out))},
+		Stdout: io.Discard,
+		Stderr: stderr,
+	})
 	if err != nil {
 		return fmt.Errorf("vm %s: %w", kernel, err)
 	}

@@ -1,4 +1,14 @@
-package loadgen
+// Package rawsys holds the raw system calls of the load generator's and the
+// backend server's event loops.
+//
+// The x/sys/unix wrappers return a Sockaddr interface (allocated on every
+// accept or recvfrom) and box errors; these take raw sockaddrs and return
+// the errno, so a loop allocates nothing per connection or datagram. Calls
+// that never block (the sockets are non-blocking) use RawSyscall and skip
+// the scheduler's system-call bookkeeping; epoll_wait, the one call that
+// blocks, goes through unix.EpollWait so the Go runtime can hand its P to
+// another thread meanwhile.
+package rawsys
 
 import (
 	"net/netip"
@@ -8,96 +18,86 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Raw system calls for the client's and the server's event loops.
-//
-// The x/sys/unix wrappers return a Sockaddr interface (allocated on every
-// accept or recvfrom) and box errors; these take raw sockaddrs and return
-// the errno, so a loop allocates nothing per connection or datagram. Calls
-// that never block (the sockets are non-blocking) use RawSyscall and skip
-// the scheduler's system-call bookkeeping; epoll_wait, the one call that
-// blocks, goes through unix.EpollWait so the Go runtime can hand its P to
-// another thread meanwhile.
+// Socket opens a non-blocking IPv4 socket of type typ.
+func Socket(typ int) (int, unix.Errno) { return SocketFamily(unix.AF_INET, typ) }
 
-// sysSocket opens a non-blocking IPv4 socket of type typ.
-func sysSocket(typ int) (int, unix.Errno) { return sysSocketFamily(unix.AF_INET, typ) }
-
-// sysSocketFamily opens a non-blocking socket of family (AF_INET or
+// SocketFamily opens a non-blocking socket of family (AF_INET or
 // AF_INET6) and type typ.
-func sysSocketFamily(family, typ int) (int, unix.Errno) {
+func SocketFamily(family, typ int) (int, unix.Errno) {
 	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), uintptr(typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC), 0)
 	return int(r), e
 }
 
-func sysConnect(fd int, sa *unix.RawSockaddrInet4) unix.Errno {
+func Connect(fd int, sa *unix.RawSockaddrInet4) unix.Errno {
 	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), unix.SizeofSockaddrInet4)
 	return e
 }
 
-// sysAccept accepts a connection as a non-blocking socket, without asking
+// Accept accepts a connection as a non-blocking socket, without asking
 // for the peer's address.
-func sysAccept(lfd int) (int, unix.Errno) {
+func Accept(lfd int) (int, unix.Errno) {
 	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	return int(r), e
 }
 
-func sysRead(fd int, b []byte) (int, unix.Errno) {
+func Read(fd int, b []byte) (int, unix.Errno) {
 	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
 	return int(r), e
 }
 
-func sysWrite(fd int, b []byte) (int, unix.Errno) {
+func Write(fd int, b []byte) (int, unix.Errno) {
 	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
 	return int(r), e
 }
 
-func sysClose(fd int) {
+func Close(fd int) {
 	_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }
 
-func sysSendto(fd int, b []byte, sa *unix.RawSockaddrInet4) (int, unix.Errno) {
+func Sendto(fd int, b []byte, sa *unix.RawSockaddrInet4) (int, unix.Errno) {
 	r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
 		0, uintptr(unsafe.Pointer(sa)), unix.SizeofSockaddrInet4)
 	return int(r), e
 }
 
-// sysRecvfrom receives one datagram and its source address into sa.
-func sysRecvfrom(fd int, b []byte, sa *unix.RawSockaddrInet4) (int, unix.Errno) {
+// Recvfrom receives one datagram and its source address into sa.
+func Recvfrom(fd int, b []byte, sa *unix.RawSockaddrInet4) (int, unix.Errno) {
 	salen := uint32(unix.SizeofSockaddrInet4)
 	r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
 		0, uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&salen)))
 	return int(r), e
 }
 
-func sysRecvmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
+func Recvmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
 	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(msgs))), uintptr(len(msgs)),
 		unix.MSG_DONTWAIT, 0, 0)
 	return int(r), e
 }
 
-func sysSendmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
+func Sendmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
 	r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(msgs))), uintptr(len(msgs)),
 		unix.MSG_DONTWAIT, 0, 0)
 	return int(r), e
 }
 
-func sysEpollCtl(ep, op, fd int, events uint32, data uint64) unix.Errno {
+func EpollCtl(ep, op, fd int, events uint32, data uint64) unix.Errno {
 	ev := unix.EpollEvent{Events: events}
 	*(*uint64)(unsafe.Pointer(&ev.Fd)) = data
 	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(ep), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
 	return e
 }
 
-// epollData returns the 64-bit user data of an event (x/sys/unix splits it
+// EpollData returns the 64-bit user data of an event (x/sys/unix splits it
 // into Fd and Pad).
-func epollData(ev *unix.EpollEvent) uint64 {
+func EpollData(ev *unix.EpollEvent) uint64 {
 	return *(*uint64)(unsafe.Pointer(&ev.Fd))
 }
 
-// epollWait waits for events. It first polls without blocking through a
+// EpollWait waits for events. It first polls without blocking through a
 // raw system call: under load there usually are events, and then the
 // runtime's system-call bookkeeping (and sysmon taking the P away from a
 // blocked thread) is skipped. Only when nothing is ready does it block.
-func epollWait(ep int, evs []unix.EpollEvent, msec int) (int, error) {
+func EpollWait(ep int, evs []unix.EpollEvent, msec int) (int, error) {
 	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(evs))), uintptr(len(evs)), 0, 0, 0)
 	if e == 0 && (r > 0 || msec == 0) {
 		return int(r), nil
@@ -105,7 +105,8 @@ func epollWait(ep int, evs []unix.EpollEvent, msec int) (int, error) {
 	return unix.EpollWait(ep, evs, msec)
 }
 
-func rawSockaddr(ap netip.AddrPort) unix.RawSockaddrInet4 {
+// Sockaddr4 is ap (IPv4) as a raw sockaddr.
+func Sockaddr4(ap netip.AddrPort) unix.RawSockaddrInet4 {
 	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().As4()}
 	// The port is in network byte order.
 	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
@@ -113,22 +114,23 @@ func rawSockaddr(ap netip.AddrPort) unix.RawSockaddrInet4 {
 	return sa
 }
 
-func sockaddrAddrPort(sa *unix.RawSockaddrInet4) netip.AddrPort {
+// AddrPort4 is the address and port of a raw IPv4 sockaddr.
+func AddrPort4(sa *unix.RawSockaddrInet4) netip.AddrPort {
 	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
 	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
 }
 
-// errnoName names an errno as the results do ("ECONNREFUSED"); the names
+// ErrnoName names an errno as the results do ("ECONNREFUSED"); the names
 // are constants, so this does not allocate.
-func errnoName(e unix.Errno) string {
+func ErrnoName(e unix.Errno) string {
 	if n := unix.ErrnoName(e); n != "" {
 		return n
 	}
 	return "errno-unknown"
 }
 
-// epoch is the origin of the loops' monotonic clock.
-var epoch = time.Now()
+// Epoch is the origin of the loops' monotonic clock.
+var Epoch = time.Now()
 
-// nanotime is a monotonic clock in nanoseconds (vDSO, no allocation).
-func nanotime() int64 { return int64(time.Since(epoch)) }
+// Nanotime is a monotonic clock in nanoseconds (vDSO, no allocation).
+func Nanotime() int64 { return int64(time.Since(Epoch)) }
