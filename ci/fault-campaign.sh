@@ -54,6 +54,16 @@ dead_objects() {
 		id=${BASH_REMATCH[1]}
 		alive "$id" || echo "$n"
 	done
+	# Datapath probes run before the run lock: their namespaces carry the
+	# prober's pid (older ones only a random suffix, which no live probe
+	# keeps for more than a second or two).
+	for n in $(ls /var/run/netns 2>/dev/null | grep '^svclab-probe-'); do
+		if [[ $n =~ ^svclab-probe-([0-9]+)- ]]; then
+			kill -0 "${BASH_REMATCH[1]}" 2>/dev/null || echo "probe netns $n"
+		else
+			echo "old probe netns $n"
+		fi
+	done
 	for n in /run/svclab/runs/*.lock; do
 		[ -e "$n" ] || continue
 		id=$(basename "$n" .lock)

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -267,14 +268,15 @@ func TestBenchQuickFlag(t *testing.T) {
 	assert.Equal(t, []scenarios.ScalePoint{{Services: 1, Endpoints: 12}, {Services: 10, Endpoints: 12}, {Services: 1, Endpoints: 50}}, sc.ScalePoints())
 }
 
-// A bench killed with SIGKILL at any point (before its lock, while
-// building the generator's namespace, during trials) leaves nothing that
+// A bench killed with SIGKILL at any point (while probing datapaths before
+// its lock, building the generator's namespace, during trials) leaves
+// nothing that
 // `svclab cleanup` does not remove.
 func TestPrivilegedKilledBenchCleanup(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
 	}
-	for _, delay := range []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond} {
+	for _, delay := range []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond} {
 		t.Run(delay.String(), func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--output", t.TempDir())
 			cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
@@ -298,10 +300,19 @@ func deadRunObjects(t *testing.T) []string {
 		id, ok := strings.CutPrefix(name, "svclab-")
 		return ok && runlock.IsRunObject(name) && !runlock.Alive(id[:8])
 	}
+	// Datapath probes run before the run lock: their namespaces carry the
+	// prober's pid.
+	probe := regexp.MustCompile(`^svclab-probe-([0-9]+)-`)
 	ents, _ := os.ReadDir("/var/run/netns")
 	for _, e := range ents {
 		if dead(e.Name()) {
 			out = append(out, "netns "+e.Name())
+		}
+		if m := probe.FindStringSubmatch(e.Name()); m != nil {
+			pid, _ := strconv.Atoi(m[1])
+			if syscall.Kill(pid, 0) == syscall.ESRCH {
+				out = append(out, "probe netns "+e.Name())
+			}
 		}
 	}
 	mnt, err := cgroup2.Mount()

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"sort"
 	"strings"
 	"time"
@@ -38,6 +39,26 @@ var objectName = regexp.MustCompile(`^svclab-([0-9a-f]{8})(?:-.*)?$`)
 // IsRunObject reports whether name is the name of an object of an svclab
 // run (live or dead).
 func IsRunObject(name string) bool { return objectName.MatchString(name) }
+
+// probeName matches the throw-away namespaces of datapath probes
+// (svclab-probe-<pid>-<random>), which run before any run lock exists:
+// their owner is the process with that pid.
+var probeName = regexp.MustCompile(`^svclab-probe-([0-9]+)-[0-9a-f]+$`)
+
+// deadProbe reports whether name is a probe namespace whose process is
+// gone. A reused pid keeps a dead probe's namespace a while longer, never
+// the other way round.
+func deadProbe(name string) bool {
+	m := probeName.FindStringSubmatch(name)
+	if m == nil {
+		return false
+	}
+	pid, err := strconv.Atoi(m[1])
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+}
 
 // Lock marks a run as alive.
 type Lock struct {
@@ -105,7 +126,7 @@ func Alive(id string) bool {
 }
 
 // CleanupStale removes every network namespace, cgroup and lock file left by
-// svclab runs that are no longer alive (killed with SIGKILL, crashed, power
+// svclab runs (and datapath probes) that are no longer alive (killed with SIGKILL, crashed, power
 // loss). Processes inside those cgroups are killed first. It returns what it
 // removed. Objects of live runs are left alone, so two runs can coexist.
 func CleanupStale() ([]string, error) {
@@ -143,7 +164,7 @@ func CleanupStale() ([]string, error) {
 		errs = append(errs, err)
 	}
 	for _, n := range names {
-		if isDead(n) {
+		if isDead(n) || deadProbe(n) {
 			if err := nsutil.Delete(n); err != nil {
 				errs = append(errs, err)
 			} else {

@@ -2,7 +2,9 @@ package runlock_test
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -14,6 +16,7 @@ import (
 	"svclab/harness/runlock"
 	"svclab/harness/topology"
 	"svclab/internal/child"
+	"svclab/internal/nsutil"
 )
 
 // TestMain lets the test binary act as the backend server.
@@ -85,4 +88,31 @@ func TestDropEmptyDir(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A killed datapath probe's namespace (named by its pid) goes with
+// cleanup; a live process's stays.
+func TestPrivilegedCleanupStaleRemovesDeadProbes(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	// A pid that is gone: a child that has exited and been reaped.
+	cmd := exec.Command("true")
+	require.NoError(t, cmd.Run())
+	dead := fmt.Sprintf("svclab-probe-%d-0badf00d", cmd.Process.Pid)
+	live := fmt.Sprintf("svclab-probe-%d-0badf00d", os.Getpid())
+	for _, n := range []string{dead, live} {
+		ns, err := nsutil.Create(n)
+		require.NoError(t, err)
+		h := ns.Handle()
+		h.Close()
+	}
+	t.Cleanup(func() { _ = nsutil.Delete(live); _ = nsutil.Delete(dead) })
+
+	removed, err := runlock.CleanupStale()
+	require.NoError(t, err)
+	assert.Contains(t, removed, "netns "+dead)
+	assert.NotContains(t, removed, "netns "+live)
+	left, err := nsutil.List("svclab-probe-")
+	require.NoError(t, err)
+	assert.Contains(t, left, live)
+	assert.NotContains(t, left, dead)
 }
