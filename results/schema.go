@@ -56,6 +56,10 @@ type Run struct {
 	// sweep's apply timeout. Larger points of the same sweep are not tried
 	// for that datapath and are not listed.
 	ScaleLimits []ScaleLimit `json:"scale_limits,omitempty"`
+	// ConcurrentRuns are the ids of other svclab runs (bench, conform, a
+	// lab) found live at the start of a trial: they share the machine's
+	// CPUs, so this run's figures (and theirs) may be skewed.
+	ConcurrentRuns []string `json:"concurrent_runs,omitempty"`
 }
 
 // ScaleLimit is one scale point a datapath did not reach.

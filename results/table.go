@@ -103,6 +103,10 @@ func WriteTable(w io.Writer, run *Run) error {
 	}
 
 	var notes []string
+	if len(run.ConcurrentRuns) > 0 {
+		notes = append(notes, fmt.Sprintf("warning: other svclab runs were live during trials (%s); they share this machine's CPUs and may skew these figures",
+			strings.Join(run.ConcurrentRuns, ", ")))
+	}
 	measured := map[site]bool{}
 	for _, s := range all {
 		measured[site{s.Datapath, s.Site}] = true

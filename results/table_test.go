@@ -71,6 +71,13 @@ func TestWriteTableNotes(t *testing.T) {
 	assert.Contains(t, out, "warning: direct at concurrency 64 reaches the generator's ceiling (QPS up to 30900, ceiling from 30500)")
 	assert.NotContains(t, out, "warning: socketlb")
 	assert.NotContains(t, out, "warning: iptables")
+	assert.NotContains(t, out, "other svclab runs")
+
+	// Another run on the machine during trials is said, with its id.
+	run.ConcurrentRuns = []string{"0badf00d"}
+	buf.Reset()
+	require.NoError(t, WriteTable(&buf, run))
+	assert.Contains(t, buf.String(), "warning: other svclab runs were live during trials (0badf00d)")
 
 	// With the ceiling measured at every level and repeated, its own
 	// interval is what a datapath's is held against.

@@ -67,7 +67,7 @@ func TestPrivilegedVMDebian61(t *testing.T) {
 			require.NotNil(t, m, "no ipvs line in:\n%s", stdout)
 			assert.Equal(t, "available", m[1], "IPVS must be usable under Debian's kernel")
 		}},
-		{"failing command", []string{"bench", "--datapaths", "warp-drive"}, 1, func(t *testing.T, _, stderr string) {
+		{"failing command", []string{"bench", "--datapaths", "warp-drive"}, 2 /* bad input */, func(t *testing.T, _, stderr string) {
 			assert.Contains(t, stderr, `unknown datapath "warp-drive"`, "the guest's error reaches the host's stderr")
 		}},
 	}

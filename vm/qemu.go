@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -206,8 +207,22 @@ func (c *console) line(l string) {
 		}
 		c.mu.Unlock()
 	}
+	l = plainLine(l)
 	c.tail.add(l)
 	fmt.Fprintln(c.m.Stderr, l)
+}
+
+// csi matches a terminal control sequence (ESC [ … final byte).
+var csi = regexp.MustCompile("\x1b\\[[0-9;?]*[ -/]*[@-~]")
+
+// plainLine is a console line as a terminal would show it, without its
+// control sequences: what follows the last carriage return (a line
+// rewritten in place), escape sequences dropped.
+func plainLine(l string) string {
+	if i := strings.LastIndexByte(l, '\r'); i >= 0 {
+		l = l[i+1:]
+	}
+	return csi.ReplaceAllString(l, "")
 }
 
 // splitLines calls fn for each line of r, without CR and LF; it also

@@ -516,11 +516,16 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp("", "svclab-vm-")
+	// What killed runs left first, as runlock.Begin does for namespaces.
+	if removed, err := CleanupStale(); err == nil && len(removed) > 0 {
+		fmt.Fprintf(c.Stderr, "svclab vm: removed %d temporary directories left by killed runs\n", len(removed))
+	}
+	td, err := newTempDir()
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(tmp)
+	defer td.Remove()
+	tmp := td.Path
 
 	k, err := c.kernel(ctx)
 	if err != nil {
@@ -588,6 +593,10 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 		"SVCLAB_VM=1",
 		"SVCLAB_VM_KERNEL=" + k.Describe(),
 		"SVCLAB_VM_ACCEL=" + accel,
+		// The serial console is a terminal to the guest, but its output
+		// reaches the host line by line: in-place progress would only
+		// leave escape sequences in the host's logs.
+		"SVCLAB_TTY=0",
 	}}
 	if plan != nil {
 		initCfg.Modules = plan.PreloadPaths()

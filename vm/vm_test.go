@@ -277,3 +277,17 @@ func TestParseLdd(t *testing.T) {
 	_, err = ParseLdd("\tlibgone.so.1 => not found\n")
 	assert.ErrorContains(t, err, "libgone.so.1")
 }
+
+// Guest console lines reach the host's logs without terminal control
+// sequences.
+func TestPlainLine(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"plain", "plain"},
+		{"\r\x1b[K[1/3] direct c=1 (about 5s left)", "[1/3] direct c=1 (about 5s left)"},
+		{"[1/3] a\r\x1b[K[2/3] b", "[2/3] b"},
+		{"\x1b[0;32mOK\x1b[0m done", "OK done"},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, plainLine(tt.in), "%q", tt.in)
+	}
+}

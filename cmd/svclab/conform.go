@@ -1,18 +1,12 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
-
-	"golang.org/x/term"
 
 	"svclab/datapath"
 	"svclab/harness/conform"
@@ -36,28 +30,28 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return badInput(err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return badInput(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
 	var list []*scenarios.Conformance
 	if *scs == "" {
 		all, err := scenarios.LoadAllConformance()
 		if err != nil {
-			return err
+			return badInput(err)
 		}
 		list = all
 	} else {
 		seen := map[string]bool{}
 		for _, n := range splitList(*scs) {
 			if seen[n] {
-				return fmt.Errorf("--scenarios: %q listed twice", n)
+				return badInput(fmt.Errorf("--scenarios: %q listed twice", n))
 			}
 			seen[n] = true
 			c, err := scenarios.LoadConformance(n)
 			if err != nil {
-				return fmt.Errorf("--scenarios: %w", err)
+				return badInput(fmt.Errorf("--scenarios: %w", err))
 			}
 			list = append(list, c)
 		}
@@ -65,7 +59,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	names := splitList(*dps)
 	for _, n := range append(append([]string{}, names...), splitList(*strict)...) {
 		if _, err := datapath.Lookup(n); err != nil {
-			return fmt.Errorf("--datapaths/--strict: %w", err)
+			return badInput(fmt.Errorf("--datapaths/--strict: %w", err))
 		}
 	}
 	if len(names) == 0 {
@@ -77,18 +71,15 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 			found = found || n == s
 		}
 		if !found {
-			return fmt.Errorf("--strict: %q is not among the datapaths checked (%s)", s, strings.Join(names, ", "))
+			return badInput(fmt.Errorf("--strict: %q is not among the datapaths checked (%s)", s, strings.Join(names, ", ")))
 		}
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
+	if err := requireRoot(); err != nil {
+		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	defer stop()
-	tty := false
-	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
-		tty = term.IsTerminal(int(fd.Fd()))
-	}
+	tty := isTerminal(stderr)
 	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
 	if run != nil {
 		fmt.Fprintln(stdout)

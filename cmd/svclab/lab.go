@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -30,25 +28,28 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return badInput(err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return badInput(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
 	var err error
 	if cfg.Affinity, cfg.AffinityTimeout, err = lab.ParseAffinity(*affinity); err != nil {
-		return fmt.Errorf("--%w", err)
+		return badInput(fmt.Errorf("--%w", err))
 	}
 	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("--%w", err)
+		return badInput(fmt.Errorf("--%w", err))
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
+	if err := requireRoot(); err != nil {
+		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	ctx, stop := signalContext()
 	defer stop()
 	err = lab.Up(ctx, cfg, stderr, func(st *lab.State) { lab.Write(stdout, st) })
-	if err == nil {
+	// Stopped by down (nil) or by a signal with a clean teardown: either
+	// way nothing of the lab is left.
+	var ie *interruptError
+	if err == nil || errors.As(err, &ie) && err == error(ie) {
 		fmt.Fprintln(stdout, "lab removed")
 	}
 	return err
@@ -111,7 +112,12 @@ func cmdStatus(stdout io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tDATAPATH\tPID\tUP\tSERVICES\tPODS")
+	var dead []*lab.State
 	for _, l := range labs {
+		if !l.Alive() {
+			dead = append(dead, l)
+			continue
+		}
 		var svcs []string
 		for _, s := range l.Services {
 			svcs = append(svcs, fmt.Sprintf("%s %s %s", s.Name, s.ClusterIP, strings.Join(s.Ports, ",")))
@@ -123,7 +129,18 @@ func cmdStatus(stdout io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", l.ID, l.Datapath, l.PID, time.Since(l.Started).Round(time.Second),
 			strings.Join(svcs, "; "), strings.Join(pods, " "))
 	}
-	return tw.Flush()
+	if len(dead) == len(labs) {
+		fmt.Fprintln(stdout, "no lab is up")
+	} else if err := tw.Flush(); err != nil {
+		return err
+	}
+	// A lab whose svclab up was killed (SIGKILL, OOM) ran no teardown:
+	// say what it left and how to remove it.
+	for _, l := range dead {
+		fmt.Fprintf(stdout, "lab %s (%s, pid %d) is dead, left: %s\n  remove it with: svclab down %s\n",
+			l.ID, l.Datapath, l.PID, strings.Join(l.Left(), ", "), l.ID)
+	}
+	return nil
 }
 
 func cmdDown(args []string, stdout, stderr io.Writer) error {
@@ -135,14 +152,18 @@ func cmdDown(args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return badInput(err)
 	}
 	if fs.NArg() > 1 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(1))
+		return badInput(fmt.Errorf("unexpected argument %q", fs.Arg(1)))
 	}
-	st, err := lab.Down(context.Background(), fs.Arg(0), *timeout)
+	st, removed, err := lab.Down(context.Background(), fs.Arg(0), *timeout)
 	if err != nil {
 		return err
+	}
+	if removed != nil {
+		fmt.Fprintf(stdout, "lab %s was dead (its svclab up was killed); removed what it left: %s\n", st.ID, strings.Join(removed, ", "))
+		return nil
 	}
 	fmt.Fprintf(stdout, "lab %s is down\n", st.ID)
 	return nil

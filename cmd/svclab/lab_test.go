@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -130,18 +131,54 @@ func TestPrivilegedLabUpExecStatusDown(t *testing.T) {
 	assert.Empty(t, svclabObjects(t, prefix), "down must leave nothing of the lab")
 	assert.NoFileExists(t, filepath.Join("/run/svclab/labs", id+".json"))
 
-	// Killed: nothing runs its teardown; status forgets it, cleanup
-	// removes its objects.
+	// Killed: nothing runs its teardown; status says the lab is dead and
+	// what it left, exec refuses it, and down removes what it left.
 	up, id = labUp(t, "--datapath", "socketlb", "--backends", "1")
 	prefix = "svclab-" + id
 	require.NoError(t, up.Process.Kill())
 	_ = up.Wait()
+	require.NotEmpty(t, svclabObjects(t, prefix), "a killed lab leaves objects (or this test proves nothing)")
+	stdout.Reset()
+	require.Equal(t, 0, run([]string{"status"}, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stdout.String(), "lab "+id+" (socketlb, pid ")
+	assert.Contains(t, stdout.String(), "is dead, left: netns "+prefix+"-")
+	assert.Contains(t, stdout.String(), "cgroup ")
+	assert.Contains(t, stdout.String(), "svclab down "+id)
+	assert.Equal(t, 125, status("client-0", "--", "true"), "exec refuses a dead lab")
+	stdout.Reset()
+	require.Equal(t, 0, run([]string{"down"}, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stdout.String(), "lab "+id+" was dead")
+	assert.Contains(t, stdout.String(), "removed what it left: netns "+prefix+"-")
+	assert.Empty(t, svclabObjects(t, prefix), "down must remove what a killed lab left")
+	assert.NoFileExists(t, filepath.Join("/run/svclab/labs", id+".json"))
 	stdout.Reset()
 	require.Equal(t, 0, run([]string{"status"}, &stdout, &stderr), stderr.String())
 	assert.NotContains(t, stdout.String(), id)
-	require.NotEmpty(t, svclabObjects(t, prefix), "a killed lab leaves objects (or this test proves nothing)")
 	require.Equal(t, 0, run([]string{"cleanup"}, io.Discard, &stderr), stderr.String())
-	assert.Empty(t, svclabObjects(t, prefix))
+}
+
+// Every signal that ends a run ends `svclab up` the way Ctrl-C does: the
+// lab is removed and the exit status is 130. SIGHUP (a dropped ssh
+// session) and SIGQUIT used to kill it outright, leaving everything.
+func TestPrivilegedLabSignals(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to build a lab")
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			up, id := labUp(t, "--datapath", "direct", "--backends", "1")
+			prefix := "svclab-" + id
+			require.NotEmpty(t, svclabObjects(t, prefix))
+			require.NoError(t, up.Process.Signal(sig))
+			err := up.Wait()
+			require.Error(t, err)
+			assert.Equal(t, exitInterrupted, up.ProcessState.ExitCode(), "stderr: %s", up.Stderr)
+			assert.Empty(t, svclabObjects(t, prefix), "an interrupted lab must remove what it made")
+			assert.NoFileExists(t, filepath.Join("/run/svclab/labs", id+".json"))
+			assert.False(t, runlock.Alive(id))
+			assert.NotContains(t, fmt.Sprint(up.Stderr), "goroutine ", "SIGQUIT must not dump goroutines")
+		})
+	}
 }
 
 // Bad command lines end with an error naming the flag, before anything is
@@ -164,7 +201,7 @@ func TestConformAndLabBadInput(t *testing.T) {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			code := run(tt.args, &stdout, &stderr)
-			assert.NotEqual(t, 0, code)
+			assert.Equal(t, exitBadInput, code, "bad input exits 2")
 			assert.Contains(t, stderr.String(), tt.want)
 		})
 	}

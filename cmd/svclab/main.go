@@ -17,24 +17,20 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
-
-	"golang.org/x/term"
 
 	"svclab/datapath"
 	_ "svclab/datapath/all"
 	"svclab/harness/bench"
+	"svclab/harness/lab"
 	"svclab/harness/runlock"
 	"svclab/internal/child"
 	"svclab/results"
@@ -47,17 +43,18 @@ const usage = `svclab: what does a Kubernetes Service datapath cost, and does it
 Usage:
   svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,qps.png,p90.png}
   svclab datapaths       list the datapaths and whether this machine can run them
-  svclab cleanup         remove network namespaces and cgroups left by killed svclab runs
+  svclab cleanup         remove what killed svclab runs left: network namespaces, cgroups, lock files, VM temp dirs
   svclab conform [flags] check Service behaviours against datapaths; writes results/<run-id>/conformance.{json,md}
   svclab up [flags]      bring a lab up (topology, backends, datapath) and keep it until Ctrl-C or 'svclab down'
   svclab exec POD -- CMD run CMD in a lab pod's network namespace and cgroup, e.g. exec client-0 -- curl -s http://10.96.0.10/
-  svclab status          list the labs that are up
-  svclab down [ID]       stop a lab and remove everything it made
+  svclab status          list the labs that are up, and dead ones (killed) with what they left
+  svclab down [ID]       stop a lab and remove everything it made (or what a killed lab left)
   svclab compare OLD NEW compare two runs with CIs and p-values; exit 1 on a significant regression (see ci/)
   svclab vm [flags] -- COMMAND   run a svclab command under another kernel (e.g. --kernel debian-6.1) in QEMU
 
 Run 'svclab bench -h' for the bench flags. svclab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF).
-`
+
+` + exitCodesUsage
 
 func main() {
 	child.Main(os.Args[1:])
@@ -67,7 +64,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return 2
+		return exitBadInput
 	}
 	var err error
 	switch args[0] {
@@ -93,25 +90,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdVM(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
-		return 0
+		return exitOK
 	default:
 		fmt.Fprintf(stderr, "svclab: unknown command %q\n\n%s", args[0], usage)
-		return 2
+		return exitBadInput
 	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if errors.Is(err, errStrict) {
-		return 1
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errStrict) {
 		fmt.Fprintf(stderr, "svclab %s: %v\n", args[0], err)
-		if errors.Is(err, context.Canceled) {
-			return 130
-		}
-		return 1
 	}
-	return 0
+	return exitCode(err)
 }
 
 // benchFlags are the bench command line; set flags override the scenario.
@@ -248,25 +235,22 @@ func splitList(s string) []string {
 func cmdBench(args []string, stdout, stderr io.Writer) error {
 	f, sc, err := parseBenchFlags(args, stderr)
 	if err != nil {
-		return err
+		return badInput(err)
 	}
 	// Validate the plan (names, probes, CIDRs) before anything is created.
 	plan, err := bench.NewPlan(sc)
 	if err != nil {
-		return err
+		return badInput(err)
 	}
 	if note := vmKernelNote(f.vmKernel, plan); note != "" {
 		fmt.Fprintln(stderr, note)
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, cgroups and BPF): run it with sudo")
+	if err := requireRoot(); err != nil {
+		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	defer stop()
-	tty := false
-	if fd, ok := stderr.(interface{ Fd() uintptr }); ok {
-		tty = term.IsTerminal(int(fd.Fd()))
-	}
+	tty := isTerminal(stderr)
 	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty, VMKernel: f.vmKernel})
 	// A run in which a datapath has no valid trial is written and
 	// printed, then fails.
@@ -305,6 +289,11 @@ func cmdDatapaths(stdout io.Writer) error {
 
 func cmdCleanup(stdout io.Writer) error {
 	removed, err := runlock.CleanupStale()
+	// The VM's temporary directories, and the state files of dead labs
+	// whose objects are now gone.
+	vmRemoved, vmErr := vm.CleanupStale()
+	removed, err = append(removed, vmRemoved...), errors.Join(err, vmErr)
+	lab.Prune()
 	for _, r := range removed {
 		fmt.Fprintln(stdout, "removed", r)
 	}

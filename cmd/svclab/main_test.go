@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -195,7 +196,8 @@ func TestPrivilegedInterruptedBenchLeavesNothing(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
 			var stderr bytes.Buffer
-			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--repetitions", "10", "--output", t.TempDir())
+			output := t.TempDir()
+			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--repetitions", "10", "--output", output)
 			cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
 			cmd.Stderr = &stderr
 			require.NoError(t, cmd.Start())
@@ -220,6 +222,9 @@ func TestPrivilegedInterruptedBenchLeavesNothing(t *testing.T) {
 			if sig == syscall.SIGINT {
 				assert.Equal(t, 130, cmd.ProcessState.ExitCode(), stderr.String())
 				assert.Empty(t, svclabObjects(t, prefix), "an interrupted run must remove what it made")
+				ents, err := os.ReadDir(output)
+				require.NoError(t, err)
+				assert.Empty(t, ents, "an interrupted run that wrote nothing leaves no empty run directory")
 				return
 			}
 			// SIGKILL runs no cleanup; the next run's does.
@@ -267,4 +272,128 @@ func TestBenchQuickFlag(t *testing.T) {
 	_, sc, err = parseBenchFlags([]string{"--scenario", "scale", "--quick", "--services", "1,10", "--endpoint-sweep", "12,50"}, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, []scenarios.ScalePoint{{Services: 1, Endpoints: 12}, {Services: 10, Endpoints: 12}, {Services: 1, Endpoints: 50}}, sc.ScalePoints())
+}
+
+// A bench killed with SIGKILL at any point (while probing datapaths before
+// its lock, building the generator's namespace, during trials) leaves
+// nothing that
+// `svclab cleanup` does not remove.
+func TestPrivilegedKilledBenchCleanup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	for _, delay := range []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond} {
+		t.Run(delay.String(), func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--output", t.TempDir())
+			cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+			require.NoError(t, cmd.Start())
+			time.Sleep(delay)
+			require.NoError(t, cmd.Process.Kill())
+			_ = cmd.Wait()
+			var out, errb bytes.Buffer
+			require.Equal(t, 0, run([]string{"cleanup"}, &out, &errb), errb.String())
+			assert.Empty(t, deadRunObjects(t), "cleanup output: %s", out.String())
+		})
+	}
+}
+
+// deadRunObjects lists the svclab objects (netns, cgroups, lock files) of
+// runs that are not alive: what cleanup should have removed.
+func deadRunObjects(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	dead := func(name string) bool {
+		id, ok := strings.CutPrefix(name, "svclab-")
+		return ok && runlock.IsRunObject(name) && !runlock.Alive(id[:8])
+	}
+	// Datapath probes run before the run lock: their namespaces carry the
+	// prober's pid.
+	probe := regexp.MustCompile(`^svclab-probe-([0-9]+)-`)
+	ents, _ := os.ReadDir("/var/run/netns")
+	for _, e := range ents {
+		if dead(e.Name()) {
+			out = append(out, "netns "+e.Name())
+		}
+		if m := probe.FindStringSubmatch(e.Name()); m != nil {
+			pid, _ := strconv.Atoi(m[1])
+			if syscall.Kill(pid, 0) == syscall.ESRCH {
+				out = append(out, "probe netns "+e.Name())
+			}
+		}
+	}
+	mnt, err := cgroup2.Mount()
+	require.NoError(t, err)
+	ents, _ = os.ReadDir(mnt)
+	for _, e := range ents {
+		if dead(e.Name()) {
+			out = append(out, "cgroup "+e.Name())
+		}
+	}
+	ents, _ = os.ReadDir("/run/svclab/runs")
+	for _, e := range ents {
+		if id, ok := strings.CutSuffix(e.Name(), ".lock"); ok && !runlock.Alive(id) {
+			out = append(out, "lock "+e.Name())
+		}
+	}
+	return out
+}
+
+// A bench that finds another svclab run live at the start of a trial says
+// so on stderr, in results.json and in the table.
+func TestPrivilegedBenchWarnsOfConcurrentRun(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	other, err := runlock.New()
+	require.NoError(t, err)
+	defer other.Release()
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"bench", "--scenario", "quick", "--datapaths", "direct", "--concurrency", "1", "--output", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, "stderr: %s", stderr.String())
+	assert.Contains(t, stderr.String(), "warning: another svclab run ("+other.ID+") is live")
+	assert.Contains(t, stdout.String(), "warning: other svclab runs were live during trials (")
+	ents, err := os.ReadDir(out)
+	require.NoError(t, err)
+	require.Len(t, ents, 1)
+	res, err := results.Read(filepath.Join(out, ents[0].Name(), "results.json"))
+	require.NoError(t, err)
+	assert.Contains(t, res.ConcurrentRuns, other.ID)
+}
+
+// A dropped ssh session: the terminal's process group gets SIGHUP (the
+// run's servers and clients too) and the pipe its stderr went to is gone.
+// The run still removes everything it made and exits 130.
+func TestPrivilegedBenchHangup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
+	}
+	output := t.TempDir()
+	cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--repetitions", "10", "--output", output)
+	cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	cmd.Stderr, cmd.Stdout = w, w
+	require.NoError(t, cmd.Start())
+	w.Close()
+	var seen strings.Builder
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(seen.String(), "repetition 2/") {
+		require.True(t, time.Now().Before(deadline), "bench did not reach its second repetition: %s", seen.String())
+		n, err := r.Read(buf)
+		require.NoError(t, err, seen.String())
+		seen.Write(buf[:n])
+	}
+	m := regexp.MustCompile(`kernel objects are named (svclab-[0-9a-f]{8})-`).FindStringSubmatch(seen.String())
+	require.NotNil(t, m, seen.String())
+	require.NoError(t, r.Close())
+	require.NoError(t, syscall.Kill(-cmd.Process.Pid, syscall.SIGHUP))
+	require.Error(t, cmd.Wait())
+	assert.Equal(t, exitInterrupted, cmd.ProcessState.ExitCode(), "%s", cmd.ProcessState)
+	assert.Empty(t, svclabObjects(t, m[1]), "a hung-up run must remove what it made")
+	ents, err := os.ReadDir(output)
+	require.NoError(t, err)
+	assert.Empty(t, ents, "no empty run directory")
 }

@@ -1,18 +1,15 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"svclab/vm"
 )
 
 // exitFunc ends the process with the guest command's status (run() maps
-// every error to 1); a variable so a test can intercept it.
+// errors to exitCode's statuses); a variable so a test can intercept it.
 var exitFunc = os.Exit
 
 // cmdVM runs a svclab command (or compiled tests) under another kernel in
@@ -20,11 +17,11 @@ var exitFunc = os.Exit
 func cmdVM(args []string, stdout, stderr io.Writer) error {
 	cfg, err := vm.ParseArgs(args, stderr)
 	if err != nil {
-		return err
+		return badInput(err)
 	}
 	cfg.Stdout, cfg.Stderr = stdout, stderr
-	// Ctrl-C or SIGTERM stops QEMU; Run removes its temporary files.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Any of interruptSignals stops QEMU; Run removes its temporary files.
+	ctx, stop := signalContext()
 	defer stop()
 	res, err := vm.Run(ctx, cfg)
 	if err != nil {

@@ -64,6 +64,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", fmt.Errorf("output: %w", err)
 	}
+	// Error returns clear the named dir: keep the path for the check.
+	runDir := dir
+	defer func() { runlock.DropEmptyDir(runDir, err) }()
 
 	sched := plan.Schedule()
 	w := plan.Scenario.Workload
@@ -110,6 +113,7 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 				continue
 			}
 		}
+		run.ConcurrentRuns = noteConcurrentRuns(prog, lock.ID, run.ConcurrentRuns)
 		prog.Start(fmt.Sprintf("%s repetition %d/%d", what, ts.Repetition+1, w.Repetitions))
 		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
 		var limit *applyLimitError

@@ -86,6 +86,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", fmt.Errorf("output: %w", err)
 	}
+	// Error returns clear the named dir: keep the path for the check.
+	runDir := dir
+	defer func() { runlock.DropEmptyDir(runDir, err) }()
 	for _, sc := range cfg.Scenarios {
 		run.Scenarios = append(run.Scenarios, results.ConformScenario{Name: sc.Name, Behaviour: sc.Behaviour, Source: sc.Source, Notes: sc.Notes,
 			Family: sc.Family, Advisory: sc.Advisory})

@@ -27,6 +27,7 @@ import (
 	"svclab/harness/runlock"
 	"svclab/harness/topology"
 	"svclab/harness/world"
+	"svclab/internal/cgroup2"
 	"svclab/internal/child"
 	"svclab/internal/nsutil"
 	"svclab/results"
@@ -172,6 +173,34 @@ func (s *State) Alive() bool { return runlock.Alive(s.ID) }
 
 func labFile(id string) string { return filepath.Join(labDir, id+".json") }
 
+// stopFile marks a lab that `svclab down` stopped: its up process then
+// ends with success, while a signal from anyone else is an interruption.
+func stopFile(id string) string { return filepath.Join(labDir, id+".down") }
+
+// Left lists the kernel objects of the lab that still exist. For a dead
+// lab (killed with SIGKILL, crashed) they are what it left behind.
+func (s *State) Left() []string {
+	// Only a run's own names: a damaged state file must not make every
+	// namespace or the cgroup root look like the lab's.
+	if !runlock.IsRunObject(s.Prefix) || s.Prefix != "svclab-"+s.ID {
+		return nil
+	}
+	var left []string
+	if names, err := nsutil.List(s.Prefix + "-"); err == nil {
+		for _, n := range names {
+			left = append(left, "netns "+n)
+		}
+	}
+	// The lab's cgroups sit under one directory named by its prefix.
+	if mnt, err := cgroup2.Find(); err == nil {
+		top := filepath.Join(mnt, s.Prefix)
+		if _, err := os.Stat(top); err == nil {
+			left = append(left, "cgroup "+top)
+		}
+	}
+	return left
+}
+
 // Up builds a lab (topology, one backend server answering TCP with HTTP and
 // UDP with a datagram naming the pod, the datapath with one service), writes
 // its state file, calls ready, and keeps everything until ctx is done; then
@@ -186,7 +215,7 @@ func Up(ctx context.Context, cfg Config, log io.Writer, ready func(*State)) (err
 			return fmt.Errorf("datapath %s cannot run here: %w", f.Name, err)
 		}
 	}
-	prune()
+	Prune()
 	lock, err := runlock.Begin(log)
 	if err != nil {
 		return err
@@ -196,6 +225,7 @@ func Up(ctx context.Context, cfg Config, log io.Writer, ready func(*State)) (err
 	// when everything else is gone.
 	defer lock.Release()
 	defer func() {
+		_ = os.Remove(stopFile(lock.ID))
 		if rerr := os.Remove(labFile(lock.ID)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			err = errors.Join(err, rerr)
 		}
@@ -249,7 +279,12 @@ func Up(ctx context.Context, cfg Config, log io.Writer, ready func(*State)) (err
 		ready(st)
 	}
 	<-ctx.Done()
-	return nil
+	if _, serr := os.Stat(stopFile(lock.ID)); serr == nil {
+		return nil // svclab down asked for it
+	}
+	// A signal from anyone else (Ctrl-C, a dropped ssh session) is an
+	// interruption, which the exit status says.
+	return context.Cause(ctx)
 }
 
 // read reads a lab's state file.
@@ -265,22 +300,31 @@ func read(path string) (*State, error) {
 	return &st, nil
 }
 
-// prune removes the state files of labs whose up process is gone (their
-// kernel objects are CleanupStale's).
-func prune() {
+// Prune removes the state files of labs whose up process is gone and
+// whose kernel objects are gone too (removed by CleanupStale, by any later
+// run's runlock.Begin or by Down). The state file of a dead lab with
+// objects left is kept: it is how status and down know about them.
+func Prune() {
 	ents, _ := os.ReadDir(labDir)
 	for _, e := range ents {
 		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if ok && !runlock.Alive(id) {
-			_ = os.Remove(filepath.Join(labDir, e.Name()))
+		if !ok || runlock.Alive(id) {
+			continue
 		}
+		st, err := read(filepath.Join(labDir, e.Name()))
+		if err == nil && len(st.Left()) > 0 {
+			continue
+		}
+		_ = os.Remove(filepath.Join(labDir, e.Name()))
+		_ = os.Remove(stopFile(id))
 	}
 }
 
-// List returns the labs that are up, oldest first. State files of dead
-// labs are removed on the way.
+// List returns the labs that are up and the dead labs whose objects are
+// still there (Alive tells them apart), oldest first. State files of dead
+// labs that left nothing are removed on the way.
 func List() ([]*State, error) {
-	prune()
+	Prune()
 	ents, err := os.ReadDir(labDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -309,7 +353,12 @@ func List() ([]*State, error) {
 // ErrNoLab is returned when no lab (or not the one asked for) is up.
 var ErrNoLab = errors.New("no lab is up")
 
-// Find returns the lab with this id, or the only lab when id is empty.
+// ErrDeadLab is returned when a lab's up process is gone (killed) but its
+// objects are still there: svclab down removes them.
+var ErrDeadLab = errors.New("lab is dead (its svclab up was killed)")
+
+// Find returns the lab with this id, or the only lab when id is empty; a
+// dead lab with objects left counts, so that down can remove them.
 func Find(id string) (*State, error) {
 	labs, err := List()
 	if err != nil {
@@ -331,9 +380,13 @@ func Find(id string) (*State, error) {
 	}
 	var ids []string
 	for _, l := range labs {
-		ids = append(ids, l.ID)
+		if l.Alive() {
+			ids = append(ids, l.ID)
+		} else {
+			ids = append(ids, l.ID+" (dead)")
+		}
 	}
-	return nil, fmt.Errorf("%d labs are up (%s): say which", len(labs), strings.Join(ids, ", "))
+	return nil, fmt.Errorf("%d labs are known (%s): say which", len(labs), strings.Join(ids, ", "))
 }
 
 // Exec runs argv in a lab pod's network namespace and in the lab's client
@@ -354,7 +407,7 @@ func (s *State) Exec(pod string, argv []string, stdin io.Reader, stdout, stderr 
 		return 0, fmt.Errorf("exec: lab %s has no pod %q (pods: %s)", s.ID, pod, strings.Join(names, ", "))
 	}
 	if !s.Alive() {
-		return 0, fmt.Errorf("exec: lab %s: %w", s.ID, ErrNoLab)
+		return 0, fmt.Errorf("exec: lab %s: %w; remove what it left with svclab down %s", s.ID, ErrDeadLab, s.ID)
 	}
 	ns, err := nsutil.Open(p.NetNS)
 	if err != nil {
@@ -400,32 +453,47 @@ func (s *State) Exec(pod string, argv []string, stdin io.Reader, stdout, stderr 
 }
 
 // Down stops a lab: it signals the lab's up process and waits until that
-// process has removed everything and let go of its lock. If the process
-// was killed instead, CleanupStale removes what it left.
-func Down(ctx context.Context, id string, timeout time.Duration) (*State, error) {
-	st, err := Find(id)
+// process has removed everything and let go of its lock. A dead lab (its
+// up process killed) is not signalled (its pid may be another process's by
+// now): CleanupStale removes what it left, and removed lists that.
+func Down(ctx context.Context, id string, timeout time.Duration) (st *State, removed []string, err error) {
+	st, err = Find(id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if !st.Alive() {
+		removed = st.Left()
+		if _, err := runlock.CleanupStale(); err != nil {
+			return st, nil, fmt.Errorf("down: remove what dead lab %s left: %w", st.ID, err)
+		}
+		if left := st.Left(); len(left) > 0 {
+			return st, nil, fmt.Errorf("down: dead lab %s: still left: %s", st.ID, strings.Join(left, ", "))
+		}
+		Prune()
+		return st, removed, nil
+	}
+	if err := os.WriteFile(stopFile(st.ID), nil, 0o644); err != nil {
+		return st, nil, fmt.Errorf("down: %w", err)
 	}
 	if err := unix.Kill(st.PID, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
-		return st, fmt.Errorf("down: signal lab %s (pid %d): %w", st.ID, st.PID, err)
+		return st, nil, fmt.Errorf("down: signal lab %s (pid %d): %w", st.ID, st.PID, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for runlock.Alive(st.ID) {
 		if time.Now().After(deadline) {
-			return st, fmt.Errorf("down: lab %s (pid %d) still up after %s", st.ID, st.PID, timeout)
+			return st, nil, fmt.Errorf("down: lab %s (pid %d) still up after %s", st.ID, st.PID, timeout)
 		}
 		select {
 		case <-ctx.Done():
-			return st, ctx.Err()
+			return st, nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	if _, err := runlock.CleanupStale(); err != nil {
-		return st, fmt.Errorf("down: clean up what lab %s left: %w", st.ID, err)
+		return st, nil, fmt.Errorf("down: clean up what lab %s left: %w", st.ID, err)
 	}
-	prune()
-	return st, nil
+	Prune()
+	return st, nil, nil
 }
 
 // Write prints a lab's services and pods, and how to use it.

@@ -91,7 +91,10 @@ func TestLabsPrunesDeadLabs(t *testing.T) {
 	t.Cleanup(live.Release)
 	require.NoError(t, results.WriteJSON(labFile(live.ID), &State{ID: live.ID, PID: os.Getpid(), Datapath: "direct"}))
 	// A lab whose process died: its lock is gone.
-	require.NoError(t, results.WriteJSON(labFile("deadbeef"), &State{ID: "deadbeef", PID: 1}))
+	// It left nothing (no namespace or cgroup named svclab-deadbeef), so
+	// its state file goes; one with objects left stays (see the
+	// privileged TestPrivilegedLabUpExecStatusDown in cmd/svclab).
+	require.NoError(t, results.WriteJSON(labFile("deadbeef"), &State{ID: "deadbeef", PID: 1, Prefix: "svclab-deadbeef"}))
 
 	labs, err := List()
 	require.NoError(t, err)
@@ -111,7 +114,7 @@ func TestLabsPrunesDeadLabs(t *testing.T) {
 	require.NoError(t, results.WriteJSON(labFile(second.ID), &State{ID: second.ID, PID: os.Getpid(), Started: time.Now()}))
 	_, err = Find("")
 	require.Error(t, err, "two labs: the user must say which")
-	assert.Contains(t, err.Error(), "2 labs are up")
+	assert.Contains(t, err.Error(), "2 labs are known")
 
 	live.Release()
 	second.Release()
@@ -132,5 +135,17 @@ func TestWriteLab(t *testing.T) {
 	for _, want := range []string{"lab 1a2b3c4d is up", "ClusterIP 10.96.0.10", "client-0", "svclab exec client-0 -- curl -s http://10.96.0.10/",
 		"nc -u -w1 10.96.0.10 80", "svclab down 1a2b3c4d"} {
 		assert.Contains(t, out, want)
+	}
+}
+
+// Left only ever names the lab's own objects, whatever its state file says.
+func TestLeftIgnoresForeignPrefixes(t *testing.T) {
+	for _, st := range []State{
+		{ID: "deadbeef"},
+		{ID: "deadbeef", Prefix: "svclab-0badf00d"},
+		{ID: "deadbeef", Prefix: "svclab"},
+		{ID: "", Prefix: "svclab-"},
+	} {
+		assert.Empty(t, st.Left(), "%+v", st)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +39,26 @@ var objectName = regexp.MustCompile(`^svclab-([0-9a-f]{8})(?:-.*)?$`)
 // IsRunObject reports whether name is the name of an object of an svclab
 // run (live or dead).
 func IsRunObject(name string) bool { return objectName.MatchString(name) }
+
+// probeName matches the throw-away namespaces of datapath probes
+// (svclab-probe-<pid>-<random>), which run before any run lock exists:
+// their owner is the process with that pid.
+var probeName = regexp.MustCompile(`^svclab-probe-([0-9]+)-[0-9a-f]+$`)
+
+// deadProbe reports whether name is a probe namespace whose process is
+// gone. A reused pid keeps a dead probe's namespace a while longer, never
+// the other way round.
+func deadProbe(name string) bool {
+	m := probeName.FindStringSubmatch(name)
+	if m == nil {
+		return false
+	}
+	pid, err := strconv.Atoi(m[1])
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+}
 
 // Lock marks a run as alive.
 type Lock struct {
@@ -104,7 +126,7 @@ func Alive(id string) bool {
 }
 
 // CleanupStale removes every network namespace, cgroup and lock file left by
-// svclab runs that are no longer alive (killed with SIGKILL, crashed, power
+// svclab runs (and datapath probes) that are no longer alive (killed with SIGKILL, crashed, power
 // loss). Processes inside those cgroups are killed first. It returns what it
 // removed. Objects of live runs are left alone, so two runs can coexist.
 func CleanupStale() ([]string, error) {
@@ -142,7 +164,7 @@ func CleanupStale() ([]string, error) {
 		errs = append(errs, err)
 	}
 	for _, n := range names {
-		if isDead(n) {
+		if isDead(n) || deadProbe(n) {
 			if err := nsutil.Delete(n); err != nil {
 				errs = append(errs, err)
 			} else {
@@ -175,4 +197,31 @@ func Begin(log io.Writer) (*Lock, error) {
 // unique by the lock's id.
 func (l *Lock) RunID(started time.Time) string {
 	return started.UTC().Format("20060102-150405") + "-" + l.ID
+}
+
+// DropEmptyDir removes a run's output directory when the run failed or was
+// interrupted before writing anything into it, so that no empty
+// <output>/<run-id>/ is left beside a message saying everything was
+// removed. A directory with files in it is kept (os.Remove refuses it): a
+// partial run is worth a look.
+func DropEmptyDir(dir string, err error) {
+	if err != nil && dir != "" {
+		_ = os.Remove(dir)
+	}
+}
+
+// LiveRuns returns the ids of the live runs other than except's, sorted: a
+// cheap scan of the lock files (one open and a non-blocking flock each) that
+// a run makes before each trial to warn that another run shares the machine.
+func LiveRuns(except string) []string {
+	ents, _ := os.ReadDir(lockDir)
+	var ids []string
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".lock")
+		if ok && id != except && Alive(id) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
 }

@@ -2,7 +2,10 @@ package runlock_test
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -13,6 +16,7 @@ import (
 	"svclab/harness/runlock"
 	"svclab/harness/topology"
 	"svclab/internal/child"
+	"svclab/internal/nsutil"
 )
 
 // TestMain lets the test binary act as the backend server.
@@ -42,4 +46,73 @@ func TestPrivilegedCleanupStaleRemovesDeadRuns(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotEmpty(t, removed)
 	assert.Empty(t, harnesstest.Leftovers(t, run.Prefix))
+}
+
+// Another run's lock is seen as live, one's own and released ones are not.
+func TestPrivilegedLiveRuns(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	self := harnesstest.NewRun(t)
+	other, err := runlock.New()
+	require.NoError(t, err)
+	assert.Contains(t, runlock.LiveRuns(self.ID), other.ID)
+	assert.NotContains(t, runlock.LiveRuns(self.ID), self.ID)
+	other.Release()
+	assert.NotContains(t, runlock.LiveRuns(self.ID), other.ID)
+}
+
+// A failed run's empty directory goes; one with files, or a run that
+// succeeded, keeps it.
+func TestDropEmptyDir(t *testing.T) {
+	tests := []struct {
+		name     string
+		file     bool
+		err      error
+		wantKept bool
+	}{
+		{"failed, empty", false, context.Canceled, false},
+		{"failed, partial", true, context.Canceled, true},
+		{"succeeded, empty", false, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "20260101-000000-0badf00d")
+			require.NoError(t, os.Mkdir(dir, 0o755))
+			if tt.file {
+				require.NoError(t, os.WriteFile(filepath.Join(dir, "results.json"), nil, 0o644))
+			}
+			runlock.DropEmptyDir(dir, tt.err)
+			if tt.wantKept {
+				assert.DirExists(t, dir)
+			} else {
+				assert.NoDirExists(t, dir)
+			}
+		})
+	}
+}
+
+// A killed datapath probe's namespace (named by its pid) goes with
+// cleanup; a live process's stays.
+func TestPrivilegedCleanupStaleRemovesDeadProbes(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	// A pid that is gone: a child that has exited and been reaped.
+	cmd := exec.Command("true")
+	require.NoError(t, cmd.Run())
+	dead := fmt.Sprintf("svclab-probe-%d-0badf00d", cmd.Process.Pid)
+	live := fmt.Sprintf("svclab-probe-%d-0badf00d", os.Getpid())
+	for _, n := range []string{dead, live} {
+		ns, err := nsutil.Create(n)
+		require.NoError(t, err)
+		h := ns.Handle()
+		h.Close()
+	}
+	t.Cleanup(func() { _ = nsutil.Delete(live); _ = nsutil.Delete(dead) })
+
+	removed, err := runlock.CleanupStale()
+	require.NoError(t, err)
+	assert.Contains(t, removed, "netns "+dead)
+	assert.NotContains(t, removed, "netns "+live)
+	left, err := nsutil.List("svclab-probe-")
+	require.NoError(t, err)
+	assert.Contains(t, left, live)
+	assert.NotContains(t, left, dead)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -56,15 +57,17 @@ func ProbeState() datapath.State {
 	}}
 }
 
-// ProbeNS creates a throw-away namespace svclab-probe-<random> for the
-// probe of the datapath called name; the caller closes it. Not being able
-// to create one is reported as unsupported.
+// ProbeNS creates a throw-away namespace svclab-probe-<pid>-<random> for
+// the probe of the datapath called name; the caller closes it. Not being
+// able to create one is reported as unsupported. Probes run before a run
+// takes its lock, so the pid is what tells runlock.CleanupStale that the
+// namespace of a killed probe is dead.
 func ProbeNS(name string) (*nsutil.NS, error) {
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, fmt.Errorf("%s probe: %w", name, err)
 	}
-	ns, err := nsutil.Create("svclab-probe-" + hex.EncodeToString(rnd[:]))
+	ns, err := nsutil.Create(fmt.Sprintf("svclab-probe-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:])))
 	if err != nil {
 		return nil, datapath.Unsupportedf("%s: cannot create a probe network namespace: %v", name, err)
 	}
