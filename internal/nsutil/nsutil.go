@@ -129,6 +129,12 @@ func Delete(name string) error {
 		return fmt.Errorf("delete netns %s: %w", name, err)
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, unix.EBUSY) {
+			// Still a mount point, but not one umount could reach: the
+			// namespace was mounted before something (`ip netns add`)
+			// bind-mounted RunDir onto itself, which hides it.
+			return fmt.Errorf("delete netns %s: %w (its mount is hidden under a later bind mount of %s, as `ip netns add` makes; `umount -l %s` while no svclab run is live, then `svclab cleanup`)", name, err, RunDir, RunDir)
+		}
 		return fmt.Errorf("delete netns %s: %w", name, err)
 	}
 	return nil
