@@ -284,7 +284,8 @@ func TestPrivilegedKilledBenchCleanup(t *testing.T) {
 	}
 	for _, delay := range []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 300 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond, 2500 * time.Millisecond} {
 		t.Run(delay.String(), func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--output", t.TempDir())
+			output := t.TempDir()
+			cmd := exec.Command(os.Args[0], "bench", "--scenario", "quick", "--output", output)
 			cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
 			require.NoError(t, cmd.Start())
 			time.Sleep(delay)
@@ -293,6 +294,11 @@ func TestPrivilegedKilledBenchCleanup(t *testing.T) {
 			var out, errb bytes.Buffer
 			require.Equal(t, 0, run([]string{"cleanup"}, &out, &errb), errb.String())
 			assert.Empty(t, deadRunObjects(t), "cleanup output: %s", out.String())
+			// The run directory is made when the results are written, at
+			// the end: a run killed before then leaves no empty one.
+			ents, err := os.ReadDir(output)
+			require.NoError(t, err)
+			assert.Empty(t, ents, "a killed run leaves no run directory")
 		})
 	}
 }

@@ -61,7 +61,10 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	run.ID = lock.RunID(run.Started)
 	run.Scenario, _ = json.Marshal(plan.Scenario)
 	dir = filepath.Join(cfg.OutputDir, run.ID)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// The output directory is checked now (a bad --output fails before the
+	// run, not after it); the run's own directory is made when there is
+	// something to write, so a run killed before that leaves none.
+	if err := os.MkdirAll(cfg.OutputDir, 0o755); err != nil {
 		return nil, "", fmt.Errorf("output: %w", err)
 	}
 	// Error returns clear the named dir: keep the path for the check.
@@ -158,6 +161,10 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	if cfg.VMKernel != "" {
 		// A VM that cannot boot (no network for the kernel package, say)
 		// costs the VM's rows, not the run.
+		// The guest writes its results into the run directory.
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, "", fmt.Errorf("output: %w", err)
+		}
 		if err := benchInVM(ctx, cfg.VMKernel, plan, run, dir, cfg.Log); err != nil {
 			if ctx.Err() != nil {
 				return nil, "", fmt.Errorf("interrupted during the %s VM phase: %w", cfg.VMKernel, err)
@@ -196,6 +203,9 @@ func withoutValidTrial(run *results.Run) []string {
 // sweep's line charts when it has one) and its Go benchmark
 // format lines (bench.txt, for benchstat) into dir.
 func WriteRun(dir string, run *results.Run) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
 	if err := run.Write(filepath.Join(dir, "results.json")); err != nil {
 		return err
 	}

@@ -83,7 +83,10 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 	run := &results.ConformRun{SchemaVersion: results.ConformanceSchemaVersion, Started: time.Now().UTC(), Env: world.CollectEnv()}
 	run.ID = lock.RunID(run.Started)
 	dir = filepath.Join(cfg.OutputDir, run.ID)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// The output directory is checked now (a bad --output fails before the
+	// run, not after it); the run's own directory is made when there is
+	// something to write, so a run killed before that leaves none.
+	if err := os.MkdirAll(cfg.OutputDir, 0o755); err != nil {
 		return nil, "", fmt.Errorf("output: %w", err)
 	}
 	// Error returns clear the named dir: keep the path for the check.
@@ -134,6 +137,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 	}
 	prog.Finish()
 	run.Finished = time.Now().UTC()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", fmt.Errorf("output: %w", err)
+	}
 	if err := results.WriteJSON(filepath.Join(dir, "conformance.json"), run); err != nil {
 		return nil, "", err
 	}
