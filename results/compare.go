@@ -3,6 +3,8 @@ package results
 import (
 	"bytes"
 	"cmp"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -611,4 +613,49 @@ func wrap(text, indent string, width int) string {
 	}
 	b.WriteByte('\n')
 	return b.String()
+}
+
+// ErrNotComparable is returned by Comparable for two runs whose figures do
+// not measure the same thing: a comparison of them would print changes
+// that are differences of workload or machine, not regressions.
+var ErrNotComparable = errors.New("runs are not comparable")
+
+// Comparable checks that two runs measured the same workload on the same
+// kind of machine: the same scenario, service protocol, UDP socket mode and
+// load model, the same CPU model and count. A run read from bench.txt
+// carries no scenario; its machine is still checked.
+func Comparable(old, new *Run) error {
+	type scenario struct {
+		Name    string `json:"name"`
+		Service struct {
+			Protocol string `json:"protocol"`
+		} `json:"service"`
+		Workload struct {
+			UDPMode string `json:"udpMode"`
+			Model   string `json:"model"`
+		} `json:"workload"`
+	}
+	var why []string
+	if len(old.Scenario) > 0 && len(new.Scenario) > 0 {
+		var o, n scenario
+		if err := errors.Join(json.Unmarshal(old.Scenario, &o), json.Unmarshal(new.Scenario, &n)); err != nil {
+			return fmt.Errorf("%w: scenario: %v", ErrNotComparable, err)
+		}
+		differ := func(what, a, b string) {
+			if a != b {
+				why = append(why, fmt.Sprintf("%s %q vs %q", what, a, b))
+			}
+		}
+		differ("scenario", o.Name, n.Name)
+		differ("protocol", cmp.Or(o.Service.Protocol, "TCP"), cmp.Or(n.Service.Protocol, "TCP"))
+		differ("udpMode", o.Workload.UDPMode, n.Workload.UDPMode)
+		differ("load model", cmp.Or(o.Workload.Model, "closed"), cmp.Or(n.Workload.Model, "closed"))
+	}
+	if old.Env.CPUModel != "" && new.Env.CPUModel != "" && (old.Env.CPUModel != new.Env.CPUModel || old.Env.CPUs != new.Env.CPUs) {
+		why = append(why, fmt.Sprintf("machine %s ×%d vs %s ×%d", old.Env.CPUModel, old.Env.CPUs, new.Env.CPUModel, new.Env.CPUs))
+	}
+	if len(why) > 0 {
+		return fmt.Errorf("%w: %s (compare runs of one scenario on one kind of machine; make a new reference where this one runs)", ErrNotComparable, strings.Join(why, "; "))
+	}
+	return nil
 }

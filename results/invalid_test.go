@@ -92,3 +92,37 @@ func slicesDeleteInvalid(ts []Trial) []Trial {
 	}
 	return out
 }
+
+// Runs of different workloads or kinds of machine are refused: a TCP run
+// against a UDP one would print "+176 %" and pass.
+func TestComparable(t *testing.T) {
+	mk := func(scenario string, cpu string, cpus int) *Run {
+		return &Run{Scenario: []byte(scenario), Env: Env{CPUModel: cpu, CPUs: cpus}}
+	}
+	tcp := `{"name":"default","service":{"protocol":"TCP"},"workload":{}}`
+	tests := []struct {
+		name     string
+		old, new *Run
+		want     string
+	}{
+		{"same", mk(tcp, "EPYC", 2), mk(tcp, "EPYC", 2), ""},
+		{"protocol", mk(tcp, "EPYC", 2), mk(`{"name":"default","service":{"protocol":"UDP"},"workload":{}}`, "EPYC", 2), `protocol "TCP" vs "UDP"`},
+		{"scenario", mk(tcp, "EPYC", 2), mk(`{"name":"scale","service":{"protocol":"TCP"}}`, "EPYC", 2), `scenario "default" vs "scale"`},
+		{"udp mode", mk(`{"name":"udp","service":{"protocol":"UDP"},"workload":{"udpMode":"long-lived"}}`, "EPYC", 2),
+			mk(`{"name":"udp","service":{"protocol":"UDP"},"workload":{}}`, "EPYC", 2), `udpMode "long-lived" vs ""`},
+		{"load model", mk(tcp, "EPYC", 2), mk(`{"name":"default","service":{"protocol":"TCP"},"workload":{"model":"open"}}`, "EPYC", 2), `load model "closed" vs "open"`},
+		{"machine", mk(tcp, "EPYC", 2), mk(tcp, "Xeon", 8), "machine EPYC ×2 vs Xeon ×8"},
+		{"bench.txt has no scenario", mk("", "EPYC", 2), mk(tcp, "EPYC", 2), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Comparable(tt.old, tt.new)
+			if tt.want == "" {
+				assert.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, ErrNotComparable)
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+}

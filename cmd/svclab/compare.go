@@ -29,8 +29,13 @@ or run directories holding either. Prints, per datapath, point and metric,
 the OLD and NEW medians with their 95% confidence intervals, the change,
 the Mann-Whitney U p-value and a verdict.
 
+Runs of different scenarios, protocols, UDP modes, load models or kinds of
+machine (CPU model and count) are refused: their differences are not
+regressions.
+
 Exit status: 0 no regression, 1 a gated figure regressed beyond its
-threshold with significance, 2 bad arguments or unreadable input.
+threshold with significance or a run has invalid trials, 2 bad arguments,
+unreadable input or runs that are not comparable.
 
 `
 
@@ -79,6 +84,10 @@ func cmdCompare(args []string, stdout, stderr io.Writer) int {
 			return compareBadInput
 		}
 		runs[i] = r
+	}
+	if err := results.Comparable(runs[0], runs[1]); err != nil {
+		fmt.Fprintf(stderr, "svclab compare: %v\n", err)
+		return compareBadInput
 	}
 	c := results.Compare(runs[0], runs[1], th)
 	if err := c.WriteTable(stdout); err != nil {
