@@ -619,3 +619,19 @@ func conformMatrixOf(c *ConformRun) *conformMatrix {
 	}
 	return m
 }
+
+// ReadConformRun loads a conformance.json, refusing other schema versions.
+func ReadConformRun(path string) (*ConformRun, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read conformance: %w", err)
+	}
+	var r ConformRun
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decode conformance %s: %w", path, err)
+	}
+	if r.SchemaVersion != ConformanceSchemaVersion {
+		return nil, fmt.Errorf("conformance %s: schema_version %d, this svclab reads %d", path, r.SchemaVersion, ConformanceSchemaVersion)
+	}
+	return &r, nil
+}

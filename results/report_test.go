@@ -86,6 +86,11 @@ func TestReportSections(t *testing.T) {
 		want: []string{"<th>runA</th><th>runB</th>", "runA — this host", "runB — this host", "Summary: runA", "Summary: runB"},
 		svgs: 6,
 	}, {
+		name: "a scale run has its curves",
+		in:   ReportInput{Runs: []*Run{scaleRun()}},
+		want: []string{`id="ratio"`, `id="scale"`, "Services sweep", "Endpoints sweep", `id="summary"`},
+		svgs: -1,
+	}, {
 		name:   "conformance only",
 		in:     ReportInput{Conform: conf},
 		want:   []string{"conformance: ipvs (no IPVS)", `id="conformance"`, "reaches every backend", "✓ pass"},
@@ -103,7 +108,9 @@ func TestReportSections(t *testing.T) {
 			for _, a := range tt.absent {
 				assert.False(t, strings.Contains(html, a), "%q in the report", a)
 			}
-			assert.Equal(t, tt.svgs, strings.Count(html, `<svg class="chart"`))
+			if tt.svgs >= 0 {
+				assert.Equal(t, tt.svgs, strings.Count(html, `<svg class="chart"`))
+			}
 			assert.False(t, strings.Contains(html, "<?xml"), "an XML prolog inside HTML")
 		})
 	}
@@ -210,4 +217,14 @@ func TestReportColours(t *testing.T) {
 	require.Contains(t, colours, "direct")
 	require.Contains(t, colours, "ipvs")
 	assert.NotEqual(t, colours["direct"], colours["ipvs"])
+}
+
+// Every scale chart the report draws is a metric with a scale chart.
+func TestReportScaleChartKeys(t *testing.T) {
+	for _, key := range reportScaleCharts {
+		m, ok := LookupMetric(key)
+		if assert.True(t, ok, key) {
+			assert.NotNil(t, m.Scale, key)
+		}
+	}
 }

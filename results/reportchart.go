@@ -20,7 +20,7 @@ import (
 
 // reportScaleCharts are the scale metrics the report draws (the others are
 // in its summary table).
-var reportScaleCharts = []string{"qps", "p90", "cpu", "apply", "change", "state"}
+var reportScaleCharts = []string{"qps", "p90", "cpu_per_conn", "apply", "change", "state_objects"}
 
 // chartSections are the report's charts in reading order: ratio to direct,
 // QPS, p90, then the scale curves; a panel per run and site.
