@@ -127,7 +127,7 @@ func ratioPanel(r reportRun, sums []Summary, cols map[string]color.Color, colors
 	if d == nil {
 		return chartPanel{}, false, nil
 	}
-	title := "Short-connection TCP: connections/s ÷ direct's (" + repetitionsPhrase(sums) + ")"
+	title := "Short-connection TCP: connections/s ÷ direct's median (whiskers: 95 % interval, min–max under 6 repetitions)"
 	if sums[0].Site != "" {
 		title += " at " + sums[0].Site
 	}
