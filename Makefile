@@ -67,6 +67,14 @@ cleanup: build
 clean:
 	rm -rf bin
 
+## report: regenerate the example report (results/example/report.html) from the committed CI reference run
+# (ci/reference/results.json: results/example keeps a table and charts but no results.json), and its
+# ratio-to-direct chart as results/example/report-ratio.svg for the README
+.PHONY: report
+report:
+	$(GO) run ./cmd/svclab report --output results/example ci/reference/results.json
+	awk '/<svg class="chart"/{on=1} on{print} /<\/svg>/{if(on)exit}' results/example/report.html > results/example/report-ratio.svg
+
 ## gate: the CI regression gate: a short bench compared with ci/reference (see ci/README.md)
 .PHONY: gate
 gate: build

@@ -16,7 +16,9 @@ set -euo pipefail
 #   xz-utils            svclab vm: unpacks .xz Packages indexes and kernel modules
 #   gpgv                svclab vm: checks the signature of Debian's indexes
 #   debian-archive-keyring  svclab vm: the keys gpgv checks them with
-pkgs=(clang llvm libbpf-dev iptables nftables bpftool iproute2 git ca-certificates make qemu-system-x86 busybox-static kmod xz-utils gpgv debian-archive-keyring)
+#   chromium            the report test opens report.html in headless Chromium (results/report_browser_test.go)
+#   fonts-liberation    the charts' font (Liberation Sans), so the browser lays text out as the charts measured it
+pkgs=(clang llvm libbpf-dev iptables nftables bpftool iproute2 git ca-certificates make qemu-system-x86 busybox-static kmod xz-utils gpgv debian-archive-keyring chromium fonts-liberation)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -32,8 +32,11 @@ const (
 // chart would look like a measurement of nothing, so none is drawn.
 var ErrNoData = errors.New("no trials to chart")
 
-// chartPalette is the Okabe–Ito colour-blind-safe palette (its yellow
-// dropped: too faint on white). Colours go to datapaths in summary order.
+// chartPalette is the colour-blind-safe palette every chart and the HTML
+// report draw datapaths in: the Okabe–Ito palette (its yellow dropped: too
+// faint on white) with black, then four of Paul Tol's "muted" colours, so
+// twelve datapaths are told apart before a colour repeats. Colours go to
+// datapaths in the order they first appear (summary order).
 var chartPalette = []color.Color{
 	color.RGBA{0x00, 0x72, 0xB2, 0xFF}, // blue
 	color.RGBA{0xE6, 0x9F, 0x00, 0xFF}, // orange
@@ -42,7 +45,15 @@ var chartPalette = []color.Color{
 	color.RGBA{0x56, 0xB4, 0xE9, 0xFF}, // sky blue
 	color.RGBA{0xD5, 0x5E, 0x00, 0xFF}, // vermillion
 	color.RGBA{0x55, 0x55, 0x55, 0xFF}, // grey
+	color.RGBA{0x00, 0x00, 0x00, 0xFF}, // black
+	color.RGBA{0x88, 0x22, 0x55, 0xFF}, // wine (Tol)
+	color.RGBA{0x99, 0x99, 0x33, 0xFF}, // olive (Tol)
+	color.RGBA{0x33, 0x22, 0x88, 0xFF}, // indigo (Tol)
+	color.RGBA{0x44, 0xAA, 0x99, 0xFF}, // teal (Tol)
 }
+
+// paletteColor is the i-th colour of chartPalette, repeating past its end.
+func paletteColor(i int) color.Color { return chartPalette[i%len(chartPalette)] }
 
 // chartSpec is one chart: which figure of a Summary it plots and its words.
 type chartSpec struct {
@@ -112,7 +123,8 @@ func repetitionsPhrase(sums []Summary) string {
 
 // writeChart renders one chart and writes it as PNG.
 func writeChart(path string, spec chartSpec, run *Run, sums []Summary) error {
-	return writeCanvasPNG(path, func(c draw.Canvas) error { return drawChart(c, spec, run, sums) })
+	colors := datapathColors(sums)
+	return writeCanvasPNG(path, func(c draw.Canvas) error { return drawChart(c, spec, run, sums, colors) })
 }
 
 // writeCanvasPNG renders a chart of the standard size with drawFn and
@@ -151,7 +163,8 @@ func sansStyle(size vg.Length, c color.Color) text.Style {
 
 // drawChart lays the bar chart out in the shared frame (drawFrame) and
 // draws one bar per datapath and point in it.
-func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
+// colors maps each series name (Summary.name) to its colour.
+func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary, colors map[string]color.Color) error {
 	// Series: one per datapath, one slot per point (concurrency level, and
 	// scale in a sweep).
 	var levels []point
@@ -170,7 +183,6 @@ func drawChart(c draw.Canvas, spec chartSpec, run *Run, sums []Summary) error {
 	}
 	bars := &groupedBars{groups: len(levels)}
 	seriesIdx := map[string]int{}
-	colors := datapathColors(sums)
 	for _, s := range sums {
 		i, ok := seriesIdx[s.name()]
 		if !ok {
@@ -304,7 +316,7 @@ func datapathColors(sums []Summary) map[string]color.Color {
 	colors := map[string]color.Color{}
 	for _, s := range sums {
 		if _, ok := colors[s.name()]; !ok {
-			colors[s.name()] = chartPalette[len(colors)%len(chartPalette)]
+			colors[s.name()] = paletteColor(len(colors))
 		}
 	}
 	return colors

@@ -4,6 +4,7 @@
 //	svclab bench [flags]          run a scenario against datapaths, write results and charts
 //	svclab conform [flags]        check Service behaviours against datapaths
 //	svclab compare OLD NEW        compare two runs; exit 1 on a significant regression
+//	svclab report RUN [RUN...]    one self-contained report.html from runs of one scenario
 //	svclab datapaths              list datapaths and whether this machine can run them
 //	svclab up [flags]             bring a lab up and keep it until Ctrl-C or svclab down
 //	svclab exec POD -- CMD        run CMD in a lab pod's network namespace and cgroup
@@ -41,14 +42,15 @@ import (
 const usage = `svclab: what does a Kubernetes Service datapath cost, and does it behave like a Service?
 
 Usage:
-  svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,qps.png,p90.png}
+  svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,report.html,qps.png,p90.png}
   svclab datapaths       list the datapaths and whether this machine can run them
   svclab cleanup         remove what killed svclab runs left: network namespaces, cgroups, lock files, VM temp dirs
-  svclab conform [flags] check Service behaviours against datapaths; writes results/<run-id>/conformance.{json,md}
+  svclab conform [flags] check Service behaviours against datapaths; writes results/<run-id>/{conformance.json,conformance.md,report.html}
   svclab up [flags]      bring a lab up (topology, backends, datapath) and keep it until Ctrl-C or 'svclab down'
   svclab exec POD -- CMD run CMD in a lab pod's network namespace and cgroup, e.g. exec client-0 -- curl -s http://10.96.0.10/
   svclab status          list the labs that are up, and dead ones (killed) with what they left
   svclab down [ID]       stop a lab and remove everything it made (or what a killed lab left)
+  svclab report RUN...   one self-contained report.html (charts, tables, findings) from runs of one scenario
   svclab compare OLD NEW compare two runs with CIs and p-values; exit 1 on a significant regression (see ci/)
   svclab vm [flags] -- COMMAND   run a svclab command under another kernel (e.g. --kernel debian-6.1) in QEMU
 
@@ -86,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdDown(args[1:], stdout, stderr)
 	case "compare":
 		return cmdCompare(args[1:], stdout, stderr)
+	case "report":
+		err = cmdReport(args[1:], stdout, stderr)
 	case "vm":
 		err = cmdVM(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":

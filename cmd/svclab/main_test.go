@@ -131,7 +131,7 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	ents, err := os.ReadDir(out)
 	require.NoError(t, err)
 	require.Len(t, ents, 1)
-	for _, f := range []string{"results.json", "qps.png", "p90.png"} {
+	for _, f := range []string{"results.json", "report.html", "qps.png", "p90.png"} {
 		fi, err := os.Stat(filepath.Join(out, ents[0].Name(), f))
 		require.NoError(t, err)
 		assert.Greater(t, fi.Size(), int64(100), f)

@@ -200,7 +200,7 @@ func withoutValidTrial(run *results.Run) []string {
 }
 
 // WriteRun writes a run's results.json, its charts (with the scale
-// sweep's line charts when it has one) and its Go benchmark
+// sweep's line charts when it has one), report.html and its Go benchmark
 // format lines (bench.txt, for benchstat) into dir.
 func WriteRun(dir string, run *results.Run) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -213,6 +213,9 @@ func WriteRun(dir string, run *results.Run) error {
 		return err
 	}
 	if _, err := results.WriteScaleCharts(dir, run); err != nil {
+		return err
+	}
+	if err := results.WriteReportFile(filepath.Join(dir, "report.html"), results.ReportInput{Runs: []*results.Run{run}}); err != nil {
 		return err
 	}
 	f, err := os.Create(filepath.Join(dir, "bench.txt"))

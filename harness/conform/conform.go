@@ -151,6 +151,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 	if err := errors.Join(werr, f.Close()); err != nil {
 		return nil, "", fmt.Errorf("output: conformance.md: %w", err)
 	}
+	if err := results.WriteReportFile(filepath.Join(dir, "report.html"), results.ReportInput{Conform: run}); err != nil {
+		return nil, "", fmt.Errorf("output: %w", err)
+	}
 	if len(harnessErrs) > 0 {
 		return run, dir, fmt.Errorf("%d cells could not be run:\n  %s", len(harnessErrs), strings.Join(harnessErrs, "\n  "))
 	}
