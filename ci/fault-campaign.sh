@@ -184,6 +184,75 @@ else
 	echo "no qemu-system-x86_64/busybox: VM fault skipped"
 fi
 
+# 5. Malformed input: each mutation of the default scenario (one field set
+#    to a value a pod, a Service or a run cannot use, or a broken file) must
+#    be refused before anything is built: exit 2 with the field named. An
+#    input that is accepted is run (a tiny bench) and counted if it fails.
+mutations=(
+	'  clients: 1|  clients: 0' '  clients: 1|  clients: -1' '  clients: 1|  clients: 1000' '  clients: 1|  clients: x' '  clients: 1|  clients: 1.5' '  clients: 1|  clients: []'
+	'  backends: 12|  backends: 0' '  backends: 12|  backends: -3' '  backends: 12|  backends: 100000' '  backends: 12|  backends: twelve' '  backends: 12|  backends: 2.5' '  backends: 12|  backends: null'
+	'  podCIDR: 10.244.0.0/16|  podCIDR: 224.0.0.0/16' '  podCIDR: 10.244.0.0/16|  podCIDR: 127.0.0.0/16' '  podCIDR: 10.244.0.0/16|  podCIDR: 169.254.0.0/16'
+	'  podCIDR: 10.244.0.0/16|  podCIDR: 0.0.0.0/0' '  podCIDR: 10.244.0.0/16|  podCIDR: 240.0.0.0/8' '  podCIDR: 10.244.0.0/16|  podCIDR: 10.96.0.0/16'
+	'  podCIDR: 10.244.0.0/16|  podCIDR: fd00::/64' '  podCIDR: 10.244.0.0/16|  podCIDR: garbage' '  podCIDR: 10.244.0.0/16|  podCIDR: 10.244.0.0/33'
+	'  podCIDR: 10.244.0.0/16|  podCIDR: 10.244.0.1/16' '  podCIDR: 10.244.0.0/16|  podCIDR: 10.244.0.0/30' '  podCIDR: 10.244.0.0/16|  podCIDR: 255.255.255.255/32'
+	'  podCIDR: 10.244.0.0/16|  podCIDR: 0.0.0.0/8' '  podCIDR: 10.244.0.0/16|  podCIDR: ""'
+	'  serviceCIDR: 10.96.0.0/16|  serviceCIDR: 127.0.0.0/8' '  serviceCIDR: 10.96.0.0/16|  serviceCIDR: 224.0.0.0/4' '  serviceCIDR: 10.96.0.0/16|  serviceCIDR: 10.244.0.0/16'
+	'  serviceCIDR: 10.96.0.0/16|  serviceCIDR: x' '  serviceCIDR: 10.96.0.0/16|  serviceCIDR: 0.0.0.0/0' '  serviceCIDR: 10.96.0.0/16|  serviceCIDR: 169.254.0.0/16'
+	'  serviceCIDR: 10.96.0.0/16|  serviceCIDR: 10.96.0.0/31' '  serviceCIDR: 10.96.0.0/16|  serviceCIDR: 10.244.1.0/24' '  serviceCIDR: 10.96.0.0/16|  serviceCIDR: ::1/128'
+	'  namespace: default|  namespace: "a\"b"' '  namespace: default|  namespace: UPPER' '  namespace: default|  namespace: -lead'
+	'  namespace: default|  namespace: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' '  namespace: default|  namespace: "a b"' '  namespace: default|  namespace: ""'
+	'  namespace: default|  namespace: "def;ault"' '  namespace: default|  namespace: "a\nb"' '  namespace: default|  namespace: [a]'
+	'  name: echo|  name: "echo\"; flush ruleset; #"' '  name: echo|  name: Echo' '  name: echo|  name: 1echo' '  name: echo|  name: echo-'
+	'  name: echo|  name: "ec ho"' '  name: echo|  name: "echo\nfoo"' '  name: echo|  name: ""' '  name: echo|  name: eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee'
+	'  name: echo|  name: "e.cho"' '  name: echo|  name: "e_cho"'
+	'  port: 80|  port: 0' '  port: 80|  port: 65536' '  port: 80|  port: -1' '  port: 80|  port: http' '  port: 80|  port: 1.5'
+	'  targetPort: 8080|  targetPort: 0' '  targetPort: 8080|  targetPort: 70000' '  targetPort: 8080|  targetPort: x'
+	'  protocol: TCP|  protocol: SCTP' '  protocol: TCP|  protocol: ICMP' '  protocol: TCP|  protocol: ""' '  protocol: TCP|  protocol: 6'
+	'  concurrency: \[1, 8, 32\]|  concurrency: []' '  concurrency: \[1, 8, 32\]|  concurrency: [0]' '  concurrency: \[1, 8, 32\]|  concurrency: [-1]'
+	'  concurrency: \[1, 8, 32\]|  concurrency: [100000000]' '  concurrency: \[1, 8, 32\]|  concurrency: [a]' '  concurrency: \[1, 8, 32\]|  concurrency: 5'
+	'  warmup: 500ms|  warmup: -1s' '  warmup: 500ms|  warmup: 100000h' '  warmup: 500ms|  warmup: soon' '  warmup: 500ms|  warmup: 25h'
+	'  duration: 3s|  duration: 0s' '  duration: 3s|  duration: -1s' '  duration: 3s|  duration: 100000h' '  duration: 3s|  duration: 1ns' '  duration: 3s|  duration: x'
+	'  repetitions: 3|  repetitions: 0' '  repetitions: 3|  repetitions: -1' '  repetitions: 3|  repetitions: 100000' '  repetitions: 3|  repetitions: three'
+	'  model: open|  model: half-open' '  model: open|  model: 7'
+	'  loadFractions: \[0.8\]|  loadFractions: [0]' '  loadFractions: \[0.8\]|  loadFractions: [-0.5]' '  loadFractions: \[0.8\]|  loadFractions: [30]' '  loadFractions: \[0.8\]|  loadFractions: [x]'
+	'^datapaths: .*|datapaths: []' '^datapaths: .*|datapaths: [nope]' '^datapaths: .*|datapaths: ["socketlb; rm -rf /"]' '^datapaths: .*|datapaths: 5'
+	'^name: default|name: "de fault"' '^name: default|name: "../../etc"'
+	'^topology:|topologyy:' '  backends: 12|  backends: 12\n  extra: 1' '^service:|service:\n  sessionAffinity: Sticky' '  port: 80|  port: 80\n  port: 81'
+	'  clients: 1|  Clients: 1'
+)
+accepted_failed=0 refused=0 accepted_ok=0
+i=0
+# The default scenario cut to direct, so that an input that is accepted
+# runs a tiny bench rather than every datapath.
+base=$work/base.yaml
+sed -E 's|^datapaths: .*|datapaths: [direct]|' scenarios/default.yaml >"$base"
+for m in "${mutations[@]}" BINARY EMPTY BRACES LIST TABS; do
+	i=$((i + 1))
+	f=$work/bad-$i.yaml
+	case $m in
+	BINARY) head -c 512 /dev/urandom >"$f" ;;
+	EMPTY) : >"$f" ;;
+	BRACES) echo '{{{' >"$f" ;;
+	LIST) printf -- '- a\n- b\n' >"$f" ;;
+	TABS) sed 's/^  /\t/' "$base" >"$f" ;;
+	*) sed -E "s|${m%%|*}|${m#*|}|" "$base" >"$f" ;;
+	esac
+	if cmp -s "$f" "$base"; then
+		fail "malformed input $i ($m) did not change the file"
+		continue
+	fi
+	"$bin" bench --scenario "$f" --concurrency 1 --repetitions 1 --warmup 0s --duration 200ms \
+		--output "$out/bad" >"$logs/bad-$i.out" 2>"$logs/bad-$i.err"
+	rc=$?
+	case $rc in
+	2) refused=$((refused + 1)) ;;
+	0) accepted_ok=$((accepted_ok + 1)); echo "malformed input $i accepted and ran cleanly: $m" ;;
+	*) accepted_failed=$((accepted_failed + 1)); fail "malformed input $i ($m) was accepted, then failed (exit $rc): $(tail -1 "$logs/bad-$i.err")" ;;
+	esac
+done
+echo "malformed inputs: $i tried, $refused refused before anything was built, $accepted_ok accepted and ran cleanly, $accepted_failed accepted then failed"
+count_left "malformed inputs"
+
 panics=$(grep -l "^panic:\|goroutine [0-9]* \[running\]" "$logs"/*.err 2>/dev/null | wc -l)
 [ "$panics" = 0 ] || fail "panics in: $(grep -l '^panic:' "$logs"/*.err | tr '\n' ' ')"
 after=$(root_state)
@@ -192,7 +261,7 @@ root_changed=0
 empty_after_kill=$(find "$out/kill" -mindepth 1 -maxdepth 1 -type d -empty 2>/dev/null | wc -l)
 
 echo
-echo "summary: objects the faults left: $made_total; left after cleanup: $left_total; panics: $panics; root namespace changed: $root_changed; failures: $bad"
+echo "summary: objects the faults left: $made_total; left after cleanup: $left_total; panics: $panics; root namespace changed: $root_changed; malformed inputs accepted then failed: $accepted_failed of $i; failures: $bad"
 echo "         (empty run directories after SIGKILL, which no process can remove: $empty_after_kill)"
 echo "         load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ $bad = 0 ]
