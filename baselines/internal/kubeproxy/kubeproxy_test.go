@@ -298,26 +298,18 @@ func TestUDPServingBothFamilies(t *testing.T) {
 	}, UDPServing(st))
 }
 
-func TestV6Twin(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"10.96.0.10", "fd00:10:96::10"},
-		{"10.244.1.3", "fd00:10:244:1::3"},
-		{"fd00::1", "fd00::1"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			assert.Equal(t, netip.MustParseAddr(tt.want), V6Twin(netip.MustParseAddr(tt.in)))
-		})
-	}
-	p := V6TwinPrefix(netip.MustParsePrefix("10.244.0.0/16"))
-	assert.Equal(t, netip.MustParsePrefix("fd00:10:244::/48"), p)
-	assert.True(t, p.Contains(V6Twin(netip.MustParseAddr("10.244.1.3"))), "the twin prefix holds the twins of its addresses")
-	assert.False(t, p.Contains(V6Twin(netip.MustParseAddr("10.96.0.10"))))
-	st := V6TwinState(ProbeState())
+// The probe's IPv6 state is ProbeState on IPv6 addresses: every service
+// renders in the IPv6 rules.
+func TestProbeStateFor(t *testing.T) {
+	st := ProbeStateFor(IPv6)
+	require.Len(t, st.Services, len(ProbeState().Services))
 	for _, svc := range st.Services {
 		assert.True(t, IPv6.Has(svc.ClusterIP), svc.String())
-		_, err := FamilyEndpoints(svc, IPv6, "test")
+		eps, err := FamilyEndpoints(svc, IPv6, "test")
 		assert.NoError(t, err)
+		for _, ep := range eps {
+			assert.True(t, ProbePodCIDRFor(IPv6).Contains(ep), "%v in the probe's IPv6 pod CIDR", ep)
+		}
 	}
-	assert.True(t, ProbeState().Services[0].ClusterIP.Is4(), "the original is not changed")
+	assert.True(t, ProbeStateFor(IPv4).Services[0].ClusterIP.Is4(), "the IPv4 state is ProbeState")
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -23,12 +24,12 @@ var ProbePodCIDR = netip.MustParsePrefix("10.244.0.0/16")
 // ProbePodCIDR6 is the pod CIDR the probe's IPv6 rulesets are rendered
 // for: the twin of ProbePodCIDR, which holds the twins of ProbeState's
 // endpoints.
-var ProbePodCIDR6 = V6TwinPrefix(ProbePodCIDR)
+var ProbePodCIDR6 = twin6.Prefix(ProbePodCIDR)
 
 // ProbeStateFor is ProbeState for family f (its V6TwinState for IPv6).
 func ProbeStateFor(f Family) datapath.State {
 	if f == IPv6 {
-		return V6TwinState(ProbeState())
+		return twin6.State(ProbeState())
 	}
 	return ProbeState()
 }
