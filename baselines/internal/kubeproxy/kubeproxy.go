@@ -68,9 +68,10 @@ func IPv4Endpoints(svc datapath.Service, baseline string) ([]netip.Addr, error) 
 }
 
 // unsupportedError marks a State the baseline cannot program at all (an
-// IPv6 service where the node serves IPv4 only, a service mixing families): errors.Is matches
-// datapath.ErrUnsupported, so a harness reports a skip with the reason
-// rather than a failure, and the message stays the baseline's own.
+// IPv6 service where the node serves IPv4 only, a service mixing
+// families): errors.Is matches datapath.ErrUnsupported, so a harness
+// reports a skip with the reason rather than a failure, and the message
+// stays the baseline's own.
 type unsupportedError struct{ error }
 
 func (e unsupportedError) Is(target error) bool { return target == datapath.ErrUnsupported }
