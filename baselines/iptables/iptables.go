@@ -13,6 +13,7 @@ package iptables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -38,15 +39,22 @@ const closeTimeout = 30 * time.Second
 // baselineName names the baseline in render errors, whichever variant.
 const baselineName = "iptables"
 
-// variant is one way of reaching netfilter: a restore/save binary pair.
+// variant is one way of reaching netfilter: a restore/save binary pair per
+// IP family (iptables-* for IPv4, ip6tables-* for IPv6, of the same
+// backend).
 type variant struct {
 	name        string
 	description string
 	restore     string
 	save        string
+	restore6    string
+	save6       string
 
 	probeOnce sync.Once
 	probeErr  error
+
+	probe6Once sync.Once
+	probe6Err  error
 
 	versionOnce sync.Once
 	backend     string
@@ -57,22 +65,36 @@ type variant struct {
 var variants = []*variant{
 	{
 		name:        "iptables",
-		description: "kube-proxy iptables mode via the system's default iptables-restore",
+		description: "kube-proxy iptables mode via the system's default iptables-restore (ip6tables-restore for IPv6)",
 		restore:     "iptables-restore",
 		save:        "iptables-save",
+		restore6:    "ip6tables-restore",
+		save6:       "ip6tables-save",
 	},
 	{
 		name:        "iptables-nft",
-		description: "kube-proxy iptables mode via iptables-nft-restore (nf_tables backend)",
+		description: "kube-proxy iptables mode via iptables-nft-restore (nf_tables backend; ip6tables-nft-restore for IPv6)",
 		restore:     "iptables-nft-restore",
 		save:        "iptables-nft-save",
+		restore6:    "ip6tables-nft-restore",
+		save6:       "ip6tables-nft-save",
 	},
 	{
 		name:        "iptables-legacy",
-		description: "kube-proxy iptables mode via iptables-legacy-restore (x_tables backend)",
+		description: "kube-proxy iptables mode via iptables-legacy-restore (x_tables backend; ip6tables-legacy-restore for IPv6)",
 		restore:     "iptables-legacy-restore",
 		save:        "iptables-legacy-save",
+		restore6:    "ip6tables-legacy-restore",
+		save6:       "ip6tables-legacy-save",
 	},
+}
+
+// bins is the restore and save binary of family f.
+func (v *variant) bins(f kubeproxy.Family) (restore, save string) {
+	if f == kubeproxy.IPv6 {
+		return v.restore6, v.save6
+	}
+	return v.restore, v.save
 }
 
 func init() {
@@ -121,27 +143,59 @@ var probeFeatures = []kubeproxy.Feature{
 	{What: "REJECT target", Input: "*filter\n-A OUTPUT -m udp -p udp -d 192.0.2.1/32 -j REJECT\nCOMMIT\n"},
 }
 
+// probeFeatures6 is probeFeatures for ip6tables: the same matches and
+// targets with IPv6 addresses (REJECT answers with ICMPv6
+// port-unreachable, ip6tables' default).
+var probeFeatures6 = []kubeproxy.Feature{
+	{What: "IPv6 nat table", Input: "*nat\nCOMMIT\n"},
+	{What: "IPv6 filter table", Input: "*filter\nCOMMIT\n"},
+	{What: "IPv6 comment match", Input: "*nat\n-A OUTPUT -m comment --comment \"svclab probe\" -j RETURN\nCOMMIT\n"},
+	{What: "IPv6 statistic match", Input: "*nat\n-A OUTPUT -m statistic --mode random --probability 0.5000000000 -j RETURN\nCOMMIT\n"},
+	{What: "IPv6 mark match", Input: "*nat\n-A OUTPUT -m mark --mark 0x4000/0x4000 -j RETURN\nCOMMIT\n"},
+	{What: "IPv6 MARK target", Input: "*nat\n-A OUTPUT -j MARK --or-mark 0x4000\nCOMMIT\n"},
+	{What: "IPv6 DNAT target", Input: "*nat\n-A OUTPUT -m tcp -p tcp -d 2001:db8::1/128 -j DNAT --to-destination [2001:db8::2]:80\nCOMMIT\n"},
+	{What: "IPv6 udp match", Input: "*nat\n-A OUTPUT -m udp -p udp -d 2001:db8::1/128 -j RETURN\nCOMMIT\n"},
+	{What: "IPv6 MASQUERADE target", Input: "*nat\n-A POSTROUTING -j MASQUERADE --random-fully\nCOMMIT\n"},
+	{What: "IPv6 recent match (xt_recent, for ClientIP affinity)", Input: "*nat\n-A OUTPUT -m recent --name svclab-probe --rcheck --seconds 60 --reap -j RETURN\n-A OUTPUT -m recent --name svclab-probe --set -j RETURN\nCOMMIT\n"},
+	{What: "IPv6 REJECT target", Input: "*filter\n-A OUTPUT -m udp -p udp -d 2001:db8::1/128 -j REJECT\nCOMMIT\n"},
+}
+
 // probe checks that the restore binary exists and that the kernel accepts
 // every match and target the baseline renders, by applying the real Setup
-// ruleset plus a small service in a throw-away namespace.
+// ruleset plus a small service in a throw-away namespace. It checks IPv4
+// only: a kernel without IPv6 netfilter can still run every IPv4 service,
+// and Setup asks probe6 when a dual-stack node needs IPv6 too.
 func (v *variant) probe() error {
-	v.probeOnce.Do(func() { v.probeErr = v.runProbe() })
+	v.probeOnce.Do(func() { v.probeErr = v.runProbe(kubeproxy.IPv4) })
 	return v.probeErr
 }
 
-func (v *variant) runProbe() error {
+// probe6 is probe for ip6tables; its error names what IPv6 lacks.
+func (v *variant) probe6() error {
+	v.probe6Once.Do(func() { v.probe6Err = v.runProbe(kubeproxy.IPv6) })
+	return v.probe6Err
+}
+
+func (v *variant) runProbe(f kubeproxy.Family) error {
+	restore, save := v.bins(f)
+	name, features := v.name, probeFeatures
+	if f == kubeproxy.IPv6 {
+		name, features = v.name+" (IPv6)", probeFeatures6
+	}
 	return kubeproxy.RulesetProbe{
-		Name: v.name,
-		Bins: []string{v.restore, v.save},
+		Name: name,
+		Bins: []string{restore, save},
 		Version: func() error {
 			_, _, err := v.detectVersion()
 			return err
 		},
 		Input: func() ([]byte, error) {
-			return append(renderSetup(), probeRuleset()...), nil
+			return append(renderSetup(), probeRuleset(f)...), nil
 		},
-		Load:     v.restoreIn,
-		Features: probeFeatures,
+		Load: func(ctx context.Context, ns *nsutil.NS, input []byte) ([]byte, error) {
+			return v.restoreFam(ctx, f, ns, input)
+		},
+		Features: features,
 		Lacker:   "kernel",
 		Quote:    kubeproxy.FirstLine,
 	}.Run()
@@ -149,19 +203,21 @@ func (v *variant) runProbe() error {
 
 // probeRuleset is a rendered sync of one service with two endpoints and one
 // without, so the probe exercises exactly the rule shapes Apply writes.
-func probeRuleset() []byte {
-	r, err := renderSync(kubeproxy.ProbePodCIDR, kubeproxy.ProbeState(), nil)
+func probeRuleset(f kubeproxy.Family) []byte {
+	r, err := renderSync(f, kubeproxy.ProbePodCIDRFor(f), kubeproxy.ProbeStateFor(f), nil)
 	if err != nil {
 		panic("iptables: probe state does not render: " + err.Error())
 	}
 	return r.text
 }
 
-// liveChains lists the KUBE-* chains the kernel holds in ns, per table.
-func (v *variant) liveChains(ctx context.Context, ns *nsutil.NS) (chainSet, error) {
+// liveChains lists the KUBE-* chains the kernel holds in ns for family f,
+// per table.
+func (v *variant) liveChains(ctx context.Context, f kubeproxy.Family, ns *nsutil.NS) (chainSet, error) {
+	_, save := v.bins(f)
 	out := chainSet{}
 	for _, table := range []string{tableFilter, tableNAT} {
-		b, err := ns.Run(ctx, nil, v.save, "-t", table)
+		b, err := ns.Run(ctx, nil, save, "-t", table)
 		if err != nil {
 			return nil, err
 		}
@@ -176,15 +232,42 @@ func (v *variant) liveChains(ctx context.Context, ns *nsutil.NS) (chainSet, erro
 
 // restoreIn applies input with one iptables-restore --noflush inside ns.
 func (v *variant) restoreIn(ctx context.Context, ns *nsutil.NS, input []byte) ([]byte, error) {
-	return kubeproxy.Load(ctx, ns, errLine, input, v.restore, "--noflush", "-w", lockWait)
+	return v.restoreFam(ctx, kubeproxy.IPv4, ns, input)
 }
 
-// Datapath is one iptables baseline instance in one node namespace.
+// restoreFam applies input with one (ip6)iptables-restore --noflush of
+// family f inside ns.
+func (v *variant) restoreFam(ctx context.Context, f kubeproxy.Family, ns *nsutil.NS, input []byte) ([]byte, error) {
+	restore, _ := v.bins(f)
+	return kubeproxy.Load(ctx, ns, errLine, input, restore, "--noflush", "-w", lockWait)
+}
+
+// Datapath is one iptables baseline instance in one node namespace. Like
+// kube-proxy on a dual-stack node it runs one proxier per IP family: the
+// IPv4 services in iptables, the IPv6 ones in ip6tables, each with its own
+// chains, sync record and transactions (a sync is atomic per family, as
+// kube-proxy's are).
 type Datapath struct {
 	v *variant
 
 	mu  sync.Mutex
 	env *datapath.Env
+	// fams is the per-family state of each family set up: IPv4 always,
+	// IPv6 on a dual-stack node whose kernel has IPv6 netfilter.
+	fams map[kubeproxy.Family]*famState
+	// noIPv6 says why IPv6 is not set up; Apply refuses IPv6 services with
+	// it (wrapping datapath.ErrUnsupported).
+	noIPv6 error
+	// pad is the number of never-matching rules put ahead of the service
+	// rules, from padEnv at Setup (0 normally).
+	pad int
+}
+
+// famState is one family's proxier: what it installed and synced.
+type famState struct {
+	fam kubeproxy.Family
+	// podCIDR is the family's pod CIDR (masquerade traffic from outside it).
+	podCIDR netip.Prefix
 	// installed is every chain of ours that exists in the namespace now.
 	installed chainSet
 	// synced is the rules text per chain the last successful Apply left,
@@ -202,9 +285,17 @@ type Datapath struct {
 	// udp is the UDP service ports and endpoints of the last successful
 	// Apply, for the conntrack cleanup of the next one.
 	udp kubeproxy.UDPEndpoints
-	// pad is the number of never-matching rules put ahead of the service
-	// rules, from padEnv at Setup (0 normally).
-	pad int
+}
+
+// newFamState is a family just set up: the base chains exist.
+func newFamState(f kubeproxy.Family, podCIDR netip.Prefix) *famState {
+	fs := &famState{fam: f, podCIDR: podCIDR, installed: chainSet{}}
+	for table, chains := range baseChains {
+		for _, ch := range chains {
+			fs.installed.add(table, ch)
+		}
+	}
+	return fs
 }
 
 // padEnv names the environment variable that pads KUBE-SERVICES with that
@@ -216,7 +307,10 @@ const padEnv = "SVCLAB_IPTABLES_PAD_RULES"
 const maxPad = 1 << 17
 
 // Setup creates the fixed chains and the jumps into them from the built-in
-// chains, in one restore.
+// chains, in one restore per family: IPv4 always, and IPv6 as well when the
+// node is dual-stack (env has an IPv6 pod or service CIDR) and the variant's
+// ip6tables works here. Without IPv6, Setup still succeeds and Apply
+// refuses IPv6 services as unsupported, naming why.
 func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -236,68 +330,100 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) error {
 	if _, err := d.v.restoreIn(ctx, env.Node, renderSetup()); err != nil {
 		return fmt.Errorf("%s setup: %w", d.v.name, err)
 	}
-	d.env = env
-	d.installed = chainSet{}
-	for table, chains := range baseChains {
-		for _, ch := range chains {
-			d.installed.add(table, ch)
+	d.fams = map[kubeproxy.Family]*famState{kubeproxy.IPv4: newFamState(kubeproxy.IPv4, env.PodCIDR)}
+	d.noIPv6 = nil
+	switch {
+	case !env.PodCIDR6.IsValid() && !env.ServiceCIDR6.IsValid():
+		d.noIPv6 = datapath.Unsupportedf("%s: the node is IPv4-only (no IPv6 pod or service CIDR), so it runs no IPv6 proxier", d.v.name)
+	case d.v.probe6() != nil:
+		d.noIPv6 = d.v.probe6()
+	default:
+		if _, err := d.v.restoreFam(ctx, kubeproxy.IPv6, env.Node, renderSetup()); err != nil {
+			// Leave nothing behind: the IPv4 chains go again.
+			_, _ = d.v.restoreIn(ctx, env.Node, renderTeardown(d.fams[kubeproxy.IPv4].installed))
+			d.fams = nil
+			return fmt.Errorf("%s setup (IPv6): %w", d.v.name, err)
 		}
+		d.fams[kubeproxy.IPv6] = newFamState(kubeproxy.IPv6, env.PodCIDR6)
 	}
+	d.env = env
 	return nil
 }
 
-// Apply replaces the whole service ruleset with st in one transaction.
-// The first Apply after Setup, and the first after a failed restore, write
-// every chain (a full sync); the others write only the always-full chains
-// (KUBE-SERVICES, KUBE-MARK-MASQ, KUBE-POSTROUTING) and the per-service
-// and per-endpoint chains that are new or changed, like kube-proxy's
-// partial syncs. Either way, chains of services and endpoints that
-// disappeared are deleted in the same transaction; if the restore fails,
-// the kernel keeps the previous ruleset and so does the record of what is
-// installed.
+// Apply replaces the whole service ruleset with st, in one transaction per
+// family (IPv4, then IPv6). The first Apply after Setup, and the first
+// after a failed restore, write every chain (a full sync); the others write
+// only the always-full chains (KUBE-SERVICES, KUBE-MARK-MASQ,
+// KUBE-POSTROUTING) and the per-service and per-endpoint chains that are
+// new or changed, like kube-proxy's partial syncs. Either way, chains of
+// services and endpoints that disappeared are deleted in the same
+// transaction; if a restore fails, the kernel keeps that family's previous
+// ruleset and so does the record of what is installed.
 func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.env == nil {
 		return fmt.Errorf("%s apply: Setup has not run", d.v.name)
 	}
+	split := kubeproxy.SplitFamilies(st)
+	if d.fams[kubeproxy.IPv6] == nil && len(split[kubeproxy.IPv6].Services) > 0 {
+		return fmt.Errorf("%s apply: service %s: cluster IP %v is IPv6: %w", d.v.name, split[kubeproxy.IPv6].Services[0], split[kubeproxy.IPv6].Services[0].ClusterIP, d.noIPv6)
+	}
+	for _, f := range kubeproxy.Families {
+		fs := d.fams[f]
+		if fs == nil {
+			continue
+		}
+		if err := d.applyFamily(ctx, fs, split[f]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyFamily syncs one family's services. d.mu is held.
+func (d *Datapath) applyFamily(ctx context.Context, fs *famState, st datapath.State) error {
+	what := d.v.name
+	if fs.fam == kubeproxy.IPv6 {
+		what += " (IPv6)"
+	}
 	var r rendered
 	var err error
-	if d.synced != nil {
-		r, err = renderPartialSync(d.env.PodCIDR, st, d.synced, d.pad)
+	if fs.synced != nil {
+		r, err = renderPartialSync(fs.fam, fs.podCIDR, st, fs.synced, d.pad)
 	} else {
-		prev := d.installed
-		if d.resync {
+		prev := fs.installed
+		if fs.resync {
 			// A restore that failed might still have committed (killed
 			// after the kernel took it): delete what the kernel holds too.
-			prev = d.installedWithLive(ctx)
+			prev = d.installedWithLive(ctx, fs)
 		}
-		r, err = renderSyncPadded(d.env.PodCIDR, st, prev, d.pad)
+		r, err = renderSyncPadded(fs.fam, fs.podCIDR, st, prev, d.pad)
 	}
 	if err != nil {
-		return fmt.Errorf("%s apply: %w", d.v.name, err)
+		return fmt.Errorf("%s apply: %w", what, err)
 	}
-	if _, err := d.v.restoreIn(ctx, d.env.Node, r.text); err != nil {
+	if _, err := d.v.restoreFam(ctx, fs.fam, d.env.Node, r.text); err != nil {
 		// The record stays the old one; the next Apply rewrites
 		// everything rather than trusting a diff against it.
-		d.synced = nil
-		d.resync = true
-		return fmt.Errorf("%s apply: %w", d.v.name, err)
+		fs.synced = nil
+		fs.resync = true
+		return fmt.Errorf("%s apply: %w", what, err)
 	}
-	d.installed = r.chains
-	d.synced = r.content
-	d.resync = false
-	d.rules = r.rules
-	d.lastSync = "full"
+	fs.installed = r.chains
+	fs.synced = r.content
+	fs.resync = false
+	fs.rules = r.rules
+	fs.lastSync = "full"
 	if r.partial {
-		d.lastSync = "partial"
+		fs.lastSync = "partial"
 	}
 	// The new rules decide only new flows: drop the UDP conntrack entries
 	// that would keep sending clients to endpoints st no longer has.
-	prev, cur := d.udp, kubeproxy.UDPServing(st)
-	d.udp = cur
+	prev, cur := fs.udp, kubeproxy.UDPServing(st)
+	fs.udp = cur
 	if _, err := kubeproxy.CleanStaleUDP(d.env.Node, prev, cur); err != nil {
-		return fmt.Errorf("%s apply: ruleset installed, but: %w", d.v.name, err)
+		return fmt.Errorf("%s apply: ruleset installed, but: %w", what, err)
 	}
 	return nil
 }
@@ -309,10 +435,21 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 
 // Info records the iptables backend and release actually used, and how big
 // the last ruleset was ("rules", and the same count as
-// datapath.InfoStateObjects).
+// datapath.InfoStateObjects, over both families; "rules_ipv6" is the IPv6
+// part on a dual-stack node).
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
-	rules, pad, sync := d.rules, d.pad, d.lastSync
+	var rules, rules6 int
+	var sync string
+	v6 := false
+	if fs := d.fams[kubeproxy.IPv4]; fs != nil {
+		rules, sync = fs.rules, fs.lastSync
+	}
+	if fs := d.fams[kubeproxy.IPv6]; fs != nil {
+		v6, rules6 = true, fs.rules
+		rules += fs.rules
+	}
+	pad := d.pad
 	d.mu.Unlock()
 	info := map[string]string{
 		"rules": strconv.Itoa(rules),
@@ -320,9 +457,13 @@ func (d *Datapath) Info() map[string]string {
 		// take is not readable per ruleset, so there is no StateBytes.
 		datapath.InfoStateObjects: strconv.Itoa(rules),
 	}
+	if v6 {
+		info["rules_ipv6"] = strconv.Itoa(rules6)
+	}
 	if sync != "" {
-		// How the last Apply wrote: "full" (every chain) or "partial"
-		// (only the changed ones).
+		// How the last Apply wrote IPv4: "full" (every chain) or
+		// "partial" (only the changed ones). IPv6 follows the same
+		// schedule: both start full and go partial after a success.
 		info["sync"] = sync
 	}
 	if pad > 0 {
@@ -336,7 +477,8 @@ func (d *Datapath) Info() map[string]string {
 }
 
 // Close deletes the jumps from the built-in chains and every chain Setup and
-// Apply created, in one restore. Calling it again is a no-op.
+// Apply created, in one restore per family; it tries every family even
+// when one fails. Calling it again is a no-op.
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -345,34 +487,46 @@ func (d *Datapath) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	// What the kernel holds can be more than the record: an Apply killed
-	// after its transaction committed (Ctrl-C) installed chains the record
-	// never saw. Tear down the union, or a leftover SEP chain keeps
-	// KUBE-MARK-MASQ busy and the teardown fails.
-	installed := d.installedWithLive(ctx)
-	if _, err := d.v.restoreIn(ctx, d.env.Node, renderTeardown(installed)); err != nil {
-		return fmt.Errorf("%s close: %w", d.v.name, err)
+	var errs []error
+	for _, f := range kubeproxy.Families {
+		fs := d.fams[f]
+		if fs == nil {
+			continue
+		}
+		// What the kernel holds can be more than the record: an Apply
+		// killed after its transaction committed (Ctrl-C) installed
+		// chains the record never saw. Tear down the union, or a leftover
+		// SEP chain keeps KUBE-MARK-MASQ busy and the teardown fails.
+		installed := d.installedWithLive(ctx, fs)
+		if _, err := d.v.restoreFam(ctx, f, d.env.Node, renderTeardown(installed)); err != nil {
+			if f == kubeproxy.IPv6 {
+				err = fmt.Errorf("IPv6: %w", err)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		delete(d.fams, f)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s close: %w", d.v.name, errors.Join(errs...))
 	}
 	d.env = nil
-	d.installed = nil
-	d.synced = nil
-	d.resync = false
-	d.lastSync = ""
-	d.udp = nil
-	d.rules = 0
+	d.fams = nil
+	d.noIPv6 = nil
 	return nil
 }
 
-// installedWithLive is the recorded chains plus the KUBE-* chains the
-// kernel holds (only the record if iptables-save fails). d.mu is held.
-func (d *Datapath) installedWithLive(ctx context.Context) chainSet {
+// installedWithLive is the family's recorded chains plus the KUBE-* chains
+// the kernel holds (only the record if the save binary fails). d.mu is
+// held.
+func (d *Datapath) installedWithLive(ctx context.Context, fs *famState) chainSet {
 	out := chainSet{}
-	for table, chains := range d.installed {
+	for table, chains := range fs.installed {
 		for ch := range chains {
 			out.add(table, ch)
 		}
 	}
-	if live, err := d.v.liveChains(ctx, d.env.Node); err == nil {
+	if live, err := d.v.liveChains(ctx, fs.fam, d.env.Node); err == nil {
 		for table, chains := range live {
 			for ch := range chains {
 				out.add(table, ch)

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -118,7 +119,7 @@ func TestPrivilegedApply(t *testing.T) {
 			t.Logf("%s: Apply 1 svc x 12 endpoints: first %v, median of 9 re-applies (%s syncs) %v", v.name, first.Round(time.Microsecond), dp.Info()["sync"], again[4].Round(time.Microsecond))
 
 			require.NoError(t, dp.Apply(ctx, full))
-			want, err := renderSync(baselinetest.PodCIDR, full, nil)
+			want, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, full, nil)
 			require.NoError(t, err)
 
 			nat, chains := saveChains(t, v, ns, tableNAT)
@@ -149,7 +150,7 @@ func TestPrivilegedApply(t *testing.T) {
 
 			// Dropping services deletes their chains in the kernel too.
 			require.NoError(t, dp.Apply(ctx, shrunk))
-			want, err = renderSync(baselinetest.PodCIDR, shrunk, nil)
+			want, err = renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, shrunk, nil)
 			require.NoError(t, err)
 			nat, chains = saveChains(t, v, ns, tableNAT)
 			assert.Equal(t, want.chains.sorted(tableNAT), chains, "KUBE-* chains after the shrinking Apply")
@@ -189,7 +190,7 @@ func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 
 			// A chain we do not own jumps to one of our SEP chains, so the
 			// kernel refuses to delete it: the whole sync must fail.
-			r, err := renderSync(baselinetest.PodCIDR, st, nil)
+			r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 			require.NoError(t, err)
 			sep := r.chains.sorted(tableNAT)[3]
 			require.True(t, strings.HasPrefix(sep, prefixSEP), "picked %s", sep)

@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -46,9 +48,9 @@ func withoutEndpoints(st datapath.State, i int) datapath.State {
 // installed.
 func renderAfter(t *testing.T, prev, st datapath.State) rendered {
 	t.Helper()
-	first, err := renderSync(baselinetest.PodCIDR, prev, nil)
+	first, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, prev, nil)
 	require.NoError(t, err)
-	r, err := renderPartialSync(baselinetest.PodCIDR, st, first.content, 0)
+	r, err := renderPartialSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, first.content, 0)
 	require.NoError(t, err)
 	return r
 }
@@ -102,7 +104,7 @@ func writtenChains(text []byte) (declared, deleted map[string][]string) {
 // chains a partial sync declares and deletes.
 func TestPartialWritesOnlyChanges(t *testing.T) {
 	base := baselinetest.ThreeByTwo()
-	full, err := renderSync(baselinetest.PodCIDR, base, nil)
+	full, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, base, nil)
 	require.NoError(t, err)
 	spn := func(i int) string { return fmt.Sprintf("bench/s%d:http", i) }
 	svc := func(i int) string { return svcChainName(spn(i), "tcp") }
@@ -130,13 +132,13 @@ func TestPartialWritesOnlyChanges(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := renderPartialSync(baselinetest.PodCIDR, tt.st, full.content, 0)
+			r, err := renderPartialSync(kubeproxy.IPv4, baselinetest.PodCIDR, tt.st, full.content, 0)
 			require.NoError(t, err)
 			declared, deleted := writtenChains(r.text)
 			assert.Equal(t, tt.wantNAT, declared[tableNAT], "nat chains written")
 			assert.Equal(t, tt.wantDeleted, deleted[tableNAT], "nat chains deleted")
 			assert.Equal(t, []string{chainServices}, declared[tableFilter], "filter KUBE-SERVICES is always rewritten")
-			want, err := renderSync(baselinetest.PodCIDR, tt.st, nil)
+			want, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, tt.st, nil)
 			require.NoError(t, err)
 			assert.Equal(t, want.rules, r.rules, "rule count is the whole state's")
 			assert.Equal(t, want.chains, r.chains, "chains left are the whole state's")
@@ -149,12 +151,12 @@ func TestPartialWritesOnlyChanges(t *testing.T) {
 // declares only to delete them.
 func TestContentIsWhatStays(t *testing.T) {
 	base := baselinetest.ThreeByTwo()
-	first, err := renderSync(baselinetest.PodCIDR, base, nil)
+	first, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, base, nil)
 	require.NoError(t, err)
 	shrunk := withoutService(withoutLastEndpoint(base, 0), 1)
-	full, err := renderSync(baselinetest.PodCIDR, shrunk, first.chains)
+	full, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, shrunk, first.chains)
 	require.NoError(t, err)
-	partial, err := renderPartialSync(baselinetest.PodCIDR, shrunk, first.content, 0)
+	partial, err := renderPartialSync(kubeproxy.IPv4, baselinetest.PodCIDR, shrunk, first.content, 0)
 	require.NoError(t, err)
 	for name, r := range map[string]rendered{"full": full, "partial": partial} {
 		for _, table := range []string{tableFilter, tableNAT} {
@@ -253,27 +255,37 @@ func TestPartialSequenceMatchesFullSync(t *testing.T) {
 		{"empty", datapath.State{}},
 		{"three services again", base},
 	}
-	live := newRestoreModel()
-	require.NoError(t, live.apply(renderSetup()))
-	var synced chainRules
-	for i, s := range seq {
-		var r rendered
-		var err error
-		if i == 0 {
-			r, err = renderSync(baselinetest.PodCIDR, s.st, nil)
-		} else {
-			r, err = renderPartialSync(baselinetest.PodCIDR, s.st, synced, 0)
-		}
-		require.NoError(t, err, s.name)
-		require.NoError(t, live.apply(r.text), "%s: the model rejects the input", s.name)
-		synced = r.content
+	// The IPv6 proxier goes through the same sequence on the IPv6 twins of
+	// the states: its partial syncs must hold as well.
+	for _, fam := range kubeproxy.Families {
+		t.Run(fam.String(), func(t *testing.T) {
+			podCIDR, twin := baselinetest.PodCIDR, func(st datapath.State) datapath.State { return st }
+			if fam == kubeproxy.IPv6 {
+				podCIDR, twin = baselinetest.PodCIDR6, twin6.State
+			}
+			live := newRestoreModel()
+			require.NoError(t, live.apply(renderSetup()))
+			var synced chainRules
+			for i, s := range seq {
+				var r rendered
+				var err error
+				if i == 0 {
+					r, err = renderSync(fam, podCIDR, twin(s.st), nil)
+				} else {
+					r, err = renderPartialSync(fam, podCIDR, twin(s.st), synced, 0)
+				}
+				require.NoError(t, err, s.name)
+				require.NoError(t, live.apply(r.text), "%s: the model rejects the input", s.name)
+				synced = r.content
 
-		fresh := newRestoreModel()
-		require.NoError(t, fresh.apply(renderSetup()))
-		want, err := renderSync(baselinetest.PodCIDR, s.st, nil)
-		require.NoError(t, err)
-		require.NoError(t, fresh.apply(want.text))
-		assert.Equal(t, fresh, live, "%s: partial sync differs from a full one", s.name)
+				fresh := newRestoreModel()
+				require.NoError(t, fresh.apply(renderSetup()))
+				want, err := renderSync(fam, podCIDR, twin(s.st), nil)
+				require.NoError(t, err)
+				require.NoError(t, fresh.apply(want.text))
+				assert.Equal(t, fresh, live, "%s: partial sync differs from a full one", s.name)
+			}
+		})
 	}
 }
 
@@ -281,9 +293,10 @@ func TestPartialSequenceMatchesFullSync(t *testing.T) {
 // does not describe the ruleset removed: comment lines, counters, and the
 // order of chains (legacy lists them sorted, nft in creation order), keeping
 // the order of rules within each chain.
-func normalisedSave(t *testing.T, v *variant, ns *nsutil.NS, table string) string {
+func normalisedSave(t *testing.T, v *variant, fam kubeproxy.Family, ns *nsutil.NS, table string) string {
 	t.Helper()
-	out, err := ns.Run(context.Background(), nil, v.save, "-t", table)
+	_, save := v.bins(fam)
+	out, err := ns.Run(context.Background(), nil, save, "-t", table)
 	require.NoError(t, err)
 	var decls, rules []string
 	for _, line := range strings.Split(string(out), "\n") {
@@ -303,7 +316,9 @@ func normalisedSave(t *testing.T, v *variant, ns *nsutil.NS, table string) strin
 // TestPrivilegedPartialMatchesFullSync applies a sequence of states to one
 // namespace (a full sync, then partial ones) and checks after each step
 // that the kernel's nat and filter tables equal what a fresh full sync of
-// the same state gives in another namespace.
+// the same state gives in another namespace. The node is dual-stack and
+// every state carries the IPv6 twins of its services too, so ip6tables'
+// partial syncs are checked the same way.
 func TestPrivilegedPartialMatchesFullSync(t *testing.T) {
 	requireRoot(t)
 	baselinetest.CheckRootUnchanged(t, "netfilter rules", rootSnapshot)
@@ -324,11 +339,16 @@ func TestPrivilegedPartialMatchesFullSync(t *testing.T) {
 			requireInstalled(t, v)
 			ctx := context.Background()
 			nsA, nsB := baselinetest.NewNS(t), baselinetest.NewNS(t)
+			env := func(ns *nsutil.NS) *datapath.Env {
+				return &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR, PodCIDR6: baselinetest.PodCIDR6,
+					ServiceCIDR6: netip.MustParsePrefix("fd00:10:96::/48")}
+			}
 			dp := &Datapath{v: v}
-			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: nsA, PodCIDR: baselinetest.PodCIDR}))
+			require.NoError(t, dp.Setup(ctx, env(nsA)))
 			t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
 
 			for i, st := range seq {
+				st.Services = append(slices.Clone(st.Services), twin6.State(st).Services...)
 				require.NoError(t, dp.Apply(ctx, st), "step %d", i)
 				wantSync := "partial"
 				if i == 0 {
@@ -337,10 +357,12 @@ func TestPrivilegedPartialMatchesFullSync(t *testing.T) {
 				assert.Equal(t, wantSync, dp.Info()["sync"], "step %d", i)
 
 				ref := &Datapath{v: v}
-				require.NoError(t, ref.Setup(ctx, &datapath.Env{Node: nsB, PodCIDR: baselinetest.PodCIDR}))
+				require.NoError(t, ref.Setup(ctx, env(nsB)))
 				require.NoError(t, ref.Apply(ctx, st))
-				for _, table := range []string{tableNAT, tableFilter} {
-					assert.Equal(t, normalisedSave(t, v, nsB, table), normalisedSave(t, v, nsA, table), "step %d: %s table", i, table)
+				for _, fam := range kubeproxy.Families {
+					for _, table := range []string{tableNAT, tableFilter} {
+						assert.Equal(t, normalisedSave(t, v, fam, nsB, table), normalisedSave(t, v, fam, nsA, table), "step %d: %s %s table", i, fam, table)
+					}
 				}
 				require.NoError(t, ref.Close())
 			}

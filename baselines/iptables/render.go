@@ -297,11 +297,12 @@ func renderTeardown(installed chainSet) []byte {
 	return b.Bytes()
 }
 
-// renderSync renders the whole filter+nat ruleset for st. prev is what the
-// previous successful Apply installed; chains in prev that st no longer
-// needs are deleted in the same transaction.
-func renderSync(podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendered, error) {
-	return renderSyncPadded(podCIDR, st, prev, 0)
+// renderSync renders the whole filter+nat ruleset of family fam (iptables
+// or ip6tables input) for st, whose services must all be of fam. prev is
+// what the previous successful Apply installed; chains in prev that st no
+// longer needs are deleted in the same transaction.
+func renderSync(fam kubeproxy.Family, podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendered, error) {
+	return renderSyncPadded(fam, podCIDR, st, prev, 0)
 }
 
 // renderSyncPadded is renderSync with pad rules that never match put at the
@@ -309,8 +310,8 @@ func renderSync(podCIDR netip.Prefix, st datapath.State, prev chainSet) (rendere
 // service's rule: a deliberate, known slowdown to prove the regression gate
 // (see padEnv). They match destinations in 198.18.0.0/15 (RFC 2544
 // benchmarking addresses, never a service or pod here).
-func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pad int) (rendered, error) {
-	filter, nat, cur, err := buildSync(podCIDR, st, pad)
+func renderSyncPadded(fam kubeproxy.Family, podCIDR netip.Prefix, st datapath.State, prev chainSet, pad int) (rendered, error) {
+	filter, nat, cur, err := buildSync(fam, podCIDR, st, pad)
 	if err != nil {
 		return rendered{}, err
 	}
@@ -339,8 +340,8 @@ func renderSyncPadded(podCIDR netip.Prefix, st datapath.State, prev chainSet, pa
 // then deleted after all rules, when the rewritten chains no longer
 // reference them. Applied over installed, it leaves the kernel exactly as a
 // full sync of st would.
-func renderPartialSync(podCIDR netip.Prefix, st datapath.State, installed chainRules, pad int) (rendered, error) {
-	filter, nat, cur, err := buildSync(podCIDR, st, pad)
+func renderPartialSync(fam kubeproxy.Family, podCIDR netip.Prefix, st datapath.State, installed chainRules, pad int) (rendered, error) {
+	filter, nat, cur, err := buildSync(fam, podCIDR, st, pad)
 	if err != nil {
 		return rendered{}, err
 	}
@@ -375,9 +376,14 @@ func contentOf(filter, nat *tableWriter) chainRules {
 	return chainRules{tableFilter: filter.content(), tableNAT: nat.content()}
 }
 
-// buildSync renders the complete ruleset for st into one writer per table,
-// and returns the chains it uses.
-func buildSync(podCIDR netip.Prefix, st datapath.State, pad int) (filter, nat *tableWriter, cur chainSet, err error) {
+// buildSync renders the complete ruleset of family fam for st into one
+// writer per table, and returns the chains it uses. The IPv6 ruleset is the
+// IPv4 one with IPv6 addresses (/128 host matches, DNAT to [ip]:port), as
+// kube-proxy's IPv6 proxier writes it through ip6tables-restore; chain names
+// hash the same strings, so a dual-stack service has the same KUBE-SVC name
+// in both (kube-proxy's too: the endpoint strings differ, the service's do
+// not). Pad rules are IPv4 addresses and are only ever asked of IPv4.
+func buildSync(fam kubeproxy.Family, podCIDR netip.Prefix, st datapath.State, pad int) (filter, nat *tableWriter, cur chainSet, err error) {
 	filter, nat = newTableWriter(tableFilter), newTableWriter(tableNAT)
 	cur = chainSet{}
 	for table, chains := range baseChains {
@@ -392,12 +398,15 @@ func buildSync(podCIDR netip.Prefix, st datapath.State, pad int) (filter, nat *t
 		nat.chain(ch)
 	}
 	writeFixedNATRules(nat)
+	if fam != kubeproxy.IPv4 {
+		pad = 0
+	}
 	for i := range pad {
 		nat.rule("-A %s -d 198.%d.%d.%d/32 -p tcp -m tcp --dport 80 -j RETURN", chainServices, 18+(i>>16)&1, (i>>8)&0xff, i&0xff)
 	}
 
 	for _, svc := range kubeproxy.SortedServices(st) {
-		eps, err := kubeproxy.IPv4Endpoints(svc, baselineName)
+		eps, err := kubeproxy.FamilyEndpoints(svc, fam, baselineName)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -407,7 +416,7 @@ func buildSync(podCIDR netip.Prefix, st datapath.State, pad int) (filter, nat *t
 				return nil, nil, nil, fmt.Errorf("service %s port %d: %w", svc, port.Port, err)
 			}
 			spn := servicePortName(svc, port)
-			match := fmt.Sprintf("-m %s -p %s -d %s/32 --dport %d", proto, proto, svc.ClusterIP, port.Port)
+			match := fmt.Sprintf("-m %s -p %s -d %s/%d --dport %d", proto, proto, svc.ClusterIP, fam.HostBits(), port.Port)
 
 			if len(eps) == 0 {
 				// An ICMP port-unreachable makes the client's connect()
@@ -458,7 +467,7 @@ func buildSync(podCIDR netip.Prefix, st datapath.State, pad int) (filter, nat *t
 				dest := netip.AddrPortFrom(ep, port.TargetPort).String()
 				// Hairpin: a backend reaching itself through the VIP would
 				// otherwise get a reply from its own address and drop it.
-				nat.rule("-A %s -m comment --comment %q -s %s/32 -j %s", seps[i], spn, ep, chainMarkMasq)
+				nat.rule("-A %s -m comment --comment %q -s %s/%d -j %s", seps[i], spn, ep, fam.HostBits(), chainMarkMasq)
 				if affinity {
 					// Record (or refresh) the client's address, so its next
 					// packets take the affinity rule above.

@@ -12,6 +12,7 @@ import (
 
 	"svclab/baselines/internal/baselinetest"
 	"svclab/baselines/internal/kubeproxy"
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 )
 
@@ -19,7 +20,13 @@ import (
 // shape shows up as a reviewable diff of the golden files.
 func TestRenderGolden(t *testing.T) {
 	baselinetest.CheckGoldenCases(t, func(st datapath.State, prev chainSet) ([]byte, chainSet, error) {
-		r, err := renderSync(baselinetest.PodCIDR, st, prev)
+		r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, prev)
+		return r.text, r.chains, err
+	})
+
+	// The IPv6 ruleset (ip6tables-restore input) of the same cases.
+	baselinetest.CheckGoldenCases6(t, func(st datapath.State, prev chainSet) ([]byte, chainSet, error) {
+		r, err := renderSync(kubeproxy.IPv6, baselinetest.PodCIDR6, st, prev)
 		return r.text, r.chains, err
 	})
 
@@ -27,12 +34,17 @@ func TestRenderGolden(t *testing.T) {
 		baselinetest.CheckGolden(t, "setup", renderSetup())
 	})
 	t.Run("affinity_clientip", func(t *testing.T) {
-		r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+		r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, affinityState(), nil)
 		require.NoError(t, err)
 		baselinetest.CheckGolden(t, "affinity_clientip", r.text)
 	})
+	t.Run("ipv6_affinity_clientip", func(t *testing.T) {
+		r, err := renderSync(kubeproxy.IPv6, baselinetest.PodCIDR6, twin6.State(affinityState()), nil)
+		require.NoError(t, err)
+		baselinetest.CheckGolden(t, "ipv6_affinity_clientip", r.text)
+	})
 	t.Run("teardown", func(t *testing.T) {
-		first, err := renderSync(baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
+		first, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
 		require.NoError(t, err)
 		baselinetest.CheckGolden(t, "teardown", renderTeardown(first.chains))
 	})
@@ -52,7 +64,7 @@ func affinityState() datapath.State {
 // text: one recent-check per endpoint before the cascade, each naming its
 // own SEP chain, and a recent-set on every DNAT; nothing for None.
 func TestAffinityRules(t *testing.T) {
-	r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, affinityState(), nil)
 	require.NoError(t, err)
 	var checks, sets, cascadeBeforeCheck int
 	seenCascade := false
@@ -94,9 +106,9 @@ func slicesIndex(f []string, s string) int {
 // TestSecondApplyDeletesOnlyStaleChains checks the -X bookkeeping directly,
 // independent of the golden text.
 func TestSecondApplyDeletesOnlyStaleChains(t *testing.T) {
-	first, err := renderSync(baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
+	first, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
 	require.NoError(t, err)
-	second, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3)}}, first.chains)
+	second, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3)}}, first.chains)
 	require.NoError(t, err)
 
 	deleted := map[string]bool{}
@@ -131,7 +143,7 @@ func TestRenderRejects(t *testing.T) {
 		{
 			name: "IPv6 cluster IP",
 			svc:  datapath.Service{Namespace: "a", Name: "b", ClusterIP: netip.MustParseAddr("fd00::1"), Ports: []datapath.ServicePort{baselinetest.HTTPPort}},
-			want: "IPv4 only",
+			want: "is not IPv4",
 		},
 		{
 			name: "SCTP port",
@@ -142,14 +154,14 @@ func TestRenderRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{tt.svc}}, nil)
+			_, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{tt.svc}}, nil)
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
 }
 
 func TestRuleCount(t *testing.T) {
-	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(12)}}, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(12)}}, nil)
 	require.NoError(t, err)
 	// 4 fixed (MARK-MASQ 1, POSTROUTING 3) + 1 KUBE-SERVICES + 1 masq +
 	// 12 cascade + 2×12 SEP = 42.
@@ -322,7 +334,7 @@ func TestPacketFlow(t *testing.T) {
 	sticky.Name, sticky.ClusterIP = "sticky", netip.MustParseAddr("10.96.0.30")
 	sticky.SessionAffinity = datapath.SessionAffinityClientIP
 	st := datapath.State{Services: []datapath.Service{baselinetest.WebService(12), baselinetest.DNSService(), baselinetest.EmptyService(), sticky}}
-	r, err := renderSync(baselinetest.PodCIDR, st, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	rules := parseRuleset(t, renderSetup(), r.text)
 
@@ -403,7 +415,7 @@ func TestPacketFlow(t *testing.T) {
 // still receive connections (ReadyEndpoints); not-serving ones never do.
 func TestTerminatingFallback(t *testing.T) {
 	svc := baselinetest.DrainingWebService()
-	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
 	require.NoError(t, err)
 	text := string(r.text)
 	assert.Contains(t, text, "--to-destination 10.244.1.1:8080")

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -77,7 +78,7 @@ func TestPrivilegedScaleApply(t *testing.T) {
 				info := dp.Info()
 				t.Logf("%s: %d services x %d endpoints: %s: %v (sync %q)", v.name, n, scaleEndpoints, s.name, took.Round(time.Millisecond), info["sync"])
 			}
-			want, err := renderSync(baselinetest.PodCIDR, st, nil)
+			want, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 			require.NoError(t, err)
 			text, _ := saveChains(t, v, ns, tableNAT)
 			kernel := strings.Count(text, "\n-A KUBE-")

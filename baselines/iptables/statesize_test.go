@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -48,7 +49,7 @@ func TestPrivilegedStateObjects(t *testing.T) {
 					assert.Equal(t, info["rules"], info[datapath.InfoStateObjects])
 					assert.NotContains(t, info, datapath.InfoStateBytes, "netfilter rule memory is not readable")
 
-					want, err := renderSync(baselinetest.PodCIDR, tt.st, nil)
+					want, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, tt.st, nil)
 					require.NoError(t, err)
 					assert.Equal(t, strconv.Itoa(want.rules), info[datapath.InfoStateObjects], "rules rendered")
 					kernel := 0

@@ -1,6 +1,7 @@
 // Package ipvs is the kube-proxy IPVS-mode baseline: every ClusterIP is a
-// /32 address on a dummy interface kube-ipvs0 in the node network namespace
-// (so traffic to it is delivered locally, where IPVS intercepts it), and
+// /32 (IPv6: /128) address on a dummy interface kube-ipvs0 in the node
+// network namespace (so traffic to it is delivered locally, where IPVS
+// intercepts it), and
 // every service port is an IPVS virtual server with the round-robin
 // scheduler and one masquerade real server of weight 1 per endpoint. IPVS
 // picks a real server per new connection and rewrites the destination; the
@@ -267,15 +268,18 @@ func (d *Datapath) Setup(_ context.Context, env *datapath.Env) (err error) {
 	return nil
 }
 
-// linkAddrs returns the IPv4 addresses on kube-ipvs0.
+// linkAddrs returns the IPv4 and IPv6 addresses on kube-ipvs0, but for
+// IPv6 link-local ones: the kernel's own, never a ClusterIP (kube-ipvs0
+// stays down, so it has none, but one put there by hand must not be taken
+// for a stale VIP and deleted).
 func (d *Datapath) linkAddrs() ([]netip.Addr, error) {
-	as, err := d.nl.AddrList(d.link, unix.AF_INET)
+	as, err := d.nl.AddrList(d.link, unix.AF_UNSPEC)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", linkName, err)
 	}
 	var out []netip.Addr
 	for _, a := range as {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.Unmap().IsLinkLocalUnicast() {
 			out = append(out, ip.Unmap())
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -81,7 +82,7 @@ func readKernel(t *testing.T, ns *nsutil.NS) kernelView {
 	v.link = true
 	v.linkUp = l.Attrs().Flags&net.FlagUp != 0
 	assert.Equal(t, "dummy", l.Type(), "%s's type", linkName)
-	as, err := nh.AddrList(l, unix.AF_INET)
+	as, err := nh.AddrList(l, unix.AF_UNSPEC)
 	require.NoError(t, err)
 	for _, a := range as {
 		v.addrs = append(v.addrs, a.IPNet.String())
@@ -103,9 +104,10 @@ func destAddrs(ds []*libipvs.Destination) []string {
 }
 
 // TestPrivilegedApply programs a node namespace through the registered
-// datapath: a service with 12 endpoints plus a TCP+UDP service and one
-// without endpoints, then a shrinking Apply, then Close, reading the kernel
-// back after each step.
+// datapath: a service with 12 endpoints plus a TCP+UDP service, one
+// without endpoints and an IPv6 one (an AF_INET6 virtual server on a /128),
+// then a shrinking Apply, then Close, reading the kernel back after each
+// step.
 func TestPrivilegedApply(t *testing.T) {
 	requirePrivilegedIPVS(t)
 	ns := baselinetest.NewNS(t)
@@ -123,15 +125,22 @@ func TestPrivilegedApply(t *testing.T) {
 	assert.Empty(t, v.services)
 
 	web := webService(12)
-	full := datapath.State{Services: []datapath.Service{web, dnsService(), emptyService()}}
+	web6 := twin6.State(datapath.State{Services: []datapath.Service{webService(3)}}).Services[0]
+	web6.Name = "web6"
+	full := datapath.State{Services: []datapath.Service{web, dnsService(), emptyService(), web6}}
 	start := time.Now()
 	require.NoError(t, dp.Apply(ctx, full))
-	t.Logf("Apply 3 services (4 virtual servers, 16 real servers): %v", time.Since(start).Round(time.Microsecond))
+	t.Logf("Apply 4 services (5 virtual servers, 19 real servers): %v", time.Since(start).Round(time.Microsecond))
 
 	webKey := vsKey{web.ClusterIP, 80, datapath.TCP}
 	v = readKernel(t, ns)
-	assert.Equal(t, []string{"10.96.0.10/32", "10.96.0.2/32", "10.96.0.20/32"}, v.addrs, "every ClusterIP on %s", linkName)
-	assert.Len(t, v.services, 4)
+	assert.Equal(t, []string{"10.96.0.10/32", "10.96.0.2/32", "10.96.0.20/32", "fd00:10:96::10/128"}, v.addrs, "every ClusterIP on %s", linkName)
+	assert.Len(t, v.services, 5)
+	web6Key := vsKey{web6.ClusterIP, 80, datapath.TCP}
+	if assert.Contains(t, v.services, web6Key) {
+		assert.Equal(t, uint16(unix.AF_INET6), v.services[web6Key].AddressFamily)
+		assert.Equal(t, []string{"[fd00:10:244:1::1]:8080", "[fd00:10:244:1::2]:8080", "[fd00:10:244:1::3]:8080"}, destAddrs(v.dests[web6Key]), "IPv6 real servers")
+	}
 	for k, s := range v.services {
 		assert.Equal(t, "rr", s.SchedName, "%s scheduler", k)
 		assert.Equal(t, uint32(0), s.Flags&^flagHashed, "%s flags: no persistence", k)
@@ -150,7 +159,7 @@ func TestPrivilegedApply(t *testing.T) {
 	assert.Len(t, v.dests[vsKey{netip.MustParseAddr("10.96.0.2"), 53, datapath.UDP}], 2, "UDP dns")
 	assert.Len(t, v.dests[vsKey{netip.MustParseAddr("10.96.0.2"), 53, datapath.TCP}], 2, "TCP dns")
 	assert.Empty(t, v.dests[vsKey{netip.MustParseAddr("10.96.0.20"), 80, datapath.TCP}], "no endpoints: a virtual server without real servers")
-	assert.Equal(t, "16", dp.Info()["real_servers"])
+	assert.Equal(t, "19", dp.Info()["real_servers"])
 
 	// The same state again changes nothing: the diff against the kernel
 	// is empty.

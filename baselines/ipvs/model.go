@@ -39,7 +39,21 @@ const (
 	// persistence, /32 makes each client address its own persistence
 	// group, as ClientIP affinity means.
 	netmask4 = 0xffffffff
+	// netmask6 is the same for an IPv6 service, where the kernel takes a
+	// prefix length (128) rather than a mask, as kube-proxy sets it.
+	netmask6 = 128
 )
+
+// addressFamily is the IPVS address family of a: AF_INET or AF_INET6.
+// Virtual servers and real servers of a service are of one family
+// (kubeproxy.VIPPorts refuses a service mixing them), as kube-proxy's
+// per-family proxiers program them.
+func addressFamily(a netip.Addr) uint16 {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
 
 // vsKey identifies a virtual server: VIP, port and protocol.
 type vsKey struct {
@@ -229,27 +243,45 @@ func sortedDests(m map[netip.AddrPort]realServer) []netip.AddrPort {
 var protoNumbers = map[datapath.Protocol]uint16{datapath.TCP: unix.IPPROTO_TCP, datapath.UDP: unix.IPPROTO_UDP}
 
 func toIPVSService(vs *virtualServer) *libipvs.Service {
+	netmask := uint32(netmask4)
+	if !vs.key.addr.Is4() {
+		netmask = netmask6
+	}
 	return &libipvs.Service{
-		AddressFamily: unix.AF_INET,
+		AddressFamily: addressFamily(vs.key.addr),
 		Address:       net.IP(vs.key.addr.AsSlice()),
 		Protocol:      protoNumbers[vs.key.proto],
 		Port:          vs.key.port,
 		SchedName:     vs.scheduler,
 		Flags:         vs.flags,
 		Timeout:       vs.timeout,
-		Netmask:       netmask4,
+		Netmask:       netmask,
 	}
 }
 
 // fromIPVSService converts a service read from the kernel; ok is false for
-// services this baseline never creates (firewall-mark, IPv6, other
-// protocols), which it leaves alone.
+// services this baseline never creates (firewall-mark, other protocols, an
+// address not of the service's family), which it leaves alone.
 func fromIPVSService(s *libipvs.Service) (vs *virtualServer, ok bool) {
-	if s.FWMark != 0 || s.AddressFamily != unix.AF_INET {
+	if s.FWMark != 0 {
 		return nil, false
 	}
 	addr, ok := netip.AddrFromSlice(s.Address)
-	if !ok || !addr.Unmap().Is4() {
+	if !ok {
+		return nil, false
+	}
+	switch s.AddressFamily {
+	case unix.AF_INET:
+		// moby/ipvs may hand an IPv4 address back in 16-byte form.
+		addr = addr.Unmap()
+		if !addr.Is4() {
+			return nil, false
+		}
+	case unix.AF_INET6:
+		if !kubeproxy.IPv6.Has(addr) {
+			return nil, false
+		}
+	default:
 		return nil, false
 	}
 	var proto datapath.Protocol
@@ -262,7 +294,7 @@ func fromIPVSService(s *libipvs.Service) (vs *virtualServer, ok bool) {
 		return nil, false
 	}
 	return &virtualServer{
-		key:       vsKey{addr.Unmap(), s.Port, proto},
+		key:       vsKey{addr, s.Port, proto},
 		scheduler: s.SchedName,
 		flags:     s.Flags &^ flagHashed,
 		timeout:   s.Timeout,
@@ -272,7 +304,7 @@ func fromIPVSService(s *libipvs.Service) (vs *virtualServer, ok bool) {
 
 func toIPVSDest(rs realServer) *libipvs.Destination {
 	return &libipvs.Destination{
-		AddressFamily:   unix.AF_INET,
+		AddressFamily:   addressFamily(rs.addr.Addr()),
 		Address:         net.IP(rs.addr.Addr().AsSlice()),
 		Port:            rs.addr.Port(),
 		Weight:          rs.weight,

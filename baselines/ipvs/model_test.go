@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 )
 
@@ -122,7 +123,7 @@ func TestDesiredRejects(t *testing.T) {
 		mutate func(*datapath.State)
 		errHas string
 	}{
-		{"IPv6 cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.MustParseAddr("fd00::10") }, "service bench/web: cluster IP fd00::10"},
+		{"IPv6 cluster IP, IPv4 endpoints", func(st *datapath.State) { st.Services[0].ClusterIP = netip.MustParseAddr("fd00::10") }, "service bench/web: endpoint 10.244.1.1 (b00) is not IPv6"},
 		{"missing cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.Addr{} }, "cluster IP invalid IP"},
 		{"IPv6 endpoint", func(st *datapath.State) { st.Services[0].Endpoints[0].Addr = netip.MustParseAddr("fd00::1") }, "endpoint fd00::1 (b00) is not IPv4"},
 		{"SCTP", func(st *datapath.State) { st.Services[0].Ports[0].Protocol = "SCTP" }, `protocol "SCTP"`},
@@ -256,31 +257,51 @@ func TestDiff(t *testing.T) {
 }
 
 // The netlink structures: what is sent, and what comes back from a kernel
-// (which adds the hashed flag and returns IPv4 destinations in 16 bytes).
+// (which adds the hashed flag and returns IPv4 destinations in 16 bytes),
+// for IPv4 services and their IPv6 twins (AF_INET6, netmask 128 as
+// kube-proxy sets it).
 func TestConversions(t *testing.T) {
-	want := mustDesired(t, webService(1), dnsService())
-	for _, k := range want.keys() {
-		vs := want[k]
-		s := toIPVSService(vs)
-		assert.Equal(t, uint16(unix.AF_INET), s.AddressFamily)
-		assert.Equal(t, net.IP(k.addr.AsSlice()), s.Address)
-		assert.Equal(t, uint32(netmask4), s.Netmask)
-		assert.Equal(t, "rr", s.SchedName)
-		fromKernel := *s
-		fromKernel.Flags |= flagHashed
-		back, ok := fromIPVSService(&fromKernel)
-		require.True(t, ok, "%s", k)
-		assert.Equal(t, k, back.key)
-		assert.Equal(t, vs.flags, back.flags, "the hashed flag is the kernel's, not a difference")
-		for _, rs := range vs.dests {
-			d := toIPVSDest(rs)
-			assert.Equal(t, uint32(libipvs.ConnectionFlagMasq), d.ConnectionFlags)
-			assert.Equal(t, 1, d.Weight)
-			d.Address = d.Address.To16()
-			got, err := fromIPVSDest(d)
+	v4 := datapath.State{Services: []datapath.Service{webService(1), dnsService()}}
+	tests := []struct {
+		name    string
+		st      datapath.State
+		af      uint16
+		netmask uint32
+	}{
+		{"IPv4", v4, unix.AF_INET, netmask4},
+		{"IPv6", twin6.State(v4), unix.AF_INET6, netmask6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want, _, err := desired(tt.st)
 			require.NoError(t, err)
-			assert.Equal(t, rs, got)
-		}
+			require.Len(t, want, 3)
+			for _, k := range want.keys() {
+				vs := want[k]
+				s := toIPVSService(vs)
+				assert.Equal(t, tt.af, s.AddressFamily)
+				assert.Equal(t, net.IP(k.addr.AsSlice()), s.Address)
+				assert.Equal(t, tt.netmask, s.Netmask)
+				assert.Equal(t, "rr", s.SchedName)
+				fromKernel := *s
+				fromKernel.Flags |= flagHashed
+				fromKernel.Address = fromKernel.Address.To16()
+				back, ok := fromIPVSService(&fromKernel)
+				require.True(t, ok, "%s", k)
+				assert.Equal(t, k, back.key)
+				assert.Equal(t, vs.flags, back.flags, "the hashed flag is the kernel's, not a difference")
+				for _, rs := range vs.dests {
+					d := toIPVSDest(rs)
+					assert.Equal(t, tt.af, d.AddressFamily)
+					assert.Equal(t, uint32(libipvs.ConnectionFlagMasq), d.ConnectionFlags)
+					assert.Equal(t, 1, d.Weight)
+					d.Address = d.Address.To16()
+					got, err := fromIPVSDest(d)
+					require.NoError(t, err)
+					assert.Equal(t, rs, got)
+				}
+			}
+		})
 	}
 	protoOf := map[datapath.Protocol]uint16{datapath.TCP: unix.IPPROTO_TCP, datapath.UDP: unix.IPPROTO_UDP}
 	for p, n := range protoOf {
@@ -288,9 +309,10 @@ func TestConversions(t *testing.T) {
 	}
 	// Services this baseline never creates are not read as its own.
 	for name, s := range map[string]*libipvs.Service{
-		"firewall mark": {AddressFamily: unix.AF_INET, FWMark: 7, SchedName: "rr"},
-		"IPv6":          {AddressFamily: unix.AF_INET6, Address: net.ParseIP("fd00::1"), Protocol: unix.IPPROTO_TCP, Port: 80},
-		"SCTP":          {AddressFamily: unix.AF_INET, Address: net.ParseIP("10.96.0.1").To4(), Protocol: unix.IPPROTO_SCTP, Port: 80},
+		"firewall mark":           {AddressFamily: unix.AF_INET, FWMark: 7, SchedName: "rr"},
+		"IPv4-mapped in AF_INET6": {AddressFamily: unix.AF_INET6, Address: net.ParseIP("::ffff:10.96.0.1"), Protocol: unix.IPPROTO_TCP, Port: 80},
+		"IPv6 in AF_INET":         {AddressFamily: unix.AF_INET, Address: net.ParseIP("fd00::1"), Protocol: unix.IPPROTO_TCP, Port: 80},
+		"SCTP":                    {AddressFamily: unix.AF_INET, Address: net.ParseIP("10.96.0.1").To4(), Protocol: unix.IPPROTO_SCTP, Port: 80},
 	} {
 		_, ok := fromIPVSService(s)
 		assert.False(t, ok, name)
@@ -432,9 +454,15 @@ func TestSyncAgainstFakeKernel(t *testing.T) {
 	k := newFakeKernel()
 	foreign := &libipvs.Service{AddressFamily: unix.AF_INET, Address: net.ParseIP("192.0.2.1").To4(), Protocol: unix.IPPROTO_TCP, Port: 443, SchedName: "wlc", Netmask: netmask4}
 	require.NoError(t, k.NewService(foreign))
-	owned := func(a netip.Addr) bool { return netip.MustParsePrefix("10.96.0.0/16").Contains(a) }
+	owned := func(a netip.Addr) bool {
+		return netip.MustParsePrefix("10.96.0.0/16").Contains(a) || netip.MustParsePrefix("fd00:10:96::/48").Contains(a)
+	}
 
 	full := mustDesired(t, webService(12), dnsService(), emptyService())
+	// Dual-stack: web's IPv6 twin beside the IPv4 services.
+	web6 := twin6.State(datapath.State{Services: []datapath.Service{webService(3)}}).Services[0]
+	web6.Name = "web6"
+	dual := mustDesired(t, webService(6), web6)
 	steps := []struct {
 		name    string
 		before  func()
@@ -448,7 +476,9 @@ func TestSyncAgainstFakeKernel(t *testing.T) {
 			s := toIPVSService(full[vsKey{netip.MustParseAddr("10.96.0.10"), 80, datapath.TCP}])
 			require.NoError(t, k.DelDestination(s, &libipvs.Destination{Address: net.ParseIP("10.244.1.3").To4(), Port: 8080}))
 		}, mustDesired(t, webService(6)), 1},
-		{"everything removed", nil, nil, 1},
+		{"dual-stack: an IPv6 virtual server with 3 real servers added", nil, dual, 1 + 3},
+		{"dual-stack again: nothing to do", nil, dual, 0},
+		{"everything removed", nil, nil, 2},
 	}
 	for _, s := range steps {
 		if s.before != nil {

@@ -15,6 +15,7 @@ package nftables
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -40,6 +41,9 @@ type tool struct {
 
 	probeOnce sync.Once
 	probeErr  error
+
+	probe6Once sync.Once
+	probe6Err  error
 
 	versionOnce sync.Once
 	version     string
@@ -100,6 +104,31 @@ var probeFeatures = []kubeproxy.Feature{
 	{What: "reject", Input: probeTable("chain c { type filter hook output priority -110; policy accept; ip daddr 192.0.2.1 reject; }")},
 }
 
+// probeFeatures6 is probeFeatures for the ip6 table.
+var probeFeatures6 = []kubeproxy.Feature{
+	{What: "nf_tables ip6 table", Input: probeTable6("")},
+	{What: "IPv6 nat base chain", Input: probeTable6("chain c { type nat hook prerouting priority -100; policy accept; }")},
+	{What: "IPv6 filter base chain", Input: probeTable6("chain c { type filter hook forward priority -110; policy accept; }")},
+	{What: "concatenated verdict map (ipv6_addr . inet_proto . inet_service)", Input: probeTable6(
+		"map m { type ipv6_addr . inet_proto . inet_service : verdict; }",
+		"chain t { }",
+		"chain c { ip6 daddr . meta l4proto . th dport vmap @m; }",
+	) + "add element ip6 svclab-probe m { 2001:db8::1 . tcp . 80 comment \"probe\" : goto t }\n"},
+	{What: "IPv6 dynamic set with timeouts and update (ClientIP affinity)", Input: probeTable6(
+		"set s { type ipv6_addr; flags dynamic,timeout; timeout 60s; }",
+		"chain t { }",
+		"chain c { ip6 saddr @s goto t; update @s { ip6 saddr }; }",
+	)},
+	{What: "IPv6 dnat", Input: probeTable6("chain c { type nat hook output priority -100; policy accept; meta l4proto tcp dnat to [2001:db8::2]:80; }")},
+	{What: "IPv6 masquerade fully-random", Input: probeTable6("chain c { type nat hook postrouting priority 100; policy accept; masquerade fully-random; }")},
+	{What: "IPv6 reject", Input: probeTable6("chain c { type filter hook output priority -110; policy accept; ip6 daddr 2001:db8::1 reject; }")},
+}
+
+// probeTable6 is probeTable in the ip6 family.
+func probeTable6(decls ...string) string {
+	return strings.ReplaceAll(probeTable(decls...), "table ip svclab-probe", "table ip6 svclab-probe")
+}
+
 // probeTable is a scratch table holding the given declarations, one a line
 // (nft wants a newline or ';' between a block's closing brace and the next).
 // The table is added and deleted first, so that each feature starts from an
@@ -117,29 +146,41 @@ func probeTable(decls ...string) string {
 
 // probe checks that nft exists and that the kernel accepts every construct
 // the baseline renders, by applying the real Setup and a sync of a small
-// service set in a throw-away namespace. The answer is cached.
+// service set in a throw-away namespace. The answer is cached. It checks
+// the ip table only: a kernel without IPv6 nf_tables can still run every
+// IPv4 service, and Setup asks probe6 when a dual-stack node needs IPv6.
 func (t *tool) probe() error {
-	t.probeOnce.Do(func() { t.probeErr = t.runProbe() })
+	t.probeOnce.Do(func() { t.probeErr = t.runProbe(kubeproxy.IPv4) })
 	return t.probeErr
 }
 
-func (t *tool) runProbe() error {
+// probe6 is probe for the ip6 table; its error names what IPv6 lacks.
+func (t *tool) probe6() error {
+	t.probe6Once.Do(func() { t.probe6Err = t.runProbe(kubeproxy.IPv6) })
+	return t.probe6Err
+}
+
+func (t *tool) runProbe(f kubeproxy.Family) error {
+	name, features := Name, probeFeatures
+	if f == kubeproxy.IPv6 {
+		name, features = Name+" (IPv6)", probeFeatures6
+	}
 	return kubeproxy.RulesetProbe{
-		Name: Name,
+		Name: name,
 		Bins: []string{t.bin},
 		Version: func() error {
 			_, err := t.detectVersion()
 			return err
 		},
 		Input: func() ([]byte, error) {
-			r, err := renderSync(kubeproxy.ProbePodCIDR, kubeproxy.ProbeState(), nil)
+			r, err := renderSync(f, kubeproxy.ProbePodCIDRFor(f), kubeproxy.ProbeStateFor(f), nil)
 			if err != nil {
 				return nil, fmt.Errorf("probe state does not render: %w", err)
 			}
-			return append(renderSetup(), r.text...), nil
+			return append(renderSetup(f), r.text...), nil
 		},
 		Load:     t.apply,
-		Features: probeFeatures,
+		Features: features,
 		Lacker:   "nft or the kernel",
 		Quote:    firstErrorLine,
 	}.Run()
@@ -167,12 +208,29 @@ func (t *tool) apply(ctx context.Context, ns *nsutil.NS, input []byte) ([]byte, 
 // datapath's back (kube-proxy resyncs fully once an hour too).
 const fullSyncPeriod = time.Hour
 
-// Datapath is one nftables baseline instance in one node namespace.
+// Datapath is one nftables baseline instance in one node namespace. Like
+// kube-proxy on a dual-stack node it runs one proxier per IP family, each
+// with its own table (ip svclab, ip6 svclab), record and transactions.
 type Datapath struct {
 	t *tool
 
 	mu  sync.Mutex
 	env *datapath.Env
+	// fams is each family set up: IPv4 always, IPv6 on a dual-stack node
+	// whose nft and kernel handle the ip6 table.
+	fams map[kubeproxy.Family]*famState
+	// noIPv6 says why IPv6 is not set up; Apply refuses IPv6 services with
+	// it (wrapping datapath.ErrUnsupported).
+	noIPv6 error
+	// lastSync is "full" or "partial" for the last successful Apply of
+	// the IPv4 table.
+	lastSync string
+}
+
+// famState is one family's proxier.
+type famState struct {
+	fam     kubeproxy.Family
+	podCIDR netip.Prefix
 	// installed is what the table holds now, as left by the last
 	// successful Setup or Apply.
 	installed *installed
@@ -195,8 +253,23 @@ type Datapath struct {
 	udp kubeproxy.UDPEndpoints
 }
 
-// Setup creates the table with its base chains, fixed chains and empty
-// maps, in one transaction.
+// setupFamily creates family f's table with its base chains, fixed chains
+// and empty maps, in one transaction.
+func (d *Datapath) setupFamily(ctx context.Context, env *datapath.Env, f kubeproxy.Family, podCIDR netip.Prefix) (*famState, error) {
+	if _, err := d.t.apply(ctx, env.Node, renderSetup(f)); err != nil {
+		return nil, err
+	}
+	empty, err := desire(f, podCIDR, datapath.State{})
+	if err != nil {
+		return nil, err
+	}
+	return &famState{fam: f, podCIDR: podCIDR, installed: newInstalled(empty), needFull: true}, nil
+}
+
+// Setup creates the ip table, and the ip6 table as well when the node is
+// dual-stack (env has an IPv6 pod or service CIDR) and nft and the kernel
+// handle it. Without IPv6, Setup still succeeds and Apply refuses IPv6
+// services as unsupported, naming why.
 func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -206,40 +279,73 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) error {
 	if d.env != nil {
 		return fmt.Errorf("%s setup: already set up in %s", Name, d.env.Node.Name)
 	}
-	if _, err := d.t.apply(ctx, env.Node, renderSetup()); err != nil {
-		return fmt.Errorf("%s setup: %w", Name, err)
-	}
-	empty, err := desire(env.PodCIDR, datapath.State{})
+	fs, err := d.setupFamily(ctx, env, kubeproxy.IPv4, env.PodCIDR)
 	if err != nil {
 		return fmt.Errorf("%s setup: %w", Name, err)
 	}
+	d.fams = map[kubeproxy.Family]*famState{kubeproxy.IPv4: fs}
+	d.noIPv6 = nil
+	switch {
+	case !env.PodCIDR6.IsValid() && !env.ServiceCIDR6.IsValid():
+		d.noIPv6 = datapath.Unsupportedf("%s: the node is IPv4-only (no IPv6 pod or service CIDR), so it runs no IPv6 proxier", Name)
+	case d.t.probe6() != nil:
+		d.noIPv6 = d.t.probe6()
+	default:
+		fs6, err := d.setupFamily(ctx, env, kubeproxy.IPv6, env.PodCIDR6)
+		if err != nil {
+			// Leave nothing behind: the ip table goes again.
+			_, _ = d.t.apply(ctx, env.Node, renderTeardown(kubeproxy.IPv4))
+			d.fams = nil
+			return fmt.Errorf("%s setup (IPv6): %w", Name, err)
+		}
+		d.fams[kubeproxy.IPv6] = fs6
+	}
 	d.env = env
-	d.installed = newInstalled(empty)
-	d.needFull = true
 	d.lastSync = ""
 	return nil
 }
 
-// Apply makes the table hold st in one transaction. The first Apply after
-// Setup or after a failure, and one an hour, is a full sync that re-sends
-// the whole table; every other Apply sends only the chains, sets and map
-// elements that differ from what the last successful sync installed. If
-// nft fails, the kernel keeps the previous ruleset and so does the record
-// of what is installed, and the next Apply is a full sync (as kube-proxy
-// does after an error).
+// Apply makes the tables hold st, in one transaction per family (IPv4,
+// then IPv6). The first Apply after Setup or after a failure, and one an
+// hour, is a full sync that re-sends the whole table; every other Apply
+// sends only the chains, sets and map elements that differ from what the
+// last successful sync installed. If nft fails, the kernel keeps that
+// family's previous ruleset and so does the record of what is installed,
+// and the next Apply is a full sync (as kube-proxy does after an error).
 func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.env == nil {
 		return fmt.Errorf("%s apply: Setup has not run", Name)
 	}
-	want, err := desire(d.env.PodCIDR, st)
+	split := kubeproxy.SplitFamilies(st)
+	if v6 := split[kubeproxy.IPv6].Services; d.fams[kubeproxy.IPv6] == nil && len(v6) > 0 {
+		return fmt.Errorf("%s apply: service %s: cluster IP %v is IPv6: %w", Name, v6[0], v6[0].ClusterIP, d.noIPv6)
+	}
+	for _, f := range kubeproxy.Families {
+		if fs := d.fams[f]; fs != nil {
+			if err := d.applyFamily(ctx, fs, split[f]); err != nil {
+				return err
+			}
+		}
+	}
+	d.lastSync = d.fams[kubeproxy.IPv4].lastSync
+	return nil
+}
+
+// applyFamily syncs one family's table. d.mu is held.
+func (d *Datapath) applyFamily(ctx context.Context, fs *famState, st datapath.State) error {
+	what := Name
+	if fs.fam == kubeproxy.IPv6 {
+		what += " (IPv6)"
+	}
+	want, err := desire(fs.fam, fs.podCIDR, st)
 	if err != nil {
-		return fmt.Errorf("%s apply: %w", Name, err)
+		return fmt.Errorf("%s apply: %w", what, err)
 	}
 	kind, text := "partial", []byte(nil)
-	if !d.needFull && time.Since(d.lastFull) < fullSyncPeriod {
-		text, err = renderPartial(d.installed, want)
+	if !fs.needFull && time.Since(fs.lastFull) < fullSyncPeriod {
+		text, err = renderPartial(fs.installed, want)
 		if err != nil {
 			// Not a failure: the change just needs the whole table.
 			kind = "full"
@@ -248,9 +354,9 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 		kind = "full"
 	}
 	if kind == "full" {
-		prev := d.installed.names()
-		if d.distrust {
-			if names, err := d.t.kernelNames(ctx, d.env.Node); err == nil {
+		prev := fs.installed.names()
+		if fs.distrust {
+			if names, err := d.t.kernelNames(ctx, fs.fam, d.env.Node); err == nil {
 				prev = names
 			}
 		}
@@ -259,22 +365,22 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	// An empty partial sync has nothing to send.
 	if len(text) > 0 {
 		if _, err := d.t.apply(ctx, d.env.Node, text); err != nil {
-			d.needFull, d.distrust = true, true
-			return fmt.Errorf("%s apply (%s sync): %w", Name, kind, err)
+			fs.needFull, fs.distrust = true, true
+			return fmt.Errorf("%s apply (%s sync): %w", what, kind, err)
 		}
 	}
-	d.installed = newInstalled(want)
-	d.lastSync = kind
+	fs.installed = newInstalled(want)
+	fs.lastSync = kind
 	if kind == "full" {
-		d.needFull, d.distrust = false, false
-		d.lastFull = time.Now()
+		fs.needFull, fs.distrust = false, false
+		fs.lastFull = time.Now()
 	}
 	// The new rules decide only new flows: drop the UDP conntrack entries
 	// that would keep sending clients to endpoints st no longer has.
-	prev, cur := d.udp, kubeproxy.UDPServing(st)
-	d.udp = cur
+	prev, cur := fs.udp, kubeproxy.UDPServing(st)
+	fs.udp = cur
 	if _, err := kubeproxy.CleanStaleUDP(d.env.Node, prev, cur); err != nil {
-		return fmt.Errorf("%s apply: ruleset installed, but: %w", Name, err)
+		return fmt.Errorf("%s apply: ruleset installed, but: %w", what, err)
 	}
 	return nil
 }
@@ -282,10 +388,10 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 // kernelNames reads from the kernel the per-service and per-endpoint
 // chains and the affinity sets our table holds (names only: listing chains
 // and sets does not list rules or elements).
-func (t *tool) kernelNames(ctx context.Context, ns *nsutil.NS) (map[string]bool, error) {
+func (t *tool) kernelNames(ctx context.Context, f kubeproxy.Family, ns *nsutil.NS) (map[string]bool, error) {
 	names := map[string]bool{}
 	for _, kind := range []string{"chain", "set"} {
-		out, err := ns.Run(ctx, nil, t.bin, "-j", "list", kind+"s", family)
+		out, err := ns.Run(ctx, nil, t.bin, "-j", "list", kind+"s", nftFamily(f))
 		if err != nil {
 			return nil, err
 		}
@@ -322,15 +428,23 @@ func (d *Datapath) Targets(svc datapath.Service, port datapath.ServicePort) []ne
 	return datapath.VIPTargets(svc, port)
 }
 
-// Info records the nft release and how many rules the table holds
-// ("rules", and the same count as datapath.InfoStateObjects; the elements of
-// the service-ips and no-endpoint-services maps are not counted), and
-// whether the last Apply was a "full" or a "partial" sync ("sync").
+// Info records the nft release and how many rules the tables hold
+// ("rules", and the same count as datapath.InfoStateObjects, over both
+// families; "rules_ipv6" is the ip6 table's part on a dual-stack node; the
+// elements of the service-ips and no-endpoint-services maps are not
+// counted), and whether the last Apply of the ip table was a "full" or a
+// "partial" sync ("sync").
 func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
-	rules := 0
-	if d.installed != nil {
-		rules = d.installed.rules
+	rules, rules6, v6 := 0, 0, false
+	for f, fs := range d.fams {
+		if fs.installed == nil {
+			continue
+		}
+		rules += fs.installed.rules
+		if f == kubeproxy.IPv6 {
+			v6, rules6 = true, fs.installed.rules
+		}
 	}
 	lastSync := d.lastSync
 	d.mu.Unlock()
@@ -339,6 +453,9 @@ func (d *Datapath) Info() map[string]string {
 		// The rules are the programmed objects; the kernel memory they
 		// take is not readable per table, so there is no StateBytes.
 		datapath.InfoStateObjects: strconv.Itoa(rules),
+	}
+	if v6 {
+		info["rules_ipv6"] = strconv.Itoa(rules6)
 	}
 	if v, err := d.t.detectVersion(); err == nil {
 		info["nft_version"] = v
@@ -350,8 +467,9 @@ func (d *Datapath) Info() map[string]string {
 	return info
 }
 
-// Close deletes the table, and with it everything Setup and Apply
-// installed. Calling it again is a no-op.
+// Close deletes the tables, and with them everything Setup and Apply
+// installed; it tries both families even when one fails. Calling it again
+// is a no-op.
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -360,13 +478,23 @@ func (d *Datapath) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	if _, err := d.t.apply(ctx, d.env.Node, renderTeardown()); err != nil {
-		return fmt.Errorf("%s close: %w", Name, err)
+	var errs []error
+	for _, f := range kubeproxy.Families {
+		if d.fams[f] == nil {
+			continue
+		}
+		if _, err := d.t.apply(ctx, d.env.Node, renderTeardown(f)); err != nil {
+			errs = append(errs, fmt.Errorf("%s table: %w", nftFamily(f), err))
+			continue
+		}
+		delete(d.fams, f)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s close: %w", Name, errors.Join(errs...))
 	}
 	d.env = nil
-	d.installed = nil
-	d.udp = nil
-	d.needFull, d.distrust = false, false
+	d.fams = nil
+	d.noIPv6 = nil
 	d.lastSync = ""
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -53,10 +54,16 @@ type listed struct {
 	text   string
 }
 
-// listTable reads our table back from the kernel as JSON.
+// listTable reads our ip table back from the kernel as JSON.
 func listTable(t *testing.T, ns *nsutil.NS) listed {
 	t.Helper()
-	out, err := ns.Run(context.Background(), nil, "nft", "-j", "list", "table", family, table)
+	return listFamilyTable(t, ns, kubeproxy.IPv4)
+}
+
+// listFamilyTable reads family f's table back from the kernel as JSON.
+func listFamilyTable(t *testing.T, ns *nsutil.NS, f kubeproxy.Family) listed {
+	t.Helper()
+	out, err := ns.Run(context.Background(), nil, "nft", "-j", "list", "table", nftFamily(f), table)
 	require.NoError(t, err)
 	var doc struct {
 		Nftables []map[string]json.RawMessage `json:"nftables"`
@@ -91,7 +98,7 @@ func listTable(t *testing.T, ns *nsutil.NS) listed {
 			l.rules++
 		}
 	}
-	text, err := ns.Run(context.Background(), nil, "nft", "list", "table", family, table)
+	text, err := ns.Run(context.Background(), nil, "nft", "list", "table", nftFamily(f), table)
 	require.NoError(t, err)
 	l.text = string(text)
 	return l
@@ -142,7 +149,7 @@ func fixedChains() []string {
 // wantChains is every chain the table must hold for st.
 func wantChains(t *testing.T, st datapath.State) []string {
 	t.Helper()
-	r, err := renderSync(baselinetest.PodCIDR, st, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	out := append(fixedChains(), sortedChains(r.chains)...)
 	sort.Strings(out)
@@ -194,7 +201,7 @@ func TestPrivilegedApply(t *testing.T) {
 	}
 	assert.Contains(t, l.text, "numgen random mod 12 vmap {")
 	assert.Contains(t, l.text, "meta l4proto udp dnat to 10.244.2.2:5353")
-	want, err := renderSync(baselinetest.PodCIDR, full, nil)
+	want, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, full, nil)
 	require.NoError(t, err)
 	assert.Equal(t, want.rules, l.rules, "rules in the kernel = rules rendered")
 
@@ -240,7 +247,7 @@ func TestPrivilegedApplyErrorKeepsState(t *testing.T) {
 	// A map we do not own points at one of our endpoint chains, so the
 	// kernel refuses to delete that chain (flush table empties rules, not
 	// maps): the whole sync must fail.
-	r, err := renderSync(baselinetest.PodCIDR, st, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
 	ep := sortedChains(r.chains)[0]
 	require.True(t, strings.HasPrefix(ep, prefixEndpoint), "picked %s", ep)
@@ -280,7 +287,7 @@ func TestPrivilegedApplyTiming(t *testing.T) {
 			require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
 			t.Cleanup(func() { assert.NoError(t, dp.Close()) })
 			st := manyServices(n, 12)
-			r, err := renderSync(baselinetest.PodCIDR, st, nil)
+			r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 			require.NoError(t, err)
 
 			start := time.Now()

@@ -85,6 +85,7 @@ func (e errNeedsFull) Error() string { return "partial sync impossible: " + e.re
 // returns errNeedsFull for it and the caller does a full sync.
 func renderPartial(in *installed, d desired) ([]byte, error) {
 	var b bytes.Buffer
+	family := nftFamily(d.fam)
 	for _, s := range d.sets {
 		if old, ok := in.sets[s.name]; ok && old != s.timeout {
 			return nil, errNeedsFull{fmt.Sprintf("affinity set %s: timeout changes from %ds to %ds", s.name, old, s.timeout)}
@@ -92,7 +93,7 @@ func renderPartial(in *installed, d desired) ([]byte, error) {
 	}
 	for _, s := range d.sets {
 		if _, ok := in.sets[s.name]; !ok {
-			fmt.Fprintf(&b, "add set %s %s %s { type ipv4_addr; flags dynamic,timeout; timeout %ds; }\n", family, table, s.name, s.timeout)
+			fmt.Fprintf(&b, "add set %s %s %s { type %s; flags dynamic,timeout; timeout %ds; }\n", family, table, s.name, addrType(d.fam), s.timeout)
 		}
 	}
 	var changed []chainBlock
@@ -136,8 +137,8 @@ func renderPartial(in *installed, d desired) ([]byte, error) {
 		{mapNoEndpoints, in.noEndpoints, d.noEndpoints},
 	} {
 		del, add := diffElements(m.old, m.new)
-		writeElements(&b, "delete", m.name, del)
-		writeElements(&b, "add", m.name, add)
+		writeElements(&b, d.fam, "delete", m.name, del)
+		writeElements(&b, d.fam, "add", m.name, add)
 	}
 	for _, ch := range stale {
 		fmt.Fprintf(&b, "delete chain %s %s %s\n", family, table, ch)

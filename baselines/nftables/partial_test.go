@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -72,9 +75,9 @@ func partialCases() []partialCase {
 func TestRenderPartialGolden(t *testing.T) {
 	for _, tc := range partialCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			from, err := desire(baselinetest.PodCIDR, tc.from)
+			from, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, tc.from)
 			require.NoError(t, err)
-			to, err := desire(baselinetest.PodCIDR, tc.to)
+			to, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, tc.to)
 			require.NoError(t, err)
 			text, err := renderPartial(newInstalled(from), to)
 			require.NoError(t, err)
@@ -89,33 +92,42 @@ func TestRenderPartialGolden(t *testing.T) {
 			}
 			assert.NotContains(t, string(text), "flush table", "a partial sync flushes no whole table")
 
-			got := parseNft(t, renderSetup(), renderFull(from, nil), text)
-			want := parseNft(t, renderSetup(), renderFull(to, nil))
+			got := parseNft(t, renderSetup(kubeproxy.IPv4), renderFull(from, nil), text)
+			want := parseNft(t, renderSetup(kubeproxy.IPv4), renderFull(to, nil))
 			assert.Equal(t, want, got, "table after full(from)+partial(to) vs after full(to)")
 		})
 	}
 }
 
 // TestRenderPartialSequence chains every case's target state, so a partial
-// sync also starts from states another partial sync left.
+// sync also starts from states another partial sync left; in the ip6 table
+// too, with the IPv6 twins of the states.
 func TestRenderPartialSequence(t *testing.T) {
-	cur, err := desire(baselinetest.PodCIDR, datapath.State{})
-	require.NoError(t, err)
-	texts := [][]byte{renderSetup(), renderFull(cur, nil)}
-	in := newInstalled(cur)
-	for _, tc := range partialCases() {
-		next, err := desire(baselinetest.PodCIDR, tc.to)
-		require.NoError(t, err)
-		text, err := renderPartial(in, next)
-		require.NoError(t, err, tc.name)
-		texts = append(texts, text)
-		in = newInstalled(next)
-		assert.Equal(t, parseNft(t, renderSetup(), renderFull(next, nil)), parseNft(t, texts...), "after %s", tc.name)
+	for _, f := range kubeproxy.Families {
+		t.Run(f.String(), func(t *testing.T) {
+			podCIDR, twin := baselinetest.PodCIDR, func(st datapath.State) datapath.State { return st }
+			if f == kubeproxy.IPv6 {
+				podCIDR, twin = baselinetest.PodCIDR6, twin6.State
+			}
+			cur, err := desire(f, podCIDR, datapath.State{})
+			require.NoError(t, err)
+			texts := [][]byte{renderSetup(f), renderFull(cur, nil)}
+			in := newInstalled(cur)
+			for _, tc := range partialCases() {
+				next, err := desire(f, podCIDR, twin(tc.to))
+				require.NoError(t, err)
+				text, err := renderPartial(in, next)
+				require.NoError(t, err, tc.name)
+				texts = append(texts, text)
+				in = newInstalled(next)
+				assert.Equal(t, parseNft(t, renderSetup(f), renderFull(next, nil)), parseNft(t, texts...), "after %s", tc.name)
+			}
+		})
 	}
 }
 
 func TestRenderPartialNoChange(t *testing.T) {
-	d, err := desire(baselinetest.PodCIDR, affinityState())
+	d, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, affinityState())
 	require.NoError(t, err)
 	text, err := renderPartial(newInstalled(d), d)
 	require.NoError(t, err)
@@ -125,9 +137,9 @@ func TestRenderPartialNoChange(t *testing.T) {
 // TestRenderPartialTimeoutChangeNeedsFull: a set's timeout cannot change in
 // place, so that change is left to a full sync.
 func TestRenderPartialTimeoutChangeNeedsFull(t *testing.T) {
-	from, err := desire(baselinetest.PodCIDR, withAffinity(baselinetest.ThreeByTwo(), 0, 10*time.Minute))
+	from, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, withAffinity(baselinetest.ThreeByTwo(), 0, 10*time.Minute))
 	require.NoError(t, err)
-	to, err := desire(baselinetest.PodCIDR, withAffinity(baselinetest.ThreeByTwo(), 0, 5*time.Minute))
+	to, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, withAffinity(baselinetest.ThreeByTwo(), 0, 5*time.Minute))
 	require.NoError(t, err)
 	_, err = renderPartial(newInstalled(from), to)
 	var need errNeedsFull
@@ -148,7 +160,7 @@ func normalTable(t *testing.T, text string) []string {
 	text = reHandle.ReplaceAllString(text, "")
 	lines := strings.Split(strings.TrimSpace(text), "\n")
 	require.GreaterOrEqual(t, len(lines), 2, "listing %q", text)
-	require.True(t, strings.HasPrefix(lines[0], "table ip svclab {"), "first line %q", lines[0])
+	require.True(t, strings.HasPrefix(lines[0], "table ip svclab {") || strings.HasPrefix(lines[0], "table ip6 svclab {"), "first line %q", lines[0])
 	var blocks []string
 	var cur []string
 	for _, line := range lines[1 : len(lines)-1] {
@@ -187,24 +199,30 @@ func normalBlock(lines []string) string {
 // TestPrivilegedPartialMatchesFull applies a sequence of states (every
 // partial case's target, each a partial sync after the first full one) and
 // checks that the kernel's table then is exactly what a fresh datapath in
-// another namespace gets from one full sync of the final state.
+// another namespace gets from one full sync of the final state. The node is
+// dual-stack and every state also carries its IPv6 twin, so the ip6
+// table's partial syncs are checked the same way.
 func TestPrivilegedPartialMatchesFull(t *testing.T) {
 	requireNft(t)
 	baselinetest.CheckRootUnchanged(t, "nftables ruleset", rootRuleset)
 	ctx := context.Background()
+	dual := func(st datapath.State) datapath.State {
+		return datapath.State{Services: append(slices.Clone(st.Services), twin6.State(st).Services...)}
+	}
 	start := func(ns *nsutil.NS) *Datapath {
 		dp := &Datapath{t: nft}
-		require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR}))
+		require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: ns, PodCIDR: baselinetest.PodCIDR,
+			PodCIDR6: baselinetest.PodCIDR6, ServiceCIDR6: netip.MustParsePrefix("fd00:10:96::/48")}))
 		t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
 		return dp
 	}
 	nsSeq, nsFresh := baselinetest.NewNS(t), baselinetest.NewNS(t)
 	seq := start(nsSeq)
 
-	require.NoError(t, seq.Apply(ctx, baselinetest.ThreeByTwo()))
+	require.NoError(t, seq.Apply(ctx, dual(baselinetest.ThreeByTwo())))
 	assert.Equal(t, "full", seq.Info()["sync"], "the first Apply is a full sync")
 	for _, tc := range partialCases() {
-		require.NoError(t, seq.Apply(ctx, tc.to), tc.name)
+		require.NoError(t, seq.Apply(ctx, dual(tc.to)), tc.name)
 		assert.Equal(t, "partial", seq.Info()["sync"], "Apply to %s", tc.name)
 	}
 	// Changes of several kinds at once, and a service port whose affinity
@@ -212,18 +230,22 @@ func TestPrivilegedPartialMatchesFull(t *testing.T) {
 	final := withAffinity(baselinetest.ThreeByTwo(), 2, time.Minute)
 	final.Services[2].Endpoints = baselinetest.Endpoints(3, 3)
 	final.Services = append(final.Services[1:], baselinetest.WebService(4), baselinetest.DNSService(), baselinetest.EmptyService())
-	require.NoError(t, seq.Apply(ctx, final))
+	require.NoError(t, seq.Apply(ctx, dual(final)))
 	assert.Equal(t, "partial", seq.Info()["sync"])
+	assert.Equal(t, "partial", seq.fams[kubeproxy.IPv6].lastSync, "the ip6 table synced partially too")
 
 	fresh := start(nsFresh)
-	require.NoError(t, fresh.Apply(ctx, final))
+	require.NoError(t, fresh.Apply(ctx, dual(final)))
 	assert.Equal(t, "full", fresh.Info()["sync"])
 
-	got, want := listTable(t, nsSeq), listTable(t, nsFresh)
-	assert.Equal(t, normalTable(t, want.text), normalTable(t, got.text), "table after partial syncs vs one full sync")
-	assert.Equal(t, want.maps, got.maps)
-	assert.Equal(t, want.rules, got.rules)
+	for _, f := range kubeproxy.Families {
+		got, want := listFamilyTable(t, nsSeq, f), listFamilyTable(t, nsFresh, f)
+		assert.Equal(t, normalTable(t, want.text), normalTable(t, got.text), "%s table after partial syncs vs one full sync", f)
+		assert.Equal(t, want.maps, got.maps, f.String())
+		assert.Equal(t, want.rules, got.rules, f.String())
+	}
 	assert.Equal(t, fresh.Info()["rules"], seq.Info()["rules"])
+	assert.NotEmpty(t, seq.Info()["rules_ipv6"])
 }
 
 // TestPrivilegedPartialFailureFallsBackToFull: a partial sync the kernel
@@ -244,9 +266,9 @@ func TestPrivilegedPartialFailureFallsBackToFull(t *testing.T) {
 	// the kernel refuses the partial sync.
 	shrunk := baselinetest.ThreeByTwo()
 	shrunk.Services = shrunk.Services[:2]
-	from, err := desire(baselinetest.PodCIDR, baselinetest.ThreeByTwo())
+	from, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, baselinetest.ThreeByTwo())
 	require.NoError(t, err)
-	to, err := desire(baselinetest.PodCIDR, shrunk)
+	to, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, shrunk)
 	require.NoError(t, err)
 	var victim string
 	for _, ch := range sortedChains(from.names) {
@@ -294,16 +316,16 @@ func TestPrivilegedFullSyncAfterUnrecordedCommit(t *testing.T) {
 	// datapath's back, and make it believe its last sync failed.
 	moved := baselinetest.ThreeByTwo()
 	moved.Services[2].Name = "s3"
-	from, err := desire(baselinetest.PodCIDR, baselinetest.ThreeByTwo())
+	from, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, baselinetest.ThreeByTwo())
 	require.NoError(t, err)
-	to, err := desire(baselinetest.PodCIDR, moved)
+	to, err := desire(kubeproxy.IPv4, baselinetest.PodCIDR, moved)
 	require.NoError(t, err)
 	text, err := renderPartial(newInstalled(from), to)
 	require.NoError(t, err)
 	_, err = nft.apply(ctx, ns, text)
 	require.NoError(t, err)
 	dp.mu.Lock()
-	dp.needFull, dp.distrust = true, true
+	dp.fams[kubeproxy.IPv4].needFull, dp.fams[kubeproxy.IPv4].distrust = true, true
 	dp.mu.Unlock()
 
 	// s2's chains are gone from the kernel but still in the record; s3's

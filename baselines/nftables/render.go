@@ -14,15 +14,34 @@ import (
 	"svclab/datapath"
 )
 
-// The table every object of this baseline lives in. kube-proxy calls its
-// table "kube-proxy"; ours is "svclab" so that nothing in a namespace can be
-// mistaken for (or cleaned up as) a real kube-proxy's rules, and so every
-// object svclab creates carries its name. The name has no effect on the
-// packet path: lookups inside a table do not depend on it.
-const (
-	family = "ip"
-	table  = "svclab"
-)
+// The table every object of this baseline lives in, one per IP family
+// (`ip svclab` and, on a dual-stack node, `ip6 svclab`). kube-proxy calls
+// its tables "kube-proxy"; ours are "svclab" so that nothing in a namespace
+// can be mistaken for (or cleaned up as) a real kube-proxy's rules, and so
+// every object svclab creates carries its name. The name has no effect on
+// the packet path: lookups inside a table do not depend on it.
+const table = "svclab"
+
+// nftFamily is the nft table family of an IP family: "ip" or "ip6". Like
+// kube-proxy's nftables proxier (one per family in a dual-stack cluster),
+// the baseline keeps IPv4 and IPv6 in separate tables rather than one inet
+// table, so each family's packets walk only their own rules and maps. It is
+// also the payload keyword of the family's address matches (ip daddr,
+// ip6 daddr).
+func nftFamily(f kubeproxy.Family) string {
+	if f == kubeproxy.IPv6 {
+		return "ip6"
+	}
+	return "ip"
+}
+
+// addrType is the nft data type of an address of f.
+func addrType(f kubeproxy.Family) string {
+	if f == kubeproxy.IPv6 {
+		return "ipv6_addr"
+	}
+	return "ipv4_addr"
+}
 
 // Fixed chains and maps (kube-proxy's names).
 const (
@@ -44,7 +63,9 @@ const masqMark = "0x4000"
 
 // mapKeyType is the key of both service maps: destination address, L4
 // protocol and destination port, so one lookup finds the service port.
-const mapKeyType = "ipv4_addr . inet_proto . inet_service : verdict"
+func mapKeyType(f kubeproxy.Family) string {
+	return addrType(f) + " . inet_proto . inet_service : verdict"
+}
 
 // maxChainName is the kernel's limit on chain names (NFT_CHAIN_MAXNAMELEN
 // is 256 bytes including the terminating NUL).
@@ -119,14 +140,22 @@ func serviceChainName(svc datapath.Service, p datapath.ServicePort, proto string
 // nft chain names allow only letters, digits and "/-_.", so the endpoint is
 // written ip/port, not ip:port (nft rejects ':' even in a quoted name).
 func endpointChainName(svc datapath.Service, p datapath.ServicePort, proto string, ep netip.AddrPort) string {
-	return hashedChain(prefixEndpoint, fmt.Sprintf("%s__%s/%d", portBase(svc, p, proto), ep.Addr(), ep.Port()))
+	return hashedChain(prefixEndpoint, endpointBase(svc, p, proto, ep))
+}
+
+// endpointBase is "ns/name/proto/port__ip/targetport". An IPv6 address is
+// written with "." for ":" (fd00.10.244.1..1), as kube-proxy does: nft
+// refuses ':' in chain and set names, and '.' cannot appear in an IPv6
+// address, so the name stays unambiguous.
+func endpointBase(svc datapath.Service, p datapath.ServicePort, proto string, ep netip.AddrPort) string {
+	return fmt.Sprintf("%s__%s/%d", portBase(svc, p, proto), strings.ReplaceAll(ep.Addr().String(), ":", "."), ep.Port())
 }
 
 // affinitySetName is affinity-<hash>-ns/name/proto/port__ip/targetport: the
 // set of client addresses stuck to one endpoint under ClientIP affinity.
 // Set names share the chain namespace's length limit.
 func affinitySetName(svc datapath.Service, p datapath.ServicePort, proto string, ep netip.AddrPort) string {
-	return hashedChain(prefixAffinity, fmt.Sprintf("%s__%s/%d", portBase(svc, p, proto), ep.Addr(), ep.Port()))
+	return hashedChain(prefixAffinity, endpointBase(svc, p, proto, ep))
 }
 
 // affinitySet is one ClientIP-affinity set: client addresses whose
@@ -171,23 +200,26 @@ func sortedChains(set map[string]bool) []string {
 // renderSetup creates the table from scratch with its fixed chains and
 // empty maps. The table is added and deleted first so that Setup starts
 // from a clean table even if an earlier run left one behind.
-func renderSetup() []byte {
+func renderSetup(f kubeproxy.Family) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "add table %s %s\n", family, table)
-	fmt.Fprintf(&b, "delete table %s %s\n", family, table)
-	writeTable(&b, nil, nil)
+	fmt.Fprintf(&b, "add table %s %s\n", nftFamily(f), table)
+	fmt.Fprintf(&b, "delete table %s %s\n", nftFamily(f), table)
+	writeTable(&b, f, nil, nil)
 	return b.Bytes()
 }
 
-// renderTeardown deletes the table and with it every chain, rule and map.
-func renderTeardown() []byte {
-	return []byte(fmt.Sprintf("delete table %s %s\n", family, table))
+// renderTeardown deletes the family's table and with it every chain, rule
+// and map.
+func renderTeardown(f kubeproxy.Family) []byte {
+	return []byte(fmt.Sprintf("delete table %s %s\n", nftFamily(f), table))
 }
 
 // desired is everything the per-service part of the table should hold
 // for one State, in render order. Full and partial syncs are both written
 // from it, so they cannot disagree on what a service looks like.
 type desired struct {
+	// fam is the IP family of the table (every service is of it).
+	fam                     kubeproxy.Family
 	chains                  []chainBlock
 	sets                    []affinitySet
 	serviceIPs, noEndpoints []element
@@ -205,16 +237,20 @@ type desired struct {
 // new ruleset. Deleting a chain whose map element was flushed in the same
 // transaction needs kernel 6.2 or newer; kube-proxy defers such deletions to
 // a later sync to support older kernels.
-func renderSync(podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (rendered, error) {
-	d, err := desire(podCIDR, st)
+func renderSync(f kubeproxy.Family, podCIDR netip.Prefix, st datapath.State, prev map[string]bool) (rendered, error) {
+	d, err := desire(f, podCIDR, st)
 	if err != nil {
 		return rendered{}, err
 	}
 	return rendered{text: renderFull(d, prev), chains: d.names, rules: d.rules}, nil
 }
 
-// desire computes what the table should hold for st.
-func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
+// desire computes what family f's table should hold for st, whose services
+// must all be of f. The IPv6 table is the IPv4 one with ip6 matches and
+// IPv6 addresses (DNAT to [ip]:port), as kube-proxy's IPv6 proxier writes
+// its ip6 table; chain names hash the same strings.
+func desire(f kubeproxy.Family, podCIDR netip.Prefix, st datapath.State) (desired, error) {
+	ip := nftFamily(f)
 	var chains []chainBlock
 	var sets []affinitySet
 	var serviceIPs, noEndpoints []element
@@ -222,7 +258,7 @@ func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
 	keys := map[string]string{} // map key → service port that uses it
 
 	for _, svc := range kubeproxy.SortedServices(st) {
-		eps, err := kubeproxy.IPv4Endpoints(svc, Name)
+		eps, err := kubeproxy.FamilyEndpoints(svc, f, Name)
 		if err != nil {
 			return desired{}, err
 		}
@@ -260,8 +296,8 @@ func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
 				// Traffic to the VIP from outside the pod network
 				// (the node itself) is masqueraded so replies come
 				// back through this node.
-				sc.rules = append(sc.rules, fmt.Sprintf("ip daddr %s %s dport %d ip saddr != %s jump %s",
-					svc.ClusterIP, proto, port.Port, podCIDR.Masked(), chainMarkMasq))
+				sc.rules = append(sc.rules, fmt.Sprintf("%s daddr %s %s dport %d %s saddr != %s jump %s",
+					ip, svc.ClusterIP, proto, port.Port, ip, podCIDR.Masked(), chainMarkMasq))
 			}
 			// One rule picks the endpoint: a random number modulo n
 			// indexes an anonymous verdict map with one entry per
@@ -278,7 +314,7 @@ func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
 					// Hairpin: a backend reaching itself through the
 					// VIP would otherwise get a reply from its own
 					// address and drop it.
-					fmt.Sprintf("ip saddr %s jump %s", ep, chainMarkMasq),
+					fmt.Sprintf("%s saddr %s jump %s", ip, ep, chainMarkMasq),
 				}}
 				if affinity {
 					// ClientIP affinity: a client already in this
@@ -289,8 +325,8 @@ func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
 					set := affinitySetName(svc, port, proto, dest)
 					cur[set] = true
 					sets = append(sets, affinitySet{name: set, timeout: int64(svc.EffectiveAffinityTimeout() / time.Second)})
-					sc.rules = append(sc.rules, fmt.Sprintf("ip saddr @%s goto %s", set, epChain))
-					ec.rules = append(ec.rules, fmt.Sprintf("update @%s { ip saddr }", set))
+					sc.rules = append(sc.rules, fmt.Sprintf("%s saddr @%s goto %s", ip, set, epChain))
+					ec.rules = append(ec.rules, fmt.Sprintf("update @%s { %s saddr }", set, ip))
 				}
 				ec.rules = append(ec.rules, fmt.Sprintf("meta l4proto %s dnat to %s", proto, dest))
 				epChains = append(epChains, ec)
@@ -301,7 +337,7 @@ func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
 		}
 	}
 
-	d := desired{chains: chains, sets: sets, serviceIPs: serviceIPs, noEndpoints: noEndpoints, names: cur, rules: fixedRules}
+	d := desired{fam: f, chains: chains, sets: sets, serviceIPs: serviceIPs, noEndpoints: noEndpoints, names: cur, rules: fixedRules}
 	for _, ch := range chains {
 		d.rules += len(ch.rules)
 	}
@@ -312,6 +348,7 @@ func desire(podCIDR netip.Prefix, st datapath.State) (desired, error) {
 // holds; prev is the per-service chains and sets installed now.
 func renderFull(d desired, prev map[string]bool) []byte {
 	var b bytes.Buffer
+	family := nftFamily(d.fam)
 	fmt.Fprintf(&b, "add table %s %s\n", family, table)
 	fmt.Fprintf(&b, "flush table %s %s\n", family, table)
 	// flush table empties chains but not maps.
@@ -322,9 +359,9 @@ func renderFull(d desired, prev map[string]bool) []byte {
 			fmt.Fprintf(&b, "delete %s %s %s %s\n", objectKind(ch), family, table, ch)
 		}
 	}
-	writeTable(&b, d.chains, d.sets)
-	writeElements(&b, "add", mapServiceIPs, d.serviceIPs)
-	writeElements(&b, "add", mapNoEndpoints, d.noEndpoints)
+	writeTable(&b, d.fam, d.chains, d.sets)
+	writeElements(&b, d.fam, "add", mapServiceIPs, d.serviceIPs)
+	writeElements(&b, d.fam, "add", mapNoEndpoints, d.noEndpoints)
 	return b.Bytes()
 }
 
@@ -337,12 +374,13 @@ func objectKind(name string) string {
 	return "chain"
 }
 
-// fixedChainBlocks are the regular chains every table has from Setup to
-// Close, with their rules.
-func fixedChainBlocks() []chainBlock {
+// fixedChainBlocks are the regular chains family f's table has from Setup
+// to Close, with their rules.
+func fixedChainBlocks(f kubeproxy.Family) []chainBlock {
+	ip := nftFamily(f)
 	return []chainBlock{
-		{chainServices, []string{fmt.Sprintf("ip daddr . meta l4proto . th dport vmap @%s", mapServiceIPs)}},
-		{chainEndpointsCheck, []string{fmt.Sprintf("ip daddr . meta l4proto . th dport vmap @%s", mapNoEndpoints)}},
+		{chainServices, []string{fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", ip, mapServiceIPs)}},
+		{chainEndpointsCheck, []string{fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", ip, mapNoEndpoints)}},
 		{chainReject, []string{"reject"}},
 		{chainMarkMasq, []string{"meta mark set meta mark | " + masqMark}},
 		{chainMasquerading, []string{
@@ -359,10 +397,10 @@ func fixedChainBlocks() []chainBlock {
 }
 
 // fixedRules is the number of rules in an empty table: one jump per base
-// chain and the rules of the fixed chains.
+// chain and the rules of the fixed chains (the same in both families).
 var fixedRules = func() int {
 	n := len(baseChains)
-	for _, ch := range fixedChainBlocks() {
+	for _, ch := range fixedChainBlocks(kubeproxy.IPv4) {
 		n += len(ch.rules)
 	}
 	return n
@@ -372,18 +410,18 @@ var fixedRules = func() int {
 // maps (declared empty; elements are added after the block) and the given
 // per-service chains and affinity sets. Sets are declared before the chains
 // whose rules name them.
-func writeTable(b *bytes.Buffer, chains []chainBlock, sets []affinitySet) {
-	fmt.Fprintf(b, "table %s %s {\n", family, table)
+func writeTable(b *bytes.Buffer, f kubeproxy.Family, chains []chainBlock, sets []affinitySet) {
+	fmt.Fprintf(b, "table %s %s {\n", nftFamily(f), table)
 	for _, bc := range baseChains {
 		fmt.Fprintf(b, "\tchain %s {\n\t\ttype %s hook %s priority %d; policy accept;\n\t\t%s\n\t}\n", bc.name, bc.kind, bc.hook, bc.priority, bc.jump)
 	}
 	for _, m := range []string{mapServiceIPs, mapNoEndpoints} {
-		fmt.Fprintf(b, "\tmap %s {\n\t\ttype %s\n\t}\n", m, mapKeyType)
+		fmt.Fprintf(b, "\tmap %s {\n\t\ttype %s\n\t}\n", m, mapKeyType(f))
 	}
 	for _, s := range sets {
-		fmt.Fprintf(b, "\tset %s {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout %ds\n\t}\n", s.name, s.timeout)
+		fmt.Fprintf(b, "\tset %s {\n\t\ttype %s\n\t\tflags dynamic,timeout\n\t\ttimeout %ds\n\t}\n", s.name, addrType(f), s.timeout)
 	}
-	for _, ch := range append(fixedChainBlocks(), chains...) {
+	for _, ch := range append(fixedChainBlocks(f), chains...) {
 		fmt.Fprintf(b, "\tchain %s {\n", ch.name)
 		for _, r := range ch.rules {
 			fmt.Fprintf(b, "\t\t%s\n", r)
@@ -395,11 +433,11 @@ func writeTable(b *bytes.Buffer, chains []chainBlock, sets []affinitySet) {
 
 // writeElements adds (verb "add") or deletes (verb "delete") elements of a
 // map, one per line. Deletion names only the key.
-func writeElements(b *bytes.Buffer, verb, m string, elems []element) {
+func writeElements(b *bytes.Buffer, f kubeproxy.Family, verb, m string, elems []element) {
 	if len(elems) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "%s element %s %s %s {\n", verb, family, table, m)
+	fmt.Fprintf(b, "%s element %s %s %s {\n", verb, nftFamily(f), table, m)
 	for i, e := range elems {
 		sep := ","
 		if i == len(elems)-1 {

@@ -15,6 +15,7 @@ import (
 
 	"svclab/baselines/internal/baselinetest"
 	"svclab/baselines/internal/kubeproxy"
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 )
 
@@ -22,21 +23,32 @@ import (
 // shows up as a reviewable diff of the golden files.
 func TestRenderGolden(t *testing.T) {
 	baselinetest.CheckGoldenCases(t, func(st datapath.State, prev map[string]bool) ([]byte, map[string]bool, error) {
-		r, err := renderSync(baselinetest.PodCIDR, st, prev)
+		r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, prev)
 		return r.text, r.chains, err
 	})
-	t.Run("setup", func(t *testing.T) { baselinetest.CheckGolden(t, "setup", renderSetup()) })
-	t.Run("teardown", func(t *testing.T) { baselinetest.CheckGolden(t, "teardown", renderTeardown()) })
+	// The ip6 table of the same cases, the setup and the affinity sets.
+	baselinetest.CheckGoldenCases6(t, func(st datapath.State, prev map[string]bool) ([]byte, map[string]bool, error) {
+		r, err := renderSync(kubeproxy.IPv6, baselinetest.PodCIDR6, st, prev)
+		return r.text, r.chains, err
+	})
+	t.Run("ipv6_setup", func(t *testing.T) { baselinetest.CheckGolden(t, "ipv6_setup", renderSetup(kubeproxy.IPv6)) })
+	t.Run("ipv6_affinity_clientip", func(t *testing.T) {
+		r, err := renderSync(kubeproxy.IPv6, baselinetest.PodCIDR6, twin6.State(affinityState()), nil)
+		require.NoError(t, err)
+		baselinetest.CheckGolden(t, "ipv6_affinity_clientip", r.text)
+	})
+	t.Run("setup", func(t *testing.T) { baselinetest.CheckGolden(t, "setup", renderSetup(kubeproxy.IPv4)) })
+	t.Run("teardown", func(t *testing.T) { baselinetest.CheckGolden(t, "teardown", renderTeardown(kubeproxy.IPv4)) })
 	t.Run("affinity_clientip", func(t *testing.T) {
-		r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+		r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, affinityState(), nil)
 		require.NoError(t, err)
 		baselinetest.CheckGolden(t, "affinity_clientip", r.text)
 	})
 	t.Run("affinity_dropped", func(t *testing.T) {
 		// Turning affinity off deletes the sets in the same transaction.
-		first, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+		first, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, affinityState(), nil)
 		require.NoError(t, err)
-		r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3), baselinetest.DNSService()}}, first.chains)
+		r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3), baselinetest.DNSService()}}, first.chains)
 		require.NoError(t, err)
 		baselinetest.CheckGolden(t, "affinity_dropped", r.text)
 	})
@@ -56,7 +68,7 @@ func affinityState() datapath.State {
 // text: per endpoint a set, a lookup in the service chain before the
 // numgen, and an update in the endpoint chain before the dnat.
 func TestAffinityRules(t *testing.T) {
-	r, err := renderSync(baselinetest.PodCIDR, affinityState(), nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, affinityState(), nil)
 	require.NoError(t, err)
 	text := string(r.text)
 	var sets []string
@@ -80,9 +92,9 @@ func TestAffinityRules(t *testing.T) {
 // directly, independent of the golden text, and through the model of what
 // the kernel holds after both transactions.
 func TestSecondApplyDeletesOnlyStaleChains(t *testing.T) {
-	first, err := renderSync(baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
+	first, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, baselinetest.TwoServices(), nil)
 	require.NoError(t, err)
-	second, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3)}}, first.chains)
+	second, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(3)}}, first.chains)
 	require.NoError(t, err)
 
 	deleted := map[string]bool{}
@@ -98,7 +110,7 @@ func TestSecondApplyDeletesOnlyStaleChains(t *testing.T) {
 	// chains.
 	assert.Len(t, deleted, 6)
 
-	m := parseNft(t, renderSetup(), first.text, second.text)
+	m := parseNft(t, renderSetup(kubeproxy.IPv4), first.text, second.text)
 	var left []string
 	for ch := range m.chains {
 		if strings.HasPrefix(ch, prefixService) || strings.HasPrefix(ch, prefixEndpoint) {
@@ -121,6 +133,10 @@ func TestChainNamesMatchKubeProxy(t *testing.T) {
 	assert.Equal(t, "service-ULMVA6XW-ns1/svc1/tcp/p80", serviceChainName(svc, p80, "tcp"))
 	assert.Equal(t, "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80",
 		endpointChainName(svc, p80, "tcp", netip.MustParseAddrPort("10.180.0.1:80")))
+	// kube-proxy's IPv6 name (from its dual-stack test expectations): ':'
+	// becomes '.'.
+	assert.Equal(t, "endpoint-ZVRFLKHO-ns1/svc1/tcp/p80__fd00.10.180..1/80",
+		endpointChainName(svc, p80, "tcp", netip.MustParseAddrPort("[fd00:10:180::1]:80")))
 	// Protocol is part of the name: TCP and UDP on one port must not
 	// share a chain.
 	assert.NotEqual(t, serviceChainName(svc, p80, "tcp"), serviceChainName(svc, p80, "udp"))
@@ -182,14 +198,14 @@ func TestRenderRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: tt.svcs}, nil)
+			_, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: tt.svcs}, nil)
 			assert.ErrorContains(t, err, tt.want)
 		})
 	}
 }
 
 func TestRuleCount(t *testing.T) {
-	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(12)}}, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{baselinetest.WebService(12)}}, nil)
 	require.NoError(t, err)
 	// 6 base-chain jumps + 7 fixed (services 1, endpoints-check 1,
 	// reject 1, mark 1, masquerading 3) + service chain 2 (masquerade
@@ -269,11 +285,16 @@ func (m *nftModel) referrers(obj string) []string {
 // that every reference is valid where the kernel checks it: a rule or
 // element may name only chains and sets that exist, and a chain or set may
 // be deleted only when nothing names it. Any line it does not know fails
-// the test, so the model cannot silently drift from the renderer.
+// the test, so the model cannot silently drift from the renderer. An ip6
+// table's text is read as the ip table it mirrors (the family words are
+// swapped back), so one model checks both families' references; the
+// addresses themselves stay IPv6.
 func parseNft(t *testing.T, texts ...[]byte) *nftModel {
 	t.Helper()
 	m := &nftModel{chains: map[string][]string{}, hooks: map[string]string{}, maps: map[string]map[string]string{}, sets: map[string]string{}}
+	asIPv4 := strings.NewReplacer(" ip6 svclab", " ip svclab", "ipv6_addr", "ipv4_addr", "ip6 saddr", "ip saddr", "ip6 daddr", "ip daddr")
 	for _, text := range texts {
+		text = []byte(asIPv4.Replace(string(text)))
 		var chain, elemMap, delMap, set string
 		inTable, inMap := false, false
 		for _, line := range strings.Split(strings.TrimRight(string(text), "\n"), "\n") {
@@ -507,9 +528,9 @@ func trace(t *testing.T, m *nftModel, chain string, p baselinetest.Packet, w flo
 // so every endpoint gets 1/12 of the new connections.
 func TestNumgenCoversEveryEndpointOnce(t *testing.T) {
 	web := baselinetest.WebService(12)
-	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{web}}, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{web}}, nil)
 	require.NoError(t, err)
-	m := parseNft(t, renderSetup(), r.text)
+	m := parseNft(t, renderSetup(kubeproxy.IPv4), r.text)
 
 	svcChain := serviceChainName(web, baselinetest.HTTPPort, "tcp")
 	var numgen []string
@@ -548,9 +569,9 @@ func TestNumgenCoversEveryEndpointOnce(t *testing.T) {
 // reach, with which probability, and whether it is masqueraded.
 func TestPacketFlow(t *testing.T) {
 	st := datapath.State{Services: []datapath.Service{baselinetest.WebService(12), baselinetest.DNSService(), baselinetest.EmptyService()}}
-	r, err := renderSync(baselinetest.PodCIDR, st, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 	require.NoError(t, err)
-	m := parseNft(t, renderSetup(), r.text)
+	m := parseNft(t, renderSetup(kubeproxy.IPv4), r.text)
 
 	vip := netip.MustParseAddr("10.96.0.10")
 	var all12 []string
@@ -623,7 +644,7 @@ func TestPacketFlow(t *testing.T) {
 // still receive connections (ReadyEndpoints); not-serving ones never do.
 func TestTerminatingFallback(t *testing.T) {
 	svc := baselinetest.DrainingWebService()
-	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
 	require.NoError(t, err)
 	text := string(r.text)
 	assert.Contains(t, text, "dnat to 10.244.1.1:8080")
@@ -638,7 +659,7 @@ func TestTerminatingFallback(t *testing.T) {
 func TestDuplicateEndpoints(t *testing.T) {
 	svc := baselinetest.WebService(2)
 	svc.Endpoints = append(svc.Endpoints, svc.Endpoints[0])
-	r, err := renderSync(baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
+	r, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, datapath.State{Services: []datapath.Service{svc}}, nil)
 	require.NoError(t, err)
 	assert.Contains(t, string(r.text), "numgen random mod 2 vmap")
 	assert.Len(t, r.chains, 3)

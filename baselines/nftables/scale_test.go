@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -51,7 +52,7 @@ func TestPrivilegedScaleApply(t *testing.T) {
 			t.Logf("apply after one endpoint left: %v (%s sync)", time.Since(start), dp.Info()["sync"])
 			assert.Equal(t, "partial", dp.Info()["sync"], "apply after one endpoint left")
 
-			want, err := renderSync(baselinetest.PodCIDR, st, nil)
+			want, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, st, nil)
 			require.NoError(t, err)
 			assert.Equal(t, want.rules, listTable(t, ns).rules, "rules in the kernel's table")
 		})

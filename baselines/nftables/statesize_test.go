@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"svclab/baselines/internal/baselinetest"
+	"svclab/baselines/internal/kubeproxy"
 	"svclab/datapath"
 )
 
@@ -43,7 +44,7 @@ func TestPrivilegedStateObjects(t *testing.T) {
 			assert.Equal(t, info["rules"], info[datapath.InfoStateObjects])
 			assert.NotContains(t, info, datapath.InfoStateBytes, "nftables rule memory is not readable")
 
-			want, err := renderSync(baselinetest.PodCIDR, tt.st, nil)
+			want, err := renderSync(kubeproxy.IPv4, baselinetest.PodCIDR, tt.st, nil)
 			require.NoError(t, err)
 			assert.Equal(t, strconv.Itoa(want.rules), info[datapath.InfoStateObjects], "rules rendered")
 			assert.Equal(t, strconv.Itoa(listTable(t, ns).rules), info[datapath.InfoStateObjects], "rules in the kernel's table")

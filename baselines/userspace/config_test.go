@@ -86,7 +86,7 @@ func TestDesiredRejects(t *testing.T) {
 		mutate func(*datapath.State)
 		errHas string
 	}{
-		{"IPv6 cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.MustParseAddr("fd00::10") }, "cluster IP fd00::10"},
+		{"IPv6 cluster IP, IPv4 endpoints", func(st *datapath.State) { st.Services[0].ClusterIP = netip.MustParseAddr("fd00::10") }, "endpoint 10.244.1.1 (b0) is not IPv6"},
 		{"missing cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.Addr{} }, "cluster IP invalid IP"},
 		{"IPv6 endpoint", func(st *datapath.State) { st.Services[0].Endpoints[0].Addr = netip.MustParseAddr("fd00::1") }, "endpoint fd00::1 (b0) is not IPv4"},
 		{"SCTP", func(st *datapath.State) { st.Services[0].Ports[0].Protocol = "SCTP" }, `protocol "SCTP"`},

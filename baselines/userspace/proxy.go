@@ -172,7 +172,7 @@ func listenTCP(fe frontend) (*tcpFrontend, error) {
 	// Keep-alive probes are pointless for the short connections measured
 	// here and cost syscalls per connection: off on both legs.
 	lc := net.ListenConfig{KeepAlive: -1}
-	ln, err := lc.Listen(context.Background(), "tcp4", fe.VIP.String())
+	ln, err := lc.Listen(context.Background(), network("tcp", fe.VIP.Addr()), fe.VIP.String())
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +217,7 @@ func (f *tcpFrontend) proxy(client *net.TCPConn) {
 			break
 		}
 		d := net.Dialer{Timeout: timeout, KeepAlive: -1}
-		c, err := d.Dial("tcp4", addr.String())
+		c, err := d.Dial(network("tcp", addr.Addr()), addr.String())
 		if err == nil {
 			backend = c.(*net.TCPConn)
 			break
@@ -278,11 +278,24 @@ type udpSession struct {
 	backend *net.UDPConn
 }
 
-// maxDatagram is the largest UDP payload over IPv4.
-const maxDatagram = 65507
+// maxDatagram is the largest UDP payload over IPv6 (65535 less the UDP
+// header); IPv4's largest, 65507, fits too.
+const maxDatagram = 65527
+
+// network is Go's network name for a socket of base ("tcp", "udp") on
+// address a: "tcp4" or "tcp6", and so on. Naming the family keeps every
+// socket single-family, as each frontend and backend address has one
+// family (an IPv6 ClusterIP's endpoints are IPv6, as in kube-proxy's
+// per-family EndpointSlices).
+func network(base string, a netip.Addr) string {
+	if a.Is4() {
+		return base + "4"
+	}
+	return base + "6"
+}
 
 func listenUDP(fe frontend) (*udpFrontend, error) {
-	conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(fe.VIP))
+	conn, err := net.ListenUDP(network("udp", fe.VIP.Addr()), net.UDPAddrFromAddrPort(fe.VIP))
 	if err != nil {
 		return nil, err
 	}
@@ -344,7 +357,7 @@ func (f *udpFrontend) session(client netip.AddrPort) (*udpSession, error) {
 	if !ok {
 		return nil, errors.New("no backend")
 	}
-	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+	c, err := net.DialUDP(network("udp", addr.Addr()), nil, net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,7 @@
 //
 // kube-proxy's userspace mode listened on a random port and steered
 // ClusterIP traffic to it with iptables REDIRECT. Here each ClusterIP is
-// instead a /32 address on the node's lo and the proxy listens on
+// instead a /32 (IPv6: /128) address on the node's lo and the proxy listens on
 // ClusterIP:port itself. The proxying (accept, pick, dial, copy both ways)
 // is the same; the difference is that no nat-table rule and no conntrack
 // NAT entry sit in front of the proxy, so the measurement is the userspace
@@ -268,7 +268,7 @@ func (d *Datapath) Info() map[string]string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	info := map[string]string{
-		"vip_binding":      "ClusterIP /32 on the node's lo",
+		"vip_binding":      "ClusterIP /32 (IPv6: /128) on the node's lo",
 		"udp_idle_timeout": udpIdleTimeout.String(),
 		"listening":        strconv.Itoa(d.listening),
 		// The listening sockets are the programmed objects. Their kernel

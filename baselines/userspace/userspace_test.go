@@ -147,7 +147,7 @@ func startTestBackends(t *testing.T, backends []datapath.Pod) chan eofEvent {
 	return events
 }
 
-// loAddrs lists the IPv4 addresses on the node's lo.
+// loAddrs lists the addresses (IPv4 and IPv6) on the node's lo.
 func loAddrs(t *testing.T, node *nsutil.NS) []string {
 	t.Helper()
 	h, err := node.NetlinkHandle()
@@ -155,7 +155,7 @@ func loAddrs(t *testing.T, node *nsutil.NS) []string {
 	defer h.Close()
 	lo, err := h.LinkByName("lo")
 	require.NoError(t, err)
-	as, err := h.AddrList(lo, unix.AF_INET)
+	as, err := h.AddrList(lo, unix.AF_UNSPEC)
 	require.NoError(t, err)
 	var out []string
 	for _, a := range as {
@@ -356,4 +356,154 @@ func TestPrivilegedUserspace(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// TestPrivilegedUserspaceIPv6 serves IPv6 ClusterIPs in a dual-stack
+// topology, beside an IPv4 one, through real sockets in the pods: TCP to an
+// IPv6 VIP reaches every backend's IPv6 address, UDP is answered from the
+// VIP, a VIP without endpoints refuses, and Close removes the /128s.
+func TestPrivilegedUserspaceIPv6(t *testing.T) {
+	requireRoot(t)
+	run, err := runlock.New()
+	require.NoError(t, err)
+	t.Cleanup(run.Release)
+	topo, err := topology.New(context.Background(), topology.Config{
+		Prefix: run.Prefix + "-us6", Clients: 1, Backends: 4,
+		PodCIDR: netip.MustParsePrefix("10.244.0.0/24"), ServiceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
+		PodCIDR6: netip.MustParsePrefix("fd00:10:244::/120"), ServiceCIDR6: netip.MustParsePrefix("fd00:10:96::/112"),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, topo.Close()) })
+	srv, err := loadgen.StartServer(topo.Node, topo.ServerCgroup.Path, loadgen.BackendListeners(topo.Backends, httpPort, false))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+	for _, b := range topo.Backends {
+		var uc *net.UDPConn
+		inNS(t, b.NS, func() (err error) {
+			uc, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.Addr6, udpPort)))
+			return err
+		})
+		t.Cleanup(func() { _ = uc.Close() })
+		go func(name string) {
+			buf := make([]byte, 1500)
+			for {
+				n, from, err := uc.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				_, _ = uc.WriteToUDPAddrPort(append([]byte(name+":"), buf[:n]...), from)
+			}
+		}(b.Name)
+	}
+	var eps6 []datapath.Endpoint
+	for _, b := range topo.Backends {
+		eps6 = append(eps6, datapath.Endpoint{Pod: b.Name, Addr: b.Addr6, Ready: true, Serving: true})
+	}
+	web6, dns6, empty6 := netip.MustParseAddr("fd00:10:96::a"), netip.MustParseAddr("fd00:10:96::35"), netip.MustParseAddr("fd00:10:96::14")
+	st := datapath.State{Services: []datapath.Service{
+		{Namespace: "bench", Name: "web", ClusterIP: webVIP, Ports: tcpPort(80, httpPort), Endpoints: endpointsOf(topo.Backends)},
+		{Namespace: "bench", Name: "web6", ClusterIP: web6, Ports: tcpPort(80, httpPort), Endpoints: eps6},
+		{Namespace: "kube-system", Name: "dns6", ClusterIP: dns6, Ports: []datapath.ServicePort{
+			{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: udpPort}}, Endpoints: eps6},
+		{Namespace: "bench", Name: "empty6", ClusterIP: empty6, Ports: tcpPort(80, httpPort)},
+	}}
+	loBefore := loAddrs(t, topo.Node)
+
+	f, err := datapath.Lookup("userspace")
+	require.NoError(t, err)
+	require.NoError(t, f.Probe())
+	dp := f.New()
+	ctx := context.Background()
+	require.NoError(t, dp.Setup(ctx, topo.Env()))
+	t.Cleanup(func() { assert.NoError(t, dp.Close(), "cleanup close") })
+	require.NoError(t, dp.Apply(ctx, st))
+	assert.Equal(t, "3", dp.Info()["listening"], "web, web6 and dns6 have a socket; empty6 has none")
+	assert.Subset(t, loAddrs(t, topo.Node), []string{"fd00:10:96::a/128", "fd00:10:96::35/128", "fd00:10:96::14/128"}, "IPv6 ClusterIPs are /128s on lo")
+	client := topo.Clients[0]
+
+	tests := []struct {
+		name string
+		vip  netip.AddrPort
+	}{
+		{"IPv4 beside IPv6", netip.AddrPortFrom(webVIP, 80)},
+		{"IPv6 reaches every backend", netip.AddrPortFrom(web6, 80)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Plain sockets: one request per connection, the reply names
+			// the pod (the load generator speaks IPv4 only).
+			seen := map[string]int{}
+			inNS(t, client.NS, func() error {
+				for range 16 {
+					c, err := net.DialTimeout("tcp", tt.vip.String(), 3*time.Second)
+					if err != nil {
+						return err
+					}
+					_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+					_, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: svc\r\n\r\n"))
+					// The server waits for the client to close first:
+					// read until the reply is whole, then close.
+					var reply, pod []byte
+					done, bad := false, false
+					buf := make([]byte, 512)
+					for err == nil && !done && !bad {
+						var n int
+						n, err = c.Read(buf)
+						reply = append(reply, buf[:n]...)
+						pod, done, bad = loadgen.ParseReply(reply)
+					}
+					c.Close()
+					require.True(t, done && !bad, "reply %q (%v)", reply, err)
+					seen[string(pod)]++
+				}
+				return nil
+			})
+			assert.Len(t, seen, 4, "16 connections round robin over 4 backends: %v", seen)
+		})
+	}
+
+	t.Run("IPv6 UDP answered from the VIP", func(t *testing.T) {
+		vip := netip.AddrPortFrom(dns6, 53)
+		seen := map[string]bool{}
+		inNS(t, client.NS, func() error {
+			for i := range 8 {
+				// A new socket per request: each is a new session, so
+				// round robin moves on to the next backend.
+				uc, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6zero})
+				if err != nil {
+					return err
+				}
+				if _, err := uc.WriteToUDPAddrPort([]byte(strconv.Itoa(i)), vip); err != nil {
+					uc.Close()
+					return err
+				}
+				_ = uc.SetReadDeadline(time.Now().Add(3 * time.Second))
+				buf := make([]byte, 64)
+				n, from, err := uc.ReadFromUDPAddrPort(buf)
+				uc.Close()
+				if err != nil {
+					return err
+				}
+				assert.Equal(t, vip, from, "reply source")
+				name, _, _ := strings.Cut(string(buf[:n]), ":")
+				seen[name] = true
+			}
+			return nil
+		})
+		assert.Len(t, seen, 4, "8 sessions round robin over 4 backends: %v", seen)
+	})
+
+	t.Run("IPv6 without endpoints: connection refused", func(t *testing.T) {
+		inNS(t, client.NS, func() error {
+			c, err := net.DialTimeout("tcp6", netip.AddrPortFrom(empty6, 80).String(), 3*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			assert.ErrorIs(t, err, syscall.ECONNREFUSED)
+			return nil
+		})
+	})
+
+	require.NoError(t, dp.Close())
+	assert.ElementsMatch(t, loBefore, loAddrs(t, topo.Node), "Close removes every ClusterIP from lo")
 }

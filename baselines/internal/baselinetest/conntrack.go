@@ -4,18 +4,21 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
 
 // udpTopology is a node namespace routing between a client pod and two
-// backend pods, each on its own /24.
+// backend pods, each on its own /24 (and, for IPv6, its own /64: the
+// twin6.Addr of the /24).
 type udpTopology struct {
 	node, client *nsutil.NS
 	backends     [2]*nsutil.NS
@@ -23,13 +26,20 @@ type udpTopology struct {
 	clientAddr   netip.Addr
 }
 
-func newUDPTopology(t *testing.T) *udpTopology {
+func newUDPTopology(t *testing.T, v6 bool) *udpTopology {
 	t.Helper()
+	addr := func(s string) netip.Addr {
+		a := netip.MustParseAddr(s)
+		if v6 {
+			a = twin6.Addr(a)
+		}
+		return a
+	}
 	u := &udpTopology{
 		node: NewNS(t), client: NewNS(t),
 		backends:     [2]*nsutil.NS{NewNS(t), NewNS(t)},
-		backendAddrs: [2]netip.Addr{netip.MustParseAddr("10.244.1.1"), netip.MustParseAddr("10.244.3.1")},
-		clientAddr:   netip.MustParseAddr("10.244.2.1"),
+		backendAddrs: [2]netip.Addr{addr("10.244.1.1"), addr("10.244.3.1")},
+		clientAddr:   addr("10.244.2.1"),
 	}
 	ctx := context.Background()
 	run := func(ns *nsutil.NS, args ...string) {
@@ -38,6 +48,7 @@ func newUDPTopology(t *testing.T) *udpTopology {
 		require.NoError(t, err)
 	}
 	require.NoError(t, u.node.Sysctl("net/ipv4/ip_forward", "1"))
+	require.NoError(t, u.node.Sysctl("net/ipv6/conf/all/forwarding", "1"))
 	pods := []struct {
 		ns   *nsutil.NS
 		veth string
@@ -48,15 +59,25 @@ func newUDPTopology(t *testing.T) *udpTopology {
 		{u.backends[1], "backend1", u.backendAddrs[1]},
 	}
 	for _, p := range pods {
-		gw := p.addr.As4()
-		gw[3] = 254
-		gwAddr := netip.AddrFrom4(gw)
+		bits, gwAddr := 24, p.addr
+		if !v6 {
+			gw := p.addr.As4()
+			gw[3] = 254
+			gwAddr = netip.AddrFrom4(gw)
+		} else {
+			gw := p.addr.As16()
+			gw[15] = 0xfe
+			bits, gwAddr = 64, netip.AddrFrom16(gw)
+		}
+		plen := "/" + strconv.Itoa(bits)
 		// Created in the node namespace with the peer placed straight
 		// into the pod's: nothing appears in the root namespace.
 		run(u.node, "link", "add", p.veth, "type", "veth", "peer", "name", "eth0", "netns", p.ns.Name)
-		run(u.node, "addr", "add", gwAddr.String()+"/24", "dev", p.veth)
+		// nodad: an IPv6 address is tentative, so unusable, until
+		// duplicate address detection ends; there is nothing to detect.
+		run(u.node, "addr", "add", gwAddr.String()+plen, "dev", p.veth, "nodad")
 		run(u.node, "link", "set", p.veth, "up")
-		run(p.ns, "addr", "add", p.addr.String()+"/24", "dev", "eth0")
+		run(p.ns, "addr", "add", p.addr.String()+plen, "dev", "eth0", "nodad")
 		run(p.ns, "link", "set", "eth0", "up")
 		run(p.ns, "route", "add", "default", "via", gwAddr.String())
 	}
@@ -70,7 +91,7 @@ func serveIdentity(t *testing.T, ns *nsutil.NS, addr netip.AddrPort) {
 	var pc net.PacketConn
 	require.NoError(t, ns.Do(func() error {
 		var err error
-		pc, err = net.ListenPacket("udp4", addr.String())
+		pc, err = net.ListenPacket("udp", addr.String())
 		return err
 	}))
 	t.Cleanup(func() { pc.Close() })
@@ -105,12 +126,21 @@ func exchange(pc net.PacketConn, to netip.AddrPort) (string, error) {
 // remaining endpoint. Both backends keep listening, so without the cleanup
 // the stale entry would still deliver to the removed one and the test would
 // see its address. dp is an unconfigured datapath of the baseline under test.
-func UDPConntrackCleanup(t *testing.T, dp datapath.Datapath) {
-	u := newUDPTopology(t)
+// v6 makes the service, the pods and the socket IPv6: then the
+// node is dual-stack and the datagrams are real IPv6 ones through the
+// datapath's IPv6 rules (DNAT, reply un-NAT and the conntrack cleanup).
+func UDPConntrackCleanup(t *testing.T, dp datapath.Datapath, v6 bool) {
+	u := newUDPTopology(t, v6)
 	for i, ns := range u.backends {
 		serveIdentity(t, ns, netip.AddrPortFrom(u.backendAddrs[i], 5353))
 	}
-	svc := datapath.Service{Namespace: "bench", Name: "dns", ClusterIP: netip.MustParseAddr("10.96.0.53"),
+	vipAddr := netip.MustParseAddr("10.96.0.53")
+	env := &datapath.Env{Node: u.node, PodCIDR: PodCIDR}
+	if v6 {
+		vipAddr = twin6.Addr(vipAddr)
+		env.PodCIDR6, env.ServiceCIDR6 = PodCIDR6, netip.MustParsePrefix("fd00:10:96::/48")
+	}
+	svc := datapath.Service{Namespace: "bench", Name: "dns", ClusterIP: vipAddr,
 		Ports: []datapath.ServicePort{{Name: "dns", Protocol: datapath.UDP, Port: 53, TargetPort: 5353}}}
 	for i, a := range u.backendAddrs {
 		svc.Endpoints = append(svc.Endpoints, datapath.Endpoint{Pod: []string{"b0", "b1"}[i], Addr: a, Ready: true, Serving: true})
@@ -118,14 +148,14 @@ func UDPConntrackCleanup(t *testing.T, dp datapath.Datapath) {
 	vip := netip.AddrPortFrom(svc.ClusterIP, 53)
 
 	ctx := context.Background()
-	require.NoError(t, dp.Setup(ctx, &datapath.Env{Node: u.node, PodCIDR: PodCIDR}))
+	require.NoError(t, dp.Setup(ctx, env))
 	t.Cleanup(func() { assert.NoError(t, dp.Close()) })
 	require.NoError(t, dp.Apply(ctx, datapath.State{Services: []datapath.Service{svc}}))
 
 	var pc net.PacketConn
 	require.NoError(t, u.client.Do(func() error {
 		var err error
-		pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(u.clientAddr, 0).String())
+		pc, err = net.ListenPacket("udp", netip.AddrPortFrom(u.clientAddr, 0).String())
 		return err
 	}))
 	t.Cleanup(func() { pc.Close() })

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 )
 
@@ -130,6 +131,31 @@ func CheckGoldenCases[C any](t *testing.T, render func(st datapath.State, prev C
 			text, _, err := render(tc.State, prev)
 			require.NoError(t, err)
 			CheckGolden(t, tc.Name, text)
+		})
+	}
+}
+
+// PodCIDR6 is the IPv6 pod network of the fixtures: it holds the
+// twin6.Addr of every endpoint address (fd00:10:244::/48).
+var PodCIDR6 = twin6.Prefix(PodCIDR)
+
+// CheckGoldenCases6 is CheckGoldenCases for the IPv6 ruleset: every case's
+// states replaced by their twin6.State (the same services on
+// IPv6 addresses), pinned in testdata/ipv6_<Name>.golden beside the IPv4
+// files, which it leaves alone.
+func CheckGoldenCases6[C any](t *testing.T, render func(st datapath.State, prev C) (text []byte, chains C, err error)) {
+	t.Helper()
+	for _, tc := range GoldenCases() {
+		t.Run("ipv6_"+tc.Name, func(t *testing.T) {
+			var prev C
+			if tc.Prev != nil {
+				_, chains, err := render(twin6.State(*tc.Prev), prev)
+				require.NoError(t, err)
+				prev = chains
+			}
+			text, _, err := render(twin6.State(tc.State), prev)
+			require.NoError(t, err)
+			CheckGolden(t, "ipv6_"+tc.Name, text)
 		})
 	}
 }

@@ -18,12 +18,13 @@ import (
 type UDPEndpoints map[netip.AddrPort]map[netip.AddrPort]bool
 
 // UDPServing returns st's UDP service ports with their endpoints, as a
-// ruleset baseline programs them (ReadyEndpoints). Services that are not
-// IPv4 are left out: no baseline that calls this programs them.
+// ruleset baseline programs them (ReadyEndpoints), of both families.
+// Services whose cluster IP is neither IPv4 nor IPv6 are left out: no
+// baseline programs them.
 func UDPServing(st datapath.State) UDPEndpoints {
 	out := UDPEndpoints{}
 	for _, svc := range st.Services {
-		if !svc.ClusterIP.Is4() {
+		if !IPv4.Has(svc.ClusterIP) && !IPv6.Has(svc.ClusterIP) {
 			continue
 		}
 		ready := svc.ReadyEndpoints()
@@ -105,12 +106,32 @@ func CleanStaleUDP(ns *nsutil.NS, prev, cur UDPEndpoints) (uint, error) {
 		return 0, fmt.Errorf("udp conntrack cleanup: %w", err)
 	}
 	defer h.Close()
-	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, staleUDPFilter{ports: ports})
-	// An interrupted dump (the table changed while it was read) still
-	// deleted every stale entry it saw; one it missed is left to time out,
-	// as it would be without this cleanup.
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return n, fmt.Errorf("udp conntrack cleanup in %s: %w", ns.Name, err)
+	// The conntrack table is dumped per address family: IPv6 entries are
+	// only seen by an AF_INET6 dump, so each family with a port is dumped.
+	var total uint
+	for _, f := range Families {
+		has := false
+		for vip := range ports {
+			if f.Has(vip.Addr()) {
+				has = true
+				break
+			}
+		}
+		if !has {
+			continue
+		}
+		af := uint8(unix.AF_INET)
+		if f == IPv6 {
+			af = unix.AF_INET6
+		}
+		n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(af), staleUDPFilter{ports: ports})
+		total += n
+		// An interrupted dump (the table changed while it was read) still
+		// deleted every stale entry it saw; one it missed is left to time
+		// out, as it would be without this cleanup.
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return total, fmt.Errorf("udp conntrack cleanup (%s) in %s: %w", f, ns.Name, err)
+		}
 	}
-	return n, nil
+	return total, nil
 }

@@ -62,26 +62,16 @@ func UniqueEndpoints(eps []datapath.Endpoint) []netip.Addr {
 	return out
 }
 
-// IPv4Endpoints checks that svc's cluster IP and the endpoints that should
-// take new connections are IPv4, and returns those endpoints' addresses
-// without duplicates. baseline names the datapath in the error.
+// IPv4Endpoints is FamilyEndpoints for IPv4.
 func IPv4Endpoints(svc datapath.Service, baseline string) ([]netip.Addr, error) {
-	if !svc.ClusterIP.Is4() {
-		return nil, unsupported(fmt.Errorf("service %s: cluster IP %v is not IPv4 (the %s baseline is IPv4 only)", svc, svc.ClusterIP, baseline))
-	}
-	eps := UniqueEndpoints(svc.ReadyEndpoints())
-	for _, ep := range eps {
-		if !ep.Is4() {
-			return nil, unsupported(fmt.Errorf("service %s: endpoint %v is not IPv4", svc, ep))
-		}
-	}
-	return eps, nil
+	return FamilyEndpoints(svc, IPv4, baseline)
 }
 
 // unsupportedError marks a State the baseline cannot program at all (an
-// IPv6 service in an IPv4-only baseline): errors.Is matches
-// datapath.ErrUnsupported, so a harness reports a skip with the reason
-// rather than a failure, and the message stays the baseline's own.
+// IPv6 service where the node serves IPv4 only, a service mixing
+// families): errors.Is matches datapath.ErrUnsupported, so a harness
+// reports a skip with the reason rather than a failure, and the message
+// stays the baseline's own.
 type unsupportedError struct{ error }
 
 func (e unsupportedError) Is(target error) bool { return target == datapath.ErrUnsupported }
@@ -106,28 +96,26 @@ type VIPPort struct {
 }
 
 // VIPPorts checks st for a baseline that owns the ClusterIP addresses and
-// returns its service ports in st's order, with the ClusterIPs (sorted)
-// that must be local addresses of the node. It rejects, naming the service
-// and field at fault: a cluster IP that is not a usable IPv4 address, an
-// endpoint that is not IPv4, a protocol other than TCP and UDP, a zero port
-// or target port, and two service ports on one VIP, port and protocol
-// (what names the object they would share: "virtual server", "frontend").
+// returns its service ports in st's order, with the ClusterIPs (sorted,
+// IPv4 before IPv6) that must be local addresses of the node. It rejects,
+// naming the service and field at fault: a cluster IP that is not a usable
+// IPv4 or IPv6 address, an endpoint of the other family than its cluster
+// IP, a protocol other than TCP and UDP, a zero port or target port, and
+// two service ports on one VIP, port and protocol (what names the object
+// they would share: "virtual server", "frontend").
 func VIPPorts(st datapath.State, baseline, what string) ([]VIPPort, []netip.Addr, error) {
 	var out []VIPPort
 	owner := map[string]string{}
 	vipSet := map[netip.Addr]bool{}
 	for _, svc := range st.Services {
-		if !svc.ClusterIP.IsValid() || !svc.ClusterIP.Is4() || svc.ClusterIP.IsUnspecified() {
-			err := fmt.Errorf("service %s: cluster IP %v is not a usable IPv4 address (the %s baseline is IPv4 only)", svc, svc.ClusterIP, baseline)
-			if svc.ClusterIP.Is6() {
-				err = unsupported(err)
-			}
-			return nil, nil, err
+		fam := FamilyOf(svc.ClusterIP)
+		if !fam.Has(svc.ClusterIP) || svc.ClusterIP.IsUnspecified() {
+			return nil, nil, fmt.Errorf("service %s: cluster IP %v is not a usable IPv4 or IPv6 address (the %s baseline)", svc, svc.ClusterIP, baseline)
 		}
 		ready := svc.ReadyEndpoints()
 		for _, ep := range ready {
-			if !ep.Addr.Is4() {
-				return nil, nil, unsupported(fmt.Errorf("service %s: endpoint %s (%s) is not IPv4", svc, ep.Addr, ep.Pod))
+			if !fam.Has(ep.Addr) {
+				return nil, nil, unsupported(fmt.Errorf("service %s: endpoint %s (%s) is not %s like the cluster IP", svc, ep.Addr, ep.Pod, fam))
 			}
 		}
 		for _, p := range svc.Ports {

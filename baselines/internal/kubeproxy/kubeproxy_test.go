@@ -114,7 +114,7 @@ func TestIPv4Endpoints(t *testing.T) {
 		{
 			name:    "IPv6 cluster IP",
 			svc:     datapath.Service{Namespace: "a", Name: "b", ClusterIP: netip.MustParseAddr("fd00::1")},
-			wantErr: "service a/b: cluster IP fd00::1 is not IPv4 (the iptables baseline is IPv4 only)",
+			wantErr: "service a/b: cluster IP fd00::1 is not IPv4 (the iptables baseline's IPv4 rules)",
 		},
 		{
 			name:    "IPv6 endpoint",
@@ -153,6 +153,17 @@ func TestVIPPorts(t *testing.T) {
 	}, ports, "service ports in the state's order, only the endpoints that take new connections")
 	assert.Equal(t, addrs("10.96.0.2", "10.96.0.10"), vips, "ClusterIPs sorted")
 
+	// Dual-stack: an IPv6 service beside the IPv4 ones; its VIP sorts
+	// after every IPv4 one.
+	web6 := datapath.Service{Namespace: "bench", Name: "web6", ClusterIP: netip.MustParseAddr("fd00:10:96::a"),
+		Ports:     []datapath.ServicePort{{Name: "http", Protocol: datapath.TCP, Port: 80, TargetPort: 8080}},
+		Endpoints: []datapath.Endpoint{ep("fd00:10:244::2", true)}}
+	ports, vips, err = VIPPorts(datapath.State{Services: []datapath.Service{web6, dns}}, "ipvs", "virtual server")
+	require.NoError(t, err)
+	require.Len(t, ports, 3)
+	assert.Equal(t, netip.MustParseAddrPort("[fd00:10:96::a]:80"), ports[0].VIP)
+	assert.Equal(t, addrs("10.96.0.2", "fd00:10:96::a"), vips, "IPv4 before IPv6")
+
 	ports, vips, err = VIPPorts(datapath.State{}, "ipvs", "virtual server")
 	require.NoError(t, err)
 	assert.Empty(t, ports)
@@ -170,14 +181,18 @@ func TestVIPPortsRejects(t *testing.T) {
 		mutate  func(*datapath.State)
 		wantErr string
 	}{
-		{"IPv6 cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.MustParseAddr("fd00::10") },
-			"service bench/web: cluster IP fd00::10 is not a usable IPv4 address (the userspace baseline is IPv4 only)"},
+		{"IPv6 cluster IP, IPv4 endpoint", func(st *datapath.State) { st.Services[0].ClusterIP = netip.MustParseAddr("fd00::10") },
+			"service bench/web: endpoint 10.244.1.1 (pod-10.244.1.1) is not IPv6 like the cluster IP"},
 		{"missing cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.Addr{} },
-			"service bench/web: cluster IP invalid IP is not a usable IPv4 address (the userspace baseline is IPv4 only)"},
+			"service bench/web: cluster IP invalid IP is not a usable IPv4 or IPv6 address (the userspace baseline)"},
 		{"unspecified cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.IPv4Unspecified() },
-			"service bench/web: cluster IP 0.0.0.0 is not a usable IPv4 address (the userspace baseline is IPv4 only)"},
+			"service bench/web: cluster IP 0.0.0.0 is not a usable IPv4 or IPv6 address (the userspace baseline)"},
+		{"unspecified IPv6 cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.IPv6Unspecified() },
+			"service bench/web: cluster IP :: is not a usable IPv4 or IPv6 address (the userspace baseline)"},
+		{"IPv4-mapped cluster IP", func(st *datapath.State) { st.Services[0].ClusterIP = netip.MustParseAddr("::ffff:10.96.0.10") },
+			"service bench/web: cluster IP ::ffff:10.96.0.10 is not a usable IPv4 or IPv6 address (the userspace baseline)"},
 		{"IPv6 endpoint", func(st *datapath.State) { st.Services[0].Endpoints[0].Addr = netip.MustParseAddr("fd00::1") },
-			"service bench/web: endpoint fd00::1 (pod-10.244.1.1) is not IPv4"},
+			"service bench/web: endpoint fd00::1 (pod-10.244.1.1) is not IPv4 like the cluster IP"},
 		{"SCTP", func(st *datapath.State) { st.Services[0].Ports[0].Protocol = "SCTP" },
 			`service bench/web:80: protocol "SCTP" not supported by the userspace baseline`},
 		{"port 0", func(st *datapath.State) { st.Services[0].Ports[0].Port = 0 },
@@ -235,4 +250,66 @@ func TestAddrDiff(t *testing.T) {
 func TestHostAddr(t *testing.T) {
 	a := HostAddr(netip.MustParseAddr("10.96.0.10"))
 	assert.Equal(t, "10.96.0.10/32", a.IPNet.String())
+}
+
+func TestSplitFamilies(t *testing.T) {
+	svc := func(name, vip string) datapath.Service {
+		return datapath.Service{Namespace: "a", Name: name, ClusterIP: netip.MustParseAddr(vip)}
+	}
+	tests := []struct {
+		name         string
+		st           datapath.State
+		want4, want6 []string
+	}{
+		{"empty", datapath.State{}, nil, nil},
+		{"IPv4 only", datapath.State{Services: []datapath.Service{svc("a", "10.96.0.1"), svc("b", "10.96.0.2")}}, []string{"a", "b"}, nil},
+		{"both, order kept", datapath.State{Services: []datapath.Service{svc("z6", "fd00::1"), svc("a", "10.96.0.1"), svc("b6", "fd00::2")}}, []string{"a"}, []string{"z6", "b6"}},
+		// Refused by the IPv4 renderer with its usual message.
+		{"IPv4-mapped goes to IPv4", datapath.State{Services: []datapath.Service{svc("m", "::ffff:10.96.0.1")}}, []string{"m"}, nil},
+	}
+	names := func(st datapath.State) []string {
+		var out []string
+		for _, s := range st.Services {
+			out = append(out, s.Name)
+		}
+		return out
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := SplitFamilies(tt.st)
+			assert.Equal(t, tt.want4, names(got[IPv4]))
+			assert.Equal(t, tt.want6, names(got[IPv6]))
+		})
+	}
+}
+
+func TestUDPServingBothFamilies(t *testing.T) {
+	st := datapath.State{Services: []datapath.Service{
+		{Namespace: "a", Name: "dns", ClusterIP: netip.MustParseAddr("10.96.0.10"),
+			Ports:     []datapath.ServicePort{{Protocol: datapath.UDP, Port: 53, TargetPort: 5353}},
+			Endpoints: []datapath.Endpoint{ep("10.244.1.1", true)}},
+		{Namespace: "a", Name: "dns6", ClusterIP: netip.MustParseAddr("fd00::a"),
+			Ports:     []datapath.ServicePort{{Protocol: datapath.UDP, Port: 53, TargetPort: 5353}, {Protocol: datapath.TCP, Port: 53, TargetPort: 5353}},
+			Endpoints: []datapath.Endpoint{ep("fd00:1::1", true)}},
+	}}
+	assert.Equal(t, UDPEndpoints{
+		netip.MustParseAddrPort("10.96.0.10:53"): {netip.MustParseAddrPort("10.244.1.1:5353"): true},
+		netip.MustParseAddrPort("[fd00::a]:53"):  {netip.MustParseAddrPort("[fd00:1::1]:5353"): true},
+	}, UDPServing(st))
+}
+
+// The probe's IPv6 state is ProbeState on IPv6 addresses: every service
+// renders in the IPv6 rules.
+func TestProbeStateFor(t *testing.T) {
+	st := ProbeStateFor(IPv6)
+	require.Len(t, st.Services, len(ProbeState().Services))
+	for _, svc := range st.Services {
+		assert.True(t, IPv6.Has(svc.ClusterIP), svc.String())
+		eps, err := FamilyEndpoints(svc, IPv6, "test")
+		assert.NoError(t, err)
+		for _, ep := range eps {
+			assert.True(t, ProbePodCIDRFor(IPv6).Contains(ep), "%v in the probe's IPv6 pod CIDR", ep)
+		}
+	}
+	assert.True(t, ProbeStateFor(IPv4).Services[0].ClusterIP.Is4(), "the IPv4 state is ProbeState")
 }

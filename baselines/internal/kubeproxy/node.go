@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"svclab/internal/nsutil"
 )
@@ -60,8 +61,16 @@ func ReadSysctl(ns *nsutil.NS, key string) (string, error) {
 	return v, err
 }
 
-// HostAddr is a as a /32 interface address, the way a ClusterIP is put on
-// a node's interface (kube-ipvs0, lo).
+// HostAddr is a as a /32 (IPv4) or /128 (IPv6) interface address, the way
+// a ClusterIP is put on a node's interface (kube-ipvs0, lo). An IPv6 one
+// skips duplicate address detection: until DAD ends an address is
+// tentative and not local, so the first connections to a new VIP would not
+// be delivered (kube-proxy's netlink calls set the same flag).
 func HostAddr(a netip.Addr) *netlink.Addr {
-	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}}
+	bits := FamilyOf(a).HostBits()
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, bits)}}
+	if bits == 128 {
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	return addr
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"svclab/baselines/internal/twin6"
 	"svclab/datapath"
 	"svclab/internal/nsutil"
 )
@@ -20,6 +21,27 @@ const ProbeTimeout = 30 * time.Second
 
 // ProbePodCIDR is the pod CIDR the probe's rulesets are rendered for.
 var ProbePodCIDR = netip.MustParsePrefix("10.244.0.0/16")
+
+// ProbePodCIDR6 is the pod CIDR the probe's IPv6 rulesets are rendered
+// for: the twin of ProbePodCIDR, which holds the twins of ProbeState's
+// endpoints.
+var ProbePodCIDR6 = twin6.Prefix(ProbePodCIDR)
+
+// ProbeStateFor is ProbeState for family f (its V6TwinState for IPv6).
+func ProbeStateFor(f Family) datapath.State {
+	if f == IPv6 {
+		return twin6.State(ProbeState())
+	}
+	return ProbeState()
+}
+
+// ProbePodCIDRFor is ProbePodCIDR or ProbePodCIDR6.
+func ProbePodCIDRFor(f Family) netip.Prefix {
+	if f == IPv6 {
+		return ProbePodCIDR6
+	}
+	return ProbePodCIDR
+}
 
 // ProbeState is the probe's small service set: one service with two
 // endpoints and a TCP and a UDP port, and one without endpoints (the

@@ -10,11 +10,12 @@ import (
 	"svclab/datapath"
 )
 
-// An IPv6 service is something an IPv4-only baseline cannot program at
-// all: the error matches datapath.ErrUnsupported (a harness skips the cell
-// with the message as the reason). A malformed IPv4 State is the caller's
-// error and does not.
-func TestIPv6IsUnsupported(t *testing.T) {
+// A service mixing families (an IPv6 cluster IP with IPv4 endpoints, or
+// the reverse) is something no proxier is given and a baseline cannot
+// program: the error matches datapath.ErrUnsupported (a harness skips the
+// cell with the message as the reason). A malformed State is the caller's
+// error and does not; an IPv6 service is served.
+func TestMixedFamiliesAreUnsupported(t *testing.T) {
 	v4, v6 := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::10")
 	svc := func(vip netip.Addr, ep string) datapath.Service {
 		return datapath.Service{Namespace: "bench", Name: "web", ClusterIP: vip,
@@ -26,8 +27,8 @@ func TestIPv6IsUnsupported(t *testing.T) {
 		svc         datapath.Service
 		unsupported bool
 	}{
-		{"IPv6 cluster IP", svc(v6, "fd00::1"), true},
-		{"IPv6 endpoint", svc(v4, "fd00::1"), true},
+		{"IPv6 cluster IP, IPv4 endpoint", svc(v6, "10.244.0.1"), true},
+		{"IPv4 cluster IP, IPv6 endpoint", svc(v4, "fd00::1"), true},
 		{"unspecified cluster IP", svc(netip.IPv4Unspecified(), "10.244.0.1"), false},
 	}
 	for _, tt := range tests {
@@ -39,10 +40,14 @@ func TestIPv6IsUnsupported(t *testing.T) {
 			if tt.svc.ClusterIP.IsUnspecified() {
 				return // IPv4Endpoints does not check for 0.0.0.0
 			}
-			_, err = IPv4Endpoints(tt.svc, "iptables")
+			_, err = FamilyEndpoints(tt.svc, FamilyOf(tt.svc.ClusterIP), "iptables")
 			if assert.Error(t, err) {
-				assert.Equal(t, tt.unsupported, errors.Is(err, datapath.ErrUnsupported), "IPv4Endpoints: %v", err)
+				assert.Equal(t, tt.unsupported, errors.Is(err, datapath.ErrUnsupported), "FamilyEndpoints: %v", err)
 			}
 		})
 	}
+	_, _, err := VIPPorts(datapath.State{Services: []datapath.Service{svc(v6, "fd00::1")}}, "ipvs", "virtual server")
+	assert.NoError(t, err, "an IPv6 service is served")
+	_, err = FamilyEndpoints(svc(v6, "fd00::1"), IPv6, "iptables")
+	assert.NoError(t, err, "an IPv6 service is served by the IPv6 rules")
 }
