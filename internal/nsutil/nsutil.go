@@ -17,7 +17,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -66,6 +68,9 @@ func locked(fn func() error) error {
 func Create(name string) (*NS, error) {
 	if name == "" || strings.ContainsRune(name, '/') {
 		return nil, fmt.Errorf("netns name %q: must be non-empty and contain no '/'", name)
+	}
+	if err := runDirMount(); err != nil {
+		return nil, err
 	}
 	var h netns.NsHandle
 	err := locked(func() error {
@@ -252,4 +257,43 @@ func (n *NS) SetSysctls(set []Sysctl) error {
 		}
 	}
 	return nil
+}
+
+var (
+	runDirOnce sync.Once
+	runDirErr  error
+)
+
+// runDirMount makes RunDir a mount point of its own (bound onto itself,
+// shared), once, as iproute2 does the first time `ip netns add` runs on a
+// machine. Without it the first `ip netns add` after svclab made a
+// namespace binds RunDir over itself and hides every name made before it:
+// a live run can then neither open nor remove its namespaces by name, and
+// they leak. Once RunDir is a mount point, `ip netns add` leaves it be.
+// The bind stays, as iproute2's does: it is the standard layout of RunDir.
+func runDirMount() error {
+	runDirOnce.Do(func() {
+		if err := os.MkdirAll(RunDir, 0o755); err != nil {
+			runDirErr = fmt.Errorf("netns directory %s: %w", RunDir, err)
+			return
+		}
+		dir, err := filepath.EvalSymlinks(RunDir)
+		if err != nil {
+			runDirErr = fmt.Errorf("netns directory %s: %w", RunDir, err)
+			return
+		}
+		if mounted, err := mountinfo.Mounted(dir); err != nil || mounted {
+			// Already a mount point (iproute2 or an earlier run made it),
+			// or not knowable: leave it as it is.
+			return
+		}
+		if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			runDirErr = fmt.Errorf("netns directory %s: bind onto itself: %w", dir, err)
+			return
+		}
+		if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+			runDirErr = fmt.Errorf("netns directory %s: make shared: %w", dir, err)
+		}
+	})
+	return runDirErr
 }

@@ -4,9 +4,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
+	"github.com/moby/sys/mountinfo"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -57,4 +59,36 @@ func TestPrivilegedDeleteUnmountedName(t *testing.T) {
 	require.NoError(t, Delete(name))
 	assert.NoFileExists(t, p)
 	assert.NoError(t, Delete(name), "a missing name is not an error")
+}
+
+// After Create, RunDir is a mount point of its own, so a later `ip netns
+// add` (a user inspecting a lab) does not bind RunDir over itself and hide
+// the names svclab made: they stay openable and removable.
+func TestPrivilegedNamesSurviveIPNetnsAdd(t *testing.T) {
+	requireRoot(t)
+	ns, err := Create(testName(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ns.Close() })
+	dir, err := filepath.EvalSymlinks(RunDir)
+	require.NoError(t, err)
+	mounted, err := mountinfo.Mounted(dir)
+	require.NoError(t, err)
+	assert.True(t, mounted, "%s is a mount point", dir)
+
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		t.Skip("iproute2's ip is not installed: the interplay with `ip netns add` cannot be checked")
+	}
+	other := testName(t)
+	out, err := exec.Command(ip, "netns", "add", other).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	t.Cleanup(func() { _ = Delete(other) })
+
+	again, err := Open(ns.Name)
+	require.NoError(t, err, "the name made before `ip netns add` still opens")
+	h := again.Handle()
+	h.Close()
+	require.NoError(t, ns.Close(), "and is still removed by name")
+	_, err = os.Stat(filepath.Join(RunDir, ns.Name))
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }
