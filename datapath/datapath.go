@@ -137,9 +137,12 @@ type Env struct {
 	// Node is the node network namespace: where per-packet datapaths
 	// (iptables, nftables, IPVS, tc) live.
 	Node *nsutil.NS
-	// ClientCgroup is the cgroup v2 directory every client process runs in:
-	// where socket-level datapaths attach.
-	ClientCgroup string
+	// NodeCgroup is the cgroup v2 directory every process the datapath
+	// serves runs under, as kubelet's kubepods: client pods, backend pods
+	// and hostNetwork pods are in child cgroups of it. Socket-level
+	// datapaths attach here, so they serve every pod of the node, as
+	// Cilium's socket-LB attached at the root cgroup does.
+	NodeCgroup string
 	Clients      []Pod
 	Backends     []Pod
 	PodCIDR      netip.Prefix

@@ -139,7 +139,8 @@ var probeOps = []string{"tcp", "udp", "udp-connected", "udp-reconnect"}
 
 // ProbeStep is a probe run: the same operation Count times or for Duration.
 type ProbeStep struct {
-	// From is "client" (default: client-0) or "backend:N" (hairpin).
+	// From is "client" (default: client-0), "backend:N" (hairpin) or
+	// "host" (a hostNetwork client in the node's namespace; ipv4 only).
 	From string `json:"from,omitempty"`
 	// Op is tcp, udp (unconnected sendto/recvfrom), udp-connected or
 	// udp-reconnect (connect to the target, connect(AF_UNSPEC), connect to
@@ -343,14 +344,27 @@ func ParsePods(s string, n int) ([]int, error) {
 	return out, nil
 }
 
-// ParseFrom parses a probe's From: -1 for the client, else a backend index.
+// From values ParseFrom returns besides a backend index.
+const (
+	// FromClient is the first client pod.
+	FromClient = -1
+	// FromHost is a hostNetwork client: a process in the node's own
+	// network namespace.
+	FromHost = -2
+)
+
+// ParseFrom parses a probe's From: FromClient, FromHost ("host"), else a
+// backend index.
 func ParseFrom(s string, backends int) (int, error) {
 	if s == "" || s == "client" {
-		return -1, nil
+		return FromClient, nil
+	}
+	if s == "host" {
+		return FromHost, nil
 	}
 	idx, ok := strings.CutPrefix(s, "backend:")
 	if !ok {
-		return 0, fmt.Errorf("%q is neither client nor backend:N", s)
+		return 0, fmt.Errorf("%q is neither client, host nor backend:N", s)
 	}
 	i, err := strconv.Atoi(idx)
 	if err != nil || i < 0 || i >= backends {
@@ -506,8 +520,8 @@ func (c *Conformance) validateLateReply(l *LateReply, svcs map[string]*Conforman
 	if err != nil || i < 0 {
 		return fmt.Errorf("pod: %q is not a backend index", l.Pod)
 	}
-	if _, err := ParseFrom(l.To, c.Backends); err != nil {
-		return fmt.Errorf("to: %w", err)
+	if to, err := ParseFrom(l.To, c.Backends); err != nil || to == FromHost {
+		return fmt.Errorf("to: %q is not client or backend:N", l.To)
 	}
 	s := svcs[l.Service]
 	if s == nil {
@@ -607,8 +621,13 @@ func (c *Conformance) validateTarget(t Target, ports map[string]map[string]bool)
 }
 
 func (c *Conformance) validateProbe(p *ProbeStep, ports map[string]map[string]bool) error {
-	if _, err := ParseFrom(p.From, c.Backends); err != nil {
+	from, err := ParseFrom(p.From, c.Backends)
+	if err != nil {
 		return fmt.Errorf("from: %w", err)
+	}
+	if from == FromHost && c.Family != "ipv4" {
+		// The node's only address is the IPv4 pod gateway.
+		return fmt.Errorf("from: host is for ipv4 scenarios only (the node has no IPv6 address of its own)")
 	}
 	ok := false
 	for _, op := range probeOps {

@@ -167,7 +167,7 @@ func newFixture(t *testing.T, tweak ...func(*SocketLB)) *fixture {
 		fn(f.dp)
 	}
 	require.NoError(t, f.dp.Setup(context.Background(), &datapath.Env{
-		ClientCgroup: f.cg.path,
+		NodeCgroup: f.cg.path,
 		Clients:      []datapath.Pod{{Name: "client", NS: f.ns}},
 	}))
 	t.Cleanup(func() { assert.NoError(t, f.dp.Close()) })

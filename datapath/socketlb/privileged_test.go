@@ -732,7 +732,7 @@ func TestPrivilegedSetupFailures(t *testing.T) {
 	t.Run("missing cgroup directory", func(t *testing.T) {
 		dp := New()
 		missing := filepath.Join(os.TempDir(), randomName(t))
-		err := dp.Setup(ctx, &datapath.Env{ClientCgroup: missing})
+		err := dp.Setup(ctx, &datapath.Env{NodeCgroup: missing})
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "attach connect4 to "+missing)
 		assert.NoError(t, dp.Close(), "Close after a failed Setup")
@@ -743,9 +743,9 @@ func TestPrivilegedSetupFailures(t *testing.T) {
 	t.Run("setup twice", func(t *testing.T) {
 		cg := newTestCgroup(t)
 		dp := New()
-		require.NoError(t, dp.Setup(ctx, &datapath.Env{ClientCgroup: cg.path}))
+		require.NoError(t, dp.Setup(ctx, &datapath.Env{NodeCgroup: cg.path}))
 		t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-		assert.ErrorIs(t, dp.Setup(ctx, &datapath.Env{ClientCgroup: cg.path}), ErrAlreadySetUp)
+		assert.ErrorIs(t, dp.Setup(ctx, &datapath.Env{NodeCgroup: cg.path}), ErrAlreadySetUp)
 
 		for _, h := range hooks {
 			q, err := link.QueryPrograms(link.QueryOptions{Target: cg.fd, Attach: h.attach})
@@ -757,7 +757,7 @@ func TestPrivilegedSetupFailures(t *testing.T) {
 	t.Run("apply rejects a state it cannot hold without touching the maps", func(t *testing.T) {
 		cg := newTestCgroup(t)
 		dp := New()
-		require.NoError(t, dp.Setup(ctx, &datapath.Env{ClientCgroup: cg.path}))
+		require.NoError(t, dp.Setup(ctx, &datapath.Env{NodeCgroup: cg.path}))
 		t.Cleanup(func() { assert.NoError(t, dp.Close()) })
 		good := svc("web", "10.96.0.10", 80, 8080, ep("a", "10.0.0.1"))
 		require.NoError(t, dp.Apply(ctx, datapath.State{Services: []datapath.Service{good}}))

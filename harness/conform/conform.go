@@ -25,6 +25,7 @@ import (
 	"svclab/harness/runlock"
 	"svclab/harness/topology"
 	"svclab/harness/world"
+	"svclab/internal/nsutil"
 	"svclab/results"
 	"svclab/scenarios"
 )
@@ -272,19 +273,19 @@ func (c *cellRun) run(ctx context.Context, prefix string, f datapath.Factory) er
 			if err != nil {
 				return err
 			}
-			ns := c.topo.Clients[0].NS
-			if from, _ := scenarios.ParseFrom(st.Probe.From, sc.Backends); from >= 0 {
-				ns = c.topo.Backends[from].NS
-			}
+			// The probe runs in the namespace and the cgroup of the
+			// pod it is in, so a datapath serves it only if it serves
+			// that pod (a hairpin probe is a backend pod's process).
+			ns, cg := c.probeHome(st.Probe.From)
 			if st.Probe.Background {
-				p, err := probe.Start(ctx, ns, c.topo.ClientCgroup.Path, spec)
+				p, err := probe.Start(ctx, ns, cg, spec)
 				if err != nil {
 					return err
 				}
 				c.bg[st.ID] = &bgProbe{step: st, spec: spec, proc: p, where: where}
 				break
 			}
-			atts, err := probe.RunProcess(ctx, ns, c.topo.ClientCgroup.Path, spec)
+			atts, err := probe.RunProcess(ctx, ns, cg, spec)
 			if err != nil {
 				return err
 			}
@@ -455,6 +456,18 @@ func (c *cellRun) apply(ctx context.Context) error {
 	}
 	c.state = st
 	return nil
+}
+
+// probeHome is the network namespace and cgroup of a probe's pod.
+func (c *cellRun) probeHome(from string) (*nsutil.NS, string) {
+	p := c.topo.Clients[0]
+	switch i, _ := scenarios.ParseFrom(from, c.sc.Backends); {
+	case i == scenarios.FromHost:
+		p = c.topo.Host
+	case i >= 0:
+		p = c.topo.Backends[i]
+	}
+	return p.NS, c.topo.PodCgroup(p)
 }
 
 // lateReply sends a late datagram from a backend's target port to the
