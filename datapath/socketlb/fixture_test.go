@@ -168,7 +168,7 @@ func newFixture(t *testing.T, tweak ...func(*SocketLB)) *fixture {
 	}
 	require.NoError(t, f.dp.Setup(context.Background(), &datapath.Env{
 		NodeCgroup: f.cg.path,
-		Clients:      []datapath.Pod{{Name: "client", NS: f.ns}},
+		Clients:    []datapath.Pod{{Name: "client", NS: f.ns}},
 	}))
 	t.Cleanup(func() { assert.NoError(t, f.dp.Close()) })
 	return f
