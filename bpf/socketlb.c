@@ -332,7 +332,13 @@ static __always_inline int backend_is_member(__u32 svc_id, const __be32 addr[4],
 	return bpf_map_lookup_elem(&svclab_members, &mk) != NULL;
 }
 
-/* A saved translation's service still exists under the same id. */
+/*
+ * A saved translation's service still exists under the same id and still
+ * has a backend. A service drained to no endpoint counts as gone (as in
+ * Cilium's bpf_sock.c): nothing it could have answered for is served any
+ * more, and keeping the mapping would let a stale backend's datagram pass
+ * as the VIP's.
+ */
 static __always_inline int revnat_svc_live(const struct revnat_entry *m)
 {
 	struct svc_key key = { .port = m->vip_port, .proto = m->proto };
@@ -340,7 +346,7 @@ static __always_inline int revnat_svc_live(const struct revnat_entry *m)
 
 	addr_copy(key.addr, m->vip);
 	svc = bpf_map_lookup_elem(&svclab_services, &key);
-	return svc && svc->id == m->svc_id;
+	return svc && svc->id == m->svc_id && svc->count > 0;
 }
 
 /* Connections per service and per backend; per-CPU, so plain increments. */
@@ -554,11 +560,18 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, struct dst 
 			count_connection(svc_id, &be);
 	} else {
 		/*
-		 * The socket moves to another service: keep its previous
-		 * mapping where recvmsg can still find it, for replies from
-		 * that service's backend (a resolver asking two servers).
+		 * The socket moves to another service, or to another backend
+		 * of the same one (its backend left the service, or its
+		 * affinity expired): keep the previous mapping where recvmsg
+		 * can still find it. A reply from the old backend answers a
+		 * datagram the application sent to that VIP (a resolver
+		 * asking two servers, or a backend answering late after it
+		 * was removed), and must show the VIP, not the backend.
+		 * Same backend under a new id (the service was recreated)
+		 * needs no spill: the current mapping already matches it.
 		 */
-		if ((st->flags & SOCK_F_VALID) && !same_svc) {
+		if ((st->flags & SOCK_F_VALID) &&
+		    !(st->backend_port == be.port && addr_eq(st->backend, be.addr))) {
 			rkey.cookie = bpf_get_socket_cookie(ctx);
 			addr_copy(rkey.addr, st->backend);
 			rkey.port = st->backend_port;
@@ -614,10 +627,14 @@ static __always_inline int sock6_xlate_fwd(struct bpf_sock_addr *ctx, int is_con
 /*
  * Finds how the socket reached the peer address: its own latest
  * translation first, then, for sockets that talked to more than one
- * service, svclab_revnat. Returns 1 with *out filled, or 0. sk is
+ * service, svclab_revnat. Returns REV_OWN or REV_SPILLED with *out
+ * filled, or 0. sk is
  * ctx->sk or an iterator's socket; cookie_ctx is what
  * bpf_get_socket_cookie() takes in that program type.
  */
+#define REV_OWN 1     /* found in the socket's own state */
+#define REV_SPILLED 2 /* found in svclab_revnat */
+
 static __always_inline int sock_rev_lookup(void *sk, void *cookie_ctx, const __be32 peer[4], __be16 peer_port,
 					   struct revnat_entry *out)
 {
@@ -633,7 +650,7 @@ static __always_inline int sock_rev_lookup(void *sk, void *cookie_ctx, const __b
 		out->vip_port = st->vip_port;
 		out->proto = st->proto;
 		out->svc_id = st->svc_id;
-		return 1;
+		return REV_OWN;
 	}
 	if (!(st->flags & SOCK_F_SPILLED))
 		return 0;
@@ -643,29 +660,41 @@ static __always_inline int sock_rev_lookup(void *sk, void *cookie_ctx, const __b
 	if (!m)
 		return 0;
 	*out = *m;
-	return 1;
+	return REV_SPILLED;
 }
 
 /*
  * Reverse translation: backend address:port -> ClusterIP:port. A datagram
- * (validate) is translated while the service it was sent to still exists:
- * once a service is deleted its former backends show up as themselves, as
- * under a proxy that flushed its conntrack entries. A reply from a backend
- * that was removed from a live service is still translated: it answers a
+ * (validate) is translated while the service it was sent to still exists
+ * and has a backend: once a service is deleted or drained its former
+ * backends show up as themselves, as under a proxy that flushed its
+ * conntrack entries, and a spilled mapping found stale is deleted so that
+ * it cannot outlive its service in the LRU. A reply from a backend that
+ * was removed from a live service is still translated: it answers a
  * datagram the socket sent to the ClusterIP before the removal (the socket
- * itself sends elsewhere from its next datagram on). getpeername is not
- * validated: the socket was connected to the ClusterIP, and like under a
- * per-packet NAT it reports that for its whole life.
+ * itself sends elsewhere from its next datagram on, and its old mapping
+ * was spilled for exactly this). getpeername is not validated: the socket
+ * was connected to the ClusterIP, and like under a per-packet NAT it
+ * reports that for its whole life.
  * Returns 1 when d was rewritten.
  */
 static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, struct dst *d, int validate)
 {
+	struct revnat_key rkey = { .port = d->port };
 	struct revnat_entry m = {};
+	int found;
 
-	if (!sock_rev_lookup(ctx->sk, ctx, d->addr, d->port, &m))
+	found = sock_rev_lookup(ctx->sk, ctx, d->addr, d->port, &m);
+	if (!found)
 		return 0;
-	if (validate && !revnat_svc_live(&m))
+	if (validate && !revnat_svc_live(&m)) {
+		if (found == REV_SPILLED) {
+			rkey.cookie = bpf_get_socket_cookie(ctx);
+			addr_copy(rkey.addr, d->addr);
+			bpf_map_delete_elem(&svclab_revnat, &rkey);
+		}
 		return 0;
+	}
 	addr_copy(d->addr, m.vip);
 	d->port = m.vip_port;
 	return 1;

@@ -137,13 +137,16 @@ type Env struct {
 	// Node is the node network namespace: where per-packet datapaths
 	// (iptables, nftables, IPVS, tc) live.
 	Node *nsutil.NS
-	// ClientCgroup is the cgroup v2 directory every client process runs in:
-	// where socket-level datapaths attach.
-	ClientCgroup string
-	Clients      []Pod
-	Backends     []Pod
-	PodCIDR      netip.Prefix
-	ServiceCIDR  netip.Prefix
+	// NodeCgroup is the cgroup v2 directory every process the datapath
+	// serves runs under, as kubelet's kubepods: client pods, backend pods
+	// and hostNetwork pods are in child cgroups of it. Socket-level
+	// datapaths attach here, so they serve every pod of the node, as
+	// Cilium's socket-LB attached at the root cgroup does.
+	NodeCgroup  string
+	Clients     []Pod
+	Backends    []Pod
+	PodCIDR     netip.Prefix
+	ServiceCIDR netip.Prefix
 	// PodCIDR6 and ServiceCIDR6 are the IPv6 ranges of a dual-stack
 	// topology; invalid (zero) in an IPv4-only one.
 	PodCIDR6     netip.Prefix

@@ -101,6 +101,8 @@ type ProbeSummary struct {
 	Backends  map[string]int `json:"backends,omitempty"`
 	Peers     map[string]int `json:"peers,omitempty"`
 	ReplyFrom map[string]int `json:"reply_from,omitempty"`
+	// LateFrom counts late datagrams (a lateReply step's) by source.
+	LateFrom map[string]int `json:"late_from,omitempty"`
 	// LocalPorts is the number of distinct local ports used.
 	LocalPorts int     `json:"local_ports"`
 	MedianMS   float64 `json:"median_ms"`
@@ -157,6 +159,10 @@ type ProbeAttempt struct {
 	Local string `json:"local,omitempty"`
 	// Sends is the number of times a UDP request was sent (Resend).
 	Sends int `json:"sends,omitempty"`
+	// Late are the sources of late datagrams (a conformance lateReply
+	// step's, recognised by their payload) the socket received during
+	// this attempt: they are not replies, and are not taken as one.
+	Late []string `json:"late,omitempty"`
 }
 
 // OK reports whether a backend answered.

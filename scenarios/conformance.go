@@ -109,9 +109,29 @@ type Step struct {
 	Sleep Duration `json:"sleep,omitempty"`
 	// Wait waits for the background probe with this ID to finish.
 	Wait string `json:"wait,omitempty"`
+	// LateReply makes a backend send a datagram to a client socket out of
+	// turn, as a backend answering late after the client moved on does.
+	LateReply *LateReply `json:"lateReply,omitempty"`
 	// Expect is checked on the probe's attempts (a foreground probe, or
 	// the background probe a Wait step waits for).
 	Expect []Expect `json:"expect,omitempty"`
+}
+
+// LateReply is one datagram from a backend pod, from the target port of a
+// UDP service port, to a probe's socket bound to LocalPort. The probe
+// records it as late (not as a reply) and the late-from check judges its
+// source. A raw socket sends it, so the backend's server keeps its port.
+type LateReply struct {
+	// Pod is the sending backend's index.
+	Pod string `json:"pod"`
+	// Service and Port name the UDP service port whose target port is the
+	// datagram's source port.
+	Service string `json:"service"`
+	Port    string `json:"port"`
+	// To is the probe's pod, as ProbeStep.From (default client).
+	To string `json:"to,omitempty"`
+	// LocalPort is the port the probe's socket is bound to.
+	LocalPort int `json:"localPort"`
 }
 
 // Probe operations, as harness.ProbeSpec.Op.
@@ -119,7 +139,8 @@ var probeOps = []string{"tcp", "udp", "udp-connected", "udp-reconnect"}
 
 // ProbeStep is a probe run: the same operation Count times or for Duration.
 type ProbeStep struct {
-	// From is "client" (default: client-0) or "backend:N" (hairpin).
+	// From is "client" (default: client-0), "backend:N" (hairpin) or
+	// "host" (a hostNetwork client in the node's namespace; ipv4 only).
 	From string `json:"from,omitempty"`
 	// Op is tcp, udp (unconnected sendto/recvfrom), udp-connected or
 	// udp-reconnect (connect to the target, connect(AF_UNSPEC), connect to
@@ -215,6 +236,7 @@ var Checks = map[string]string{
 	"target-port":       "every reply came from target port `port`",
 	"recovers":          "from the `after` mark, within `within`, every later attempt is answered (by pods, if given)",
 	"local-port-stable": "every attempt used the same local port",
+	"late-from":         "every late datagram (a lateReply step's) the socket received came from `equals`; none received passes",
 }
 
 // ConformanceNames lists the built-in conformance scenarios, sorted.
@@ -322,14 +344,27 @@ func ParsePods(s string, n int) ([]int, error) {
 	return out, nil
 }
 
-// ParseFrom parses a probe's From: -1 for the client, else a backend index.
+// From values ParseFrom returns besides a backend index.
+const (
+	// FromClient is the first client pod.
+	FromClient = -1
+	// FromHost is a hostNetwork client: a process in the node's own
+	// network namespace.
+	FromHost = -2
+)
+
+// ParseFrom parses a probe's From: FromClient, FromHost ("host"), else a
+// backend index.
 func ParseFrom(s string, backends int) (int, error) {
 	if s == "" || s == "client" {
-		return -1, nil
+		return FromClient, nil
+	}
+	if s == "host" {
+		return FromHost, nil
 	}
 	idx, ok := strings.CutPrefix(s, "backend:")
 	if !ok {
-		return 0, fmt.Errorf("%q is neither client nor backend:N", s)
+		return 0, fmt.Errorf("%q is neither client, host nor backend:N", s)
 	}
 	i, err := strconv.Atoi(idx)
 	if err != nil || i < 0 || i >= backends {
@@ -401,13 +436,13 @@ func (c *Conformance) Validate() error {
 	for i, st := range c.Steps {
 		at := fmt.Sprintf("steps[%d]", i)
 		n := 0
-		for _, set := range []bool{st.Probe != nil, st.Update != nil, st.Kill != "", st.Sleep != 0, st.Wait != ""} {
+		for _, set := range []bool{st.Probe != nil, st.Update != nil, st.Kill != "", st.Sleep != 0, st.Wait != "", st.LateReply != nil} {
 			if set {
 				n++
 			}
 		}
 		if n != 1 {
-			return fmt.Errorf("%s: exactly one of probe, update, kill, sleep and wait must be set", at)
+			return fmt.Errorf("%s: exactly one of probe, update, kill, sleep, wait and lateReply must be set", at)
 		}
 		if st.ID != "" {
 			if marks[st.ID] {
@@ -447,6 +482,10 @@ func (c *Conformance) Validate() error {
 			if e := checkDuration(at+".sleep", st.Sleep, 0); e != nil {
 				return e
 			}
+		case st.LateReply != nil:
+			if err := c.validateLateReply(st.LateReply, svcs); err != nil {
+				return fmt.Errorf("%s.lateReply.%w", at, err)
+			}
 		case st.Wait != "":
 			if !background[st.Wait] {
 				return fmt.Errorf("%s.wait: %q is not an earlier background probe", at, st.Wait)
@@ -472,6 +511,36 @@ func (c *Conformance) Validate() error {
 		if !waited[id] {
 			return fmt.Errorf("steps: background probe %q is never waited for", id)
 		}
+	}
+	return nil
+}
+
+func (c *Conformance) validateLateReply(l *LateReply, svcs map[string]*ConformanceService) error {
+	i, err := ParseFrom("backend:"+l.Pod, c.Backends)
+	if err != nil || i < 0 {
+		return fmt.Errorf("pod: %q is not a backend index", l.Pod)
+	}
+	if to, err := ParseFrom(l.To, c.Backends); err != nil || to == FromHost {
+		return fmt.Errorf("to: %q is not client or backend:N", l.To)
+	}
+	s := svcs[l.Service]
+	if s == nil {
+		return fmt.Errorf("service: %q is not a service of the scenario", l.Service)
+	}
+	found := false
+	for _, p := range s.Ports {
+		if p.Name == l.Port {
+			if p.Protocol != "UDP" {
+				return fmt.Errorf("port: %q is %s; a late reply is a UDP datagram", l.Port, p.Protocol)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("port: service %q has no port named %q", l.Service, l.Port)
+	}
+	if l.LocalPort < 1 || l.LocalPort > 65535 {
+		return fmt.Errorf("localPort: %d is out of range [1, 65535]", l.LocalPort)
 	}
 	return nil
 }
@@ -552,8 +621,13 @@ func (c *Conformance) validateTarget(t Target, ports map[string]map[string]bool)
 }
 
 func (c *Conformance) validateProbe(p *ProbeStep, ports map[string]map[string]bool) error {
-	if _, err := ParseFrom(p.From, c.Backends); err != nil {
+	from, err := ParseFrom(p.From, c.Backends)
+	if err != nil {
 		return fmt.Errorf("from: %w", err)
+	}
+	if from == FromHost && c.Family != "ipv4" {
+		// The node's only address is the IPv4 pod gateway.
+		return fmt.Errorf("from: host is for ipv4 scenarios only (the node has no IPv6 address of its own)")
 	}
 	ok := false
 	for _, op := range probeOps {
@@ -675,7 +749,7 @@ func (c *Conformance) validateExpect(e Expect, marks map[string]bool, self strin
 		if e.Port < 1 || e.Port > 65535 {
 			return fmt.Errorf("port: %d is out of range [1, 65535]", e.Port)
 		}
-	case "peer", "reply-from":
+	case "peer", "reply-from", "late-from":
 		if e.Equals != "dialed" && e.Equals != "backend" {
 			return fmt.Errorf("equals: %q is not dialed or backend", e.Equals)
 		}

@@ -101,6 +101,9 @@ func TestParseConformanceBadInput(t *testing.T) {
 		{"two actions", "- id: change\n  update", "- id: change\n  sleep: 1s\n  update", "steps[1]: exactly one"},
 		{"bad from", "op: tcp,", "op: tcp, from: \"backend:9\",", "steps[0].probe.from"},
 		{"long-lived tcp", "op: tcp,", "op: tcp, socket: long-lived,", "steps[0].probe.socket"},
+		{"late reply from a TCP port", "- wait: traffic", "- lateReply: {pod: \"0\", service: web, port: http, localPort: 4000}\n- wait: traffic", "steps[2].lateReply.port"},
+		{"late reply from no pod", "- wait: traffic", "- lateReply: {pod: \"7\", service: web, port: http, localPort: 4000}\n- wait: traffic", "steps[2].lateReply.pod"},
+		{"late-from without equals", "{check: ok}", "{check: late-from}", "steps[2].expect[0].equals"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,4 +120,41 @@ func TestLoadConformanceUnknown(t *testing.T) {
 	_, err := LoadConformance("nosuch")
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "tcp-spread", "the error lists the built-in scenarios")
+}
+
+// A lateReply step names a UDP port of a scenario service and the port the
+// probe is bound to.
+func TestParseConformanceLateReply(t *testing.T) {
+	const y = `
+behaviour: b
+source: s
+backends: 2
+services:
+- name: dns
+  ports: [{name: dns, protocol: UDP, port: 53, targetPort: 5353}]
+  endpoints: [{pods: "0"}]
+steps:
+- id: traffic
+  probe: {op: udp, socket: long-lived, localPort: 40053, target: {service: dns, port: dns}, count: 3, background: true}
+- lateReply: {pod: "1", service: dns, port: dns, localPort: 40053}
+- wait: traffic
+  expect: [{check: late-from, equals: dialed}]
+`
+	c, err := ParseConformance([]byte(y), "late")
+	require.NoError(t, err)
+	require.NotNil(t, c.Steps[1].LateReply)
+	assert.Equal(t, LateReply{Pod: "1", Service: "dns", Port: "dns", LocalPort: 40053}, *c.Steps[1].LateReply)
+	for _, tt := range []struct{ name, old, new, field string }{
+		{"no local port", ", localPort: 40053}\n- wait", "}\n- wait", "steps[1].lateReply.localPort"},
+		{"unknown service", "service: dns, port: dns, localPort: 40053}\n- wait", "service: api, port: dns, localPort: 40053}\n- wait", "steps[1].lateReply.service"},
+		{"bad to", "lateReply: {pod", "lateReply: {to: nowhere, pod", "steps[1].lateReply.to"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			bad := strings.Replace(y, tt.old, tt.new, 1)
+			require.NotEqual(t, y, bad)
+			_, err := ParseConformance([]byte(bad), "bad")
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.field)
+		})
+	}
 }

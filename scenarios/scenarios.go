@@ -228,7 +228,12 @@ type Workload struct {
 	// socket per request, as DNS stub resolvers do) or "long-lived" (one
 	// unconnected socket per connection slot sending request after
 	// request).
-	UDPMode     string   `json:"udpMode,omitempty"`
+	UDPMode string `json:"udpMode,omitempty"`
+	// Client is where the load generator runs: ClientPod (default: the
+	// first client pod) or ClientHost (a hostNetwork client: the node's
+	// own namespace and hostNetwork cgroup, IPv4), which kube-proxy serves
+	// in nat OUTPUT and socket-LB through the node cgroup.
+	Client      string   `json:"client,omitempty"`
 	Concurrency []int    `json:"concurrency"`
 	Warmup      Duration `json:"warmup"`
 	Duration    Duration `json:"duration"`
@@ -260,6 +265,12 @@ const DefaultMaxErrorFraction = 0.01
 func (w *Workload) ErrorTolerance() float64 {
 	return cmp.Or(w.MaxErrorFraction, DefaultMaxErrorFraction)
 }
+
+// Where the load generator runs (Workload.Client).
+const (
+	ClientPod  = "pod"
+	ClientHost = "host"
+)
 
 // Load models (Workload.Model).
 const (
@@ -362,6 +373,11 @@ func (s *Scenario) Validate() error {
 		}
 	default:
 		bad(ErrInvalid, "service.protocol", "%q is not supported by this workload (TCP or UDP)", s.Service.Protocol)
+	}
+	switch s.Workload.Client {
+	case "", ClientPod, ClientHost:
+	default:
+		bad(ErrInvalid, "workload.client", "%q is not one of %s, %s", s.Workload.Client, ClientPod, ClientHost)
 	}
 	// The names go into nft and iptables scripts: only Kubernetes names.
 	badErr(ErrName, "service.namespace", CheckNamespace(s.Service.Namespace))

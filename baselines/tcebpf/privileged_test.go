@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -240,7 +241,13 @@ func TestPrivilegedThroughTopology(t *testing.T) {
 			require.NoError(t, dp.Setup(ctx, topo.Env()))
 			t.Cleanup(func() { assert.NoError(t, dp.Close()) })
 			assert.Equal(t, mode, dp.Info()["attach"])
-			assert.Equal(t, client.HostVeth, dp.Info()["interfaces"])
+			// Every pod's veth, clients first: backend pods are clients of
+			// services too.
+			want := []string{client.HostVeth}
+			for _, b := range topo.Backends {
+				want = append(want, b.HostVeth)
+			}
+			assert.Equal(t, strings.Join(want, ","), dp.Info()["interfaces"])
 			st := state(topo)
 			require.NoError(t, dp.Apply(ctx, st))
 			stats := func() map[string]uint64 {

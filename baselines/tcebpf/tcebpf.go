@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,6 +94,11 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 			return fmt.Errorf("setup tc-ebpf: clients[%d] (%s): empty host_veth: %w", i, c.Name, ErrNoClients)
 		}
 	}
+	for i, b := range env.Backends {
+		if b.HostVeth == "" {
+			return fmt.Errorf("setup tc-ebpf: backends[%d] (%s): empty host_veth: %w", i, b.Name, ErrNoClients)
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -122,14 +128,18 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 		{prog: objs.SvclabTcIngress, name: tcebpfProgSvclabTcIngress, tcx: ebpf.AttachTCXIngress, clsact: netlink.HANDLE_MIN_INGRESS, dirName: "ingress"},
 		{prog: objs.SvclabTcEgress, name: tcebpfProgSvclabTcEgress, tcx: ebpf.AttachTCXEgress, clsact: netlink.HANDLE_MIN_EGRESS, dirName: "egress"},
 	}
+	// Every pod's veth, as a per-packet datapath on a real node: backend
+	// pods are clients of services too (hairpin, pod-to-pod through a
+	// ClusterIP). The node's own processes are not served: their packets
+	// pass no pod veth on the way out (a named limitation, see Info).
 	var ifaces []string
-	for _, c := range env.Clients {
+	for _, c := range append(slices.Clone(env.Clients), env.Backends...) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		l, err := nh.LinkByName(c.HostVeth)
 		if err != nil {
-			return fmt.Errorf("client %s: find host veth %s in %s: %w", c.Name, c.HostVeth, env.Node.Name, err)
+			return fmt.Errorf("pod %s: find host veth %s in %s: %w", c.Name, c.HostVeth, env.Node.Name, err)
 		}
 		ifindex := l.Attrs().Index
 		if att.mode == "" || att.mode == attachTCX {
@@ -203,6 +213,9 @@ func (d *Datapath) Info() map[string]string {
 	}
 	info["attach"] = d.attach.mode
 	info["interfaces"] = strings.Join(d.ifaces, ",")
+	// Named limitation: the node's own processes (hostNetwork pods) send
+	// to a ClusterIP through the node's route, never through a pod veth.
+	info["host_clients"] = "not served: per-packet DNAT is on pod veths only, which the node's own packets to a ClusterIP never cross"
 	lbmaps.AddStateSize(info, len(d.installed.services)+len(d.installed.backends), d.objs.SvclabServices, d.objs.SvclabBackends)
 	return info
 }

@@ -128,12 +128,23 @@ type fixture struct {
 	cg *testCgroup
 	ns *nsutil.NS
 	dp *SocketLB
+
+	// udpMu guards udpLast: per UDP backend address, its socket and the
+	// last client that sent to it, so a test can send that client a late
+	// reply from the backend after the datapath has moved on.
+	udpMu   sync.Mutex
+	udpLast map[netip.AddrPort]udpPeer
+}
+
+type udpPeer struct {
+	pc   net.PacketConn
+	from net.Addr
 }
 
 func newFixture(t *testing.T, tweak ...func(*SocketLB)) *fixture {
 	t.Helper()
 	requirePrivileged(t)
-	f := &fixture{t: t, cg: newTestCgroup(t), ns: newTestNetNS(t)}
+	f := &fixture{t: t, cg: newTestCgroup(t), ns: newTestNetNS(t), udpLast: map[netip.AddrPort]udpPeer{}}
 	h, err := f.ns.NetlinkHandle()
 	require.NoError(t, err)
 	lo, err := h.LinkByName("lo")
@@ -156,8 +167,8 @@ func newFixture(t *testing.T, tweak ...func(*SocketLB)) *fixture {
 		fn(f.dp)
 	}
 	require.NoError(t, f.dp.Setup(context.Background(), &datapath.Env{
-		ClientCgroup: f.cg.path,
-		Clients:      []datapath.Pod{{Name: "client", NS: f.ns}},
+		NodeCgroup: f.cg.path,
+		Clients:    []datapath.Pod{{Name: "client", NS: f.ns}},
 	}))
 	t.Cleanup(func() { assert.NoError(t, f.dp.Close()) })
 	return f
@@ -216,10 +227,26 @@ func (f *fixture) serveUDP(ap netip.AddrPort, reply string) {
 			if err != nil {
 				return
 			}
+			f.udpMu.Lock()
+			f.udpLast[ap] = udpPeer{pc: pc, from: from}
+			f.udpMu.Unlock()
 			_, _ = pc.WriteTo([]byte(reply), from)
 		}
 	}()
 	f.t.Cleanup(func() { pc.Close(); wg.Wait() })
+}
+
+// lateReply sends reply from the UDP backend at ap to the last client that
+// sent to it: a datagram the backend answers after the client's socket was
+// re-steered away from it.
+func (f *fixture) lateReply(ap netip.AddrPort, reply string) {
+	f.t.Helper()
+	f.udpMu.Lock()
+	p, ok := f.udpLast[ap]
+	f.udpMu.Unlock()
+	require.True(f.t, ok, "no client has sent to %s", ap)
+	_, err := p.pc.WriteTo([]byte(reply), p.from)
+	require.NoError(f.t, err)
 }
 
 // readTables dumps the three maps Apply writes.

@@ -3,6 +3,7 @@ package socketlb
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -731,7 +732,7 @@ func TestPrivilegedSetupFailures(t *testing.T) {
 	t.Run("missing cgroup directory", func(t *testing.T) {
 		dp := New()
 		missing := filepath.Join(os.TempDir(), randomName(t))
-		err := dp.Setup(ctx, &datapath.Env{ClientCgroup: missing})
+		err := dp.Setup(ctx, &datapath.Env{NodeCgroup: missing})
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "attach connect4 to "+missing)
 		assert.NoError(t, dp.Close(), "Close after a failed Setup")
@@ -742,9 +743,9 @@ func TestPrivilegedSetupFailures(t *testing.T) {
 	t.Run("setup twice", func(t *testing.T) {
 		cg := newTestCgroup(t)
 		dp := New()
-		require.NoError(t, dp.Setup(ctx, &datapath.Env{ClientCgroup: cg.path}))
+		require.NoError(t, dp.Setup(ctx, &datapath.Env{NodeCgroup: cg.path}))
 		t.Cleanup(func() { assert.NoError(t, dp.Close()) })
-		assert.ErrorIs(t, dp.Setup(ctx, &datapath.Env{ClientCgroup: cg.path}), ErrAlreadySetUp)
+		assert.ErrorIs(t, dp.Setup(ctx, &datapath.Env{NodeCgroup: cg.path}), ErrAlreadySetUp)
 
 		for _, h := range hooks {
 			q, err := link.QueryPrograms(link.QueryOptions{Target: cg.fd, Attach: h.attach})
@@ -756,7 +757,7 @@ func TestPrivilegedSetupFailures(t *testing.T) {
 	t.Run("apply rejects a state it cannot hold without touching the maps", func(t *testing.T) {
 		cg := newTestCgroup(t)
 		dp := New()
-		require.NoError(t, dp.Setup(ctx, &datapath.Env{ClientCgroup: cg.path}))
+		require.NoError(t, dp.Setup(ctx, &datapath.Env{NodeCgroup: cg.path}))
 		t.Cleanup(func() { assert.NoError(t, dp.Close()) })
 		good := svc("web", "10.96.0.10", 80, 8080, ep("a", "10.0.0.1"))
 		require.NoError(t, dp.Apply(ctx, datapath.State{Services: []datapath.Service{good}}))
@@ -766,5 +767,106 @@ func TestPrivilegedSetupFailures(t *testing.T) {
 		err := dp.Apply(ctx, datapath.State{Services: []datapath.Service{good, bad}})
 		assert.ErrorIs(t, err, ErrUnsupportedService)
 		assert.Equal(t, before, readTables(t, dp))
+	})
+}
+
+// Late replies: a datagram a backend sends after the socket's mapping to it
+// changed. Re-steered within the same service, the reply answers a datagram
+// the application sent to the VIP, so it must come from the VIP (a resolver
+// drops a reply whose source is not the server it asked). From a service
+// that still exists but has no backend left, the mapping is stale (as in
+// Cilium's bpf_sock.c): the reply is not translated and a spilled mapping is
+// deleted.
+func TestPrivilegedLateReplies(t *testing.T) {
+	const vip = "10.96.0.53:53"
+	dnsWith := func(eps ...datapath.Endpoint) datapath.Service {
+		return svcProto("dns", "10.96.0.53", datapath.UDP, 53, 5353, eps...)
+	}
+	backendAP := func(name string) netip.AddrPort { return mustAddrPort(addr(name, 5353)) }
+	all := []datapath.Endpoint{be("a"), be("b"), be("c")}
+	without := func(gone string) []datapath.Endpoint {
+		var out []datapath.Endpoint
+		for _, e := range all {
+			if e.Pod != gone {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	spilled := func(f *fixture) int {
+		n := 0
+		var k socketlbRevnatKey
+		var v socketlbRevnatEntry
+		it := f.dp.maps.SvclabRevnat.Iterate()
+		for it.Next(&k, &v) {
+			n++
+		}
+		require.NoError(t, it.Err())
+		return n
+	}
+
+	for _, tc := range []struct {
+		name string
+		// change is applied after the socket reached its first backend.
+		change func(first string) []datapath.Endpoint
+		// resend: the socket sends to the VIP again after the change.
+		resend      bool
+		wantFrom    func(first string) string
+		wantSpilled int
+	}{
+		{
+			name:        "re-steered to another backend of the same service",
+			change:      without,
+			resend:      true,
+			wantFrom:    func(string) string { return vip },
+			wantSpilled: 1,
+		},
+		{
+			name:     "service left without backends",
+			change:   func(string) []datapath.Endpoint { return nil },
+			wantFrom: func(first string) string { return backendAP(first).String() },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.apply(dnsWith(all...))
+			c := f.client()
+			require.Empty(t, c.do(clientCmd{Op: "open", ID: "u", Net: "udp4"}).Err)
+			r := c.do(clientCmd{Op: "sendto", ID: "u", Addr: vip})
+			require.Empty(t, r.Err)
+			first := r.Reply
+			f.apply(dnsWith(tc.change(first)...))
+			if tc.resend {
+				r = c.do(clientCmd{Op: "sendto", ID: "u", Addr: vip})
+				require.Empty(t, r.Err)
+				require.NotEqual(t, first, r.Reply, "the socket must have been re-steered")
+				require.Equal(t, vip, r.From)
+			}
+			f.lateReply(backendAP(first), "late-"+first)
+			r = c.do(clientCmd{Op: "recv", ID: "u"})
+			require.Empty(t, r.Err)
+			assert.Equal(t, "late-"+first, r.Reply)
+			assert.Equal(t, tc.wantFrom(first), r.From)
+			assert.Equal(t, tc.wantSpilled, spilled(f))
+		})
+	}
+
+	// The spilled mapping of a service drained to no backends is deleted
+	// when a reply shows it stale, not kept to match a later one.
+	t.Run("spilled mapping of a drained service is dropped", func(t *testing.T) {
+		f := newFixture(t)
+		f.apply(dnsWith(all...))
+		c := f.client()
+		require.Empty(t, c.do(clientCmd{Op: "open", ID: "u", Net: "udp4"}).Err)
+		first := c.do(clientCmd{Op: "sendto", ID: "u", Addr: vip}).Reply
+		f.apply(dnsWith(without(first)...))
+		require.Empty(t, c.do(clientCmd{Op: "sendto", ID: "u", Addr: vip}).Err)
+		require.Equal(t, 1, spilled(f))
+		f.apply(dnsWith())
+		f.lateReply(backendAP(first), "late")
+		r := c.do(clientCmd{Op: "recv", ID: "u"})
+		require.Empty(t, r.Err)
+		assert.Equal(t, backendAP(first).String(), r.From)
+		assert.Equal(t, 0, spilled(f))
 	})
 }

@@ -105,8 +105,8 @@ type SocketLB struct {
 	destroy     *link.Iter
 	destroyWhy  string
 	destroyed   uint64
-	// netns are the client pods' namespaces, where the iterator looks for
-	// sockets (an iterator walks the namespace it is opened in).
+	// netns are the namespaces of the pods and the node, where the
+	// iterator looks for sockets (it walks the namespace it is opened in).
 	netns []*nsutil.NS
 
 	cgroup string
@@ -139,9 +139,9 @@ var (
 )
 
 // Setup loads the BPF objects, attaches the eight sock_addr hooks to
-// env.ClientCgroup and, where the kernel allows (6.5+), prepares the
+// env.NodeCgroup and, where the kernel allows (6.5+), prepares the
 // iter/udp program that destroys connected UDP sockets to removed backends
-// in the namespaces of env.Clients.
+// in the namespaces of the node and its pods.
 func (s *SocketLB) Setup(ctx context.Context, env *datapath.Env) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -149,7 +149,7 @@ func (s *SocketLB) Setup(ctx context.Context, env *datapath.Env) (err error) {
 	if s.maps != nil {
 		return ErrAlreadySetUp
 	}
-	if env == nil || env.ClientCgroup == "" {
+	if env == nil || env.NodeCgroup == "" {
 		return fmt.Errorf("setup socketlb: %w", ErrNoCgroup)
 	}
 	if err := ctx.Err(); err != nil {
@@ -206,11 +206,11 @@ func (s *SocketLB) Setup(ctx context.Context, env *datapath.Env) (err error) {
 		}
 	}
 
-	s.cgroup, s.attach = env.ClientCgroup, "bpf_link"
+	s.cgroup, s.attach = env.NodeCgroup, "bpf_link"
 	for _, h := range hooks {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: env.ClientCgroup, Attach: h.attach, Program: s.progs[h.prog]})
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: env.NodeCgroup, Attach: h.attach, Program: s.progs[h.prog]})
 		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", h.name, env.ClientCgroup, err)
+			return fmt.Errorf("attach %s to %s: %w", h.name, env.NodeCgroup, err)
 		}
 		s.links = append(s.links, l)
 		// Only a real bpf_link has link info; the PROG_ATTACH emulation does not.
@@ -238,13 +238,23 @@ func isAssignedMap(name string) bool {
 // an error: the datapath then only re-steers unconnected UDP sockets, and
 // Info says why connected ones are not destroyed.
 func (s *SocketLB) setupDestroy(spec *ebpf.CollectionSpec, env *datapath.Env) {
+	// Every namespace a process under env.NodeCgroup may have sockets
+	// in: client pods, backend pods (they are clients of services too)
+	// and the node's own (hostNetwork pods).
 	seen := map[string]bool{}
-	for _, c := range env.Clients {
-		if c.NS != nil && !seen[c.NS.Name] {
-			seen[c.NS.Name] = true
-			s.netns = append(s.netns, c.NS)
+	add := func(ns *nsutil.NS) {
+		if ns != nil && !seen[ns.Name] {
+			seen[ns.Name] = true
+			s.netns = append(s.netns, ns)
 		}
 	}
+	for _, c := range env.Clients {
+		add(c.NS)
+	}
+	for _, b := range env.Backends {
+		add(b.NS)
+	}
+	add(env.Node)
 	repl := map[string]*ebpf.Map{}
 	all := map[string]*ebpf.Map{
 		socketlbMapSvclabSock: s.maps.SvclabSock, socketlbMapSvclabRevnat: s.maps.SvclabRevnat,

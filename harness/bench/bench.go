@@ -26,6 +26,7 @@ import (
 	"svclab/harness/topology"
 	"svclab/harness/world"
 	"svclab/results"
+	"svclab/scenarios"
 )
 
 // Config is one `svclab bench`.
@@ -312,7 +313,13 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	state := dp.Info()
 	svc := Target(st)
 	wl := plan.Scenario.Workload
-	wk, err := loadgen.RunClientProcess(ctx, topo.Clients[0].NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
+	// The generator runs where the scenario's client is: a client pod,
+	// or the node's own namespace as a hostNetwork pod.
+	client := topo.Clients[0]
+	if wl.Client == scenarios.ClientHost {
+		client = topo.Host
+	}
+	wk, err := loadgen.RunClientProcess(ctx, client.NS, topo.PodCgroup(client), loadgen.ClientSpec{
 		Targets:     dp.Targets(svc, plan.Port),
 		Protocol:    string(plan.Port.Protocol),
 		UDPMode:     wl.UDPMode,

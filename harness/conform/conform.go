@@ -25,6 +25,7 @@ import (
 	"svclab/harness/runlock"
 	"svclab/harness/topology"
 	"svclab/harness/world"
+	"svclab/internal/nsutil"
 	"svclab/results"
 	"svclab/scenarios"
 )
@@ -284,19 +285,19 @@ func (c *cellRun) run(ctx context.Context, prefix string, f datapath.Factory) er
 			if err != nil {
 				return err
 			}
-			ns := c.topo.Clients[0].NS
-			if from, _ := scenarios.ParseFrom(st.Probe.From, sc.Backends); from >= 0 {
-				ns = c.topo.Backends[from].NS
-			}
+			// The probe runs in the namespace and the cgroup of the
+			// pod it is in, so a datapath serves it only if it serves
+			// that pod (a hairpin probe is a backend pod's process).
+			ns, cg := c.probeHome(st.Probe.From)
 			if st.Probe.Background {
-				p, err := probe.Start(ctx, ns, c.topo.ClientCgroup.Path, spec)
+				p, err := probe.Start(ctx, ns, cg, spec)
 				if err != nil {
 					return err
 				}
 				c.bg[st.ID] = &bgProbe{step: st, spec: spec, proc: p, where: where}
 				break
 			}
-			atts, err := probe.RunProcess(ctx, ns, c.topo.ClientCgroup.Path, spec)
+			atts, err := probe.RunProcess(ctx, ns, cg, spec)
 			if err != nil {
 				return err
 			}
@@ -318,6 +319,10 @@ func (c *cellRun) run(ctx context.Context, prefix string, f datapath.Factory) er
 			case <-time.After(time.Duration(st.Sleep)):
 			case <-ctx.Done():
 				return ctx.Err()
+			}
+		case st.LateReply != nil:
+			if err := c.lateReply(st.LateReply); err != nil {
+				return err
 			}
 		case st.Wait != "":
 			b := c.bg[st.Wait]
@@ -465,6 +470,44 @@ func (c *cellRun) apply(ctx context.Context) error {
 	return nil
 }
 
+// probeHome is the network namespace and cgroup of a probe's pod.
+func (c *cellRun) probeHome(from string) (*nsutil.NS, string) {
+	p := c.topo.Clients[0]
+	switch i, _ := scenarios.ParseFrom(from, c.sc.Backends); {
+	case i == scenarios.FromHost:
+		p = c.topo.Host
+	case i >= 0:
+		p = c.topo.Backends[i]
+	}
+	return p.NS, c.topo.PodCgroup(p)
+}
+
+// lateReply sends a late datagram from a backend's target port to the
+// probe pod's bound port.
+func (c *cellRun) lateReply(l *scenarios.LateReply) error {
+	i, _ := scenarios.ParseFrom("backend:"+l.Pod, c.sc.Backends)
+	b := c.topo.Backends[i]
+	var port uint16
+	for _, s := range c.state.Services {
+		if s.Name != l.Service {
+			continue
+		}
+		for _, p := range s.Ports {
+			if p.Name == l.Port {
+				port = p.TargetPort
+			}
+		}
+	}
+	if port == 0 {
+		return fmt.Errorf("late reply: service %s has no port %q now", l.Service, l.Port)
+	}
+	to := c.topo.Clients[0]
+	if j, _ := scenarios.ParseFrom(l.To, c.sc.Backends); j >= 0 {
+		to = c.topo.Backends[j]
+	}
+	return sendLate(b.NS, netip.AddrPortFrom(c.podAddr(b), port), netip.AddrPortFrom(c.podAddr(to), uint16(l.LocalPort)), probe.LatePayload)
+}
+
 // resolve turns a scenario target into addresses.
 func (c *cellRun) resolve(t scenarios.Target) ([]netip.AddrPort, string, error) {
 	if t.Pod != "" {
@@ -532,7 +575,7 @@ func (c *cellRun) observe(name string, st scenarios.Step, spec probe.Spec, where
 }
 
 func summarize(atts []probe.Attempt) results.ProbeSummary {
-	s := results.ProbeSummary{Attempts: len(atts), Errors: map[string]int{}, Backends: map[string]int{}, Peers: map[string]int{}, ReplyFrom: map[string]int{}}
+	s := results.ProbeSummary{Attempts: len(atts), Errors: map[string]int{}, Backends: map[string]int{}, Peers: map[string]int{}, ReplyFrom: map[string]int{}, LateFrom: map[string]int{}}
 	ports := map[string]bool{}
 	var el []float64
 	for _, a := range atts {
@@ -548,6 +591,9 @@ func summarize(atts []probe.Attempt) results.ProbeSummary {
 		}
 		if a.From != "" {
 			s.ReplyFrom[a.From]++
+		}
+		for _, l := range a.Late {
+			s.LateFrom[l]++
 		}
 		if ap, err := netip.ParseAddrPort(a.Local); err == nil {
 			ports[strconv.Itoa(int(ap.Port()))] = true
@@ -790,6 +836,24 @@ func (c *cellRun) evaluate(e scenarios.Expect, all []probe.Attempt) results.Chec
 		if e.Check == "reply-from" && len(bad) > 0 && !bad[0].OK() {
 			r.Observed = "no reply: " + outcomeText(atts)
 		}
+	case "late-from":
+		// "The VIP or nothing": a late datagram the socket never sees
+		// passes (a datapath may drop it); one it sees must come from
+		// the expected address.
+		seen := map[string]int{}
+		every(func(a probe.Attempt) bool {
+			want := a.Dialed
+			if e.Equals == "backend" {
+				want = c.backendAddr(a)
+			}
+			ok := true
+			for _, l := range a.Late {
+				seen[l]++
+				ok = ok && l == want
+			}
+			return ok
+		})
+		r.Observed = fmt.Sprintf("late datagrams by source: %s (dialed %s)", countsText(seen), atts[0].Dialed)
 	case "target-port":
 		want := strconv.Itoa(e.Port)
 		ports := map[string]int{}
@@ -934,7 +998,7 @@ func expectText(e scenarios.Expect) string {
 		s += fmt.Sprintf(" >=%d", e.Min)
 	case "target-port":
 		s += fmt.Sprintf(" %d", e.Port)
-	case "peer", "reply-from":
+	case "peer", "reply-from", "late-from":
 		s += " = " + e.Equals
 	}
 	if e.Pods != "" {

@@ -62,6 +62,11 @@ func TestEvaluateChecks(t *testing.T) {
 	}
 	viaBackend := ok(t0, "backend-01")
 	viaBackend.Peer = "10.244.0.3:8080"
+	late := func(from ...string) probe.Attempt {
+		a := ok(t0, "backend-01")
+		a.Late = from
+		return a
+	}
 	tests := []struct {
 		name     string
 		e        scenarios.Expect
@@ -100,6 +105,9 @@ func TestEvaluateChecks(t *testing.T) {
 			[]probe.Attempt{ok(at(1500), "backend-01"), failed(at(2200), "timeout", 0)}, false, "not recovered"},
 		{"before ends where the change began", scenarios.Expect{Check: "only", Pods: "0", Before: "change"},
 			[]probe.Attempt{ok(at(500), "backend-00"), ok(at(900), "backend-01"), ok(at(1500), "backend-01")}, true, ""},
+		{"late datagram from the VIP", scenarios.Expect{Check: "late-from", Equals: "dialed"}, []probe.Attempt{late("10.96.0.10:80"), late()}, true, "10.96.0.10:80 ×1"},
+		{"no late datagram seen", scenarios.Expect{Check: "late-from", Equals: "dialed"}, spread(1, 1, 0), true, "none"},
+		{"late datagram from the backend", scenarios.Expect{Check: "late-from", Equals: "dialed"}, []probe.Attempt{late("10.244.0.2:8080")}, false, "10.244.0.2:8080 ×1"},
 		{"empty window", scenarios.Expect{Check: "ok", After: "change"}, []probe.Attempt{ok(at(500), "backend-00")}, false, "no attempts"},
 	}
 	for _, tt := range tests {

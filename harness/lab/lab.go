@@ -151,9 +151,11 @@ type Pod struct {
 	NetNS string `json:"netns"`
 }
 
-// Cgroups are the lab's cgroup v2 directories: Client is where
-// socket-level datapaths attach and where `svclab exec` runs commands.
+// Cgroups are the lab's cgroup v2 directories: Node is where socket-level
+// datapaths attach (kubepods); Client and Server, below it, are where
+// `svclab exec` runs commands in a client or a backend pod.
 type Cgroups struct {
+	Node   string `json:"node,omitempty"`
 	Client string `json:"client"`
 	Server string `json:"server"`
 }
@@ -251,7 +253,7 @@ func Up(ctx context.Context, cfg Config, log io.Writer, ready func(*State)) (err
 	}
 
 	st := &State{ID: lock.ID, PID: os.Getpid(), Started: time.Now().UTC(), Datapath: f.Name, Prefix: lock.Prefix,
-		Cgroups: Cgroups{Client: topo.ClientCgroup.Path, Server: topo.ServerCgroup.Path}}
+		Cgroups: Cgroups{Node: topo.NodeCgroup.Path, Client: topo.ClientCgroup.Path, Server: topo.ServerCgroup.Path}}
 	ls := Service{Name: svc.String(), ClusterIP: svc.ClusterIP.String(), SessionAffinity: string(svc.SessionAffinity)}
 	if svc.SessionAffinity == datapath.SessionAffinityClientIP {
 		ls.AffinityTimeout = svc.EffectiveAffinityTimeout().String()
@@ -389,9 +391,9 @@ func Find(id string) (*State, error) {
 	return nil, fmt.Errorf("%d labs are known (%s): say which", len(labs), strings.Join(ids, ", "))
 }
 
-// Exec runs argv in a lab pod's network namespace and in the lab's client
-// cgroup (for backend pods too: in a cluster every pod's processes sit
-// under the cgroup a socket-level datapath attaches to), with the given
+// Exec runs argv in a lab pod's network namespace and in its role's cgroup
+// (both under the node cgroup a socket-level datapath attaches to, as every
+// pod's processes are in a cluster), with the given
 // standard streams, and returns its exit status (128+N if killed by signal
 // N). Signals svclab receives meanwhile are passed on to the command.
 func (s *State) Exec(pod string, argv []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
@@ -423,7 +425,11 @@ func (s *State) Exec(pod string, argv []string, stdin io.Reader, stdout, stderr 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT)
 	defer signal.Stop(sigs)
-	if err := child.Start(cmd, ns, s.Cgroups.Client); err != nil {
+	cg := s.Cgroups.Client
+	if p.Role == "backend" {
+		cg = s.Cgroups.Server
+	}
+	if err := child.Start(cmd, ns, cg); err != nil {
 		return 0, fmt.Errorf("exec: %w", err)
 	}
 	done := make(chan struct{})

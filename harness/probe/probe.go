@@ -230,6 +230,11 @@ func errName(err error) string {
 	return err.Error()
 }
 
+// LatePayload is the payload of a late datagram (conformance lateReply
+// steps send it): a probe records its source in Attempt.Late instead of
+// taking it as the reply it waits for.
+var LatePayload = []byte("svclab-late-reply")
+
 var (
 	errProbeTimeout = errors.New("timeout")
 	errBadReply     = errors.New("bad reply")
@@ -390,10 +395,19 @@ func (p *prober) tcp() Attempt {
 // socket when dst is invalid) and waits for the reply, recording its
 // source.
 func (p *prober) exchange(a *Attempt, fd int, dst netip.AddrPort, t0, deadline time.Time) {
-	// Drop late replies to earlier attempts on a long-lived socket.
+	// Drop late replies to earlier attempts on a long-lived socket, but
+	// keep the source of every late datagram: where it seems to come
+	// from is what a lateReply step checks.
 	for {
-		if _, _, err := unix.Recvfrom(fd, p.buf[:], unix.MSG_DONTWAIT); err != nil && err != unix.EINTR {
+		n, from, err := unix.Recvfrom(fd, p.buf[:], unix.MSG_DONTWAIT)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
 			break
+		}
+		if bytes.Equal(p.buf[:n], LatePayload) {
+			a.Late = append(a.Late, addrString(from))
 		}
 	}
 	send := func() error {
@@ -434,6 +448,10 @@ func (p *prober) exchange(a *Attempt, fd int, dst netip.AddrPort, t0, deadline t
 		if err != nil {
 			finish(a, t0, "recv", err)
 			return
+		}
+		if bytes.Equal(p.buf[:n], LatePayload) {
+			a.Late = append(a.Late, addrString(from))
+			continue
 		}
 		a.From = addrString(from)
 		a.Reply = string(bytes.TrimSpace(p.buf[:n]))

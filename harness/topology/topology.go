@@ -177,10 +177,7 @@ func NewLoopback(prefix string) (_ *Topology, err error) {
 			err = errors.Join(err, t.Close())
 		}
 	}()
-	if t.ClientCgroup, err = cgroup2.New("/" + prefix + "/clients"); err != nil {
-		return nil, err
-	}
-	if t.ServerCgroup, err = cgroup2.New("/" + prefix + "/servers"); err != nil {
+	if err := t.makeCgroups(prefix); err != nil {
 		return nil, err
 	}
 	if t.Node, err = nsutil.Create(prefix); err != nil {
@@ -196,14 +193,30 @@ func NewLoopback(prefix string) (_ *Topology, err error) {
 }
 
 // Topology is a node network namespace with client and backend pod
-// namespaces routed to it over veth pairs, and a cgroup for the clients.
+// namespaces routed to it over veth pairs, and the node's cgroups.
+//
+// Cgroups (v2), under /<prefix>:
+//
+//	kubepods/          NodeCgroup: every process the node's Service datapath
+//	                   serves, as kubelet's kubepods (socket-LB attaches here)
+//	kubepods/clients   ClientCgroup: the client pods' processes
+//	kubepods/servers   ServerCgroup: the backend pods' processes
+//	kubepods/hostnet   HostCgroup: hostNetwork clients (processes in the node
+//	                   namespace; a hostNetwork pod is still a kubepods pod)
+//
+// The role cgroups keep CPU accounting by role; CgroupDir is their sum.
 type Topology struct {
-	cfg          Config
-	Node         *nsutil.NS
-	Clients      []datapath.Pod
-	Backends     []datapath.Pod
+	cfg      Config
+	Node     *nsutil.NS
+	Clients  []datapath.Pod
+	Backends []datapath.Pod
+	// Host is the hostNetwork client: processes in the node namespace,
+	// from the node's address (the pods' IPv4 gateway, its only one).
+	Host         datapath.Pod
+	NodeCgroup   *cgroup2.Cgroup
 	ClientCgroup *cgroup2.Cgroup
 	ServerCgroup *cgroup2.Cgroup
+	HostCgroup   *cgroup2.Cgroup
 	pods         []*nsutil.NS
 	// extra places the extra endpoints (zero without any).
 	extra extraLayout
@@ -221,10 +234,7 @@ func New(ctx context.Context, cfg Config) (_ *Topology, err error) {
 			err = errors.Join(err, t.Close())
 		}
 	}()
-	if t.ClientCgroup, err = cgroup2.New("/" + cfg.Prefix + "/clients"); err != nil {
-		return nil, err
-	}
-	if t.ServerCgroup, err = cgroup2.New("/" + cfg.Prefix + "/servers"); err != nil {
+	if err := t.makeCgroups(cfg.Prefix); err != nil {
 		return nil, err
 	}
 	if t.Node, err = nsutil.Create(cfg.Prefix + "-node"); err != nil {
@@ -233,6 +243,7 @@ func New(ctx context.Context, cfg Config) (_ *Topology, err error) {
 	if err := t.setupNode(); err != nil {
 		return nil, err
 	}
+	t.Host = datapath.Pod{Name: "host", NS: t.Node, Addr: podGateway}
 	nh, err := t.Node.NetlinkHandle()
 	if err != nil {
 		return nil, err
@@ -469,15 +480,46 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// CgroupDir is the cgroup v2 directory of the whole topology: the client
-// and server cgroups are its children, so its CPU time is the pods'.
-func (t *Topology) CgroupDir() string { return filepath.Dir(t.ClientCgroup.Path) }
+// makeCgroups creates the node cgroup and its role children (see Topology).
+func (t *Topology) makeCgroups(prefix string) (err error) {
+	node := "/" + prefix + "/kubepods"
+	if t.NodeCgroup, err = cgroup2.New(node); err != nil {
+		return err
+	}
+	if t.ClientCgroup, err = cgroup2.New(node + "/clients"); err != nil {
+		return err
+	}
+	if t.ServerCgroup, err = cgroup2.New(node + "/servers"); err != nil {
+		return err
+	}
+	t.HostCgroup, err = cgroup2.New(node + "/hostnet")
+	return err
+}
+
+// CgroupDir is the cgroup v2 directory of the whole topology: every role
+// cgroup is below it, so its CPU time is the pods'.
+func (t *Topology) CgroupDir() string { return filepath.Dir(t.NodeCgroup.Path) }
+
+// PodCgroup is the cgroup a process of pod p runs in: a backend pod's is
+// ServerCgroup, a process in the node namespace's (the hostNetwork client)
+// HostCgroup, anything else (a client pod) ClientCgroup.
+func (t *Topology) PodCgroup(p datapath.Pod) string {
+	if p.NS != nil && p.NS == t.Node {
+		return t.HostCgroup.Path
+	}
+	for _, b := range t.Backends {
+		if b.Name == p.Name && b.NS == p.NS {
+			return t.ServerCgroup.Path
+		}
+	}
+	return t.ClientCgroup.Path
+}
 
 // Env is what a datapath is set up in.
 func (t *Topology) Env() *datapath.Env {
 	return &datapath.Env{
 		Node:         t.Node,
-		ClientCgroup: t.ClientCgroup.Path,
+		NodeCgroup:   t.NodeCgroup.Path,
 		Clients:      t.Clients,
 		Backends:     t.Backends,
 		PodCIDR:      t.cfg.PodCIDR,
@@ -493,7 +535,7 @@ func (t *Topology) Env() *datapath.Env {
 func (t *Topology) Close() error {
 	var errs []error
 	// Kill processes first: a process inside a namespace keeps it alive.
-	if t.ClientCgroup != nil || t.ServerCgroup != nil {
+	if t.NodeCgroup != nil {
 		mnt, err := cgroup2.Mount()
 		if err == nil {
 			errs = append(errs, cgroup2.RemoveDir(mnt+"/"+t.cfg.Prefix))

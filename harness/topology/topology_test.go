@@ -4,10 +4,12 @@ import (
 	"context"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"svclab/datapath"
 	"svclab/harness/internal/harnesstest"
 	"svclab/harness/loadgen"
 
@@ -56,6 +58,25 @@ func TestPrivilegedTopologyLeavesNothing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, topo.Backends, 12)
 	assert.NotEmpty(t, harnesstest.Leftovers(t, run.Prefix), "topology objects should exist while it is up")
+
+	// Every pod's processes, and the hostNetwork client's, are under the
+	// node cgroup a socket-level datapath attaches to, each role in its
+	// own child for CPU accounting.
+	assert.Equal(t, topo.NodeCgroup.Path, topo.Env().NodeCgroup)
+	assert.Equal(t, topo.CgroupDir(), filepath.Dir(topo.NodeCgroup.Path))
+	for _, tc := range []struct {
+		pod  datapath.Pod
+		want string
+	}{
+		{topo.Clients[0], topo.ClientCgroup.Path},
+		{topo.Backends[3], topo.ServerCgroup.Path},
+		{topo.Host, topo.HostCgroup.Path},
+	} {
+		got := topo.PodCgroup(tc.pod)
+		assert.Equal(t, tc.want, got, tc.pod.Name)
+		assert.Equal(t, topo.NodeCgroup.Path, filepath.Dir(got), "%s's cgroup is a child of the node cgroup", tc.pod.Name)
+	}
+	assert.Equal(t, topo.Node, topo.Host.NS, "the hostNetwork client is in the node namespace")
 	assert.Equal(t, before, rootLinks(t), "the root namespace's links must not change")
 
 	// Direct pod-to-pod traffic through the node works: a server in every
