@@ -76,6 +76,16 @@ func unusable(err error) error {
 	return &codeError{kind: errUnusable, err: err}
 }
 
+// exitStatusError is a failure whose exit status another svclab process
+// decided (a detached lab's supervisor): it is passed through.
+type exitStatusError struct {
+	code int
+	err  error
+}
+
+func (e *exitStatusError) Error() string { return e.err.Error() }
+func (e *exitStatusError) Unwrap() error { return e.err }
+
 // requireRoot is the check every command that builds namespaces makes
 // before anything is created.
 func requireRoot() error {
@@ -154,9 +164,12 @@ func signalContext() (ctx context.Context, stop func()) {
 
 // exitCode maps a command's error to its exit status.
 func exitCode(err error) int {
+	var es *exitStatusError
 	switch {
 	case err == nil || errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.As(err, &es) && es.code > 0:
+		return es.code
 	case interrupted.Load() || errors.Is(err, context.Canceled):
 		return exitInterrupted
 	case errors.Is(err, errBadInput), errors.Is(err, errUnusable),

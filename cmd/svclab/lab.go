@@ -1,18 +1,38 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"svclab/harness/lab"
 )
+
+// notifyEnv names the descriptor on which a detached lab's supervisor
+// (`svclab up --foreground` re-executed by `svclab up`) reports to the
+// `svclab up` that started it: one JSON upNotice, then EOF.
+const notifyEnv = "SVCLAB_LAB_NOTIFY_FD"
+
+// upNotice is what a lab's supervisor reports: the lab, once it is ready,
+// or why it could not be built.
+type upNotice struct {
+	State *lab.State `json:"state,omitempty"`
+	Error string     `json:"error,omitempty"`
+}
 
 func cmdUp(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
@@ -23,8 +43,9 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Clients, "clients", 1, "number of client pods")
 	fs.BoolVar(&cfg.UDP, "udp", false, "also serve the service port over UDP (backends answer any datagram with their name)")
 	affinity := fs.String("affinity", "none", "session affinity: none, clientip or clientip:TIMEOUT (e.g. clientip:30s)")
+	foreground := fs.Bool("foreground", false, "keep the lab in this process until Ctrl-C or 'svclab down' (default: return once the lab is ready, kept by a detached supervisor)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: svclab up [flags]\n\nBuilds a lab: client and backend pods, a ClusterIP service default/web (10.96.0.10:80 -> :%d)\nthrough the datapath, and keeps it in the foreground until Ctrl-C or 'svclab down'.\nBackends answer HTTP/1.1 naming themselves. Run anything in a pod with 'svclab exec POD -- CMD'.\n\n", lab.TargetPort)
+		fmt.Fprintf(stderr, "Usage: svclab up [flags]\n\nBuilds a lab: client and backend pods, a ClusterIP service default/web (10.96.0.10:80 -> :%d)\nthrough the datapath, and returns once it is ready; a detached supervisor keeps it until\n'svclab down' (with --foreground, this process keeps it until Ctrl-C or 'svclab down').\nBackends answer HTTP/1.1 naming themselves. Run anything in a pod with 'svclab exec POD -- CMD'.\n\n", lab.TargetPort)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -43,9 +64,22 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 	if err := requireRoot(); err != nil {
 		return err
 	}
+	if !*foreground {
+		return upDetached(args, stdout)
+	}
+	notify, err := supervisorNotify(&cfg)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signalContext()
 	defer stop()
-	err = lab.Up(ctx, cfg, stderr, func(st *lab.State) { lab.Write(stdout, st) })
+	err = lab.Up(ctx, cfg, stderr, func(st *lab.State) {
+		lab.Write(stdout, st)
+		notify.send(upNotice{State: st})
+	})
+	if err != nil {
+		notify.send(upNotice{Error: err.Error()})
+	}
 	// Stopped by down (nil) or by a signal with a clean teardown: either
 	// way nothing of the lab is left.
 	var ie *interruptError
@@ -53,6 +87,124 @@ func cmdUp(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "lab removed")
 	}
 	return err
+}
+
+// notifier is the supervisor's end of the pipe to the `svclab up` that
+// started it; nil in a lab run with --foreground by a person.
+type notifier struct{ f *os.File }
+
+// send reports n once; later calls do nothing.
+func (n *notifier) send(msg upNotice) {
+	if n == nil || n.f == nil {
+		return
+	}
+	_ = json.NewEncoder(n.f).Encode(msg)
+	_ = n.f.Close()
+	n.f = nil
+}
+
+// supervisorNotify sets up a detached lab's supervisor when notifyEnv says
+// this process is one: its output goes to its log file (lab.SupervisorLog,
+// then <id>.log), and it reports on the descriptor notifyEnv names.
+func supervisorNotify(cfg *lab.Config) (*notifier, error) {
+	v := os.Getenv(notifyEnv)
+	if v == "" {
+		return nil, nil
+	}
+	_ = os.Unsetenv(notifyEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, badInput(fmt.Errorf("%s=%q is not a descriptor", notifyEnv, v))
+	}
+	// Not inherited by the lab's servers or commands: the parent must
+	// see EOF when this process is gone.
+	unix.CloseOnExec(fd)
+	n := &notifier{f: os.NewFile(uintptr(fd), "notify")}
+	cfg.Log = lab.SupervisorLog(os.Getpid())
+	if err := os.MkdirAll(filepath.Dir(cfg.Log), 0o755); err != nil {
+		n.send(upNotice{Error: err.Error()})
+		return nil, err
+	}
+	logf, err := os.OpenFile(cfg.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err == nil {
+		for _, to := range []int{1, 2} {
+			if err = unix.Dup3(int(logf.Fd()), to, 0); err != nil {
+				break
+			}
+		}
+		logf.Close()
+	}
+	if err != nil {
+		err = fmt.Errorf("lab log %s: %w", cfg.Log, err)
+		n.send(upNotice{Error: err.Error()})
+		return nil, err
+	}
+	return n, nil
+}
+
+// upDetached is `svclab up` without --foreground: it starts this binary
+// again as the lab's supervisor (`up --foreground`, in a session of its
+// own, stdio to its log file), waits until that process reports the lab
+// ready or failed, prints the lab (or the error) and returns. The
+// supervisor holds the lab's run lock; `svclab down` stops it. An
+// interruption while the lab is being built stops the supervisor too.
+func upDetached(args []string, stdout io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command(exe, append([]string{"up", "--foreground"}, args...)...)
+	cmd.Env = append(os.Environ(), notifyEnv+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	ctx, stop := signalContext()
+	defer stop()
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return fmt.Errorf("up: start the lab's supervisor: %w", err)
+	}
+	got := make(chan upNotice, 1)
+	go func() {
+		var n upNotice
+		if err := json.NewDecoder(r).Decode(&n); err != nil {
+			n = upNotice{} // EOF: the supervisor died without a word
+		}
+		got <- n
+	}()
+	var n upNotice
+	select {
+	case n = <-got:
+	case <-ctx.Done():
+		// The supervisor tears down what it built so far, as Ctrl-C
+		// would in the foreground.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		_ = os.Remove(lab.SupervisorLog(cmd.Process.Pid))
+		return context.Cause(ctx)
+	}
+	if n.State != nil {
+		lab.Write(stdout, n.State)
+		// The supervisor lives on, in its own session.
+		return cmd.Process.Release()
+	}
+	werr := cmd.Wait()
+	code := cmd.ProcessState.ExitCode()
+	logName := lab.SupervisorLog(cmd.Process.Pid)
+	if n.Error == "" {
+		n.Error = fmt.Sprintf("the lab's supervisor (pid %d) ended before the lab was ready (%v)", cmd.Process.Pid, werr)
+		if b, err := os.ReadFile(logName); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			n.Error += ":\n" + string(bytes.TrimSpace(b))
+		}
+	}
+	_ = os.Remove(logName)
+	return &exitStatusError{code: code, err: errors.New(n.Error)}
 }
 
 // cmdExec returns the command's exit status; 125 for svclab's own errors

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,11 +25,11 @@ import (
 	"svclab/harness/runlock"
 )
 
-// labUp starts `svclab up` as a child process (the lab lives as long as
-// it does) and returns it with the lab id it printed.
+// labUp starts `svclab up --foreground` as a child process (the lab lives
+// as long as it does) and returns it with the lab id it printed.
 func labUp(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], append([]string{"up"}, args...)...)
+	cmd := exec.Command(os.Args[0], append([]string{"up", "--foreground"}, args...)...)
 	cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr bytes.Buffer
@@ -155,6 +156,141 @@ func TestPrivilegedLabUpExecStatusDown(t *testing.T) {
 	require.Equal(t, 0, run([]string{"status"}, &stdout, &stderr), stderr.String())
 	assert.NotContains(t, stdout.String(), id)
 	require.Equal(t, 0, run([]string{"cleanup"}, io.Discard, &stderr), stderr.String())
+}
+
+// A script drives a lab with no `&`: `svclab up` returns once the lab is
+// ready (a detached supervisor keeps it), `svclab exec` reaches the
+// backends through the ClusterIP (curl when installed, else the test
+// binary's probe), `status` lists it and `down` stops the supervisor and
+// removes everything: no namespace, cgroup, lock, state file, log or
+// process is left.
+func TestPrivilegedLabScript(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build a lab")
+	}
+	f, err := datapath.Lookup("socketlb")
+	require.NoError(t, err)
+	if err := f.Probe(); err != nil {
+		require.ErrorIs(t, err, datapath.ErrUnsupported)
+		t.Skip(err.Error())
+	}
+	// svclab on PATH is this test binary running main.
+	bin := t.TempDir()
+	require.NoError(t, os.Symlink(os.Args[0], filepath.Join(bin, "svclab")))
+	spec, err := json.Marshal(probe.Spec{Op: probe.TCP, Count: 1, Timeout: 3 * time.Second,
+		Targets: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:80")}})
+	require.NoError(t, err)
+	script := `set -eu
+svclab up --datapath socketlb --backends 2 >up.out
+cat up.out
+id=$(sed -n 's/^lab \([0-9a-f]\{8\}\) is up.*/\1/p' up.out)
+pid=$(sed -n 's/^lab .* pid \([0-9]*\),.*/\1/p' up.out)
+echo "id=$id pid=$pid"
+if command -v curl >/dev/null; then
+	svclab exec --lab "$id" client-0 -- curl -sS --max-time 5 http://10.96.0.10/
+else
+	echo "$PROBE" | svclab exec --lab "$id" client-0 -- svclab internal-probe
+fi
+echo
+svclab status
+svclab down "$id"
+if [ -e /proc/$pid ] && ! grep -q ') Z' /proc/$pid/stat; then echo "supervisor $pid still running"; exit 1; fi
+svclab status
+`
+	cmd := exec.Command("sh", "-c", script)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1", "PATH="+bin+":"+os.Getenv("PATH"), "PROBE="+string(spec))
+	done := make(chan struct{})
+	var out []byte
+	go func() {
+		defer close(done)
+		out, err = cmd.CombinedOutput()
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("the script did not end in 2 minutes: %s", out)
+	}
+	t.Logf("script output:\n%s", out)
+	text := string(out)
+	m := regexp.MustCompile(`id=([0-9a-f]{8}) pid=([0-9]+)`).FindStringSubmatch(text)
+	require.NotNil(t, m, "up printed the lab id and pid: %s", text)
+	id := m[1]
+	t.Cleanup(func() {
+		// A failed script may have left its lab up.
+		if runlock.Alive(id) {
+			_ = run([]string{"down", id}, io.Discard, io.Discard)
+		}
+		_, _ = runlock.CleanupStale()
+	})
+	require.NoError(t, err, "the script must end by itself, with status 0")
+	assert.Contains(t, text, "lab "+id+" is up: datapath socketlb")
+	assert.Contains(t, text, "log:   /run/svclab/labs/"+id+".log")
+	assert.Contains(t, text, "stop:  svclab down "+id)
+	assert.NotContains(t, text, "Ctrl-C", "a detached lab is not stopped with Ctrl-C")
+	assert.Regexp(t, `backend-0[01]`, text, "exec reached a backend through the ClusterIP")
+	assert.Contains(t, text, id+"  socketlb", "status lists the lab")
+	assert.Contains(t, text, "lab "+id+" is down")
+	assert.True(t, strings.HasSuffix(strings.TrimSpace(text), "no lab is up"), "status after down")
+	assert.Empty(t, svclabObjects(t, "svclab-"+id), "down must leave nothing of the lab")
+	assert.False(t, runlock.Alive(id))
+	for _, f := range []string{id + ".json", id + ".log", id + ".down"} {
+		assert.NoFileExists(t, filepath.Join("/run/svclab/labs", f))
+	}
+	logs, _ := filepath.Glob("/run/svclab/labs/up-*.log")
+	assert.Empty(t, logs, "no supervisor log is left")
+}
+
+// `svclab up` that cannot build its lab says why and exits with the
+// supervisor's status, leaving nothing; a killed supervisor's lab shows as
+// dead and `svclab down` removes it.
+func TestPrivilegedLabDetachedFailureAndKill(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to build a lab")
+	}
+	svclab := func(args ...string) (string, int) {
+		cmd := exec.Command(os.Args[0], args...)
+		cmd.Env = append(os.Environ(), "SVCLAB_TEST_RUN_MAIN=1")
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	t.Cleanup(func() { _, _ = runlock.CleanupStale() })
+
+	// A datapath this kernel cannot run: the supervisor's error and exit
+	// status (2, unusable environment) come back through up.
+	if f, err := datapath.Lookup("ipvs"); err == nil && f.Probe() != nil {
+		out, code := svclab("up", "--datapath", "ipvs", "--backends", "1")
+		assert.Equal(t, exitBadInput, code, out)
+		assert.Contains(t, out, "svclab up: datapath ipvs cannot run here")
+		logs, _ := filepath.Glob("/run/svclab/labs/up-*.log")
+		assert.Empty(t, logs, "a failed up leaves no log")
+		out, _ = svclab("status")
+		assert.Equal(t, "no lab is up\n", out)
+	}
+
+	// Killed supervisor: status says dead, down removes what it left.
+	out, code := svclab("up", "--datapath", "direct", "--backends", "1")
+	require.Equal(t, 0, code, out)
+	m := regexp.MustCompile(`lab ([0-9a-f]{8}) is up: datapath direct, pid ([0-9]+)`).FindStringSubmatch(out)
+	require.NotNil(t, m, out)
+	id := m[1]
+	pid, err := strconv.Atoi(m[2])
+	require.NoError(t, err)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return !runlock.Alive(id) }, 10*time.Second, 20*time.Millisecond)
+	require.NotEmpty(t, svclabObjects(t, "svclab-"+id), "a killed supervisor leaves its lab (or this test proves nothing)")
+	out, code = svclab("status")
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, out, "lab "+id+" (direct, pid "+m[2]+") is dead")
+	out, code = svclab("down", id)
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, out, "lab "+id+" was dead")
+	assert.Empty(t, svclabObjects(t, "svclab-"+id))
+	for _, f := range []string{id + ".json", id + ".log"} {
+		assert.NoFileExists(t, filepath.Join("/run/svclab/labs", f))
+	}
 }
 
 // Every signal that ends a run ends `svclab up` the way Ctrl-C does: the

@@ -6,7 +6,7 @@
 //	svclab compare OLD NEW        compare two runs; exit 1 on a significant regression
 //	svclab report RUN [RUN...]    one self-contained report.html from runs of one scenario
 //	svclab datapaths              list datapaths and whether this machine can run them
-//	svclab up [flags]             bring a lab up and keep it until Ctrl-C or svclab down
+//	svclab up [flags]             bring a lab up; return once it is ready (kept until svclab down)
 //	svclab exec POD -- CMD        run CMD in a lab pod's network namespace and cgroup
 //	svclab status                 list the labs that are up
 //	svclab down [ID]              stop a lab and remove everything it made
@@ -46,7 +46,7 @@ Usage:
   svclab datapaths       list the datapaths and whether this machine can run them
   svclab cleanup         remove what killed svclab runs left: network namespaces, cgroups, lock files, VM temp dirs
   svclab conform [flags] check Service behaviours against datapaths; writes results/<run-id>/{conformance.json,conformance.md,report.html}
-  svclab up [flags]      bring a lab up (topology, backends, datapath) and keep it until Ctrl-C or 'svclab down'
+  svclab up [flags]      bring a lab up (topology, backends, datapath); returns once it is ready, kept until 'svclab down' (--foreground: until Ctrl-C)
   svclab exec POD -- CMD run CMD in a lab pod's network namespace and cgroup, e.g. exec client-0 -- curl -s http://10.96.0.10/
   svclab status          list the labs that are up, and dead ones (killed) with what they left
   svclab down [ID]       stop a lab and remove everything it made (or what a killed lab left)

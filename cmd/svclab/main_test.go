@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	"svclab/harness/bench"
 	"svclab/harness/runlock"
+	"svclab/internal/browsercheck"
 	"svclab/internal/cgroup2"
 	"svclab/internal/child"
 
@@ -118,13 +120,24 @@ func TestVMKernelNotNeededIsSaid(t *testing.T) {
 	assert.Empty(t, vmKernelNote("debian-6.1", plan), "a datapath for the VM: no note")
 }
 
+// benchCheckDir is where TestPrivilegedBenchQuick leaves its run, with the
+// report checked in Chromium and its screenshot, for a person to open
+// (gitignored, replaced by every test run).
+const benchCheckDir = "../../results/check/bench-quick"
+
 // An end-to-end run of the quick scenario: the real binary path (child
 // processes, topology per trial, three datapaths, charts), and nothing left.
+// Its report.html is opened in headless Chromium (when installed): no
+// console error or undecodable image, every chart laid out, the summary
+// table there; the run stays in results/check/bench-quick/<run-id>/ with
+// report.png beside report.html.
 func TestPrivilegedBenchQuick(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to build topologies")
 	}
-	out := t.TempDir()
+	out, err := filepath.Abs(benchCheckDir)
+	require.NoError(t, err)
+	require.NoError(t, os.RemoveAll(out))
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"bench", "--scenario", "quick", "--output", out}, &stdout, &stderr)
 	require.Equal(t, 0, code, "stderr: %s", stderr.String())
@@ -143,6 +156,29 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	left, err := runlock.CleanupStale()
 	require.NoError(t, err)
 	assert.Empty(t, left, "a finished run must leave nothing for cleanup")
+
+	chromium := browsercheck.Chromium()
+	if chromium == "" {
+		t.Log("chromium not found on PATH (ci/install-deps.sh installs it): the report is not checked in a browser")
+		return
+	}
+	report := filepath.Join(out, ents[0].Name(), "report.html")
+	shot := filepath.Join(out, ents[0].Name(), "report.png")
+	html, err := os.ReadFile(report)
+	require.NoError(t, err)
+	page, err := browsercheck.Check(chromium, report, shot)
+	require.NoError(t, err)
+	assert.Empty(t, page.Problems, "the report opens without errors")
+	assert.Equal(t, strings.Count(string(html), `<svg class="chart"`), page.Charts, "every chart laid out")
+	assert.Positive(t, page.Charts)
+	assert.Positive(t, page.SummaryRow, "summary rows")
+	assert.Positive(t, page.ValueRows, "rows of the tables under the charts")
+	assert.Contains(t, page.Sections, "summary")
+	fi, err := os.Stat(shot)
+	require.NoError(t, err)
+	assert.Greater(t, fi.Size(), int64(10000), "a screenshot of a whole page")
+	t.Logf("quick run's report %s, screenshot %s", report, shot)
+	fmt.Fprintf(os.Stderr, "quick bench report: %s\nscreenshot: %s\n", report, shot)
 }
 
 // The CI variant of the scale sweep, end to end with every datapath this

@@ -1,7 +1,8 @@
 // Package lab runs `svclab up`, `exec`, `status` and `down`: a world kept
 // up for a person (or a script) to poke at, described by a state file in
 // /run/svclab/labs and alive for as long as its `svclab up` process holds
-// its run lock.
+// its run lock: the detached supervisor `svclab up` starts (its output in
+// <id>.log beside the state file), or `svclab up --foreground` itself.
 package lab
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -63,6 +65,10 @@ type Config struct {
 	UDP             bool
 	Affinity        datapath.SessionAffinity
 	AffinityTimeout time.Duration
+	// Log, when set, is the file a detached lab's supervisor writes its
+	// output to (SupervisorLog): Up moves it to <id>.log beside the
+	// state file once the lab has an id, and removes it with the lab.
+	Log string
 }
 
 // Validate checks the configuration and names the field at fault.
@@ -131,6 +137,9 @@ type State struct {
 	// NetNS lists every network namespace of the lab (pods, node, sink).
 	NetNS   []string `json:"netns"`
 	Cgroups Cgroups  `json:"cgroups"`
+	// Log is the output of a detached lab's supervisor (`svclab up`
+	// without --foreground); empty for a lab in the foreground.
+	Log string `json:"log,omitempty"`
 }
 
 // Service is a service of the lab.
@@ -174,6 +183,18 @@ func (s *State) Pod(name string) (Pod, bool) {
 func (s *State) Alive() bool { return runlock.Alive(s.ID) }
 
 func labFile(id string) string { return filepath.Join(labDir, id+".json") }
+
+// logFile is where a detached lab's supervisor output ends up once the lab
+// has an id.
+func logFile(id string) string { return filepath.Join(labDir, id+".log") }
+
+// SupervisorLog is the file a detached lab's supervisor (pid) writes to
+// until Up knows the lab's id (Config.Log). Prune removes it once that
+// process is gone.
+func SupervisorLog(pid int) string { return filepath.Join(labDir, fmt.Sprintf("up-%d.log", pid)) }
+
+// supervisorLog matches SupervisorLog's names.
+var supervisorLog = regexp.MustCompile(`^up-([0-9]+)\.log$`)
 
 // stopFile marks a lab that `svclab down` stopped: its up process then
 // ends with success, while a signal from anyone else is an interruption.
@@ -226,8 +247,19 @@ func Up(ctx context.Context, cfg Config, log io.Writer, ready func(*State)) (err
 	// and the lock last, so a waiting `svclab down` sees the lock go only
 	// when everything else is gone.
 	defer lock.Release()
+	var logName string
+	if cfg.Log != "" {
+		// Renamed, not reopened: the supervisor's stdout and stderr
+		// keep writing to it.
+		if rerr := os.Rename(cfg.Log, logFile(lock.ID)); rerr == nil {
+			logName = logFile(lock.ID)
+		}
+	}
 	defer func() {
 		_ = os.Remove(stopFile(lock.ID))
+		if logName != "" {
+			_ = os.Remove(logName)
+		}
 		if rerr := os.Remove(labFile(lock.ID)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			err = errors.Join(err, rerr)
 		}
@@ -253,7 +285,7 @@ func Up(ctx context.Context, cfg Config, log io.Writer, ready func(*State)) (err
 	}
 
 	st := &State{ID: lock.ID, PID: os.Getpid(), Started: time.Now().UTC(), Datapath: f.Name, Prefix: lock.Prefix,
-		Cgroups: Cgroups{Node: topo.NodeCgroup.Path, Client: topo.ClientCgroup.Path, Server: topo.ServerCgroup.Path}}
+		Cgroups: Cgroups{Node: topo.NodeCgroup.Path, Client: topo.ClientCgroup.Path, Server: topo.ServerCgroup.Path}, Log: logName}
 	ls := Service{Name: svc.String(), ClusterIP: svc.ClusterIP.String(), SessionAffinity: string(svc.SessionAffinity)}
 	if svc.SessionAffinity == datapath.SessionAffinityClientIP {
 		ls.AffinityTimeout = svc.EffectiveAffinityTimeout().String()
@@ -302,10 +334,12 @@ func read(path string) (*State, error) {
 	return &st, nil
 }
 
-// Prune removes the state files of labs whose up process is gone and
-// whose kernel objects are gone too (removed by CleanupStale, by any later
-// run's runlock.Begin or by Down). The state file of a dead lab with
-// objects left is kept: it is how status and down know about them.
+// Prune removes the state files (and logs) of labs whose up process is
+// gone and whose kernel objects are gone too (removed by CleanupStale, by
+// any later run's runlock.Begin or by Down). The state file and log of a
+// dead lab with objects left are kept: they are how status and down know
+// about them. Logs of supervisors that died before their lab had an id go
+// too.
 func Prune() {
 	ents, _ := os.ReadDir(labDir)
 	for _, e := range ents {
@@ -319,6 +353,22 @@ func Prune() {
 		}
 		_ = os.Remove(filepath.Join(labDir, e.Name()))
 		_ = os.Remove(stopFile(id))
+		_ = os.Remove(logFile(id))
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if m := supervisorLog.FindStringSubmatch(name); m != nil {
+			if pid, err := strconv.Atoi(m[1]); err == nil && pid > 0 && errors.Is(unix.Kill(pid, 0), unix.ESRCH) {
+				_ = os.Remove(filepath.Join(labDir, name))
+			}
+			continue
+		}
+		// A log whose lab is gone (no live lock, no state file).
+		if id, ok := strings.CutSuffix(name, ".log"); ok && runlock.IsRunObject("svclab-"+id) && !runlock.Alive(id) {
+			if _, err := os.Stat(labFile(id)); errors.Is(err, os.ErrNotExist) {
+				_ = os.Remove(filepath.Join(labDir, name))
+			}
+		}
 	}
 }
 
@@ -495,11 +545,38 @@ func Down(ctx context.Context, id string, timeout time.Duration) (st *State, rem
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	// The lock goes just before the up process exits: wait for that too,
+	// so that a script's next command sees no svclab process of the lab.
+	for running(st.PID) {
+		if time.Now().After(deadline) {
+			return st, nil, fmt.Errorf("down: lab %s is down but its process %d still runs after %s", st.ID, st.PID, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return st, nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 	if _, err := runlock.CleanupStale(); err != nil {
 		return st, nil, fmt.Errorf("down: clean up what lab %s left: %w", st.ID, err)
 	}
 	Prune()
 	return st, nil, nil
+}
+
+// running reports whether process pid exists and has not exited (a zombie
+// waiting for its parent to reap it has).
+func running(pid int) bool {
+	if pid <= 0 || errors.Is(unix.Kill(pid, 0), unix.ESRCH) {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) STATE ...: comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // Write prints a lab's services and pods, and how to use it.
@@ -525,6 +602,11 @@ func Write(w io.Writer, st *State) {
 				fmt.Fprintf(w, "       svclab exec %s -- sh -c 'echo hi | nc -u -w1 %s %s'\n", st.Pods[0].Name, s.ClusterIP, port)
 			}
 		}
+	}
+	if st.Log != "" {
+		fmt.Fprintf(w, "log:   %s\n", st.Log)
+		fmt.Fprintf(w, "stop:  svclab down %s\n", st.ID)
+		return
 	}
 	fmt.Fprintf(w, "stop:  Ctrl-C here, or svclab down %s\n", st.ID)
 }

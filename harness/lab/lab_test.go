@@ -2,7 +2,9 @@ package lab
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -135,6 +137,69 @@ func TestWriteLab(t *testing.T) {
 	for _, want := range []string{"lab 1a2b3c4d is up", "ClusterIP 10.96.0.10", "client-0", "svclab exec client-0 -- curl -s http://10.96.0.10/",
 		"nc -u -w1 10.96.0.10 80", "svclab down 1a2b3c4d"} {
 		assert.Contains(t, out, want)
+	}
+}
+
+// A detached lab's description names its log and is stopped with down,
+// not Ctrl-C.
+func TestWriteDetachedLab(t *testing.T) {
+	st := &State{ID: "1a2b3c4d", PID: 42, Datapath: "direct", Prefix: "svclab-1a2b3c4d", Log: "/run/svclab/labs/1a2b3c4d.log"}
+	var b bytes.Buffer
+	Write(&b, st)
+	assert.Contains(t, b.String(), "log:   /run/svclab/labs/1a2b3c4d.log\nstop:  svclab down 1a2b3c4d\n")
+	assert.NotContains(t, b.String(), "Ctrl-C")
+}
+
+// Prune removes the logs of supervisors and labs that are gone, and keeps
+// those of live ones.
+func TestPruneLogs(t *testing.T) {
+	dir := useLabDir(t)
+	live, err := runlock.New()
+	require.NoError(t, err)
+	t.Cleanup(live.Release)
+	gone := exec.Command("true")
+	require.NoError(t, gone.Run())
+	deadPid := gone.Process.Pid
+	tests := []struct {
+		name string
+		kept bool
+	}{
+		{fmt.Sprintf("up-%d.log", os.Getpid()), true},
+		{fmt.Sprintf("up-%d.log", deadPid), false},
+		{live.ID + ".log", true},
+		{"deadbeef.log", false},
+		{"notes.log", true}, // not ours
+	}
+	for _, tt := range tests {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, tt.name), nil, 0o644))
+	}
+	Prune()
+	for _, tt := range tests {
+		if tt.kept {
+			assert.FileExists(t, filepath.Join(dir, tt.name))
+		} else {
+			assert.NoFileExists(t, filepath.Join(dir, tt.name))
+		}
+	}
+}
+
+// running tells a live process from a gone or exited (zombie) one.
+func TestRunning(t *testing.T) {
+	zombie := exec.Command("true")
+	require.NoError(t, zombie.Start())
+	require.Eventually(t, func() bool { return !running(zombie.Process.Pid) }, 5*time.Second, 10*time.Millisecond, "an exited child not yet reaped is not running")
+	require.NoError(t, zombie.Wait())
+	tests := []struct {
+		name string
+		pid  int
+		want bool
+	}{
+		{"self", os.Getpid(), true},
+		{"reaped", zombie.Process.Pid, false},
+		{"no pid", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { assert.Equal(t, tt.want, running(tt.pid)) })
 	}
 }
 
