@@ -312,6 +312,11 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	state := dp.Info()
 	svc := Target(st)
 	wl := plan.Scenario.Workload
+	cost, err := startCost(topo, dp, state)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cost attribution: %w", err)
+	}
+	defer func() { err = errors.Join(err, cost.close()) }()
 	wk, err := loadgen.RunClientProcess(ctx, topo.Clients[0].NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
 		Targets:     dp.Targets(svc, plan.Port),
 		Protocol:    string(plan.Port.Protocol),
@@ -326,10 +331,15 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if err != nil {
 		return nil, nil, err
 	}
-	state = afterTraffic(state, dp.Info())
+	after := dp.Info()
+	dpCost, err := cost.stop(wk, after)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cost attribution: %w", err)
+	}
+	state = afterTraffic(state, after)
 	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition, Slot: ts.Slot,
 		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
-		DatapathState: state, Workload: *wk}
+		DatapathState: state, Workload: *wk, Cost: dpCost}
 	if ts.Rate > 0 {
 		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
 	}
