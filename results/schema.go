@@ -171,8 +171,9 @@ type Cost struct {
 	// Connections is the divisor: every connection the client started.
 	Connections int64 `json:"connections"`
 	// BPFStatsSysctl is kernel.bpf_stats_enabled before the trial ("0" or
-	// "1"); statistics were held on with BPF_ENABLE_STATS during the client
-	// run whatever it said, and only for BPF datapaths.
+	// "1"); statistics were held on with BPF_ENABLE_STATS during every
+	// client run whatever it said, so every datapath's probes pay the same
+	// accounting.
 	BPFStatsSysctl string `json:"bpf_stats_sysctl,omitempty"`
 	// Missing names what could not be measured here (e.g. the probes on a
 	// kernel before 6.4); the parts it names are absent, not zero.
