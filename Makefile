@@ -15,7 +15,7 @@ export PATH := $(PATH):/usr/local/go/bin
 export BPF2GO_CC    := $(CLANG)
 export BPF2GO_STRIP := $(STRIP)
 
-GENERATED := datapath/socketlb/socketlb_bpfel.go datapath/socketlb/socketlb_bpfel.o datapath/socketlb/progtest/progtest_bpfel.go datapath/socketlb/progtest/progtest_bpfel.o baselines/tcebpf/tcebpf_bpfel.go baselines/tcebpf/tcebpf_bpfel.o
+GENERATED := datapath/socketlb/socketlb_bpfel.go datapath/socketlb/socketlb_bpfel.o datapath/socketlb/progtest/progtest_bpfel.go datapath/socketlb/progtest/progtest_bpfel.o baselines/tcebpf/tcebpf_bpfel.go baselines/tcebpf/tcebpf_bpfel.o internal/nfcost/nfcost_bpfel.go internal/nfcost/nfcost_bpfel.o
 
 .PHONY: all deps build generate check-generate test bench cleanup clean
 
@@ -31,7 +31,7 @@ build: deps
 
 ## generate: rebuild the BPF objects and their Go bindings from bpf/*.c
 generate: deps
-	$(GO) generate ./datapath/... ./baselines/...
+	$(GO) generate ./datapath/... ./baselines/... ./internal/nfcost
 
 ## check-generate: fail if the committed BPF objects are not what bpf/*.c compiles to
 check-generate: generate

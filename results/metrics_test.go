@@ -23,6 +23,7 @@ func measuredTrials(dp string, services int) []Trial {
 	closed.ApplyChangeSeconds = 0.25
 	closed.DatapathState = map[string]string{StateObjects: "120", StateBytes: "4096"}
 	closed.Workload.CPU = &CPUUsage{PerConnectionUS: 150, RunPerConnectionUS: 120}
+	closed.Cost = &Cost{NsPerConn: 2500, Parts: map[string]float64{"nf-dnat": 2000, "nf-filter": 500}, Connections: 36000}
 	open := openTrial(dp, 0.5, 0, 6000, 5900, 400, 30, 0)
 	open.Services, open.Endpoints = services, 12
 	return []Trial{closed, open}

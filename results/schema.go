@@ -151,6 +151,33 @@ type Trial struct {
 	// its datapaths at the highest concurrency).
 	OfferedRate  float64 `json:"offered_rate,omitempty"`
 	LoadFraction float64 `json:"load_fraction,omitempty"`
+	// Cost is the datapath's own kernel time per connection, measured in
+	// the kernel (nil when attribution was off or not possible here).
+	Cost *Cost `json:"cost,omitempty"`
+}
+
+// Cost is what a datapath's own work costs per connection, measured in the
+// kernel around the whole client run (warm-up, window and drain) and
+// divided by every connection the client started in it.
+type Cost struct {
+	// NsPerConn is the sum of Parts.
+	NsPerConn float64 `json:"ns_per_conn"`
+	// Parts is ns per connection by part: "nf-<band>" for the netfilter
+	// hooks of the run's namespaces (node, client and backend pods) by
+	// priority band (early, conntrack, dnat, filter, snat: see
+	// bpf/nfcost.c), "bpf-<program>" for the run time of the datapath's
+	// own BPF programs, "proxy-cpu" for a userspace proxy's process CPU.
+	Parts map[string]float64 `json:"parts"`
+	// Connections is the divisor: every connection the client started.
+	Connections int64 `json:"connections"`
+	// BPFStatsSysctl is kernel.bpf_stats_enabled before the trial ("0" or
+	// "1"); statistics were held on with BPF_ENABLE_STATS during every
+	// client run whatever it said, so every datapath's probes pay the same
+	// accounting.
+	BPFStatsSysctl string `json:"bpf_stats_sysctl,omitempty"`
+	// Missing names what could not be measured here (e.g. the probes on a
+	// kernel before 6.4); the parts it names are absent, not zero.
+	Missing string `json:"missing,omitempty"`
 }
 
 // Valid reports whether the trial's figures count (Invalid is empty).
@@ -164,7 +191,12 @@ type Workload struct {
 	// DurationSeconds is the measured window (warm-up excluded).
 	DurationSeconds float64 `json:"duration_seconds"`
 	Connections     int64   `json:"connections"`
-	QPS             float64 `json:"qps"`
+	// Started counts every connection (or UDP request) the client
+	// started over its whole run, warm-up and drain included, successful
+	// or not: the divisor of figures measured around the whole run
+	// (Trial.Cost).
+	Started int64   `json:"started,omitempty"`
+	QPS     float64 `json:"qps"`
 	// Errors counts failed connections by kind (errno name or "short-reply").
 	Errors map[string]int64 `json:"errors,omitempty"`
 	// PerBackend counts successful connections by the pod that answered.
@@ -317,6 +349,9 @@ type Summary struct {
 	// StartLagP99 is the open-loop generator's p99 start lag in µs per
 	// repetition (absent for the closed loop).
 	StartLagP99 Stat `json:"start_lag_p99_us,omitzero"`
+	// DatapathNsPerConn is Trial.Cost.NsPerConn over the repetitions
+	// (absent when not measured).
+	DatapathNsPerConn Stat `json:"datapath_ns_per_conn,omitzero"`
 }
 
 // Stat is a figure over repetitions: the median and the spread.

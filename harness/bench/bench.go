@@ -319,6 +319,11 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if wl.Client == scenarios.ClientHost {
 		client = topo.Host
 	}
+	cost, err := startCost(topo, dp, state)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cost attribution: %w", err)
+	}
+	defer func() { err = errors.Join(err, cost.close()) }()
 	wk, err := loadgen.RunClientProcess(ctx, client.NS, topo.PodCgroup(client), loadgen.ClientSpec{
 		Targets:     dp.Targets(svc, plan.Port),
 		Protocol:    string(plan.Port.Protocol),
@@ -333,10 +338,15 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if err != nil {
 		return nil, nil, err
 	}
-	state = afterTraffic(state, dp.Info())
+	after := dp.Info()
+	dpCost, err := cost.stop(wk, after)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cost attribution: %w", err)
+	}
+	state = afterTraffic(state, after)
 	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition, Slot: ts.Slot,
 		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
-		DatapathState: state, Workload: *wk}
+		DatapathState: state, Workload: *wk, Cost: dpCost}
 	if ts.Rate > 0 {
 		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
 	}

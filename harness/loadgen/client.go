@@ -272,6 +272,7 @@ func collect(w *results.Workload, loops []*clientLoop) error {
 			return l.err
 		}
 		w.Connections += l.conns
+		w.Started += l.started
 		w.WrongSource += l.wrongSource
 		w.Histogram.Merge(l.hist)
 		for k, v := range l.errors {

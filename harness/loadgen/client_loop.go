@@ -54,6 +54,7 @@ type clientLoop struct {
 
 	hist        *results.Histogram
 	conns       int64
+	started     int64
 	wrongSource int64
 	errors      map[string]int64
 	backends    map[string]*int64
@@ -308,6 +309,7 @@ func (l *clientLoop) begin(i int) {
 // s.start and s.intended are set.
 func (l *clientLoop) launch(i int) {
 	s := &l.slots[i]
+	l.started++
 	s.target = 0
 	if len(l.targets) > 1 {
 		s.target = l.rng.IntN(len(l.targets))

@@ -1,0 +1,287 @@
+package nfcost
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"svclab/datapath"
+	"svclab/internal/nsutil"
+)
+
+func TestSampleArithmetic(t *testing.T) {
+	var a, b Sample
+	a[PreRouting][DNAT] = Sum{NS: 500, Count: 5}
+	a[LocalOut][DNAT] = Sum{NS: 300, Count: 3}
+	a[LocalOut][SNAT] = Sum{NS: 200, Count: 4}
+	b[PreRouting][DNAT] = Sum{NS: 100, Count: 1}
+	d := a.Sub(b)
+	tests := []struct {
+		name string
+		got  any
+		want any
+	}{
+		{"part sums hooks", d.Part(DNAT), Sum{NS: 700, Count: 7}},
+		{"total", d.TotalNS(), uint64(900)},
+		{"traversals count the last part", d.Traversals(), uint64(4)},
+		{"total over groups", Total(map[string]Sample{"a": a, "b": b}).Part(DNAT), Sum{NS: 900, Count: 9}},
+		{"part names", PartNames(), []string{"early", "conntrack", "dnat", "filter", "snat"}},
+		{"hook name", Forward.String(), "forward"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { assert.Equal(t, tc.want, tc.got) })
+	}
+}
+
+func TestPrioritiesOrdered(t *testing.T) {
+	for i := 1; i < len(Priorities); i++ {
+		require.Less(t, Priorities[i-1], Priorities[i])
+	}
+	// Each band holds the kernel priority it is named after.
+	bands := map[Part]int32{Conntrack: -200, DNAT: -100, Filter: 0, SNAT: 100}
+	for p, prio := range bands {
+		assert.True(t, Priorities[p] < prio && prio < Priorities[p+1], "%s band holds priority %d", p, prio)
+	}
+}
+
+// requireProbes skips without root and fails on a kernel that should
+// have BPF netfilter programs (6.4+) but refuses them.
+func requireProbes(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: attaches BPF netfilter programs in a test network namespace")
+	}
+	if err := Probe(); err != nil {
+		if errors.Is(err, datapath.ErrUnsupported) {
+			t.Skipf("skipped: %v", err)
+		}
+		require.NoError(t, err)
+	}
+}
+
+func newNS(t *testing.T) *nsutil.NS {
+	t.Helper()
+	var rnd [4]byte
+	_, err := rand.Read(rnd[:])
+	require.NoError(t, err)
+	ns, err := nsutil.Create("svclab-test-" + hex.EncodeToString(rnd[:]))
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, ns.Close()) })
+	return ns
+}
+
+// probeLinks counts the bpf_links of probe programs on the machine, to see
+// that Close leaves none.
+func probeLinks(t *testing.T) int {
+	t.Helper()
+	n := 0
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil || info.Type != link.NetfilterType {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue
+		}
+		pi, err := prog.Info()
+		prog.Close()
+		if err == nil && strings.HasPrefix(pi.Name, "svclab_nfc") {
+			n++
+		}
+	}
+	require.NoError(t, it.Err())
+	return n
+}
+
+const (
+	backend = "10.0.0.1:8080"
+	vip     = "10.96.0.1:80"
+)
+
+// serve listens on backend inside ns and answers every connection with
+// one byte after reading one.
+func serve(t *testing.T, ns *nsutil.NS) {
+	t.Helper()
+	_, err := ns.Run(context.Background(), nil, "ip", "addr", "add", "10.0.0.1/32", "dev", "lo")
+	require.NoError(t, err)
+	// The VIP needs a route for connect() to get as far as OUTPUT's DNAT.
+	_, err = ns.Run(context.Background(), nil, "ip", "route", "add", "default", "dev", "lo")
+	require.NoError(t, err)
+	var ln net.Listener
+	require.NoError(t, ns.Do(func() (err error) { ln, err = net.Listen("tcp4", backend); return err }))
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(c, b); err == nil {
+					_, _ = c.Write(b)
+				}
+			}()
+		}
+	}()
+}
+
+// connect makes n short connections to addr from inside ns, the client
+// closing after reading the reply (as the load generator does).
+func connect(t *testing.T, ns *nsutil.NS, addr string, n int) {
+	t.Helper()
+	require.NoError(t, ns.Do(func() error {
+		for i := 0; i < n; i++ {
+			c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+			if err != nil {
+				return fmt.Errorf("connection %d: %w", i, err)
+			}
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			b := []byte{'x'}
+			_, err = c.Write(b)
+			if err == nil {
+				_, err = io.ReadFull(c, b)
+			}
+			c.Close()
+			if err != nil {
+				return fmt.Errorf("connection %d: %w", i, err)
+			}
+		}
+		return nil
+	}))
+}
+
+// natRules is an iptables-restore nat table: pad non-matching service-like
+// DNAT rules ahead of the one for vip (none when dnat is false).
+func natRules(pad int, dnat bool) []byte {
+	var b bytes.Buffer
+	b.WriteString("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n")
+	for i := 0; i < pad; i++ {
+		fmt.Fprintf(&b, "-A OUTPUT -d 198.18.%d.%d/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination %s\n", i/256, i%256, backend)
+	}
+	if dnat {
+		fmt.Fprintf(&b, "-A OUTPUT -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination %s\n", backend)
+	}
+	b.WriteString("COMMIT\n")
+	return b.Bytes()
+}
+
+// perConn attaches probes in ns, makes n connections to addr and returns
+// the window's sample per connection (ns by part).
+func perConn(t *testing.T, ns *nsutil.NS, addr string, n int) [NumParts]float64 {
+	t.Helper()
+	p, err := Attach([]Group{{Name: "ns", NS: []*nsutil.NS{ns}}})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.Close()) }()
+	require.Equal(t, 2*int(NumHooks)*len(Priorities), p.Links(), "both families, every hook and priority")
+	before, err := p.Read()
+	require.NoError(t, err)
+	connect(t, ns, addr, n)
+	after, err := p.Read()
+	require.NoError(t, err)
+	d := after["ns"].Sub(before["ns"])
+	require.NotZero(t, d.Traversals(), "the probes saw the traffic")
+	var out [NumParts]float64
+	for part := Part(0); part < NumParts; part++ {
+		out[part] = float64(d.Part(part).NS) / float64(n)
+	}
+	return out
+}
+
+func TestPrivilegedAttachLeavesNoTrace(t *testing.T) {
+	requireProbes(t)
+	before := probeLinks(t)
+	ns := newNS(t)
+	ns2 := newNS(t)
+	p, err := Attach([]Group{{Name: "a", NS: []*nsutil.NS{ns}}, {Name: "b", NS: []*nsutil.NS{ns2}}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a", "b"}, p.Groups())
+	assert.Equal(t, before+p.Links(), probeLinks(t))
+	require.NoError(t, p.Close())
+	require.NoError(t, p.Close(), "Close twice")
+	assert.Equal(t, before, probeLinks(t), "every link detached")
+
+	// Failing Attaches remove what they attached: a repeated group name,
+	// and a namespace probed twice (the kernel refuses two BPF hooks at
+	// one priority of a hook: EBUSY), half-way through the second set.
+	for _, groups := range [][]Group{
+		{{Name: "a", NS: []*nsutil.NS{ns}}, {Name: "a", NS: []*nsutil.NS{ns2}}},
+		{{Name: "a", NS: []*nsutil.NS{ns, ns2}}, {Name: "b", NS: []*nsutil.NS{ns2}}},
+	} {
+		_, err = Attach(groups)
+		require.Error(t, err)
+		assert.Equal(t, before, probeLinks(t), "a failed Attach leaves no link")
+	}
+}
+
+// TestPrivilegedDNATAndPadding checks the probes against what is known:
+// a DNAT rule costs time in the DNAT band that an empty namespace does not
+// spend, and N non-matching rules ahead of it, evaluated once per
+// connection (nat rules see a connection's first packet only), add time
+// linearly in N.
+func TestPrivilegedDNATAndPadding(t *testing.T) {
+	requireProbes(t)
+	const conns = 1000
+	empty := newNS(t)
+	serve(t, empty)
+	emptyCost := perConn(t, empty, backend, conns)
+
+	ns := newNS(t)
+	serve(t, ns)
+	pads := []int{0, 1000, 2000, 4000}
+	dnat := make([]float64, len(pads))
+	for i, pad := range pads {
+		_, err := ns.Run(context.Background(), natRules(pad, true), "iptables-restore")
+		require.NoError(t, err)
+		// Best of three: other work on the machine only ever adds time.
+		dnat[i] = 1e18
+		for range 3 {
+			dnat[i] = min(dnat[i], perConn(t, ns, vip, conns)[DNAT])
+		}
+		t.Logf("%d padding rules: dnat %.0f ns/conn (empty namespace: %.0f)", pad, dnat[i], emptyCost[DNAT])
+	}
+	assert.Greater(t, dnat[0], emptyCost[DNAT]+100, "a DNAT rule costs more than no nat table")
+
+	// Least squares of dnat against pads: a clear positive slope and a
+	// straight line.
+	var sx, sy, sxx, sxy float64
+	n := float64(len(pads))
+	for i, p := range pads {
+		x := float64(p)
+		sx, sy, sxx, sxy = sx+x, sy+dnat[i], sxx+x*x, sxy+x*dnat[i]
+	}
+	slope := (n*sxy - sx*sy) / (n*sxx - sx*sx)
+	icept := (sy - slope*sx) / n
+	var ssRes, ssTot float64
+	for i, p := range pads {
+		r := dnat[i] - (icept + slope*float64(p))
+		ssRes += r * r
+		ssTot += (dnat[i] - sy/n) * (dnat[i] - sy/n)
+	}
+	r2 := 1 - ssRes/ssTot
+	t.Logf("rule evaluation: %.2f ns per padding rule per connection, R² %.3f", slope, r2)
+	assert.Greater(t, slope, 0.5, "each padding rule costs time")
+	assert.Greater(t, r2, 0.9, "cost grows linearly with the rules")
+	for i := 1; i < len(dnat); i++ {
+		assert.Greater(t, dnat[i], dnat[i-1], "more rules, more time (%d → %d)", pads[i-1], pads[i])
+	}
+}
