@@ -254,6 +254,12 @@ type Workload struct {
 	// are then left out of the medians and named instead. Zero means
 	// DefaultMaxErrorFraction.
 	MaxErrorFraction float64 `json:"maxErrorFraction,omitempty"`
+	// Attribution measures each trial's datapath's own kernel time per
+	// connection (netfilter probes in the trial's namespaces, the BPF
+	// datapaths' program run times, the userspace proxy's CPU): the
+	// "DP ns/C" figure. Off by default until the probes' own cost on QPS
+	// is measured.
+	Attribution bool `json:"attribution,omitempty"`
 }
 
 // DefaultMaxErrorFraction is Workload.MaxErrorFraction when not set: 1 %

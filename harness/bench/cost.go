@@ -115,6 +115,10 @@ func uniqueNS(nss []*nsutil.NS) []*nsutil.NS {
 // stop reads the window's figures, detaches everything and returns the
 // cost per connection the client started (nil when it started none).
 func (m *costMeter) stop(wk *results.Workload, info map[string]string) (_ *results.Cost, err error) {
+	if m == nil {
+		// Attribution is off (workload.attribution).
+		return nil, nil
+	}
 	defer func() { err = errors.Join(err, m.close()) }()
 	if wk.Started <= 0 {
 		return nil, nil
