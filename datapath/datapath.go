@@ -142,11 +142,15 @@ type Env struct {
 	// and hostNetwork pods are in child cgroups of it. Socket-level
 	// datapaths attach here, so they serve every pod of the node, as
 	// Cilium's socket-LB attached at the root cgroup does.
-	NodeCgroup  string
-	Clients     []Pod
-	Backends    []Pod
-	PodCIDR     netip.Prefix
-	ServiceCIDR netip.Prefix
+	NodeCgroup string
+	// DatapathCgroup is the cgroup v2 directory a datapath's own processes
+	// (a proxy) are started in, outside NodeCgroup, so that their CPU is
+	// accounted apart from the pods' ("" runs them where svclab runs).
+	DatapathCgroup string
+	Clients        []Pod
+	Backends       []Pod
+	PodCIDR        netip.Prefix
+	ServiceCIDR    netip.Prefix
 	// PodCIDR6 and ServiceCIDR6 are the IPv6 ranges of a dual-stack
 	// topology; invalid (zero) in an IPv4-only one.
 	PodCIDR6     netip.Prefix

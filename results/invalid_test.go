@@ -3,6 +3,7 @@ package results
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -125,4 +126,26 @@ func TestComparable(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.want)
 		})
 	}
+}
+
+// CPU busy outside the run (another tenant, steal) is computed from the
+// machine's and the run's figures, and the table flags trials above 5 %.
+func TestBusyOutsideTheRun(t *testing.T) {
+	u := &CPUUsage{WindowSeconds: 2, CPUs: 2, UserSeconds: 1.5, SystemSeconds: 1.0, SoftirqSeconds: 0.6, StealSeconds: 0.1}
+	u.AddRun(2*time.Second, map[string]time.Duration{"clients": 1200 * time.Millisecond, "servers": 800 * time.Millisecond}, 1000)
+	assert.InDelta(t, 0.6, u.OutsideSeconds, 1e-9, "user+system 2.5 s, 2 s of it the run's, plus 0.1 s steal")
+	assert.InDelta(t, 0.15, u.OutsideFraction, 1e-9)
+	assert.InDelta(t, 2000.0, u.RunPerConnectionUS, 1e-9)
+	assert.Equal(t, map[string]float64{"clients": 1.2, "servers": 0.8}, u.RunRoleSeconds)
+
+	run := invalidRun("a")
+	run.Trials[0].Workload.CPU = u
+	var b bytes.Buffer
+	require.NoError(t, WriteTable(&b, run))
+	assert.Contains(t, b.String(), "warning: the machine was busy outside this run during 1 of 9 trials (up to 15% of its CPU, in direct conc=8 repetition 1)")
+
+	quiet := invalidRun("b")
+	b.Reset()
+	require.NoError(t, WriteTable(&b, quiet))
+	assert.NotContains(t, b.String(), "busy outside")
 }

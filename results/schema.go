@@ -269,12 +269,37 @@ type CPUUsage struct {
 	// is not either. Absent when not measured.
 	RunSeconds         float64 `json:"run_seconds,omitempty"`
 	RunPerConnectionUS float64 `json:"run_per_connection_us,omitempty"`
+	// RunRoleSeconds splits RunSeconds by role cgroup ("clients",
+	// "servers", "hostnet", "datapath": a datapath's own process such as
+	// the userspace proxy).
+	RunRoleSeconds map[string]float64 `json:"run_role_seconds,omitempty"`
+	// StealSeconds is the time the hypervisor ran something else on the
+	// machine's CPUs (part of BusySeconds; the run did not get it).
+	StealSeconds float64 `json:"steal_seconds,omitempty"`
+	// OutsideSeconds is CPU busy outside the run over the window: the
+	// machine's user and system time not charged to the run's cgroups, plus
+	// steal (interrupt and softirq work is left to the run: the kernel
+	// does much of the run's packet work there). OutsideFraction is it
+	// per second of window and CPU: a few percent says another tenant was
+	// busy during the trial, and the table flags it.
+	OutsideSeconds  float64 `json:"outside_seconds,omitempty"`
+	OutsideFraction float64 `json:"outside_fraction,omitempty"`
 }
 
-// AddRun records the run's own CPU time d over the window, and per
-// connection.
-func (u *CPUUsage) AddRun(d time.Duration, conns int64) {
+// AddRun records the run's own CPU time d over the window (by role
+// when roles is not empty), per connection, and what was busy outside it.
+func (u *CPUUsage) AddRun(d time.Duration, roles map[string]time.Duration, conns int64) {
 	u.RunSeconds = d.Seconds()
+	for r, v := range roles {
+		if u.RunRoleSeconds == nil {
+			u.RunRoleSeconds = map[string]float64{}
+		}
+		u.RunRoleSeconds[r] = v.Seconds()
+	}
+	u.OutsideSeconds = max(0, u.UserSeconds+u.SystemSeconds-u.RunSeconds) + u.StealSeconds
+	if u.WindowSeconds > 0 && u.CPUs > 0 {
+		u.OutsideFraction = u.OutsideSeconds / (u.WindowSeconds * float64(u.CPUs))
+	}
 	if conns > 0 {
 		u.RunPerConnectionUS = u.RunSeconds / float64(conns) * 1e6
 	}

@@ -120,6 +120,7 @@ func WriteTable(w io.Writer, run *Run) error {
 		}
 	}
 	notes = append(notes, invalidNotes(run)...)
+	notes = append(notes, busyNotes(run)...)
 	if !sweep {
 		// writeScale lists them in a sweep.
 		notes = append(notes, limitLines(run.ScaleLimits)...)
@@ -491,4 +492,27 @@ func generatorNotes(run *Run, sums []Summary) []string {
 		}
 	}
 	return notes
+}
+
+// busyThreshold is the share of the machine's CPU busy outside the run
+// above which a trial's figures may have been skewed by another tenant.
+const busyThreshold = 0.05
+
+// busyNotes flag the trials during which the machine was busy outside the
+// run (CPUUsage.OutsideFraction above busyThreshold).
+func busyNotes(run *Run) []string {
+	n, worst := 0, Trial{}
+	for _, t := range run.Trials {
+		if c := t.Workload.CPU; c != nil && c.OutsideFraction > busyThreshold {
+			n++
+			if worst.Workload.CPU == nil || c.OutsideFraction > worst.Workload.CPU.OutsideFraction {
+				worst = t
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return []string{fmt.Sprintf("warning: the machine was busy outside this run during %d of %d trials (up to %.0f%% of its CPU, in %s %s repetition %d): their figures may be skewed",
+		n, len(run.Trials), 100*worst.Workload.CPU.OutsideFraction, SiteName(worst.Datapath, worst.Site), pointLabel(keyOf(worst).point), worst.Repetition+1)}
 }

@@ -150,7 +150,7 @@ func (d *Datapath) start(ctx context.Context) error {
 		_ = stdin.Close()
 		return fmt.Errorf("userspace setup: %w", err)
 	}
-	if err := child.Start(cmd, d.env.Node, ""); err != nil {
+	if err := child.Start(cmd, d.env.Node, d.env.DatapathCgroup); err != nil {
 		_ = stdin.Close()
 		return fmt.Errorf("userspace setup: start proxy: %w", err)
 	}

@@ -338,6 +338,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		Rate:        ts.Rate,
 		Seed:        ts.Seed,
 		CPUCgroup:   topo.CgroupDir(),
+		CPURoles:    topo.CPURoles(),
 	})
 	if err != nil {
 		return nil, nil, err

@@ -85,6 +85,9 @@ type ClientSpec struct {
 	// pods) whose CPU time is read at the start and end of the window;
 	// empty leaves Workload.CPU's run figures out.
 	CPUCgroup string `json:"cpu_cgroup,omitempty"`
+	// CPURoles are role cgroup directories below CPUCgroup ("clients",
+	// "servers", …) whose CPU time is read the same way, to split it.
+	CPURoles map[string]string `json:"cpu_roles,omitempty"`
 }
 
 // Open-loop arrival processes (ClientSpec.Arrivals).
@@ -204,7 +207,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		}()
 	}
 	time.Sleep(spec.Warmup)
-	m := startMeter(spec.CPUCgroup)
+	m := startMeter(spec.CPUCgroup, spec.CPURoles)
 	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
 	if spec.Connections > 0 {
@@ -330,7 +333,7 @@ func runOpenLoop(spec ClientSpec) (*results.Workload, error) {
 		}()
 	}
 	time.Sleep(time.Duration(from - rawsys.Nanotime()))
-	m := startMeter(spec.CPUCgroup)
+	m := startMeter(spec.CPUCgroup, spec.CPURoles)
 	time.Sleep(time.Duration(to - rawsys.Nanotime()))
 	m.stop()
 	wg.Wait()

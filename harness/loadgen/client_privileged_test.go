@@ -56,7 +56,7 @@ func TestPrivilegedClientServerInTopology(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w, err := RunClientProcess(ctx, client, topo.ClientCgroup.Path, ClientSpec{Targets: targets, Concurrency: 8,
-				Duration: 20 * time.Second, Connections: 900, Protocol: tt.protocol, UDPMode: tt.udp, CPUCgroup: topo.CgroupDir()})
+				Duration: 20 * time.Second, Connections: 900, Protocol: tt.protocol, UDPMode: tt.udp, CPUCgroup: topo.CgroupDir(), CPURoles: topo.CPURoles()})
 			require.NoError(t, err)
 			assert.Empty(t, w.Errors)
 			// The pods' own CPU time is measured, and is part of the
@@ -64,6 +64,11 @@ func TestPrivilegedClientServerInTopology(t *testing.T) {
 			require.NotNil(t, w.CPU)
 			assert.Positive(t, w.CPU.RunPerConnectionUS)
 			assert.LessOrEqual(t, w.CPU.RunSeconds, 1.1*w.CPU.BusySeconds+0.02)
+			// The client's and the servers' shares are both there and
+			// within the whole (read a moment apart: a little slack).
+			assert.Positive(t, w.CPU.RunRoleSeconds["clients"])
+			assert.Positive(t, w.CPU.RunRoleSeconds["servers"])
+			assert.LessOrEqual(t, w.CPU.RunRoleSeconds["clients"]+w.CPU.RunRoleSeconds["servers"], 1.05*w.CPU.RunSeconds+0.01)
 			assert.GreaterOrEqual(t, w.Connections, int64(900))
 			// A clean run retransmits (almost) no SYN; a few can happen
 			// when a loaded machine delays a SYN-ACK past the 1 s

@@ -62,6 +62,7 @@ func cpuUsage(a, b cpuTimes, windowSeconds float64, conns int64) *results.CPUUsa
 		SoftirqSeconds: sec(a.softirq, b.softirq),
 		IRQSeconds:     sec(a.irq, b.irq),
 		IdleSeconds:    sec(a.idle+a.iowait, b.idle+b.iowait),
+		StealSeconds:   sec(a.steal, b.steal),
 	}
 	u.BusySeconds = u.UserSeconds + u.SystemSeconds + u.SoftirqSeconds + u.IRQSeconds + sec(a.steal, b.steal)
 	if conns > 0 {
@@ -91,44 +92,68 @@ func runCPU(dir string) (time.Duration, error) {
 }
 
 // meter reads what a trial's window costs: SYN retransmits, the machine's
-// CPU time and the run's own (cgroup) CPU time, at the window's start and
-// end.
+// CPU time and the run's own (cgroup) CPU time, in total and by role, at
+// the window's start and end.
 type meter struct {
 	cgroup         string
+	roles          map[string]string
 	syn0, syn1     int64
 	cpu0, cpu1     cpuTimes
 	run0, run1     time.Duration
+	role0, role1   map[string]time.Duration
 	cpuErr, runErr error
 }
 
-func startMeter(cgroup string) *meter {
-	m := &meter{cgroup: cgroup, syn0: synRetrans()}
-	var err error
+func startMeter(cgroup string, roles map[string]string) *meter {
+	m := &meter{cgroup: cgroup, roles: roles, syn0: synRetrans()}
 	m.cpu0, m.cpuErr = readCPUTimes()
-	m.run0, err = runCPU(cgroup)
-	m.runErr = err
+	m.run0, m.role0, m.runErr = m.readRun()
 	return m
 }
 
 func (m *meter) stop() {
 	cpu1, err := readCPUTimes()
 	m.cpu1, m.cpuErr = cpu1, errors.Join(m.cpuErr, err)
-	run1, err := runCPU(m.cgroup)
-	m.run1, m.runErr = run1, errors.Join(m.runErr, err)
+	run1, role1, err := m.readRun()
+	m.run1, m.role1, m.runErr = run1, role1, errors.Join(m.runErr, err)
 	m.syn1 = synRetrans()
+}
+
+// readRun reads the run's cgroup and its role cgroups.
+func (m *meter) readRun() (time.Duration, map[string]time.Duration, error) {
+	total, err := runCPU(m.cgroup)
+	if err != nil || len(m.roles) == 0 {
+		return total, nil, err
+	}
+	roles := make(map[string]time.Duration, len(m.roles))
+	for r, dir := range m.roles {
+		v, err := runCPU(dir)
+		if err != nil {
+			return 0, nil, err
+		}
+		roles[r] = v
+	}
+	return total, roles, nil
 }
 
 func (m *meter) synRetrans() int64 { return m.syn1 - m.syn0 }
 
 // cpu is the window's CPU figures (nil when /proc/stat could not be read;
-// without the run's figures when the cgroup could not).
+// without the run's figures when the cgroups could not).
 func (m *meter) cpu(window time.Duration, conns int64) *results.CPUUsage {
 	if m.cpuErr != nil {
 		return nil
 	}
 	u := cpuUsage(m.cpu0, m.cpu1, window.Seconds(), conns)
 	if m.cgroup != "" && m.runErr == nil {
-		u.AddRun(m.run1-m.run0, conns)
+		var roles map[string]time.Duration
+		if m.role0 != nil {
+			roles = map[string]time.Duration{}
+			for r, v := range m.role1 {
+				roles[r] = v - m.role0[r]
+			}
+		}
+		u.AddRun(m.run1-m.run0, roles, conns)
 	}
 	return u
 }

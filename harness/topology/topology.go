@@ -203,6 +203,8 @@ func NewLoopback(prefix string) (_ *Topology, err error) {
 //	kubepods/servers   ServerCgroup: the backend pods' processes
 //	kubepods/hostnet   HostCgroup: hostNetwork clients (processes in the node
 //	                   namespace; a hostNetwork pod is still a kubepods pod)
+//	datapath/          DatapathCgroup: a datapath's own processes (the
+//	                   userspace proxy), accounted apart from the pods
 //
 // The role cgroups keep CPU accounting by role; CgroupDir is their sum.
 type Topology struct {
@@ -217,7 +219,9 @@ type Topology struct {
 	ClientCgroup *cgroup2.Cgroup
 	ServerCgroup *cgroup2.Cgroup
 	HostCgroup   *cgroup2.Cgroup
-	pods         []*nsutil.NS
+	// DatapathCgroup holds a datapath's own processes, outside kubepods.
+	DatapathCgroup *cgroup2.Cgroup
+	pods           []*nsutil.NS
 	// extra places the extra endpoints (zero without any).
 	extra extraLayout
 }
@@ -492,8 +496,31 @@ func (t *Topology) makeCgroups(prefix string) (err error) {
 	if t.ServerCgroup, err = cgroup2.New(node + "/servers"); err != nil {
 		return err
 	}
-	t.HostCgroup, err = cgroup2.New(node + "/hostnet")
+	if t.HostCgroup, err = cgroup2.New(node + "/hostnet"); err != nil {
+		return err
+	}
+	t.DatapathCgroup, err = cgroup2.New("/" + prefix + "/datapath")
 	return err
+}
+
+// cgroupPath is cg's directory, or "" for none.
+func cgroupPath(cg *cgroup2.Cgroup) string {
+	if cg == nil {
+		return ""
+	}
+	return cg.Path
+}
+
+// CPURoles are the role cgroups whose CPU time a trial reports apart.
+func (t *Topology) CPURoles() map[string]string {
+	roles := map[string]string{}
+	for name, cg := range map[string]*cgroup2.Cgroup{"clients": t.ClientCgroup, "servers": t.ServerCgroup,
+		"hostnet": t.HostCgroup, "datapath": t.DatapathCgroup} {
+		if cg != nil {
+			roles[name] = cg.Path
+		}
+	}
+	return roles
 }
 
 // CgroupDir is the cgroup v2 directory of the whole topology: every role
@@ -518,14 +545,15 @@ func (t *Topology) PodCgroup(p datapath.Pod) string {
 // Env is what a datapath is set up in.
 func (t *Topology) Env() *datapath.Env {
 	return &datapath.Env{
-		Node:         t.Node,
-		NodeCgroup:   t.NodeCgroup.Path,
-		Clients:      t.Clients,
-		Backends:     t.Backends,
-		PodCIDR:      t.cfg.PodCIDR,
-		ServiceCIDR:  t.cfg.ServiceCIDR,
-		PodCIDR6:     t.cfg.PodCIDR6,
-		ServiceCIDR6: t.cfg.ServiceCIDR6,
+		Node:           t.Node,
+		NodeCgroup:     t.NodeCgroup.Path,
+		DatapathCgroup: cgroupPath(t.DatapathCgroup),
+		Clients:        t.Clients,
+		Backends:       t.Backends,
+		PodCIDR:        t.cfg.PodCIDR,
+		ServiceCIDR:    t.cfg.ServiceCIDR,
+		PodCIDR6:       t.cfg.PodCIDR6,
+		ServiceCIDR6:   t.cfg.ServiceCIDR6,
 	}
 }
 
