@@ -49,19 +49,12 @@ func cmdCompare(args []string, stdout, stderr io.Writer) int {
 	}
 	thresholds := fs.String("thresholds", "", "thresholds file (YAML, see ci/thresholds.yaml); default: built-in thresholds")
 	// Flags may come before or after OLD NEW.
-	var pos []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return compareOK
-			}
-			return compareBadInput
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := parseInterspersed(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return compareOK
+	}
+	if err != nil {
+		return compareBadInput
 	}
 	if len(pos) != 2 {
 		fmt.Fprintf(stderr, "svclab compare: want OLD and NEW, got %d arguments\n\n", len(pos))
@@ -182,4 +175,20 @@ func sniffRun(path string, b []byte) error {
 		return notRunf("%s is not a results.json: it is %s; %s", path, what, want)
 	}
 	return nil
+}
+
+// parseInterspersed parses fs's flags wherever they stand among args and
+// returns the positional arguments in order.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
 }

@@ -31,16 +31,9 @@ func cmdReport(args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	output := fs.String("output", "", "directory that receives report.html")
-	var pos []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
 	}
 	if len(pos) == 0 {
 		fs.Usage()
