@@ -261,10 +261,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	tty := isTerminal(stderr)
 	run, dir, err := bench.Run(ctx, bench.Config{Plan: plan, OutputDir: f.output, Log: stderr, TTY: tty, VMKernel: f.vmKernel})
-	// A run in which a datapath has no valid trial is written and
+	// A run in which a datapath has no valid trial, or a requested one
+	// could not be measured (its VM phase failed twice), is written and
 	// printed, then fails.
-	noValid := errors.Is(err, bench.ErrNoValidTrial)
-	if err != nil && !noValid {
+	written := errors.Is(err, bench.ErrNoValidTrial) || errors.Is(err, bench.ErrMissingDatapath)
+	if err != nil && !written {
 		return err
 	}
 	fmt.Fprintln(stdout)
@@ -276,7 +277,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	for _, c := range charts {
 		fmt.Fprintf(stdout, "      %s\n", c)
 	}
-	if noValid {
+	if written {
 		return err
 	}
 	return nil

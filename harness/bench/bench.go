@@ -159,18 +159,19 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	run.Datapaths = append(run.Datapaths, plan.Skipped...)
 	run.Generator = results.GeneratorCeiling(run.Generators)
 	run.Summary = results.Summarize(run.Trials)
+	var missing error
 	if cfg.VMKernel != "" {
-		// A VM that cannot boot (no network for the kernel package, say)
-		// costs the VM's rows, not the run.
 		// The guest writes its results into the run directory.
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, "", fmt.Errorf("output: %w", err)
 		}
-		if err := benchInVM(ctx, cfg.VMKernel, plan, run, dir, cfg.Log); err != nil {
+		// A VM phase that fails twice costs the VM's rows, not the host's:
+		// the run is written, says what is missing, and fails.
+		if missing = runVMPhase(ctx, cfg.VMKernel, plan, run, dir, cfg.Log); missing != nil {
 			if ctx.Err() != nil {
-				return nil, "", fmt.Errorf("interrupted during the %s VM phase: %w", cfg.VMKernel, err)
+				return nil, "", fmt.Errorf("interrupted during the %s VM phase: %w", cfg.VMKernel, missing)
 			}
-			fmt.Fprintf(cfg.Log, "\nwarning: the %s VM phase failed, its datapaths are missing from the results: %v\n", cfg.VMKernel, err)
+			fmt.Fprintf(cfg.Log, "\nerror: %v\n", missing)
 		}
 	}
 	run.Finished = time.Now().UTC()
@@ -178,9 +179,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		return nil, "", err
 	}
 	if bad := withoutValidTrial(run); len(bad) > 0 {
-		return run, dir, fmt.Errorf("%w: %s (see the table's notes)", ErrNoValidTrial, strings.Join(bad, ", "))
+		missing = errors.Join(missing, fmt.Errorf("%w: %s (see the table's notes)", ErrNoValidTrial, strings.Join(bad, ", ")))
 	}
-	return run, dir, nil
+	return run, dir, missing
 }
 
 // ErrNoValidTrial is returned, with the run written, when a measured

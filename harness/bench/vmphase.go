@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -29,7 +30,7 @@ func (p *Plan) vmCandidates() []string {
 // figures are only comparable with the VM's own direct (software emulation
 // is much slower): Summarize takes each ratio against direct at the same
 // site, and the description says so.
-func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run, dir string, stderr io.Writer) error {
+func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run, dir, name string, stderr io.Writer) error {
 	sc := plan.Scenario
 	names := plan.vmCandidates()
 	if len(names) == 0 {
@@ -42,11 +43,11 @@ func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run,
 	if err != nil {
 		return err
 	}
-	scFile := filepath.Join(dir, "vm-"+kernel+"-scenario.json")
+	scFile := filepath.Join(dir, name+"-scenario.json")
 	if err := os.WriteFile(scFile, b, 0o644); err != nil {
 		return err
 	}
-	out := filepath.Join(dir, "vm-"+kernel)
+	out := filepath.Join(dir, name)
 	fmt.Fprintf(stderr, "\nmeasuring %v under %s in QEMU (this kernel lacks them), with %s for the ratio\n", names, kernel, results.DirectDatapath)
 	absDir, err := filepath.Abs(dir)
 	if err != nil {
@@ -102,3 +103,38 @@ func mergeVMRun(run, guest *results.Run, kernel string) {
 	}
 	run.Summary = results.Summarize(run.Trials)
 }
+
+// runVMPhase runs benchInVM, once more if the first attempt fails (a
+// guest kernel can crash under emulation, rarely), and when both fail
+// marks the datapaths it should have measured as skipped at the kernel's
+// site, with the reason, so that the table, the charts and the exit status
+// say they are missing.
+func runVMPhase(ctx context.Context, kernel string, plan *Plan, run *results.Run, dir string, log io.Writer) error {
+	var errs []error
+	for attempt, name := range []string{"vm-" + kernel, "vm-" + kernel + "-retry"} {
+		err := benchVM(ctx, kernel, plan, run, dir, name, log)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		errs = append(errs, err)
+		if attempt == 0 {
+			fmt.Fprintf(log, "\nwarning: the %s VM phase failed (%v); trying once more\n", kernel, err)
+		}
+	}
+	err := errors.Join(errs...)
+	for _, name := range plan.vmCandidates() {
+		run.Datapaths = append(run.Datapaths, results.DatapathInfo{Name: name, Site: kernel,
+			Skipped: fmt.Sprintf("the %s VM phase failed twice: %v", kernel, errs[len(errs)-1])})
+	}
+	return fmt.Errorf("%w: %v under %s: %v", ErrMissingDatapath, plan.vmCandidates(), kernel, err)
+}
+
+// benchVM is benchInVM; tests replace it to fail on purpose.
+var benchVM = benchInVM
+
+// ErrMissingDatapath is returned, with the run written, when a datapath
+// the user asked for could not be measured anywhere (its VM phase failed).
+var ErrMissingDatapath = errors.New("requested datapaths missing")

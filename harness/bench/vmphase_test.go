@@ -1,6 +1,9 @@
 package bench
 
 import (
+	"context"
+	"errors"
+	"io"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -50,4 +53,48 @@ func TestMergeVMRun(t *testing.T) {
 		ratios[results.SiteName(s.Datapath, s.Site)] = s.QPSRatioToDirect
 	}
 	assert.InDeltaMapValues(t, map[string]float64{"direct": 1, "ipvs @ debian-6.12": 0.75, "direct @ debian-6.12": 1}, ratios, 1e-9)
+}
+
+// A VM phase is tried twice; when both fail, the datapaths it was for are
+// named as skipped at the kernel's site and the run fails loudly.
+func TestRunVMPhaseRetriesThenSaysWhatIsMissing(t *testing.T) {
+	plan := &Plan{Skipped: []results.DatapathInfo{{Name: "ipvs", Skipped: "no IP_VS"}}}
+	for _, tt := range []struct {
+		name     string
+		failures int
+		wantErr  bool
+	}{
+		{"first try", 0, false},
+		{"second try", 1, false},
+		{"both fail", 2, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			old := benchVM
+			t.Cleanup(func() { benchVM = old })
+			var names []string
+			benchVM = func(_ context.Context, _ string, _ *Plan, _ *results.Run, _, name string, _ io.Writer) error {
+				calls++
+				names = append(names, name)
+				if calls <= tt.failures {
+					return errors.New("guest kernel panicked")
+				}
+				return nil
+			}
+			run := &results.Run{}
+			err := runVMPhase(context.Background(), "debian-6.12", plan, run, t.TempDir(), io.Discard)
+			assert.Equal(t, min(tt.failures+1, 2), calls)
+			if !tt.wantErr {
+				require.NoError(t, err)
+				assert.Empty(t, run.Datapaths)
+				return
+			}
+			require.ErrorIs(t, err, ErrMissingDatapath)
+			assert.Equal(t, []string{"vm-debian-6.12", "vm-debian-6.12-retry"}, names, "each attempt has its own output")
+			require.Len(t, run.Datapaths, 1)
+			assert.Equal(t, "ipvs", run.Datapaths[0].Name)
+			assert.Equal(t, "debian-6.12", run.Datapaths[0].Site)
+			assert.Contains(t, run.Datapaths[0].Skipped, "the debian-6.12 VM phase failed twice: guest kernel panicked")
+		})
+	}
 }
