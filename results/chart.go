@@ -85,12 +85,12 @@ func WriteCharts(dir string, run *Run) (paths []string, err error) {
 	reps := repetitionsPhrase(sums)
 	specs := []chartSpec{{
 		file:   "qps.png",
-		title:  "Short-connection TCP: connections/s (" + reps + ")",
+		title:  WorkloadOf(run).Title() + ": connections/s (" + reps + ")",
 		yLabel: "connections/s",
 		stat:   func(s Summary) Stat { return s.QPS },
 	}, {
 		file:   "p90.png",
-		title:  "Short-connection TCP: p90 connection latency in µs (" + reps + ")",
+		title:  WorkloadOf(run).Title() + ": p90 connection latency in µs (" + reps + ")",
 		yLabel: "p90 connect-to-close latency (µs)",
 		stat:   func(s Summary) Stat { return s.P90 },
 	}}

@@ -621,14 +621,15 @@ func wrap(text, indent string, width int) string {
 var ErrNotComparable = errors.New("runs are not comparable")
 
 // Comparable checks that two runs measured the same workload on the same
-// kind of machine: the same scenario, service protocol, UDP socket mode and
-// load model, the same CPU model and count. A run read from bench.txt
+// kind of machine: the same scenario, service protocol, UDP socket mode, IP
+// family and load model, the same CPU model and count. A run read from bench.txt
 // carries no scenario; its machine is still checked.
 func Comparable(old, new *Run) error {
 	type scenario struct {
 		Name    string `json:"name"`
 		Service struct {
 			Protocol string `json:"protocol"`
+			IPFamily string `json:"ipFamily"`
 		} `json:"service"`
 		Workload struct {
 			UDPMode string `json:"udpMode"`
@@ -649,6 +650,8 @@ func Comparable(old, new *Run) error {
 		differ("scenario", o.Name, n.Name)
 		differ("protocol", cmp.Or(o.Service.Protocol, "TCP"), cmp.Or(n.Service.Protocol, "TCP"))
 		differ("udpMode", o.Workload.UDPMode, n.Workload.UDPMode)
+		// IPv4 and IPv6 go through different hooks, rules and stacks.
+		differ("ipFamily", cmp.Or(o.Service.IPFamily, "IPv4"), cmp.Or(n.Service.IPFamily, "IPv4"))
 		differ("load model", cmp.Or(o.Workload.Model, "closed"), cmp.Or(n.Workload.Model, "closed"))
 	}
 	if old.Env.CPUModel != "" && new.Env.CPUModel != "" && (old.Env.CPUModel != new.Env.CPUModel || old.Env.CPUs != new.Env.CPUs) {

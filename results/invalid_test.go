@@ -112,6 +112,10 @@ func TestComparable(t *testing.T) {
 		{"udp mode", mk(`{"name":"udp","service":{"protocol":"UDP"},"workload":{"udpMode":"long-lived"}}`, "EPYC", 2),
 			mk(`{"name":"udp","service":{"protocol":"UDP"},"workload":{}}`, "EPYC", 2), `udpMode "long-lived" vs ""`},
 		{"load model", mk(tcp, "EPYC", 2), mk(`{"name":"default","service":{"protocol":"TCP"},"workload":{"model":"open"}}`, "EPYC", 2), `load model "closed" vs "open"`},
+		{"ip family", mk(tcp, "EPYC", 2), mk(`{"name":"default","service":{"protocol":"TCP","ipFamily":"IPv6"},"workload":{}}`, "EPYC", 2), `ipFamily "IPv4" vs "IPv6"`},
+		{"IPv4 spelled out is the default", mk(tcp, "EPYC", 2), mk(`{"name":"default","service":{"protocol":"TCP","ipFamily":"IPv4"},"workload":{}}`, "EPYC", 2), ""},
+		{"udp connected", mk(`{"name":"udp","service":{"protocol":"UDP"},"workload":{"udpMode":"connected"}}`, "EPYC", 2),
+			mk(`{"name":"udp","service":{"protocol":"UDP"},"workload":{"udpMode":"socket-per-request"}}`, "EPYC", 2), `udpMode "connected" vs "socket-per-request"`},
 		{"machine", mk(tcp, "EPYC", 2), mk(tcp, "Xeon", 8), "machine EPYC ×2 vs Xeon ×8"},
 		{"bench.txt has no scenario", mk("", "EPYC", 2), mk(tcp, "EPYC", 2), ""},
 	}

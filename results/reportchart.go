@@ -52,8 +52,8 @@ func chartSections(runs []reportRun, colors reportPalette) ([]chartSection, erro
 				spec chartSpec
 				m    Metric
 			}{
-				{&qps, chartSpec{file: "qps.png", title: "Short-connection TCP: connections/s (" + repetitionsPhrase(sums) + ")", yLabel: "connections/s", stat: func(s Summary) Stat { return s.QPS }}, mustMetric("qps")},
-				{&p90, chartSpec{file: "p90.png", title: "Short-connection TCP: p90 connection latency in µs (" + repetitionsPhrase(sums) + ")", yLabel: "p90 connect-to-close latency (µs)", stat: func(s Summary) Stat { return s.P90 }}, mustMetric("p90")},
+				{&qps, chartSpec{file: "qps.png", title: WorkloadOf(r.run).Title() + ": connections/s (" + repetitionsPhrase(sums) + ")", yLabel: "connections/s", stat: func(s Summary) Stat { return s.QPS }}, mustMetric("qps")},
+				{&p90, chartSpec{file: "p90.png", title: WorkloadOf(r.run).Title() + ": p90 connection latency in µs (" + repetitionsPhrase(sums) + ")", yLabel: "p90 connect-to-close latency (µs)", stat: func(s Summary) Stat { return s.P90 }}, mustMetric("p90")},
 			} {
 				if site != "" {
 					spec.spec.title += " at " + site
@@ -127,7 +127,7 @@ func ratioPanel(r reportRun, sums []Summary, cols map[string]color.Color, colors
 	if d == nil {
 		return chartPanel{}, false, nil
 	}
-	title := "Short-connection TCP: connections/s ÷ direct's median (whiskers: 95 % interval, min–max under 6 repetitions)"
+	title := WorkloadOf(r.run).Title() + ": connections/s ÷ direct's median (whiskers: 95 % interval, min–max under 6 repetitions)"
 	if sums[0].Site != "" {
 		title += " at " + sums[0].Site
 	}

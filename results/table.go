@@ -102,7 +102,9 @@ func WriteTable(w io.Writer, run *Run) error {
 		}
 	}
 
-	var notes []string
+	// What was measured comes first: a UDP or IPv6 table otherwise reads
+	// like the default TCP one.
+	notes := []string{WorkloadOf(run).Note()}
 	if len(run.ConcurrentRuns) > 0 {
 		notes = append(notes, fmt.Sprintf("warning: other svclab runs were live during trials (%s); they share this machine's CPUs and may skew these figures",
 			strings.Join(run.ConcurrentRuns, ", ")))

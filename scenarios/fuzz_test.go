@@ -51,6 +51,13 @@ func FuzzParse(f *testing.F) {
 		pods := netip.MustParsePrefix(s.Topology.PodCIDR)
 		svcs := netip.MustParsePrefix(s.Topology.ServiceCIDR)
 		cfg := topology.Config{Prefix: "svclab-fuzz", Clients: s.Topology.Clients, Backends: s.Topology.Backends, PodCIDR: pods, ServiceCIDR: svcs}
+		if p6, s6 := s.Ranges6(); p6 != "" {
+			cfg.PodCIDR6, cfg.ServiceCIDR6 = netip.MustParsePrefix(p6), netip.MustParsePrefix(s6)
+			if s.Service.Family() == scenarios.IPv6 {
+				// ClusterIPs come from the IPv6 range.
+				svcs = cfg.ServiceCIDR6
+			}
+		}
 		require.NoError(t, cfg.Validate(), "accepted by the scenario, refused by the topology")
 		p, err := bench.NewPlanWith(s, fakeLookup)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -211,6 +212,38 @@ type Topology struct {
 	Backends    int    `json:"backends"`
 	PodCIDR     string `json:"podCIDR"`
 	ServiceCIDR string `json:"serviceCIDR"`
+	// PodCIDR6 and ServiceCIDR6 make the node dual-stack (every pod also
+	// gets an IPv6 address). Either may be left out with service.ipFamily
+	// IPv6, which then uses DefaultPodCIDR6 and DefaultServiceCIDR6.
+	PodCIDR6     string `json:"podCIDR6,omitempty"`
+	ServiceCIDR6 string `json:"serviceCIDR6,omitempty"`
+}
+
+// The IPv6 ranges of an IPv6 scenario that names none (the ULA
+// counterparts of kubeadm's 10.244/16 and 10.96/16).
+const (
+	DefaultPodCIDR6     = "fd00:10:244::/64"
+	DefaultServiceCIDR6 = "fd00:10:96::/112"
+)
+
+// IP families of the service (Service.IPFamily), spelled as Kubernetes'
+// spec.ipFamilies.
+const (
+	IPv4 = "IPv4"
+	IPv6 = "IPv6"
+)
+
+// Family is the service's IP family, IPv4 when not set.
+func (s *Service) Family() string { return cmp.Or(s.IPFamily, IPv4) }
+
+// Ranges6 are the scenario's IPv6 pod and Service ranges, the defaults
+// filled in for an IPv6 service; both empty for an IPv4-only node.
+func (s *Scenario) Ranges6() (pods, services string) {
+	pods, services = s.Topology.PodCIDR6, s.Topology.ServiceCIDR6
+	if s.Service.Family() == IPv6 || pods != "" || services != "" {
+		pods, services = cmp.Or(pods, DefaultPodCIDR6), cmp.Or(services, DefaultServiceCIDR6)
+	}
+	return pods, services
 }
 
 // Service is the ClusterIP service under test.
@@ -220,14 +253,21 @@ type Service struct {
 	Port       int    `json:"port"`
 	TargetPort int    `json:"targetPort"`
 	Protocol   string `json:"protocol"`
+	// IPFamily is IPv4 (default) or IPv6: the family of the ClusterIP,
+	// of the endpoints (the backend pods' IPv6 addresses) and of the
+	// client's sockets. IPv6 makes the node dual-stack (see
+	// Topology.PodCIDR6).
+	IPFamily string `json:"ipFamily,omitempty"`
 }
 
 // Workload is the load and the repetitions.
 type Workload struct {
 	// UDPMode, for UDP services: "socket-per-request" (a fresh unconnected
-	// socket per request, as DNS stub resolvers do) or "long-lived" (one
+	// socket per request: sendto, recvfrom, close), "long-lived" (one
 	// unconnected socket per connection slot sending request after
-	// request).
+	// request) or "connected" (a fresh socket per request connected to
+	// the service: connect, send, recv, close, as most DNS resolvers do;
+	// socket-LB translates it at connect).
 	UDPMode string `json:"udpMode,omitempty"`
 	// Client is where the load generator runs: ClientPod (default: the
 	// first client pod) or ClientHost (a hostNetwork client: the node's
@@ -271,6 +311,10 @@ const DefaultMaxErrorFraction = 0.01
 func (w *Workload) ErrorTolerance() float64 {
 	return cmp.Or(w.MaxErrorFraction, DefaultMaxErrorFraction)
 }
+
+// UDPModes are the values of Workload.UDPMode (the load generator's own,
+// loadgen.UDPModes, which this package cannot import).
+var UDPModes = []string{"socket-per-request", "long-lived", "connected"}
 
 // Where the load generator runs (Workload.Client).
 const (
@@ -372,16 +416,25 @@ func (s *Scenario) Validate() error {
 			bad(ErrInvalid, "workload.udpMode", "is only for UDP services")
 		}
 	case "UDP":
-		switch s.Workload.UDPMode {
-		case "", "socket-per-request", "long-lived":
-		default:
-			bad(ErrInvalid, "workload.udpMode", "%q is not one of socket-per-request, long-lived", s.Workload.UDPMode)
+		if m := s.Workload.UDPMode; m != "" && !slices.Contains(UDPModes, m) {
+			bad(ErrInvalid, "workload.udpMode", "%q is not one of %s", m, strings.Join(UDPModes, ", "))
 		}
 	default:
 		bad(ErrInvalid, "service.protocol", "%q is not supported by this workload (TCP or UDP)", s.Service.Protocol)
 	}
+	switch s.Service.Family() {
+	case IPv4, IPv6:
+	default:
+		bad(ErrInvalid, "service.ipFamily", "%q is not one of %s, %s", s.Service.IPFamily, IPv4, IPv6)
+	}
 	switch s.Workload.Client {
-	case "", ClientPod, ClientHost:
+	case "", ClientPod:
+	case ClientHost:
+		if s.Service.Family() == IPv6 {
+			// The node's own namespace has no global IPv6 address to
+			// send from (its gateways are link-local).
+			bad(ErrInvalid, "workload.client", "%s is IPv4 only: service.ipFamily %s needs a client pod", ClientHost, IPv6)
+		}
 	default:
 		bad(ErrInvalid, "workload.client", "%q is not one of %s, %s", s.Workload.Client, ClientPod, ClientHost)
 	}
@@ -504,6 +557,7 @@ func (s *Scenario) validateRanges(bad func(error, string, string, ...any), badEr
 		bad(ErrRange, "topology.serviceCIDR", "%s is not IPv4: bench topologies are IPv4 (e.g. 10.96.0.0/16)", svcs)
 		serr = ErrRange
 	}
+	s.validateRanges6(bad, badErr)
 	if perr != nil || serr != nil {
 		return
 	}
@@ -522,6 +576,45 @@ func (s *Scenario) validateRanges(bad func(error, string, string, ...any), badEr
 		bad(ErrRange, "topology.serviceCIDR", "%s has %d host addresses; scale.services up to %d needs %d (ClusterIPs from the 10th address on)", svcs, hosts(svcs), maxSvcs, 9+maxSvcs)
 	} else if hosts(svcs) < 1 {
 		bad(ErrRange, "topology.serviceCIDR", "%s has no host address for a ClusterIP", svcs)
+	}
+}
+
+// validateRanges6 checks the IPv6 ranges of a dual-stack node as
+// validateRanges does the IPv4 ones, and refuses what IPv6 cannot do here:
+// the endpoint sweep's extra addresses are IPv4 only.
+func (s *Scenario) validateRanges6(bad func(error, string, string, ...any), badErr func(error, string, error)) {
+	p6, s6 := s.Ranges6()
+	if p6 == "" {
+		return
+	}
+	pods, perr := ParseRange(p6, DefaultPodCIDR6)
+	badErr(ErrRange, "topology.podCIDR6", perr)
+	svcs, serr := ParseRange(s6, DefaultServiceCIDR6)
+	badErr(ErrRange, "topology.serviceCIDR6", serr)
+	if perr == nil && (!pods.Addr().Is6() || pods.Addr().Is4In6()) {
+		bad(ErrRange, "topology.podCIDR6", "%s is not IPv6 (e.g. %s)", pods, DefaultPodCIDR6)
+		perr = ErrRange
+	}
+	if serr == nil && (!svcs.Addr().Is6() || svcs.Addr().Is4In6()) {
+		bad(ErrRange, "topology.serviceCIDR6", "%s is not IPv6 (e.g. %s)", svcs, DefaultServiceCIDR6)
+		serr = ErrRange
+	}
+	if s.Service.Family() == IPv6 && s.MaxEndpoints() > s.Topology.Backends {
+		bad(ErrInvalid, "scale.endpointSweep", "endpoints past topology.backends are extra IPv4 addresses: service.ipFamily %s has one endpoint per backend pod (at most %d)", IPv6, s.Topology.Backends)
+	}
+	if perr != nil || serr != nil {
+		return
+	}
+	if pods.Overlaps(svcs) {
+		bad(ErrRange, "topology.serviceCIDR6", "%s overlaps topology.podCIDR6 %s: they must be disjoint", svcs, pods)
+		return
+	}
+	if need := s.Topology.Clients + s.Topology.Backends; hosts(pods) < need {
+		bad(ErrRange, "topology.podCIDR6", "%s has %d host addresses; %d pods (topology.clients + topology.backends) need one each", pods, hosts(pods), need)
+	}
+	maxSvcs := slices.Max(append([]int{1}, s.ServiceCounts()...))
+	if s.Service.Family() == IPv6 && hosts(svcs) < 9+maxSvcs {
+		bad(ErrRange, "topology.serviceCIDR6", "%s has %d host addresses; %d service(s) need %d (ClusterIPs from the 10th address on)", svcs, hosts(svcs), maxSvcs, 9+maxSvcs)
 	}
 }
 

@@ -148,3 +148,67 @@ func TestOpenLoopScenario(t *testing.T) {
 	assert.True(t, d.Workload.OpenLoop())
 	assert.Equal(t, []float64{0.8}, d.Workload.LoadFractions)
 }
+
+// The socket-kind scenarios: connected UDP and IPv6, each refused with the
+// field named when it asks for what the bench cannot do.
+func TestSocketKindValidation(t *testing.T) {
+	tests := []struct {
+		name      string
+		scenario  string
+		change    func(*Scenario)
+		wantField string // "" means valid
+	}{
+		{"udp-connected as shipped", "udp-connected", func(*Scenario) {}, ""},
+		{"ipv6 as shipped", "ipv6", func(*Scenario) {}, ""},
+		{"IPv6 with default ranges", "default", func(s *Scenario) { s.Service.IPFamily = IPv6 }, ""},
+		{"dual-stack IPv4 service", "default", func(s *Scenario) { s.Topology.PodCIDR6 = "fd00:1::/64" }, ""},
+		{"connected on TCP", "default", func(s *Scenario) { s.Workload.UDPMode = "connected" }, "workload.udpMode"},
+		{"unknown UDP mode", "udp", func(s *Scenario) { s.Workload.UDPMode = "connect" }, "workload.udpMode"},
+		{"unknown family", "default", func(s *Scenario) { s.Service.IPFamily = "ipv6" }, "service.ipFamily"},
+		{"IPv4 pod CIDR6", "ipv6", func(s *Scenario) { s.Topology.PodCIDR6 = "10.1.0.0/16" }, "topology.podCIDR6"},
+		{"mapped service CIDR6", "ipv6", func(s *Scenario) { s.Topology.ServiceCIDR6 = "::ffff:10.96.0.0/112" }, "topology.serviceCIDR6"},
+		{"link-local pod CIDR6", "ipv6", func(s *Scenario) { s.Topology.PodCIDR6 = "fe80::/64" }, "topology.podCIDR6"},
+		{"overlapping v6 ranges", "ipv6", func(s *Scenario) { s.Topology.ServiceCIDR6 = "fd00:10:244::/112" }, "topology.serviceCIDR6"},
+		{"pod CIDR6 too small", "ipv6", func(s *Scenario) { s.Topology.PodCIDR6 = "fd00:10:244::/125" }, "topology.podCIDR6"},
+		{"IPv6 from the host", "ipv6", func(s *Scenario) { s.Workload.Client = ClientHost }, "workload.client"},
+		{"IPv6 endpoint sweep past the pods", "ipv6", func(s *Scenario) {
+			s.Scale = &Scale{Services: []int{1}, EndpointSweep: []int{12, 48}}
+		}, "scale.endpointSweep"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Load(tt.scenario)
+			require.NoError(t, err)
+			tt.change(s)
+			err = s.Validate()
+			if tt.wantField == "" {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.wantField)
+		})
+	}
+}
+
+func TestRanges6(t *testing.T) {
+	tests := []struct {
+		name           string
+		family         string
+		pods, services string
+		wantP, wantS   string
+	}{
+		{"IPv4 only", "", "", "", "", ""},
+		{"IPv6 defaults", IPv6, "", "", DefaultPodCIDR6, DefaultServiceCIDR6},
+		{"IPv6 given", IPv6, "fd00:1::/64", "fd00:2::/112", "fd00:1::/64", "fd00:2::/112"},
+		{"dual-stack IPv4 service, one range given", IPv4, "fd00:1::/64", "", "fd00:1::/64", DefaultServiceCIDR6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := Scenario{Topology: Topology{PodCIDR6: tt.pods, ServiceCIDR6: tt.services}, Service: Service{IPFamily: tt.family}}
+			p, sv := s.Ranges6()
+			assert.Equal(t, tt.wantP, p)
+			assert.Equal(t, tt.wantS, sv)
+		})
+	}
+}

@@ -86,6 +86,11 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		prog.Logf("skipping %s: %s", s.Name, s.Skipped)
 	}
 	infos := map[string]map[string]string{}
+	// unsupported names the datapaths whose Setup or Apply said they
+	// cannot serve this scenario (datapath.ErrUnsupported: an IPv6
+	// service on an IPv4-only datapath): skipped from then on, with the
+	// reason, as a failed probe is.
+	unsupported := map[string]string{}
 
 	for i, ts := range sched {
 		if err := ctx.Err(); err != nil {
@@ -108,6 +113,10 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 			prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs", gen.Workload.QPS, gen.Workload.Latency.P90))
 			continue
 		}
+		if _, ok := unsupported[ts.Factory.Name]; ok {
+			prog.Skip()
+			continue
+		}
 		what := fmt.Sprintf("%s c=%d", ts.Factory.Name, ts.Concurrency)
 		if plan.Scenario.Scale != nil {
 			what += fmt.Sprintf(" services=%d endpoints=%d", ts.Services, ts.Endpoints)
@@ -120,6 +129,13 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		run.ConcurrentRuns = noteConcurrentRuns(prog, lock.ID, run.ConcurrentRuns)
 		prog.Start(fmt.Sprintf("%s repetition %d/%d", what, ts.Repetition+1, w.Repetitions))
 		tr, info, err := runTrial(ctx, fmt.Sprintf("%s-t%d", lock.Prefix, i), plan, ts)
+		var unsup *unsupportedError
+		if errors.As(err, &unsup) && ctx.Err() == nil {
+			unsupported[ts.Factory.Name] = unsup.Error()
+			prog.Done("not supported")
+			prog.Logf("skipping %s: %s", ts.Factory.Name, unsup)
+			continue
+		}
 		var limit *applyLimitError
 		if errors.As(err, &limit) && ctx.Err() == nil {
 			// A scale limit is a finding, not a failure of the run.
@@ -147,14 +163,18 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, loadgen.SumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
 	}
 	if w.OpenLoop() {
-		if err := runOpenLoopPhase(ctx, prog, lock.Prefix, plan, run); err != nil {
+		if err := runOpenLoopPhase(ctx, prog, lock.Prefix, plan, run, unsupported); err != nil {
 			return nil, "", err
 		}
 	}
 	prog.Finish()
 
 	for _, f := range plan.Factories {
-		run.Datapaths = append(run.Datapaths, results.DatapathInfo{Name: f.Name, Description: f.Description, Info: infos[f.Name]})
+		info := results.DatapathInfo{Name: f.Name, Description: f.Description, Info: infos[f.Name]}
+		if reason, ok := unsupported[f.Name]; ok {
+			info.Skipped = reason
+		}
+		run.Datapaths = append(run.Datapaths, info)
 	}
 	run.Datapaths = append(run.Datapaths, plan.Skipped...)
 	run.Generator = results.GeneratorCeiling(run.Generators)
@@ -287,6 +307,24 @@ func timedApply(ctx context.Context, plan *Plan, dp datapath.Datapath, st datapa
 	return elapsed, fmt.Errorf("%s: %w", what, err)
 }
 
+// unsupportedError is a datapath's Setup or Apply refusing the scenario
+// with datapath.ErrUnsupported (an IPv4-only datapath given an IPv6
+// service): the datapath's limitation, which the run records as a skip
+// with this reason, not a failure of the run.
+type unsupportedError struct{ err error }
+
+func (e *unsupportedError) Error() string { return e.err.Error() }
+func (e *unsupportedError) Unwrap() error { return e.err }
+
+// asUnsupported wraps err in an *unsupportedError when it says the
+// datapath cannot serve the scenario.
+func asUnsupported(err error) error {
+	if errors.Is(err, datapath.ErrUnsupported) {
+		return &unsupportedError{err}
+	}
+	return err
+}
+
 // runTrial builds a fresh topology (so no TIME_WAIT or conntrack state of an
 // earlier trial can slow this one), sets the datapath up, applies the
 // service, measures, and tears everything down. In a scale sweep, an Apply
@@ -299,6 +337,11 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	tc.ExtraEndpoints = max(0, endpoints-tc.Backends)
 	w, err := world.Build(ctx, world.Spec{Topology: tc, Port: plan.Port.TargetPort, Datapath: &ts.Factory})
 	if err != nil {
+		if setup := (*world.SetupError)(nil); errors.As(err, &setup) {
+			// Only the datapath's own refusal is a skip; anything else
+			// failing to build is the harness's error.
+			return nil, nil, asUnsupported(err)
+		}
 		return nil, nil, err
 	}
 	defer func() { err = errors.Join(err, w.Close()) }()
@@ -309,7 +352,9 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	}
 	apply, err := timedApply(ctx, plan, dp, st, "apply")
 	if err != nil {
-		return nil, nil, err
+		// Before a scale limit: a datapath that cannot serve the service
+		// at all is not limited by its size.
+		return nil, nil, asUnsupported(err)
 	}
 	state := dp.Info()
 	svc := Target(st)
@@ -403,7 +448,7 @@ func openLoopCapacity(trials []results.Trial, concurrency int) (rate float64, sl
 
 // runOpenLoopPhase runs the open-loop trials after the closed-loop ones
 // of run and appends them to run.Trials.
-func runOpenLoopPhase(ctx context.Context, prog *progress.Progress, prefix string, plan *Plan, run *results.Run) error {
+func runOpenLoopPhase(ctx context.Context, prog *progress.Progress, prefix string, plan *Plan, run *results.Run, unsupported map[string]string) error {
 	w := plan.Scenario.Workload
 	maxC := slices.Max(w.Concurrency)
 	capacity, slowest, err := openLoopCapacity(run.Trials, maxC)
@@ -421,6 +466,10 @@ func runOpenLoopPhase(ctx context.Context, prog *progress.Progress, prefix strin
 			return err
 		}
 		n := first + i
+		if _, ok := unsupported[ts.Factory.Name]; ok {
+			prog.Skip()
+			continue
+		}
 		prog.Start(fmt.Sprintf("%s open loop %.0f/s (%.0f%% of capacity) repetition %d/%d", ts.Factory.Name, ts.Rate, 100*ts.LoadFraction, ts.Repetition+1, w.Repetitions))
 		tr, _, err := runTrial(ctx, fmt.Sprintf("%s-t%d", prefix, n), plan, ts)
 		if err != nil {
@@ -440,12 +489,23 @@ func runOpenLoopPhase(ctx context.Context, prog *progress.Progress, prefix strin
 
 // generatorCeiling measures the client and server alone, over loopback.
 func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) (_ *results.Trial, err error) {
-	w, err := world.Build(ctx, world.Spec{Topology: topology.Config{Prefix: prefix}, Loopback: true, Port: plan.Port.TargetPort})
+	spec := world.Spec{Topology: topology.Config{Prefix: prefix}, Loopback: true, Port: plan.Port.TargetPort}
+	addr := netip.MustParseAddr("127.0.0.1")
+	if plan.IPv6() {
+		// The ceiling of the family measured: the IPv6 stack's own cost
+		// is part of every IPv6 datapath's figure.
+		addr = netip.IPv6Loopback()
+		spec.Servers = func(t *topology.Topology) []loadgen.ServerSpec {
+			return []loadgen.ServerSpec{{Listeners: []loadgen.Listener{{Pod: t.Backends[0].Name, NetNS: t.Node.Name,
+				Addr: netip.AddrPortFrom(addr, plan.Port.TargetPort).String()}}}}
+		}
+	}
+	w, err := world.Build(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, w.Close()) }()
-	target := netip.AddrPortFrom(w.Topology.Backends[0].Addr, plan.Port.TargetPort)
+	target := netip.AddrPortFrom(addr, plan.Port.TargetPort)
 	wl := plan.Scenario.Workload
 	wk, err := loadgen.RunClientProcess(ctx, w.Topology.Node, w.Topology.ClientCgroup.Path, loadgen.ClientSpec{Targets: []netip.AddrPort{target}, Concurrency: conc,
 		Protocol: string(plan.Port.Protocol), UDPMode: wl.UDPMode,

@@ -42,6 +42,10 @@ func NewPlanWith(s *scenarios.Scenario, lookup func(string) (datapath.Factory, e
 		PodCIDR:     netip.MustParsePrefix(s.Topology.PodCIDR),
 		ServiceCIDR: netip.MustParsePrefix(s.Topology.ServiceCIDR),
 	}
+	if p6, s6 := s.Ranges6(); p6 != "" {
+		// Validate parsed them.
+		p.Topology.PodCIDR6, p.Topology.ServiceCIDR6 = netip.MustParsePrefix(p6), netip.MustParsePrefix(s6)
+	}
 	if err := p.Topology.Validate(); err != nil {
 		return nil, fmt.Errorf("topology.%w", err)
 	}
@@ -75,11 +79,24 @@ func NewPlanWith(s *scenarios.Scenario, lookup func(string) (datapath.Factory, e
 	// The ClusterIP is the service CIDR's 10th address, as a kube-dns-like
 	// well-known address; its pods are every backend of the topology.
 	p.Service = datapath.Service{Namespace: s.Service.Namespace, Name: s.Service.Name,
-		ClusterIP: topology.NthHost(p.Topology.ServiceCIDR, 10), Ports: []datapath.ServicePort{p.Port}}
-	if topology.PrefixHosts(p.Topology.ServiceCIDR) < 10 {
-		p.Service.ClusterIP = topology.NthHost(p.Topology.ServiceCIDR, 1)
+		ClusterIP: topology.NthHost(p.serviceCIDR(), 10), Ports: []datapath.ServicePort{p.Port}}
+	if topology.PrefixHosts(p.serviceCIDR()) < 10 {
+		p.Service.ClusterIP = topology.NthHost(p.serviceCIDR(), 1)
 	}
 	return p, nil
+}
+
+// IPv6 says whether the service, its endpoints and the client's sockets
+// are IPv6.
+func (p *Plan) IPv6() bool { return p.Scenario.Service.Family() == scenarios.IPv6 }
+
+// serviceCIDR is the range ClusterIPs come from: the IPv6 one for an
+// IPv6 service.
+func (p *Plan) serviceCIDR() netip.Prefix {
+	if p.IPv6() {
+		return p.Topology.ServiceCIDR6
+	}
+	return p.Topology.ServiceCIDR
 }
 
 // State returns the desired datapath state for a topology: n services,
@@ -93,6 +110,16 @@ func (p *Plan) State(t *topology.Topology, n, endpoints int) (datapath.State, er
 	if err != nil {
 		return datapath.State{}, err
 	}
+	if p.IPv6() {
+		// The backend pods' own IPv6 addresses (validation kept the
+		// endpoints to one per pod: the extra ones are IPv4).
+		for i := range eps {
+			if i >= len(t.Backends) || !t.Backends[i].Addr6.IsValid() {
+				return datapath.State{}, fmt.Errorf("endpoints: endpoint %d has no IPv6 address (%d backend pods, dual-stack %v)", i, len(t.Backends), t.Backends[0].Addr6.IsValid())
+			}
+			eps[i].Addr = t.Backends[i].Addr6
+		}
+	}
 	if n <= 1 {
 		svc := p.Service
 		svc.Endpoints = eps
@@ -101,7 +128,7 @@ func (p *Plan) State(t *topology.Topology, n, endpoints int) (datapath.State, er
 	st := datapath.State{Services: make([]datapath.Service, n)}
 	for i := range n {
 		st.Services[i] = datapath.Service{Namespace: p.Service.Namespace, Name: fmt.Sprintf("svc-%05d", i),
-			ClusterIP: topology.NthHost(p.Topology.ServiceCIDR, 10+i), Ports: p.Service.Ports, Endpoints: eps}
+			ClusterIP: topology.NthHost(p.serviceCIDR(), 10+i), Ports: p.Service.Ports, Endpoints: eps}
 	}
 	return st, nil
 }

@@ -3,12 +3,14 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"svclab/datapath"
+	"svclab/harness/topology"
 	"svclab/results"
 	"svclab/scenarios"
 )
@@ -186,4 +188,66 @@ func TestAfterTraffic(t *testing.T) {
 	got := afterTraffic(applied, map[string]string{datapath.InfoStateObjects: "99", "proxy_cpu_seconds": "1.250", "proxy_rss_bytes": "8192"})
 	assert.Equal(t, map[string]string{datapath.InfoStateObjects: "12", "proxy_cpu_seconds": "1.250", "proxy_rss_bytes": "8192"}, got)
 	assert.Nil(t, afterTraffic(nil, nil), "direct reports nothing")
+}
+
+// An IPv6 scenario makes the node dual-stack and the service IPv6: its
+// ClusterIP from the IPv6 service range, its endpoints the backend pods'
+// IPv6 addresses; an IPv4 one is unchanged.
+func TestNewPlanFamily(t *testing.T) {
+	pods := []datapath.Pod{
+		{Name: "backend-00", Addr: netip.MustParseAddr("10.244.0.2"), Addr6: netip.MustParseAddr("fd00:10:244::2")},
+		{Name: "backend-01", Addr: netip.MustParseAddr("10.244.0.3"), Addr6: netip.MustParseAddr("fd00:10:244::3")},
+	}
+	tests := []struct {
+		scenario      string
+		services      int
+		wantDual      bool
+		wantClusterIP string
+		wantEndpoints []string
+	}{
+		{"default", 1, false, "10.96.0.10", []string{"10.244.0.2", "10.244.0.3"}},
+		{"ipv6", 1, true, "fd00:10:96::a", []string{"fd00:10:244::2", "fd00:10:244::3"}},
+		{"udp-connected-ipv6", 1, true, "fd00:10:96::a", []string{"fd00:10:244::2", "fd00:10:244::3"}},
+		{"ipv6", 3, true, "fd00:10:96::c", []string{"fd00:10:244::2", "fd00:10:244::3"}},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %d services", tt.scenario, tt.services), func(t *testing.T) {
+			sc, err := scenarios.Load(tt.scenario)
+			require.NoError(t, err)
+			sc.Topology.Backends = len(pods)
+			sc.Datapaths = []string{"direct"}
+			p, err := NewPlanWith(sc, func(name string) (datapath.Factory, error) { return datapath.Factory{Name: name}, nil })
+			require.NoError(t, err)
+			assert.Equal(t, tt.wantDual, p.Topology.DualStack())
+			st, err := p.State(&topology.Topology{Backends: pods}, tt.services, len(pods))
+			require.NoError(t, err)
+			svc := Target(st)
+			assert.Equal(t, tt.wantClusterIP, svc.ClusterIP.String())
+			var eps []string
+			for _, ep := range svc.Endpoints {
+				eps = append(eps, ep.Addr.String())
+			}
+			assert.Equal(t, tt.wantEndpoints, eps)
+		})
+	}
+}
+
+// A datapath's refusal (ErrUnsupported from Setup or Apply) is a skip;
+// any other error stays an error.
+func TestAsUnsupported(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		skip bool
+	}{
+		{"unsupported", fmt.Errorf("apply: service default/echo: ClusterIP fd00::a is not IPv4: %w", datapath.ErrUnsupported), true},
+		{"other", errors.New("apply: exit status 1"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var u *unsupportedError
+			assert.Equal(t, tt.skip, errors.As(asUnsupported(tt.err), &u))
+			assert.ErrorIs(t, asUnsupported(tt.err), tt.err)
+		})
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,12 +38,23 @@ const (
 	// UDPLongLived keeps one unconnected socket per in-flight request slot
 	// and does sendto/recvfrom on it over and over (one flow per slot).
 	UDPLongLived = "long-lived"
+	// UDPConnected opens a new socket per request and connects it to the
+	// target before sending: socket, connect, send, recv, close, as most
+	// DNS resolvers (glibc's, musl's) do. A socket-level datapath
+	// translates it once, at connect (socket-LB's connect hook), where an
+	// unconnected socket is translated at every sendto; the kernel takes
+	// replies on it from the connected peer only.
+	UDPConnected = "connected"
 )
+
+// UDPModes are the UDP modes, in the order error messages list them.
+var UDPModes = []string{UDPSocketPerRequest, UDPLongLived, UDPConnected}
 
 // ClientSpec tells the load generator what to do.
 type ClientSpec struct {
 	// Targets are where connections go; one is picked at random per
-	// connection (several only for the direct datapath).
+	// connection (several only for the direct datapath). All are of one
+	// family, IPv4 or IPv6: a run measures one.
 	Targets []netip.AddrPort `json:"targets"`
 	// Concurrency is the number of connections (or UDP requests) in
 	// flight at any time, over all loops.
@@ -58,7 +70,8 @@ type ClientSpec struct {
 	Timeout time.Duration `json:"timeout"`
 	// Protocol is ProtocolTCP (default) or ProtocolUDP.
 	Protocol string `json:"protocol,omitempty"`
-	// UDPMode is UDPSocketPerRequest (default) or UDPLongLived.
+	// UDPMode is UDPSocketPerRequest (default), UDPLongLived or
+	// UDPConnected.
 	UDPMode string `json:"udp_mode,omitempty"`
 	// Loops is the number of event loops (threads); 0 means half the
 	// CPUs (see defaultLoops). Never more than Concurrency (or, open
@@ -123,8 +136,13 @@ func (s *ClientSpec) validate() error {
 		return errors.New("client: targets: none given")
 	}
 	for i, t := range s.Targets {
-		if !t.Addr().Is4() {
-			return fmt.Errorf("client: targets[%d]: %s is not IPv4", i, t)
+		switch {
+		case !t.IsValid() || t.Addr().Zone() != "":
+			return fmt.Errorf("client: targets[%d]: %s is not an IPv4 or IPv6 address and port (no zone)", i, t)
+		case t.Addr().Is4() != s.Targets[0].Addr().Is4():
+			// One socket family per run: a mix would measure two
+			// datapaths' paths in one figure.
+			return fmt.Errorf("client: targets[%d]: %s is not of the family of targets[0] %s", i, t, s.Targets[0])
 		}
 	}
 	switch {
@@ -155,10 +173,8 @@ func (s *ClientSpec) validate() error {
 	default:
 		return fmt.Errorf("client: protocol: %q is not %s or %s", s.Protocol, ProtocolTCP, ProtocolUDP)
 	}
-	switch s.UDPMode {
-	case "", UDPSocketPerRequest, UDPLongLived:
-	default:
-		return fmt.Errorf("client: udp_mode: %q is not %s or %s", s.UDPMode, UDPSocketPerRequest, UDPLongLived)
+	if s.UDPMode != "" && !slices.Contains(UDPModes, s.UDPMode) {
+		return fmt.Errorf("client: udp_mode: %q is not one of %s", s.UDPMode, strings.Join(UDPModes, ", "))
 	}
 	if s.Timeout < 0 || s.Duration < 0 || s.Warmup < 0 {
 		return errors.New("client: timeout, duration and warmup must not be negative")

@@ -35,11 +35,14 @@ type runState struct {
 // and, in the closed loop, starting the next as soon as it ends; in the
 // open loop a slot waits in free for the schedule's next arrival.
 type clientLoop struct {
-	spec     *ClientSpec
-	rs       *runState
-	udp      bool
-	longLive bool
-	targets  []unix.RawSockaddrInet4
+	spec      *ClientSpec
+	rs        *runState
+	udp       bool
+	longLive  bool
+	connected bool // UDPConnected
+	// family is the targets' socket family (AF_INET or AF_INET6).
+	family   int
+	targets  []rawsys.Sockaddr
 	ep       int
 	slots    []cslot
 	evs      []unix.EpollEvent
@@ -87,7 +90,7 @@ type cslot struct {
 	target   int
 	n        int
 	buf      []byte
-	from     unix.RawSockaddrInet4
+	from     rawsys.Sockaddr
 }
 
 func newClientLoop(spec *ClientSpec, rs *runState, slots int, seed uint64) (*clientLoop, error) {
@@ -97,23 +100,26 @@ func newClientLoop(spec *ClientSpec, rs *runState, slots int, seed uint64) (*cli
 	}
 	l := &clientLoop{
 		spec: spec, rs: rs, ep: ep,
-		udp:      spec.Protocol == ProtocolUDP,
-		longLive: spec.Protocol == ProtocolUDP && spec.UDPMode == UDPLongLived,
-		slots:    make([]cslot, slots),
-		evs:      make([]unix.EpollEvent, max(slots, 16)),
-		rng:      rand.New(rand.NewPCG(seed, uint64(time.Now().UnixNano()))),
-		timeout:  int64(spec.Timeout),
-		timeoutK: "ETIMEDOUT",
-		hist:     results.NewHistogram(),
-		errors:   map[string]int64{},
-		backends: map[string]*int64{},
+		udp:       spec.Protocol == ProtocolUDP,
+		longLive:  spec.Protocol == ProtocolUDP && spec.UDPMode == UDPLongLived,
+		connected: spec.Protocol == ProtocolUDP && spec.UDPMode == UDPConnected,
+		slots:     make([]cslot, slots),
+		evs:       make([]unix.EpollEvent, max(slots, 16)),
+		rng:       rand.New(rand.NewPCG(seed, uint64(time.Now().UnixNano()))),
+		timeout:   int64(spec.Timeout),
+		timeoutK:  "ETIMEDOUT",
+		hist:      results.NewHistogram(),
+		errors:    map[string]int64{},
+		backends:  map[string]*int64{},
 	}
 	if l.udp {
 		l.timeoutK = "timeout"
 	}
 	for _, t := range spec.Targets {
-		l.targets = append(l.targets, rawsys.Sockaddr4(t))
+		l.targets = append(l.targets, rawsys.SockaddrOf(t))
 	}
+	// validate made every target of one family.
+	l.family = l.targets[0].Family()
 	if spec.Rate > 0 {
 		l.open = true
 		l.lag = results.NewHistogram()
@@ -163,7 +169,7 @@ func (l *clientLoop) openLongLived(i int) error {
 // on failure.
 func (l *clientLoop) openUDPSlot(i int) string {
 	s := &l.slots[i]
-	fd, e := rawsys.Socket(unix.SOCK_DGRAM)
+	fd, e := rawsys.SocketFamily(l.family, unix.SOCK_DGRAM)
 	if e != 0 {
 		return rawsys.ErrnoName(e)
 	}
@@ -325,7 +331,7 @@ func (l *clientLoop) launch(i int) {
 			kind = l.openUDPSlot(i)
 		}
 		if kind == "" {
-			if _, e := rawsys.Sendto(s.fd, UDPRequest, &l.targets[s.target]); e != 0 {
+			if _, e := rawsys.SendtoSA(s.fd, UDPRequest, &l.targets[s.target]); e != 0 {
 				kind = rawsys.ErrnoName(e)
 			}
 		}
@@ -342,11 +348,11 @@ func (l *clientLoop) launch(i int) {
 
 func (l *clientLoop) beginTCP(i int) string {
 	s := &l.slots[i]
-	fd, e := rawsys.Socket(unix.SOCK_STREAM)
+	fd, e := rawsys.SocketFamily(l.family, unix.SOCK_STREAM)
 	if e != 0 {
 		return rawsys.ErrnoName(e)
 	}
-	if e := rawsys.Connect(fd, &l.targets[s.target]); e != 0 && e != unix.EINPROGRESS {
+	if e := rawsys.ConnectSA(fd, &l.targets[s.target]); e != 0 && e != unix.EINPROGRESS {
 		rawsys.Close(fd)
 		return rawsys.ErrnoName(e)
 	}
@@ -361,15 +367,28 @@ func (l *clientLoop) beginTCP(i int) string {
 	return ""
 }
 
+// beginUDP opens slot i's socket for one request and sends it: to the
+// target on an unconnected socket, or, UDPConnected, on a socket connected
+// to the target first (a UDP connect only sets the peer, it does not
+// block).
 func (l *clientLoop) beginUDP(i int) string {
 	s := &l.slots[i]
-	fd, e := rawsys.Socket(unix.SOCK_DGRAM)
+	fd, e := rawsys.SocketFamily(l.family, unix.SOCK_DGRAM)
 	if e != 0 {
 		return rawsys.ErrnoName(e)
 	}
 	s.fd = fd
 	s.gen++
-	if _, e := rawsys.Sendto(fd, UDPRequest, &l.targets[s.target]); e != 0 {
+	if l.connected {
+		if e := rawsys.ConnectSA(fd, &l.targets[s.target]); e != 0 {
+			l.closeSlot(i)
+			return rawsys.ErrnoName(e)
+		}
+		_, e = rawsys.Write(fd, UDPRequest)
+	} else {
+		_, e = rawsys.SendtoSA(fd, UDPRequest, &l.targets[s.target])
+	}
+	if e != 0 {
 		l.closeSlot(i)
 		return rawsys.ErrnoName(e)
 	}
@@ -504,7 +523,9 @@ func (l *clientLoop) tcpEvent(i int, ev uint32) {
 
 func (l *clientLoop) udpEvent(i int) {
 	s := &l.slots[i]
-	m, e := rawsys.Recvfrom(s.fd, s.buf, &s.from)
+	// recvfrom on a connected socket too: the source it reports is what
+	// the application is told, and a Service must make it the VIP.
+	m, e := rawsys.RecvfromSA(s.fd, s.buf, &s.from)
 	switch {
 	case e == unix.EAGAIN || e == unix.EINTR:
 		return
@@ -515,10 +536,9 @@ func (l *clientLoop) udpEvent(i int) {
 		l.end(i, rawsys.ErrnoName(e), nil, false)
 		return
 	}
-	t := &l.targets[s.target]
 	// A Service must answer from the address the request went to; an
 	// unconnected socket accepts a reply from anywhere, so check.
-	wrong := s.from.Addr != t.Addr || s.from.Port != t.Port
+	wrong := !s.from.SameAddrPort(&l.targets[s.target])
 	l.end(i, "", bytes.TrimSpace(s.buf[:m]), wrong)
 }
 

@@ -25,10 +25,18 @@ func TestClientSpecValidate(t *testing.T) {
 		{"valid", func(*ClientSpec) {}, ""},
 		{"valid UDP long-lived", func(s *ClientSpec) { s.Protocol, s.UDPMode = ProtocolUDP, UDPLongLived }, ""},
 		{"no targets", func(s *ClientSpec) { s.Targets = nil }, "targets"},
-		{"IPv6 target", func(s *ClientSpec) { s.Targets = []netip.AddrPort{netip.MustParseAddrPort("[::1]:80")} }, "targets[0]"},
+		{"valid UDP connected", func(s *ClientSpec) { s.Protocol, s.UDPMode = ProtocolUDP, UDPConnected }, ""},
+		{"valid IPv6 targets", func(s *ClientSpec) {
+			s.Targets = []netip.AddrPort{netip.MustParseAddrPort("[fd00::1]:80"), netip.MustParseAddrPort("[fd00::2]:80")}
+		}, ""},
+		{"mixed families", func(s *ClientSpec) {
+			s.Targets = append(s.Targets, netip.MustParseAddrPort("[fd00::1]:80"))
+		}, "targets[1]"},
+		{"zoned target", func(s *ClientSpec) { s.Targets = []netip.AddrPort{netip.MustParseAddrPort("[fe80::1%eth0]:80")} }, "targets[0]"},
+		{"invalid target", func(s *ClientSpec) { s.Targets = []netip.AddrPort{{}} }, "targets[0]"},
 		{"zero concurrency", func(s *ClientSpec) { s.Concurrency = 0 }, "concurrency"},
 		{"unknown protocol", func(s *ClientSpec) { s.Protocol = "SCTP" }, "protocol"},
-		{"unknown UDP mode", func(s *ClientSpec) { s.UDPMode = "connected" }, "udp_mode"},
+		{"unknown UDP mode", func(s *ClientSpec) { s.UDPMode = "connect" }, "udp_mode"},
 		{"negative timeout", func(s *ClientSpec) { s.Timeout = -time.Second }, "timeout"},
 		{"open loop needs no concurrency", func(s *ClientSpec) { s.Rate, s.Concurrency = 100, 0 }, ""},
 		{"open loop, constant arrivals", func(s *ClientSpec) { s.Rate, s.Arrivals, s.MaxInFlight = 100, ArrivalsConstant, 8 }, ""},
@@ -90,10 +98,10 @@ func freePort(t *testing.T) netip.AddrPort {
 	return ap
 }
 
-// TCP and both UDP modes against the in-process server: every request is
-// answered, by every backend, from the right address.
+// TCP and every UDP mode, over IPv4 and IPv6, against the in-process
+// server: every request is answered, by every backend, from the right
+// address.
 func TestClientAgainstServer(t *testing.T) {
-	s := startLocalServer(t, 2, "pod-a", "pod-b", "pod-c")
 	tests := []struct {
 		name          string
 		protocol, udp string
@@ -101,26 +109,32 @@ func TestClientAgainstServer(t *testing.T) {
 		{"TCP", ProtocolTCP, ""},
 		{"UDP socket per request", ProtocolUDP, UDPSocketPerRequest},
 		{"UDP long-lived", ProtocolUDP, UDPLongLived},
+		{"UDP connected", ProtocolUDP, UDPConnected},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			w, err := RunClient(ClientSpec{Targets: s.addrs, Concurrency: 6, Loops: 2, Duration: 20 * time.Second,
-				Connections: 600, Protocol: tt.protocol, UDPMode: tt.udp})
-			require.NoError(t, err)
-			assert.Empty(t, w.Errors)
-			assert.GreaterOrEqual(t, w.Connections, int64(600))
-			assert.Equal(t, w.Connections, w.Histogram.Count(), "one latency per connection")
-			assert.Greater(t, w.Latency.P50, 0.0)
-			assert.Zero(t, w.WrongSource)
-			assert.Len(t, w.PerBackend, 3, "backends reached: %v", w.PerBackend)
-			var sum int64
-			for pod, n := range w.PerBackend {
-				// 600 over 3: 200 expected; under 100 means the spread is
-				// broken (binomial p < 1e-12).
-				assert.Greater(t, n, int64(100), "backend %s", pod)
-				sum += n
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		t.Run(addr, func(t *testing.T) {
+			s := startLocalServerAt(t, addr, 2, "pod-a", "pod-b", "pod-c")
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					w, err := RunClient(ClientSpec{Targets: s.addrs, Concurrency: 6, Loops: 2, Duration: 20 * time.Second,
+						Connections: 600, Protocol: tt.protocol, UDPMode: tt.udp})
+					require.NoError(t, err)
+					assert.Empty(t, w.Errors)
+					assert.GreaterOrEqual(t, w.Connections, int64(600))
+					assert.Equal(t, w.Connections, w.Histogram.Count(), "one latency per connection")
+					assert.Greater(t, w.Latency.P50, 0.0)
+					assert.Zero(t, w.WrongSource)
+					assert.Len(t, w.PerBackend, 3, "backends reached: %v", w.PerBackend)
+					var sum int64
+					for pod, n := range w.PerBackend {
+						// 600 over 3: 200 expected; under 100 means the
+						// spread is broken (binomial p < 1e-12).
+						assert.Greater(t, n, int64(100), "backend %s", pod)
+						sum += n
+					}
+					assert.Equal(t, w.Connections, sum)
+				})
 			}
-			assert.Equal(t, w.Connections, sum)
 		})
 	}
 }
@@ -165,6 +179,7 @@ func TestClientTimeouts(t *testing.T) {
 		{"TCP", ClientSpec{Targets: []netip.AddrPort{tcpTarget}}, "ETIMEDOUT"},
 		{"UDP socket per request", ClientSpec{Targets: []netip.AddrPort{udpTarget}, Protocol: ProtocolUDP}, "timeout"},
 		{"UDP long-lived", ClientSpec{Targets: []netip.AddrPort{udpTarget}, Protocol: ProtocolUDP, UDPMode: UDPLongLived}, "timeout"},
+		{"UDP connected", ClientSpec{Targets: []netip.AddrPort{udpTarget}, Protocol: ProtocolUDP, UDPMode: UDPConnected}, "timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,27 +226,54 @@ func TestClientUDPWrongSource(t *testing.T) {
 			assert.Equal(t, map[string]int64{"elsewhere": w.Connections}, w.PerBackend)
 		})
 	}
+	// A connected socket never sees the reply from elsewhere (the kernel
+	// takes datagrams from the connected peer only): it times out.
+	t.Run(UDPConnected, func(t *testing.T) {
+		w, err := RunClient(ClientSpec{Targets: []netip.AddrPort{netip.MustParseAddrPort(in.LocalAddr().String())},
+			Concurrency: 2, Duration: 300 * time.Millisecond, Timeout: 50 * time.Millisecond, Protocol: ProtocolUDP, UDPMode: UDPConnected})
+		require.NoError(t, err)
+		assert.Zero(t, w.Connections)
+		assert.Greater(t, w.Errors["timeout"], int64(0), "errors: %v", w.Errors)
+		assert.Len(t, w.Errors, 1, "errors: %v", w.Errors)
+	})
 }
 
-// The loops allocate nothing per connection: a run of many connections
-// allocates about as much as a run of few.
+// The loops allocate nothing per connection, whatever the protocol, UDP
+// mode and family: a run of many connections allocates about as much as a
+// run of few.
 func TestClientDoesNotAllocatePerConnection(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing-dependent; skipped with -short")
 	}
-	s := startLocalServer(t, 1, "pod-a")
-	allocs := func(n int64) uint64 {
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		_, err := RunClient(ClientSpec{Targets: s.addrs, Concurrency: 2, Loops: 1, Duration: 20 * time.Second, Connections: n})
-		require.NoError(t, err)
-		runtime.ReadMemStats(&after)
-		return after.Mallocs - before.Mallocs
+	tests := []struct {
+		name          string
+		addr          string
+		protocol, udp string
+	}{
+		{"TCP", "127.0.0.1:0", ProtocolTCP, ""},
+		{"UDP socket per request", "127.0.0.1:0", ProtocolUDP, UDPSocketPerRequest},
+		{"UDP connected", "127.0.0.1:0", ProtocolUDP, UDPConnected},
+		{"IPv6 TCP", "[::1]:0", ProtocolTCP, ""},
+		{"IPv6 UDP connected", "[::1]:0", ProtocolUDP, UDPConnected},
 	}
-	allocs(10) // warm up lazily initialised runtime state
-	few, many := allocs(100), allocs(3000)
-	// 2900 more connections: far fewer than one allocation each.
-	assert.Less(t, int64(many)-int64(few), int64(300), "allocations: %d for 100 connections, %d for 3000", few, many)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := startLocalServerAt(t, tt.addr, 1, "pod-a")
+			allocs := func(n int64) uint64 {
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				_, err := RunClient(ClientSpec{Targets: s.addrs, Concurrency: 2, Loops: 1, Duration: 20 * time.Second, Connections: n,
+					Protocol: tt.protocol, UDPMode: tt.udp})
+				require.NoError(t, err)
+				runtime.ReadMemStats(&after)
+				return after.Mallocs - before.Mallocs
+			}
+			allocs(10) // warm up lazily initialised runtime state
+			few, many := allocs(100), allocs(3000)
+			// 2900 more connections: far fewer than one allocation each.
+			assert.Less(t, int64(many)-int64(few), int64(300), "allocations: %d for 100 connections, %d for 3000", few, many)
+		})
+	}
 }
 
 // CPU per connection is busy time (user, system, irq, softirq, steal; not

@@ -32,9 +32,23 @@ import (
 // listener per pod on a free port.
 func startLocalServer(t *testing.T, loops int, pods ...string) *server {
 	t.Helper()
+	return startLocalServerAt(t, "127.0.0.1:0", loops, pods...)
+}
+
+// startLocalServerAt is startLocalServer on addr ("[::1]:0" for IPv6
+// loopback; the test is skipped where this namespace has no ::1).
+func startLocalServerAt(t *testing.T, addr string, loops int, pods ...string) *server {
+	t.Helper()
+	if netip.MustParseAddrPort(addr).Addr().Is6() {
+		if c, err := net.ListenPacket("udp6", addr); err != nil {
+			t.Skipf("no IPv6 loopback here: %v", err)
+		} else {
+			c.Close()
+		}
+	}
 	spec := ServerSpec{Loops: loops}
 	for _, p := range pods {
-		spec.Listeners = append(spec.Listeners, Listener{Pod: p, Addr: "127.0.0.1:0"})
+		spec.Listeners = append(spec.Listeners, Listener{Pod: p, Addr: addr})
 	}
 	s, err := newServer(spec)
 	require.NoError(t, err)

@@ -2,6 +2,7 @@ package world_test
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -36,34 +37,53 @@ func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
 					t.Skip(err.Error())
 				}
 			}
-			for _, proto := range []string{"TCP", "UDP"} {
-				t.Run(proto, func(t *testing.T) {
-					reachAllBackends(t, sc, f, proto, 0)
+			// Every socket kind the benchmark measures: TCP, UDP on
+			// unconnected and connected sockets, over IPv4 and IPv6.
+			for _, k := range socketKinds {
+				t.Run(k.name, func(t *testing.T) {
+					reachAllBackends(t, sc, f, k, 0)
 				})
 			}
 			// The endpoint sweep's extra pod addresses (three per pod
 			// here) are endpoints like any other.
 			t.Run("TCP extra endpoints", func(t *testing.T) {
-				reachAllBackends(t, sc, f, "TCP", 3*sc.Topology.Backends)
+				reachAllBackends(t, sc, f, socketKinds[0], 3*sc.Topology.Backends)
 			})
 		})
 	}
 }
 
-// reachAllBackends runs the check for one datapath and protocol in a fresh
-// topology: every backend reached, nothing else, no error, replies from the
-// address the client sent to, and a pod's own address left alone.
+// socketKind is one kind of client socket the benchmark measures.
+type socketKind struct {
+	name     string
+	proto    string
+	udpMode  string
+	ipFamily string
+}
+
+var socketKinds = []socketKind{
+	{"TCP", "TCP", "", scenarios.IPv4},
+	{"UDP", "UDP", loadgen.UDPSocketPerRequest, scenarios.IPv4},
+	{"UDP connected", "UDP", loadgen.UDPConnected, scenarios.IPv4},
+	{"IPv6 TCP", "TCP", "", scenarios.IPv6},
+	{"IPv6 UDP", "UDP", loadgen.UDPSocketPerRequest, scenarios.IPv6},
+	{"IPv6 UDP connected", "UDP", loadgen.UDPConnected, scenarios.IPv6},
+}
+
+// reachAllBackends runs the check for one datapath and socket kind in a
+// fresh topology: every backend reached, nothing else, no error, replies
+// from the address the client sent to, and a pod's own address left alone.
+// A datapath that says it cannot serve the kind (ErrUnsupported from Setup
+// or Apply, as the bench then skips it) is skipped with its reason.
 //
 // With endpoints > 0 the service has that many endpoints: the pods' own
 // addresses, then extra addresses on the pods.
-func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, proto string, endpoints int) {
+func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, k socketKind, endpoints int) {
 	sc := *base
 	sc.Datapaths = []string{f.Name}
-	sc.Service.Protocol = proto
-	udpMode := ""
-	if proto == "UDP" {
-		udpMode = loadgen.UDPSocketPerRequest
-	}
+	sc.Service.Protocol = k.proto
+	sc.Service.IPFamily = k.ipFamily
+	sc.Workload.UDPMode = k.udpMode
 	plan, err := bench.NewPlan(&sc)
 	require.NoError(t, err)
 	run := harnesstest.NewRun(t)
@@ -74,16 +94,19 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 	}
 	tc.ExtraEndpoints = max(0, endpoints-tc.Backends)
 	wd, err := world.Build(context.Background(), world.Spec{Topology: tc, Port: plan.Port.TargetPort, Datapath: &f})
+	skipUnsupported(t, err)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, wd.Close()) })
 	topo, dp := wd.Topology, wd.Datapath
 	st, err := plan.State(topo, 1, endpoints)
 	require.NoError(t, err)
-	require.NoError(t, dp.Apply(context.Background(), st))
+	err = dp.Apply(context.Background(), st)
+	skipUnsupported(t, err)
+	require.NoError(t, err)
 
 	w, err := loadgen.RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
 		Targets: dp.Targets(st.Services[0], plan.Port), Concurrency: 4, Duration: 20 * time.Second, Connections: 1200,
-		Protocol: proto, UDPMode: udpMode,
+		Protocol: k.proto, UDPMode: k.udpMode,
 	})
 	require.NoError(t, err)
 	assert.Empty(t, w.Errors)
@@ -104,12 +127,25 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 	// A pod's own address is not a service: the datapath must not
 	// redirect it.
 	b := topo.Backends[3]
+	addr := b.Addr
+	if plan.IPv6() {
+		addr = b.Addr6
+	}
 	w, err = loadgen.RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
-		Targets: []netip.AddrPort{netip.AddrPortFrom(b.Addr, plan.Port.TargetPort)}, Concurrency: 2,
-		Protocol: proto, UDPMode: udpMode,
+		Targets: []netip.AddrPort{netip.AddrPortFrom(addr, plan.Port.TargetPort)}, Concurrency: 2,
+		Protocol: k.proto, UDPMode: k.udpMode,
 		Duration: 20 * time.Second, Connections: 100,
 	})
 	require.NoError(t, err)
 	assert.Empty(t, w.Errors)
 	assert.Equal(t, map[string]int64{b.Name: w.Connections}, w.PerBackend, "a non-service address must be untouched")
+}
+
+// skipUnsupported skips the test when a datapath's Setup or Apply said it
+// cannot serve what the test asks (datapath.ErrUnsupported), naming why.
+func skipUnsupported(t *testing.T, err error) {
+	t.Helper()
+	if errors.Is(err, datapath.ErrUnsupported) {
+		t.Skipf("datapath cannot serve this: %v", err)
+	}
 }

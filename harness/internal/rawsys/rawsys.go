@@ -120,6 +120,95 @@ func AddrPort4(sa *unix.RawSockaddrInet4) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
 }
 
+// Sockaddr6 is ap (IPv6) as a raw sockaddr.
+func Sockaddr6(ap netip.AddrPort) unix.RawSockaddrInet6 {
+	sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(ap.Port()>>8), byte(ap.Port())
+	return sa
+}
+
+// AddrPort6 is the address and port of a raw IPv6 sockaddr.
+func AddrPort6(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+}
+
+// Sockaddr is an IPv4 or IPv6 socket address in the kernel's raw form, so
+// that one event loop serves either family without the x/sys/unix
+// Sockaddr interface (which allocates per call). The zero value is no
+// address.
+type Sockaddr struct {
+	// raw holds a RawSockaddrInet4 or, the larger, a RawSockaddrInet6.
+	raw unix.RawSockaddrInet6
+	len uint32
+}
+
+// SockaddrOf is ap as a raw sockaddr of its family (an IPv4-mapped
+// address stays IPv6, as the kernel would take it).
+func SockaddrOf(ap netip.AddrPort) Sockaddr {
+	var s Sockaddr
+	if ap.Addr().Is4() {
+		*(*unix.RawSockaddrInet4)(unsafe.Pointer(&s.raw)) = Sockaddr4(ap)
+		s.len = unix.SizeofSockaddrInet4
+		return s
+	}
+	s.raw = Sockaddr6(ap)
+	s.len = unix.SizeofSockaddrInet6
+	return s
+}
+
+// Family is AF_INET or AF_INET6 (0 for the zero Sockaddr).
+func (s *Sockaddr) Family() int { return int(s.raw.Family) }
+
+// AddrPort is the address and port (the zero AddrPort for another family).
+func (s *Sockaddr) AddrPort() netip.AddrPort {
+	switch s.raw.Family {
+	case unix.AF_INET:
+		return AddrPort4((*unix.RawSockaddrInet4)(unsafe.Pointer(&s.raw)))
+	case unix.AF_INET6:
+		return AddrPort6(&s.raw)
+	}
+	return netip.AddrPort{}
+}
+
+// SameAddrPort reports whether s and o are the same family, address and
+// port; IPv6 flow information and scope are not compared (a reply's
+// source carries no meaning there for a global address).
+func (s *Sockaddr) SameAddrPort(o *Sockaddr) bool {
+	if s.raw.Family != o.raw.Family || s.raw.Port != o.raw.Port {
+		return false
+	}
+	if s.raw.Family == unix.AF_INET {
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&s.raw))
+		b := (*unix.RawSockaddrInet4)(unsafe.Pointer(&o.raw))
+		return a.Addr == b.Addr
+	}
+	return s.raw.Addr == o.raw.Addr
+}
+
+// ConnectSA connects fd to sa (either family).
+func ConnectSA(fd int, sa *Sockaddr) unix.Errno {
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa.raw)), uintptr(sa.len))
+	return e
+}
+
+// SendtoSA sends b to sa (either family).
+func SendtoSA(fd int, b []byte, sa *Sockaddr) (int, unix.Errno) {
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
+		0, uintptr(unsafe.Pointer(&sa.raw)), uintptr(sa.len))
+	return int(r), e
+}
+
+// RecvfromSA receives one datagram and its source address (either family)
+// into sa.
+func RecvfromSA(fd int, b []byte, sa *Sockaddr) (int, unix.Errno) {
+	sa.len = unix.SizeofSockaddrInet6
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
+		0, uintptr(unsafe.Pointer(&sa.raw)), uintptr(unsafe.Pointer(&sa.len)))
+	return int(r), e
+}
+
 // ErrnoName names an errno as the results do ("ECONNREFUSED"); the names
 // are constants, so this does not allocate.
 func ErrnoName(e unix.Errno) string {
