@@ -153,3 +153,14 @@ func TestBusyOutsideTheRun(t *testing.T) {
 	require.NoError(t, WriteTable(&b, quiet))
 	assert.NotContains(t, b.String(), "busy outside")
 }
+
+// UDP loss is named per datapath and point, by its worst repetition.
+func TestTableNamesUDPLoss(t *testing.T) {
+	run := invalidRun("a")
+	run.Trials[0].Workload.Lost, run.Trials[0].Workload.LossRate = 3, 0.001
+	run.Trials[3].Workload.Lost, run.Trials[3].Workload.LossRate = 30, 0.012
+	var b bytes.Buffer
+	require.NoError(t, WriteTable(&b, run))
+	assert.Contains(t, b.String(), "UDP loss: direct conc=8: up to 1.20% of requests got no reply (30 lost in repetition 2)")
+	assert.NotContains(t, b.String(), "UDP loss: iptables")
+}

@@ -213,6 +213,12 @@ type Workload struct {
 	// VIP:port); such replies are counted as connections too. Always 0
 	// for TCP.
 	WrongSource int64 `json:"wrong_source,omitempty"`
+	// Lost counts the UDP requests of the window that got no reply within
+	// the timeout (also in Errors as "timeout"), and LossRate is their
+	// share of the window's requests: a dropped request or reply shows
+	// here, not only as a lower QPS.
+	Lost     int64   `json:"lost,omitempty"`
+	LossRate float64 `json:"loss_rate,omitempty"`
 	// CPU is the machine-wide CPU time spent during the measured window
 	// (from /proc/stat), nil when not measured.
 	CPU *CPUUsage `json:"cpu,omitempty"`

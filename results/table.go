@@ -123,6 +123,7 @@ func WriteTable(w io.Writer, run *Run) error {
 	}
 	notes = append(notes, invalidNotes(run)...)
 	notes = append(notes, busyNotes(run)...)
+	notes = append(notes, lossNotes(run)...)
 	if !sweep {
 		// writeScale lists them in a sweep.
 		notes = append(notes, limitLines(run.ScaleLimits)...)
@@ -517,4 +518,31 @@ func busyNotes(run *Run) []string {
 	}
 	return []string{fmt.Sprintf("warning: the machine was busy outside this run during %d of %d trials (up to %.0f%% of its CPU, in %s %s repetition %d): their figures may be skewed",
 		n, len(run.Trials), 100*worst.Workload.CPU.OutsideFraction, SiteName(worst.Datapath, worst.Site), pointLabel(keyOf(worst).point), worst.Repetition+1)}
+}
+
+// lossNotes give the UDP loss of every datapath and point that lost
+// requests: the largest loss rate of its trials.
+func lossNotes(run *Run) []string {
+	var out []string
+	worst := map[groupKey]Trial{}
+	var order []groupKey
+	for _, t := range run.Trials {
+		if t.Workload.Lost == 0 {
+			continue
+		}
+		k := keyOf(t)
+		w, ok := worst[k]
+		if !ok {
+			order = append(order, k)
+		}
+		if !ok || t.Workload.LossRate > w.Workload.LossRate {
+			worst[k] = t
+		}
+	}
+	for _, k := range order {
+		t := worst[k]
+		out = append(out, fmt.Sprintf("UDP loss: %s %s: up to %.2f%% of requests got no reply (%d lost in repetition %d)",
+			SiteName(t.Datapath, t.Site), pointLabel(k.point), 100*t.Workload.LossRate, t.Workload.Lost, t.Repetition+1))
+	}
+	return out
 }

@@ -234,7 +234,9 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	} else {
 		time.Sleep(spec.Duration)
 	}
-	rs.phase.Store(phaseStop)
+	// The window ends; what it started is let finish or time out (the
+	// Connections limit, if reached, has stopped the loops already).
+	rs.phase.CompareAndSwap(phaseMeasure, phaseDrain)
 	window := time.Since(t0)
 	m.stop()
 	wg.Wait()
@@ -285,7 +287,12 @@ func closeLoops(loops []*clientLoop) {
 }
 
 // collect merges the loops' counters and histograms into w.
-func collect(w *results.Workload, loops []*clientLoop) error {
+func collect(w *results.Workload, loops []*clientLoop) (err error) {
+	defer func() {
+		if err == nil && w.Lost > 0 {
+			w.LossRate = float64(w.Lost) / float64(w.Connections+SumErrors(w.Errors))
+		}
+	}()
 	for _, l := range loops {
 		if l.err != nil {
 			return l.err
@@ -293,6 +300,7 @@ func collect(w *results.Workload, loops []*clientLoop) error {
 		w.Connections += l.conns
 		w.Started += l.started
 		w.WrongSource += l.wrongSource
+		w.Lost += l.lost
 		w.Histogram.Merge(l.hist)
 		for k, v := range l.errors {
 			w.Errors[k] += v

@@ -15,11 +15,15 @@ import (
 	"svclab/results"
 )
 
-// Phases of a client run. Only connections that start and end inside the
-// measure phase count.
+// Phases of a client run. Every connection (or UDP request) started in
+// the measure phase counts, however it ends: in the drain phase no new one
+// starts and the loops wait until those still in flight have ended or
+// timed out, so that a slow answer, a SYN retransmit or a timeout near the
+// window's end is counted, not dropped.
 const (
 	phaseWarmup int32 = iota
 	phaseMeasure
+	phaseDrain
 	phaseStop
 )
 
@@ -59,6 +63,8 @@ type clientLoop struct {
 	conns       int64
 	started     int64
 	wrongSource int64
+	// lost counts UDP requests of the window that got no reply.
+	lost int64
 	errors      map[string]int64
 	backends    map[string]*int64
 
@@ -70,8 +76,8 @@ type clientLoop struct {
 	// free holds the slots with nothing in flight, the last freed on top
 	// (so few long-lived UDP sockets get opened).
 	free []int32
-	// inWindow counts the measured connections in flight.
-	inWindow  int
+	// inWindow counts the measured connections in flight (both loops).
+	inWindow int
 	scheduled int64
 	lag       *results.Histogram
 	ts        unix.Timespec
@@ -193,9 +199,13 @@ func (l *clientLoop) run() {
 		l.begin(i)
 	}
 	l.lastScan = rawsys.Nanotime()
-	for l.rs.phase.Load() != phaseStop {
+	for {
+		phase := l.rs.phase.Load()
+		if phase == phaseStop || (phase == phaseDrain && l.inWindow == 0) {
+			return
+		}
 		wait := 10 // ms: bounds how late the end of the run and time-outs are noticed
-		if l.idle > 0 {
+		if l.idle > 0 && phase != phaseDrain {
 			l.idle = 0
 			for i := range l.slots {
 				if !l.slots[i].active {
@@ -302,10 +312,18 @@ func (l *clientLoop) arrive(t int64) {
 	l.launch(i)
 }
 
-// begin starts slot i's next connection or request (closed loop).
+// begin starts slot i's next connection or request (closed loop); none
+// starts once the window has ended.
 func (l *clientLoop) begin(i int) {
 	s := &l.slots[i]
-	s.measured = l.rs.phase.Load() == phaseMeasure
+	phase := l.rs.phase.Load()
+	if phase >= phaseDrain {
+		return
+	}
+	s.measured = phase == phaseMeasure
+	if s.measured {
+		l.inWindow++
+	}
 	s.start = rawsys.Nanotime()
 	s.intended = s.start
 	l.launch(i)
@@ -416,7 +434,7 @@ func (l *clientLoop) end(i int, kind string, pod []byte, wrong bool) {
 		l.closeSlot(i)
 	}
 	l.done(i, kind, pod, wrong)
-	if !l.open && l.rs.phase.Load() != phaseStop {
+	if !l.open {
 		l.begin(i)
 	}
 }
@@ -432,15 +450,17 @@ func (l *clientLoop) done(i int, kind string, pod []byte, wrong bool) {
 	if l.open {
 		// Never beyond the capacity made in newClientLoop: no allocation.
 		l.free = append(l.free, int32(i))
-		if !s.measured {
-			return
-		}
-		l.inWindow--
-	} else if !s.measured || l.rs.phase.Load() != phaseMeasure {
+	}
+	if !s.measured {
 		return
 	}
+	s.measured = false
+	l.inWindow--
 	if kind != "" {
 		l.errors[kind]++
+		if kind == l.timeoutK && l.udp {
+			l.lost++
+		}
 		return
 	}
 	l.hist.Record(t1 - s.intended)

@@ -505,3 +505,63 @@ func TestOpenLoopDoesNotAllocatePerConnection(t *testing.T) {
 	// 1950 more connections: far fewer than one allocation each.
 	assert.Less(t, int64(many)-int64(few), int64(300), "allocations: %d at 100/s, %d at 4000/s", few, many)
 }
+
+// Every connection started in the window is counted however late it ends:
+// here each reply takes 150 ms, the window is 100 ms, and the only
+// connections started in it (one per slot, at ~150 ms) end after it. They
+// used to be dropped (0 connections); now the loops drain them.
+func TestClientCountsWhatTheWindowStarted(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 512)
+				_, _ = c.Read(buf)
+				time.Sleep(150 * time.Millisecond)
+				_, _ = c.Write(Response("slow"))
+			}()
+		}
+	}()
+	target := netip.MustParseAddrPort(ln.Addr().String())
+	w, err := RunClient(ClientSpec{Targets: []netip.AddrPort{target}, Concurrency: 3,
+		Warmup: 100 * time.Millisecond, Duration: 100 * time.Millisecond, Timeout: 2 * time.Second})
+	require.NoError(t, err)
+	assert.Equal(t, int64(3), w.Connections, "one per slot, started at ~150 ms, ended at ~300 ms")
+	assert.Empty(t, w.Errors)
+	assert.GreaterOrEqual(t, w.Latency.P50, 140e3, "the slow replies are in the histogram (µs)")
+}
+
+// UDP requests without a reply are lost, and their share is the trial's
+// loss rate: here a responder drops every tenth request.
+func TestClientCountsLostUDP(t *testing.T) {
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for n := 1; ; n++ {
+			_, from, err := u.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if n%10 == 0 {
+				continue
+			}
+			_, _ = u.WriteToUDP([]byte("lossy\n"), from)
+		}
+	}()
+	target := netip.MustParseAddrPort(u.LocalAddr().String())
+	w, err := RunClient(ClientSpec{Targets: []netip.AddrPort{target}, Protocol: ProtocolUDP, Concurrency: 4,
+		Duration: 400 * time.Millisecond, Timeout: 30 * time.Millisecond})
+	require.NoError(t, err)
+	require.Positive(t, w.Connections)
+	assert.Equal(t, w.Errors["timeout"], w.Lost, "every lost request is a timeout")
+	assert.InDelta(t, 0.10, w.LossRate, 0.03, "lost %d of %d", w.Lost, w.Connections+w.Lost)
+}
