@@ -64,9 +64,9 @@ type clientLoop struct {
 	started     int64
 	wrongSource int64
 	// lost counts UDP requests of the window that got no reply.
-	lost int64
-	errors      map[string]int64
-	backends    map[string]*int64
+	lost     int64
+	errors   map[string]int64
+	backends map[string]*int64
 
 	// Open loop only (see runOpenLoop).
 	open bool
@@ -77,7 +77,7 @@ type clientLoop struct {
 	// (so few long-lived UDP sockets get opened).
 	free []int32
 	// inWindow counts the measured connections in flight (both loops).
-	inWindow int
+	inWindow  int
 	scheduled int64
 	lag       *results.Histogram
 	ts        unix.Timespec
