@@ -2,6 +2,7 @@ package results
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,4 +164,18 @@ func TestTableNamesUDPLoss(t *testing.T) {
 	require.NoError(t, WriteTable(&b, run))
 	assert.Contains(t, b.String(), "UDP loss: direct conc=8: up to 1.20% of requests got no reply (30 lost in repetition 2)")
 	assert.NotContains(t, b.String(), "UDP loss: iptables")
+}
+
+// A padded datapath (the gate's injected regression) is named above the
+// table.
+func TestTableNamesInjectedRegression(t *testing.T) {
+	run := invalidRun("a")
+	run.Datapaths = []DatapathInfo{{Name: "iptables", Info: map[string]string{"pad_rules": "4000"}}, {Name: DirectDatapath}}
+	var b bytes.Buffer
+	require.NoError(t, WriteTable(&b, run))
+	assert.True(t, strings.HasPrefix(b.String(), "INJECTED REGRESSION: iptables has 4000 never-matching rules ahead of its services"), b.String()[:80])
+	run.Datapaths[0].Info["pad_rules"] = "0"
+	b.Reset()
+	require.NoError(t, WriteTable(&b, run))
+	assert.NotContains(t, b.String(), "INJECTED")
 }

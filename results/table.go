@@ -88,6 +88,15 @@ func WriteTable(w io.Writer, run *Run) error {
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("results table: %w", err)
 	}
+	// An injected regression is said above the table, where nobody
+	// reading a row can miss it.
+	for _, d := range run.Datapaths {
+		if n := d.Info["pad_rules"]; n != "" && n != "0" {
+			if _, err := fmt.Fprintf(w, "INJECTED REGRESSION: %s has %s never-matching rules ahead of its services (SVCLAB_IPTABLES_PAD_RULES)\n", SiteName(d.Name, d.Site), n); err != nil {
+				return fmt.Errorf("results table: %w", err)
+			}
+		}
+	}
 	if err := writeTrimmed(w, buf.String()); err != nil {
 		return err
 	}
