@@ -119,6 +119,11 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 				prog.Skip()
 				continue
 			}
+			if cell, ok := outOfScope(sc, f); ok {
+				run.Cells = append(run.Cells, cell)
+				prog.Skip()
+				continue
+			}
 			prog.Start(fmt.Sprintf("%s × %s", f.Name, sc.Name))
 			cell, dpInfo := runConformCell(ctx, fmt.Sprintf("%s-c%d", lock.Prefix, n), sc, f)
 			n++
@@ -159,6 +164,25 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 		return run, dir, fmt.Errorf("%d cells could not be run:\n  %s", len(harnessErrs), strings.Join(harnessErrs, "\n  "))
 	}
 	return run, dir, nil
+}
+
+// outOfScope is the cell of a scenario the datapath leaves out by design
+// (its Scope), decided without building anything: traffic could only
+// confirm a reason the datapath already states. A row that needs a Service
+// is n/a for a datapath without one; a hostNetwork client's row is skipped,
+// with the reason, for a datapath that does not serve the node's own
+// processes (a limitation of that datapath, not of the row).
+func outOfScope(sc *scenarios.Conformance, f datapath.Factory) (results.ConformCell, bool) {
+	cell := results.ConformCell{Scenario: sc.Name, Datapath: f.Name}
+	switch {
+	case sc.NeedsService && f.Scope.NoService != "":
+		cell.Status, cell.Summary = results.CellNA, f.Scope.NoService
+	case sc.HostClient() && f.Scope.NoHostNetwork != "":
+		cell.Status, cell.Summary = results.CellSkip, "hostNetwork client not served: "+f.Scope.NoHostNetwork
+	default:
+		return cell, false
+	}
+	return cell, true
 }
 
 // IPv6 scenarios run in a dual-stack topology with these ranges besides

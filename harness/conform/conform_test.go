@@ -119,6 +119,46 @@ func TestEvaluateChecks(t *testing.T) {
 	}
 }
 
+// What a datapath leaves out by design decides a cell before anything is
+// built: a row that needs a Service is n/a without one, a hostNetwork row
+// is skipped (with the reason) for a datapath that does not serve the node.
+func TestOutOfScope(t *testing.T) {
+	svcRow := &scenarios.Conformance{Name: "aff", NeedsService: true}
+	hostRow := &scenarios.Conformance{Name: "host", Steps: []scenarios.Step{{Probe: &scenarios.ProbeStep{From: "host"}}}}
+	plainRow := &scenarios.Conformance{Name: "plain", Steps: []scenarios.Step{{Probe: &scenarios.ProbeStep{From: "backend:0"}}}}
+	direct := datapath.Factory{Name: "d", Scope: datapath.Scope{NoService: "no Service"}}
+	tc := datapath.Factory{Name: "t", Scope: datapath.Scope{NoHostNetwork: "pod veths only"}}
+	full := datapath.Factory{Name: "f"}
+	tests := []struct {
+		sc      *scenarios.Conformance
+		f       datapath.Factory
+		out     bool
+		status  string
+		summary string
+	}{
+		{svcRow, direct, true, results.CellNA, "no Service"},
+		{svcRow, tc, false, "", ""},
+		{svcRow, full, false, "", ""},
+		{hostRow, tc, true, results.CellSkip, "hostNetwork client not served: pod veths only"},
+		{hostRow, direct, false, "", ""},
+		{hostRow, full, false, "", ""},
+		{plainRow, direct, false, "", ""},
+		{plainRow, tc, false, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sc.Name+"×"+tt.f.Name, func(t *testing.T) {
+			cell, out := outOfScope(tt.sc, tt.f)
+			assert.Equal(t, tt.out, out)
+			if tt.out {
+				assert.Equal(t, tt.status, cell.Status)
+				assert.Equal(t, tt.summary, cell.Summary)
+				assert.Equal(t, tt.sc.Name, cell.Scenario)
+				assert.Equal(t, tt.f.Name, cell.Datapath)
+			}
+		})
+	}
+}
+
 // A subset of the conformance matrix on four datapaths that fits in well
 // under a minute: the files are written, every cell has a status, and
 // cells whose outcome is known hold.
@@ -152,7 +192,7 @@ func TestPrivilegedConformSubset(t *testing.T) {
 		available[d.Name] = d.Skipped == ""
 	}
 	for _, c := range run.Cells {
-		assert.Contains(t, []string{results.CellPass, results.CellFail, results.CellSkip, results.CellError}, c.Status)
+		assert.Contains(t, []string{results.CellPass, results.CellFail, results.CellSkip, results.CellError, results.CellNA}, c.Status)
 		assert.False(t, strings.HasPrefix(c.Summary, "harness:"), "%s × %s: %s", c.Scenario, c.Datapath, c.Summary)
 	}
 	// Known outcomes: kube-proxy's REJECT answers a SYN to a service
@@ -165,7 +205,9 @@ func TestPrivilegedConformSubset(t *testing.T) {
 		{"no-endpoints-tcp", "nftables", results.CellPass},
 		{"tcp-spread", "direct", results.CellPass},
 		{"tcp-spread", "iptables", results.CellPass},
-		{"no-endpoints-tcp", "direct", results.CellSkip},
+		{"no-endpoints-tcp", "direct", results.CellNA},
+		{"endpoint-removed-added", "direct", results.CellNA},
+		{"terminating-fallback", "direct", results.CellNA},
 		{"non-service-address", "socketlb", results.CellPass},
 		{"non-service-address", "iptables", results.CellPass},
 		{"non-service-address", "nftables", results.CellPass},
