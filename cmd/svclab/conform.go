@@ -12,6 +12,7 @@ import (
 	"svclab/harness/conform"
 	"svclab/results"
 	"svclab/scenarios"
+	"svclab/vm"
 )
 
 // errStrict is returned when a --strict datapath failed a scenario; the
@@ -24,6 +25,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	dps := fs.String("datapaths", "", "comma-separated datapaths (default: every registered one; see 'svclab datapaths')")
 	scs := fs.String("scenarios", "", "comma-separated conformance scenarios or scenario files (default: all built-in: "+strings.Join(scenarios.ConformanceNames(), ", ")+")")
 	output := fs.String("output", "results", "directory that receives <run-id>/conformance.{json,md}")
+	vmKernel := fs.String("vm-kernel", "", "also check the datapaths this kernel cannot run (e.g. ipvs) under this Debian kernel in QEMU (debian-6.1, debian-6.12), filling their columns")
 	strict := fs.String("strict", "", "comma-separated datapaths that must pass every scenario they can run: exit 1 if one fails or errors")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: svclab conform [flags]\n\nRuns every conformance scenario against every datapath, each in a fresh topology,\nand writes a behaviour × datapath table. Failures are findings: the exit status is 0\nunless the harness failed or a --strict datapath failed.\n\n")
@@ -74,13 +76,18 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 			return badInput(fmt.Errorf("--strict: %q is not among the datapaths checked (%s)", s, strings.Join(names, ", ")))
 		}
 	}
+	if *vmKernel != "" {
+		if _, ok := vm.LookupSeries(*vmKernel); !ok {
+			return badInput(fmt.Errorf("--vm-kernel: %q is not a kernel svclab can boot (known: %s)", *vmKernel, strings.Join(vm.SeriesNames(), ", ")))
+		}
+	}
 	if err := requireRoot(); err != nil {
 		return err
 	}
 	ctx, stop := signalContext()
 	defer stop()
 	tty := isTerminal(stderr)
-	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
+	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty, VMKernel: *vmKernel})
 	if run != nil {
 		fmt.Fprintln(stdout)
 		if werr := results.WriteConformanceMarkdown(stdout, run); werr != nil {
