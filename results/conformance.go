@@ -232,39 +232,7 @@ func WriteConformanceMarkdown(w io.Writer, run *ConformRun) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# svclab conformance %s\n\n", run.ID)
 	fmt.Fprintf(&b, "Kernel %s, %d CPUs, %s. Each cell is one scenario against one datapath in a fresh topology: pass, FAIL with what the client observed, skip with the reason, n/a where the datapath does not claim the behaviour by design.\n\n", run.Env.Kernel, run.Env.CPUs, run.Started.Format("2006-01-02 15:04 MST"))
-	b.WriteString("| Behaviour |")
-	for _, d := range run.Datapaths {
-		fmt.Fprintf(&b, " %s |", SiteName(d.Name, d.Site))
-	}
-	b.WriteString("\n|---|")
-	for range run.Datapaths {
-		b.WriteString("---|")
-	}
-	b.WriteString("\n")
-	for _, s := range run.Scenarios {
-		adv := ""
-		if s.Advisory != "" {
-			adv = " (advisory)"
-		}
-		fmt.Fprintf(&b, "| `%s`%s: %s |", s.Name, adv, strings.ReplaceAll(s.Behaviour, "|", "/"))
-		for _, d := range run.Datapaths {
-			c, ok := run.Cell(s.Name, d.Name)
-			text := "—"
-			if ok {
-				text = CellText(c, mdCellWidth)
-				// The reason is the datapath's, the same in every
-				// row: it is said once, under Datapaths.
-				if c.Status == CellNA {
-					text = "n/a"
-				}
-				if c.Status == CellFail || c.Status == CellError {
-					text = "**" + strings.Replace(text, ":", "**:", 1)
-				}
-			}
-			fmt.Fprintf(&b, " %s |", text)
-		}
-		b.WriteString("\n")
-	}
+	writeConformTable(&b, run, mdCellWidth)
 	b.WriteString("\n## Datapaths\n\n")
 	for _, d := range run.Datapaths {
 		fmt.Fprintf(&b, "- **%s**: %s", d.Name, d.Description)
@@ -309,6 +277,63 @@ func WriteConformanceMarkdown(w io.Writer, run *ConformRun) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeConformTable writes the behaviour × datapath table; cells show at
+// most width runes (0: the status word alone, for a summary).
+func writeConformTable(b *strings.Builder, run *ConformRun, width int) {
+	b.WriteString("| Behaviour |")
+	for _, d := range run.Datapaths {
+		fmt.Fprintf(b, " %s |", SiteName(d.Name, d.Site))
+	}
+	b.WriteString("\n|---|")
+	for range run.Datapaths {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
+	for _, s := range run.Scenarios {
+		adv := ""
+		if s.Advisory != "" {
+			adv = " (advisory)"
+		}
+		if width == 0 {
+			fmt.Fprintf(b, "| `%s`%s |", s.Name, adv)
+		} else {
+			fmt.Fprintf(b, "| `%s`%s: %s |", s.Name, adv, strings.ReplaceAll(s.Behaviour, "|", "/"))
+		}
+		for _, d := range run.Datapaths {
+			c, ok := run.Cell(s.Name, d.Name)
+			text := "—"
+			switch {
+			case !ok:
+			case width == 0 && (c.Status == CellFail || c.Status == CellError):
+				text = "**" + statusWord(c.Status) + "**"
+			case width == 0:
+				text = statusWord(c.Status)
+			case c.Status == CellNA:
+				// The reason is the datapath's, the same in every
+				// row: it is said once, under Datapaths.
+				text = "n/a"
+			case c.Status == CellFail || c.Status == CellError:
+				text = "**" + strings.Replace(CellText(c, width), ":", "**:", 1)
+			default:
+				text = CellText(c, width)
+			}
+			fmt.Fprintf(b, " %s |", text)
+		}
+		b.WriteString("\n")
+	}
+}
+
+// statusWord is a cell's status as the summary table shows it.
+func statusWord(status string) string {
+	switch status {
+	case CellFail:
+		return "FAIL"
+	case CellError:
+		return "ERROR"
+	}
+	return status
 }
 
 // naReasons are the distinct reasons of a datapath's n/a cells, in row

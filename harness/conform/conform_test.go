@@ -166,7 +166,8 @@ func TestPrivilegedConformSubset(t *testing.T) {
 	harnesstest.RequireRoot(t)
 	var list []*scenarios.Conformance
 	for _, n := range []string{"tcp-spread", "no-endpoints-tcp", "getpeername-tcp", "non-service-address",
-		"udp-connected-reply-source", "multi-port", "terminating-fallback", "endpoint-removed-added", "hairpin"} {
+		"udp-connected-reply-source", "multi-port", "terminating-fallback", "endpoint-removed-added", "hairpin",
+		"host-client-tcp", "host-client-udp"} {
 		c, err := scenarios.LoadConformance(n)
 		require.NoError(t, err)
 		list = append(list, c)
@@ -217,6 +218,16 @@ func TestPrivilegedConformSubset(t *testing.T) {
 		{"terminating-fallback", "iptables", results.CellPass},
 		{"endpoint-removed-added", "iptables", results.CellPass},
 		{"hairpin", "direct", results.CellPass},
+		// kube-proxy serves the node's own processes from nat OUTPUT
+		// (iptables: -A OUTPUT -j KUBE-SERVICES; nftables: the nat-output
+		// base chain), socket-LB because the node's processes are under
+		// the cgroup it attaches to.
+		{"host-client-tcp", "iptables", results.CellPass},
+		{"host-client-udp", "iptables", results.CellPass},
+		{"host-client-tcp", "nftables", results.CellPass},
+		{"host-client-udp", "nftables", results.CellPass},
+		{"host-client-tcp", "socketlb", results.CellPass},
+		{"host-client-udp", "socketlb", results.CellPass},
 	}
 	for _, k := range known {
 		if !available[k.dp] {
@@ -228,5 +239,34 @@ func TestPrivilegedConformSubset(t *testing.T) {
 	}
 	if c, _ := run.Cell("no-endpoints-tcp", "iptables"); available["iptables"] {
 		assert.Contains(t, c.Summary, "ECONNREFUSED", "the table must show the errno")
+	}
+}
+
+// Every built-in row against the reference socket-LB, as --strict socketlb
+// checks it: make test runs the whole socketlb column (about a minute), so
+// a change that breaks any Service behaviour of the reference fails CI,
+// not just the rows of the subset above. Advisory rows may fail; skips
+// must name a reason.
+func TestPrivilegedConformSocketLBEveryRow(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	f, err := datapath.Lookup("socketlb")
+	require.NoError(t, err)
+	if f.Probe != nil {
+		if err := f.Probe(); err != nil {
+			t.Skipf("socketlb cannot run here: %v", err)
+		}
+	}
+	all, err := scenarios.LoadAllConformance()
+	require.NoError(t, err)
+	run, _, err := Run(context.Background(), Config{Scenarios: all, Datapaths: []string{"socketlb"}, OutputDir: t.TempDir(), Log: io.Discard})
+	require.NoError(t, err)
+	require.Len(t, run.Cells, len(all))
+	for _, c := range run.Failing("socketlb") {
+		t.Errorf("%s: %s: %s", c.Scenario, c.Status, c.Summary)
+	}
+	for _, c := range run.Cells {
+		if c.Status == results.CellSkip {
+			assert.NotEmpty(t, c.Summary, "%s: a skip names its reason", c.Scenario)
+		}
 	}
 }
