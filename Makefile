@@ -7,6 +7,8 @@ STRIP   ?= llvm-strip
 BIN     ?= bin/svclab
 # Extra flags for `svclab bench`, e.g. make bench BENCH_FLAGS="--repetitions 5"
 BENCH_FLAGS ?=
+# Extra flags for `svclab conform` (make conformance), e.g. CONFORM_FLAGS="--datapaths socketlb,iptables"
+CONFORM_FLAGS ?=
 # Extra flags for `go test`, e.g. make test TESTFLAGS="-run Privileged -v"
 TESTFLAGS ?=
 
@@ -49,6 +51,12 @@ test: deps check-generate
 VM_BENCH_KERNEL ?= debian-6.12
 bench: build
 	./$(BIN) bench --vm-kernel $(VM_BENCH_KERNEL) $(BENCH_FLAGS)
+
+## conformance: every conformance scenario against every datapath, those this kernel lacks (IPVS) under
+## Debian's 6.12 in QEMU, and the tables of README.md and docs/conformance.md regenerated from that run
+.PHONY: conformance
+conformance: build
+	./$(BIN) conform --vm-kernel $(VM_BENCH_KERNEL) --update-docs README.md,docs/conformance.md $(CONFORM_FLAGS)
 
 ## bench-scale: how each datapath's cost grows with services (1 to 10,000) and endpoints (12 to 1,000),
 ## with Apply times; line charts scale-*.png (about 15 minutes on 2 cores)

@@ -245,6 +245,25 @@ type Factory struct {
 	Probe func() error
 	// New returns an unconfigured datapath.
 	New func() Datapath
+	// Scope says which clients and behaviours the datapath does not serve
+	// by design, known before any traffic; the zero value serves them all.
+	Scope Scope
+}
+
+// Scope is what a datapath leaves out by design, each with the reason. The
+// harness reads it instead of branching on names: conformance shows such a
+// cell as n/a or skipped with this reason rather than running traffic that
+// can only fail for a reason already known.
+type Scope struct {
+	// NoService, if set, says why the datapath implements no Service at
+	// all (the direct baseline: its client is handed the endpoints).
+	// Behaviour that only a Service has (a ClusterIP that refuses when
+	// there are no endpoints, session affinity, following endpoint changes
+	// under a running client) is not applicable to it.
+	NoService string
+	// NoHostNetwork, if set, says why the datapath does not serve clients
+	// in the node's own network namespace (hostNetwork pods, node agents).
+	NoHostNetwork string
 }
 
 var (

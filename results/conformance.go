@@ -31,6 +31,11 @@ const (
 	// CellError: the datapath refused the scenario's state with an error
 	// that does not say "unsupported", or the harness itself failed.
 	CellError = "error"
+	// CellNA: the scenario checks something the datapath does not claim
+	// to do by design (a row that needs a Service, against the direct
+	// baseline, which has none); Summary has the datapath's reason. Not a
+	// failure, and not a skip either: nothing is missing from the machine.
+	CellNA = "n/a"
 )
 
 // ConformRun is everything conformance.json holds.
@@ -65,6 +70,10 @@ type ConformCell struct {
 	Scenario string `json:"scenario"`
 	Datapath string `json:"datapath"`
 	Status   string `json:"status"`
+	// Site is where the cell ran: "" for the run's own machine, or the
+	// Debian kernel of the VM that ran a datapath this machine cannot
+	// ("debian-6.12"), as DatapathInfo.Site.
+	Site string `json:"site,omitempty"`
 	// Summary is the first failing check's observation, the skip reason or
 	// the error; for a pass, what the scenario asks to report, if anything.
 	Summary string `json:"summary,omitempty"`
@@ -199,6 +208,11 @@ func CellText(c ConformCell, width int) string {
 		s = "FAIL: " + c.Summary
 	case CellSkip:
 		s = "skip: " + c.Summary
+	case CellNA:
+		s = "n/a"
+		if c.Summary != "" {
+			s += ": " + c.Summary
+		}
 	default:
 		s = "ERROR: " + c.Summary
 	}
@@ -217,40 +231,16 @@ const mdCellWidth = 100
 func WriteConformanceMarkdown(w io.Writer, run *ConformRun) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# svclab conformance %s\n\n", run.ID)
-	fmt.Fprintf(&b, "Kernel %s, %d CPUs, %s. Each cell is one scenario against one datapath in a fresh topology: pass, FAIL with what the client observed, skip with the reason.\n\n", run.Env.Kernel, run.Env.CPUs, run.Started.Format("2006-01-02 15:04 MST"))
-	b.WriteString("| Behaviour |")
-	for _, d := range run.Datapaths {
-		fmt.Fprintf(&b, " %s |", d.Name)
-	}
-	b.WriteString("\n|---|")
-	for range run.Datapaths {
-		b.WriteString("---|")
-	}
-	b.WriteString("\n")
-	for _, s := range run.Scenarios {
-		adv := ""
-		if s.Advisory != "" {
-			adv = " (advisory)"
-		}
-		fmt.Fprintf(&b, "| `%s`%s: %s |", s.Name, adv, strings.ReplaceAll(s.Behaviour, "|", "/"))
-		for _, d := range run.Datapaths {
-			c, ok := run.Cell(s.Name, d.Name)
-			text := "—"
-			if ok {
-				text = CellText(c, mdCellWidth)
-				if c.Status == CellFail || c.Status == CellError {
-					text = "**" + strings.Replace(text, ":", "**:", 1)
-				}
-			}
-			fmt.Fprintf(&b, " %s |", text)
-		}
-		b.WriteString("\n")
-	}
+	fmt.Fprintf(&b, "Kernel %s, %d CPUs, %s. Each cell is one scenario against one datapath in a fresh topology: pass, FAIL with what the client observed, skip with the reason, n/a where the datapath does not claim the behaviour by design.\n\n", run.Env.Kernel, run.Env.CPUs, run.Started.Format("2006-01-02 15:04 MST"))
+	writeConformTable(&b, run, mdCellWidth)
 	b.WriteString("\n## Datapaths\n\n")
 	for _, d := range run.Datapaths {
 		fmt.Fprintf(&b, "- **%s**: %s", d.Name, d.Description)
 		if d.Skipped != "" {
 			fmt.Fprintf(&b, " (unavailable: %s)", d.Skipped)
+		}
+		for _, r := range naReasons(run, d.Name) {
+			fmt.Fprintf(&b, " n/a: %s.", strings.TrimSuffix(r, "."))
 		}
 		b.WriteString("\n")
 	}
@@ -267,8 +257,9 @@ func WriteConformanceMarkdown(w io.Writer, run *ConformRun) error {
 	}
 	var details []string
 	for _, c := range run.Cells {
-		// Skips are in the table; only those cut short there are repeated.
-		if c.Status == CellPass || (c.Status == CellSkip && len([]rune(CellText(c, 1000))) <= mdCellWidth) {
+		// Skips and n/a are in the table; only those cut short there are
+		// repeated.
+		if c.Status == CellPass || c.Status == CellNA || (c.Status == CellSkip && len([]rune(CellText(c, 1000))) <= mdCellWidth) {
 			continue
 		}
 		var d strings.Builder
@@ -286,6 +277,77 @@ func WriteConformanceMarkdown(w io.Writer, run *ConformRun) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeConformTable writes the behaviour × datapath table; cells show at
+// most width runes (0: the status word alone, for a summary).
+func writeConformTable(b *strings.Builder, run *ConformRun, width int) {
+	b.WriteString("| Behaviour |")
+	for _, d := range run.Datapaths {
+		fmt.Fprintf(b, " %s |", SiteName(d.Name, d.Site))
+	}
+	b.WriteString("\n|---|")
+	for range run.Datapaths {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
+	for _, s := range run.Scenarios {
+		adv := ""
+		if s.Advisory != "" {
+			adv = " (advisory)"
+		}
+		if width == 0 {
+			fmt.Fprintf(b, "| `%s`%s |", s.Name, adv)
+		} else {
+			fmt.Fprintf(b, "| `%s`%s: %s |", s.Name, adv, strings.ReplaceAll(s.Behaviour, "|", "/"))
+		}
+		for _, d := range run.Datapaths {
+			c, ok := run.Cell(s.Name, d.Name)
+			text := "—"
+			switch {
+			case !ok:
+			case width == 0 && (c.Status == CellFail || c.Status == CellError):
+				text = "**" + statusWord(c.Status) + "**"
+			case width == 0:
+				text = statusWord(c.Status)
+			case c.Status == CellNA:
+				// The reason is the datapath's, the same in every
+				// row: it is said once, under Datapaths.
+				text = "n/a"
+			case c.Status == CellFail || c.Status == CellError:
+				text = "**" + strings.Replace(CellText(c, width), ":", "**:", 1)
+			default:
+				text = CellText(c, width)
+			}
+			fmt.Fprintf(b, " %s |", text)
+		}
+		b.WriteString("\n")
+	}
+}
+
+// statusWord is a cell's status as the summary table shows it.
+func statusWord(status string) string {
+	switch status {
+	case CellFail:
+		return "FAIL"
+	case CellError:
+		return "ERROR"
+	}
+	return status
+}
+
+// naReasons are the distinct reasons of a datapath's n/a cells, in row
+// order.
+func naReasons(run *ConformRun, dp string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, c := range run.Cells {
+		if c.Datapath == dp && c.Status == CellNA && c.Summary != "" && !seen[c.Summary] {
+			seen[c.Summary] = true
+			out = append(out, c.Summary)
+		}
+	}
+	return out
 }
 
 // WriteJSON writes v as indented JSON to path.

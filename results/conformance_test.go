@@ -2,6 +2,7 @@ package results
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -48,6 +49,50 @@ func TestWriteConformanceMarkdown(t *testing.T) {
 	assert.Contains(t, out, "| `s1`: does x / y | **FAIL**: errno: connect EHOSTUNREACH ×5 | skip: datapath unavailable: no kernel support |")
 	assert.Contains(t, out, "want errno ECONNREFUSED; observed connect EHOSTUNREACH ×5")
 	assert.Contains(t, out, "Source: e2e z.")
+}
+
+// n/a cells show as "n/a" in the table, their reason once under the
+// datapath; a VM-run column is headed with its site; neither is listed as a
+// cell that did not pass.
+func TestWriteConformanceMarkdownNotApplicable(t *testing.T) {
+	run := &ConformRun{ID: "20260101-000000-00000000",
+		Datapaths: []DatapathInfo{{Name: "direct"}, {Name: "ipvs", Site: "debian-6.12"}},
+		Scenarios: []ConformScenario{{Name: "s1", Behaviour: "b1"}, {Name: "s2", Behaviour: "b2"}},
+		Cells: []ConformCell{
+			{Scenario: "s1", Datapath: "direct", Status: CellNA, Summary: "no Service here"},
+			{Scenario: "s2", Datapath: "direct", Status: CellNA, Summary: "no Service here"},
+			{Scenario: "s1", Datapath: "ipvs", Site: "debian-6.12", Status: CellPass},
+			{Scenario: "s2", Datapath: "ipvs", Site: "debian-6.12", Status: CellPass},
+		}}
+	var b bytes.Buffer
+	require.NoError(t, WriteConformanceMarkdown(&b, run))
+	out := b.String()
+	assert.Contains(t, out, "| Behaviour | direct | ipvs @ debian-6.12 |")
+	assert.Contains(t, out, "| `s1`: b1 | n/a | pass |")
+	assert.Equal(t, 1, strings.Count(out, "n/a: no Service here."), out)
+	assert.NotContains(t, out, "Cells that did not pass")
+	assert.Empty(t, run.Failing("direct"), "n/a is not a failure")
+}
+
+func TestCellText(t *testing.T) {
+	tests := []struct {
+		c    ConformCell
+		want string
+	}{
+		{ConformCell{Status: CellPass}, "pass"},
+		{ConformCell{Status: CellPass, Summary: "4 backends"}, "pass (4 backends)"},
+		{ConformCell{Status: CellFail, Summary: "ok: timeout ×3"}, "FAIL: ok: timeout ×3"},
+		{ConformCell{Status: CellSkip, Summary: "why"}, "skip: why"},
+		{ConformCell{Status: CellNA, Summary: "no Service"}, "n/a: no Service"},
+		{ConformCell{Status: CellNA}, "n/a"},
+		{ConformCell{Status: CellError, Summary: "x | y"}, "ERROR: x / y"},
+		{ConformCell{Status: CellFail, Summary: "0123456789abcdefghij"}, "FAIL: 0123456789abc…"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			assert.Equal(t, tt.want, CellText(tt.c, 20))
+		})
+	}
 }
 
 // --strict counts failures and errors of requirements, not of advisory

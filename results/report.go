@@ -608,8 +608,9 @@ func conformMatrixOf(c *ConformRun) *conformMatrix {
 			v := conformCellView{Class: "none", Mark: "·", Status: "not run"}
 			if ok {
 				v.Status, v.Summary = cell.Status, cell.Summary
-				v.Class = cell.Status
-				v.Mark = map[string]string{CellPass: "✓", CellFail: "✗", CellSkip: "–", CellError: "!"}[cell.Status]
+				// "n/a" is not a CSS class name.
+				v.Class = strings.ReplaceAll(cell.Status, "/", "")
+				v.Mark = map[string]string{CellPass: "✓", CellFail: "✗", CellSkip: "–", CellError: "!", CellNA: "∅"}[cell.Status]
 			} else if d.Skipped != "" {
 				v.Summary = d.Skipped
 			}

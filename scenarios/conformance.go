@@ -43,6 +43,24 @@ type Conformance struct {
 	// difference rather than a requirement: its failures are in the table
 	// but `svclab conform --strict` does not count them.
 	Advisory string `json:"advisory,omitempty"`
+	// NeedsService says the behaviour exists only where a Service sits
+	// between client and endpoints (refusing with no endpoints, affinity,
+	// following endpoint changes under a running client): a datapath that
+	// implements no Service (datapath.Scope.NoService) shows the row as
+	// n/a, not as a failure of something it never claimed to do.
+	NeedsService bool `json:"needsService,omitempty"`
+}
+
+// HostClient reports whether a probe of the scenario runs in the node's own
+// network namespace (from: host), which only a datapath serving hostNetwork
+// clients can answer.
+func (c *Conformance) HostClient() bool {
+	for _, st := range c.Steps {
+		if st.Probe != nil && st.Probe.From == "host" {
+			return true
+		}
+	}
+	return false
 }
 
 // ConformanceService is one ClusterIP service of a scenario; services get

@@ -158,3 +158,34 @@ steps:
 		})
 	}
 }
+
+// Rows declare that they need a Service (needsService) and are hostNetwork
+// rows by their probes (from: host); the built-in files say so where the
+// behaviour demands it.
+func TestConformanceScope(t *testing.T) {
+	tests := []struct {
+		name         string
+		needsService bool
+		host         bool
+	}{
+		{"affinity-clientip", true, false},
+		{"no-endpoints-tcp", true, false},
+		{"no-endpoints-udp", true, false},
+		{"terminating-fallback", true, false},
+		{"endpoint-removed-added", true, false},
+		{"udp-backend-change-new-socket", true, false},
+		{"udp-late-reply-after-resteer", true, false},
+		{"tcp-spread", false, false},
+		{"hairpin", false, false},
+		{"host-client-tcp", false, true},
+		{"host-client-udp", false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := LoadConformance(tt.name)
+			require.NoError(t, err)
+			assert.Equal(t, tt.needsService, c.NeedsService)
+			assert.Equal(t, tt.host, c.HostClient())
+		})
+	}
+}

@@ -19,6 +19,8 @@ func init() {
 		Description: "no Service datapath: the client connects straight to an endpoint (physical limit)",
 		Probe:       func() error { return nil },
 		New:         func() datapath.Datapath { return &Datapath{} },
+		Scope: datapath.Scope{NoService: "direct has no Service: its client connects to endpoints it was handed, " +
+			"so there is no ClusterIP to refuse, keep affinity or follow endpoint changes"},
 	})
 }
 

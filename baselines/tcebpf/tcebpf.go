@@ -40,6 +40,12 @@ func init() {
 		Description: "tc eBPF per-packet DNAT on the client veths (cls_bpf-era Service datapath), own LRU flow state",
 		Probe:       Probe,
 		New:         func() datapath.Datapath { return New() },
+		// A node process's packet to a ClusterIP is routed by the node's
+		// own route for the service range and leaves without crossing a
+		// pod veth, so no program of this datapath sees it; per-packet
+		// datapaths of this kind served the node with a separate
+		// socket-level or host-device path, which this one does not model.
+		Scope: datapath.Scope{NoHostNetwork: "tc-ebpf translates on pod veths only: a node process's packets to a ClusterIP cross no pod veth, so hostNetwork clients are not served"},
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -12,6 +13,7 @@ import (
 	"svclab/harness/conform"
 	"svclab/results"
 	"svclab/scenarios"
+	"svclab/vm"
 )
 
 // errStrict is returned when a --strict datapath failed a scenario; the
@@ -24,6 +26,8 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	dps := fs.String("datapaths", "", "comma-separated datapaths (default: every registered one; see 'svclab datapaths')")
 	scs := fs.String("scenarios", "", "comma-separated conformance scenarios or scenario files (default: all built-in: "+strings.Join(scenarios.ConformanceNames(), ", ")+")")
 	output := fs.String("output", "results", "directory that receives <run-id>/conformance.{json,md}")
+	vmKernel := fs.String("vm-kernel", "", "also check the datapaths this kernel cannot run (e.g. ipvs) under this Debian kernel in QEMU (debian-6.1, debian-6.12), filling their columns")
+	docs := fs.String("update-docs", "", "comma-separated documents whose '<!-- svclab conform:summary|table begin/end -->' regions are replaced with this run's table (make conformance: README.md, docs/conformance.md)")
 	strict := fs.String("strict", "", "comma-separated datapaths that must pass every scenario they can run: exit 1 if one fails or errors")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: svclab conform [flags]\n\nRuns every conformance scenario against every datapath, each in a fresh topology,\nand writes a behaviour × datapath table. Failures are findings: the exit status is 0\nunless the harness failed or a --strict datapath failed.\n\n")
@@ -74,13 +78,29 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 			return badInput(fmt.Errorf("--strict: %q is not among the datapaths checked (%s)", s, strings.Join(names, ", ")))
 		}
 	}
+	if *vmKernel != "" {
+		if _, ok := vm.LookupSeries(*vmKernel); !ok {
+			return badInput(fmt.Errorf("--vm-kernel: %q is not a kernel svclab can boot (known: %s)", *vmKernel, strings.Join(vm.SeriesNames(), ", ")))
+		}
+	}
+	// A document without markers would only be found wanting after the
+	// whole run: check them first.
+	for _, d := range splitList(*docs) {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			return badInput(fmt.Errorf("--update-docs: %w", err))
+		}
+		if _, err := results.UpdateConformanceDoc(string(b), &results.ConformRun{}); err != nil {
+			return badInput(fmt.Errorf("--update-docs: %s: %w", d, err))
+		}
+	}
 	if err := requireRoot(); err != nil {
 		return err
 	}
 	ctx, stop := signalContext()
 	defer stop()
 	tty := isTerminal(stderr)
-	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
+	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty, VMKernel: *vmKernel})
 	if run != nil {
 		fmt.Fprintln(stdout)
 		if werr := results.WriteConformanceMarkdown(stdout, run); werr != nil {
@@ -90,6 +110,12 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	for _, d := range splitList(*docs) {
+		if err := updateDoc(d, run); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "updated %s\n", d)
 	}
 	failed := false
 	for _, s := range splitList(*strict) {
@@ -106,6 +132,28 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	}
 	if failed {
 		return errStrict
+	}
+	return nil
+}
+
+// updateDoc replaces the conformance tables of a document with the run's,
+// through a temporary file so that an interrupted write leaves the old one.
+func updateDoc(path string, run *results.ConformRun) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--update-docs: %w", err)
+	}
+	out, err := results.UpdateConformanceDoc(string(b), run)
+	if err != nil {
+		return fmt.Errorf("--update-docs: %s: %w", path, err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(out), 0o644); err != nil {
+		return fmt.Errorf("--update-docs: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("--update-docs: %w", err)
 	}
 	return nil
 }

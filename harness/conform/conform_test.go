@@ -119,6 +119,46 @@ func TestEvaluateChecks(t *testing.T) {
 	}
 }
 
+// What a datapath leaves out by design decides a cell before anything is
+// built: a row that needs a Service is n/a without one, a hostNetwork row
+// is skipped (with the reason) for a datapath that does not serve the node.
+func TestOutOfScope(t *testing.T) {
+	svcRow := &scenarios.Conformance{Name: "aff", NeedsService: true}
+	hostRow := &scenarios.Conformance{Name: "host", Steps: []scenarios.Step{{Probe: &scenarios.ProbeStep{From: "host"}}}}
+	plainRow := &scenarios.Conformance{Name: "plain", Steps: []scenarios.Step{{Probe: &scenarios.ProbeStep{From: "backend:0"}}}}
+	direct := datapath.Factory{Name: "d", Scope: datapath.Scope{NoService: "no Service"}}
+	tc := datapath.Factory{Name: "t", Scope: datapath.Scope{NoHostNetwork: "pod veths only"}}
+	full := datapath.Factory{Name: "f"}
+	tests := []struct {
+		sc      *scenarios.Conformance
+		f       datapath.Factory
+		out     bool
+		status  string
+		summary string
+	}{
+		{svcRow, direct, true, results.CellNA, "no Service"},
+		{svcRow, tc, false, "", ""},
+		{svcRow, full, false, "", ""},
+		{hostRow, tc, true, results.CellSkip, "hostNetwork client not served: pod veths only"},
+		{hostRow, direct, false, "", ""},
+		{hostRow, full, false, "", ""},
+		{plainRow, direct, false, "", ""},
+		{plainRow, tc, false, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sc.Name+"×"+tt.f.Name, func(t *testing.T) {
+			cell, out := outOfScope(tt.sc, tt.f)
+			assert.Equal(t, tt.out, out)
+			if tt.out {
+				assert.Equal(t, tt.status, cell.Status)
+				assert.Equal(t, tt.summary, cell.Summary)
+				assert.Equal(t, tt.sc.Name, cell.Scenario)
+				assert.Equal(t, tt.f.Name, cell.Datapath)
+			}
+		})
+	}
+}
+
 // A subset of the conformance matrix on four datapaths that fits in well
 // under a minute: the files are written, every cell has a status, and
 // cells whose outcome is known hold.
@@ -126,7 +166,8 @@ func TestPrivilegedConformSubset(t *testing.T) {
 	harnesstest.RequireRoot(t)
 	var list []*scenarios.Conformance
 	for _, n := range []string{"tcp-spread", "no-endpoints-tcp", "getpeername-tcp", "non-service-address",
-		"udp-connected-reply-source", "multi-port", "terminating-fallback", "endpoint-removed-added", "hairpin"} {
+		"udp-connected-reply-source", "multi-port", "terminating-fallback", "endpoint-removed-added", "hairpin",
+		"host-client-tcp", "host-client-udp"} {
 		c, err := scenarios.LoadConformance(n)
 		require.NoError(t, err)
 		list = append(list, c)
@@ -152,7 +193,7 @@ func TestPrivilegedConformSubset(t *testing.T) {
 		available[d.Name] = d.Skipped == ""
 	}
 	for _, c := range run.Cells {
-		assert.Contains(t, []string{results.CellPass, results.CellFail, results.CellSkip, results.CellError}, c.Status)
+		assert.Contains(t, []string{results.CellPass, results.CellFail, results.CellSkip, results.CellError, results.CellNA}, c.Status)
 		assert.False(t, strings.HasPrefix(c.Summary, "harness:"), "%s × %s: %s", c.Scenario, c.Datapath, c.Summary)
 	}
 	// Known outcomes: kube-proxy's REJECT answers a SYN to a service
@@ -165,7 +206,9 @@ func TestPrivilegedConformSubset(t *testing.T) {
 		{"no-endpoints-tcp", "nftables", results.CellPass},
 		{"tcp-spread", "direct", results.CellPass},
 		{"tcp-spread", "iptables", results.CellPass},
-		{"no-endpoints-tcp", "direct", results.CellSkip},
+		{"no-endpoints-tcp", "direct", results.CellNA},
+		{"endpoint-removed-added", "direct", results.CellNA},
+		{"terminating-fallback", "direct", results.CellNA},
 		{"non-service-address", "socketlb", results.CellPass},
 		{"non-service-address", "iptables", results.CellPass},
 		{"non-service-address", "nftables", results.CellPass},
@@ -175,6 +218,16 @@ func TestPrivilegedConformSubset(t *testing.T) {
 		{"terminating-fallback", "iptables", results.CellPass},
 		{"endpoint-removed-added", "iptables", results.CellPass},
 		{"hairpin", "direct", results.CellPass},
+		// kube-proxy serves the node's own processes from nat OUTPUT
+		// (iptables: -A OUTPUT -j KUBE-SERVICES; nftables: the nat-output
+		// base chain), socket-LB because the node's processes are under
+		// the cgroup it attaches to.
+		{"host-client-tcp", "iptables", results.CellPass},
+		{"host-client-udp", "iptables", results.CellPass},
+		{"host-client-tcp", "nftables", results.CellPass},
+		{"host-client-udp", "nftables", results.CellPass},
+		{"host-client-tcp", "socketlb", results.CellPass},
+		{"host-client-udp", "socketlb", results.CellPass},
 	}
 	for _, k := range known {
 		if !available[k.dp] {
@@ -186,5 +239,34 @@ func TestPrivilegedConformSubset(t *testing.T) {
 	}
 	if c, _ := run.Cell("no-endpoints-tcp", "iptables"); available["iptables"] {
 		assert.Contains(t, c.Summary, "ECONNREFUSED", "the table must show the errno")
+	}
+}
+
+// Every built-in row against the reference socket-LB, as --strict socketlb
+// checks it: make test runs the whole socketlb column (about a minute), so
+// a change that breaks any Service behaviour of the reference fails CI,
+// not just the rows of the subset above. Advisory rows may fail; skips
+// must name a reason.
+func TestPrivilegedConformSocketLBEveryRow(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	f, err := datapath.Lookup("socketlb")
+	require.NoError(t, err)
+	if f.Probe != nil {
+		if err := f.Probe(); err != nil {
+			t.Skipf("socketlb cannot run here: %v", err)
+		}
+	}
+	all, err := scenarios.LoadAllConformance()
+	require.NoError(t, err)
+	run, _, err := Run(context.Background(), Config{Scenarios: all, Datapaths: []string{"socketlb"}, OutputDir: t.TempDir(), Log: io.Discard})
+	require.NoError(t, err)
+	require.Len(t, run.Cells, len(all))
+	for _, c := range run.Failing("socketlb") {
+		t.Errorf("%s: %s: %s", c.Scenario, c.Status, c.Summary)
+	}
+	for _, c := range run.Cells {
+		if c.Status == results.CellSkip {
+			assert.NotEmpty(t, c.Summary, "%s: a skip names its reason", c.Scenario)
+		}
 	}
 }
