@@ -147,7 +147,7 @@ for sig in INT TERM HUP QUIT; do
 done
 
 # 3. A killed lab: status says it is dead and what it left, down removes it.
-"$bin" up --datapath direct --backends 2 >"$logs/lab.out" 2>"$logs/lab.err" &
+"$bin" up --foreground --datapath direct --backends 2 >"$logs/lab.out" 2>"$logs/lab.err" &
 pid=$!
 if wait_for "$logs/lab.out" 30 " is up"; then
 	id=$(sed -n 's/^lab \([0-9a-f]\{8\}\) is up.*/\1/p' "$logs/lab.out")
