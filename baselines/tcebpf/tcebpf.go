@@ -37,7 +37,7 @@ const Name = "tc-ebpf"
 func init() {
 	datapath.Register(datapath.Factory{
 		Name:        Name,
-		Description: "tc eBPF per-packet DNAT on the client veths (cls_bpf-era Service datapath), own LRU flow state",
+		Description: "tc eBPF per-packet DNAT on every pod veth (cls_bpf-era Service datapath), own LRU flow state",
 		Probe:       Probe,
 		New:         func() datapath.Datapath { return New() },
 		// A node process's packet to a ClusterIP is routed by the node's
