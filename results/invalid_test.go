@@ -162,7 +162,7 @@ func TestTableNamesUDPLoss(t *testing.T) {
 	run.Trials[3].Workload.Lost, run.Trials[3].Workload.LossRate = 30, 0.012
 	var b bytes.Buffer
 	require.NoError(t, WriteTable(&b, run))
-	assert.Contains(t, b.String(), "UDP loss: direct conc=8: up to 1.20% of requests got no reply (30 lost in repetition 2)")
+	assert.Contains(t, b.String(), "UDP loss: direct conc=8: up to 1.2% of requests got no reply (30 lost in repetition 2)")
 	assert.NotContains(t, b.String(), "UDP loss: iptables")
 }
 

@@ -550,7 +550,7 @@ func lossNotes(run *Run) []string {
 	}
 	for _, k := range order {
 		t := worst[k]
-		out = append(out, fmt.Sprintf("UDP loss: %s %s: up to %.2f%% of requests got no reply (%d lost in repetition %d)",
+		out = append(out, fmt.Sprintf("UDP loss: %s %s: up to %.3g%% of requests got no reply (%d lost in repetition %d)",
 			SiteName(t.Datapath, t.Site), pointLabel(k.point), 100*t.Workload.LossRate, t.Workload.Lost, t.Repetition+1))
 	}
 	return out
