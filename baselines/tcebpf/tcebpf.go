@@ -86,7 +86,10 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 	if d.objs != nil {
 		return ErrAlreadySetUp
 	}
-	if env == nil || env.Node == nil || len(env.Clients) == 0 {
+	// A node may have only backend pods (a remote node of a multi-node
+	// topology): they are clients of services too, so a node with pods
+	// of either kind is served.
+	if env == nil || env.Node == nil || len(env.Clients)+len(env.Backends) == 0 {
 		return fmt.Errorf("setup tc-ebpf: %w", ErrNoClients)
 	}
 	for i, c := range env.Clients {

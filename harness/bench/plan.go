@@ -42,6 +42,11 @@ func NewPlanWith(s *scenarios.Scenario, lookup func(string) (datapath.Factory, e
 		PodCIDR:     netip.MustParsePrefix(s.Topology.PodCIDR),
 		ServiceCIDR: netip.MustParsePrefix(s.Topology.ServiceCIDR),
 	}
+	// Several nodes (issue 18): zero keeps the one-node topology.
+	p.Topology.Nodes = s.Topology.Nodes
+	if s.Topology.UnderlayCIDR != "" {
+		p.Topology.UnderlayCIDR = netip.MustParsePrefix(s.Topology.UnderlayCIDR)
+	}
 	if err := p.Topology.Validate(); err != nil {
 		return nil, fmt.Errorf("topology.%w", err)
 	}

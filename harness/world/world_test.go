@@ -38,13 +38,21 @@ func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
 			}
 			for _, proto := range []string{"TCP", "UDP"} {
 				t.Run(proto, func(t *testing.T) {
-					reachAllBackends(t, sc, f, proto, 0)
+					reachAllBackends(t, sc, f, proto, 0, 1)
+				})
+			}
+			// Two nodes, one datapath instance on each: half the
+			// backends are across the underlay, and the client's node
+			// translates.
+			for _, proto := range []string{"TCP", "UDP"} {
+				t.Run(proto+" two nodes", func(t *testing.T) {
+					reachAllBackends(t, sc, f, proto, 0, 2)
 				})
 			}
 			// The endpoint sweep's extra pod addresses (three per pod
 			// here) are endpoints like any other.
 			t.Run("TCP extra endpoints", func(t *testing.T) {
-				reachAllBackends(t, sc, f, "TCP", 3*sc.Topology.Backends)
+				reachAllBackends(t, sc, f, "TCP", 3*sc.Topology.Backends, 1)
 			})
 		})
 	}
@@ -56,8 +64,9 @@ func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
 //
 // With endpoints > 0 the service has that many endpoints: the pods' own
 // addresses, then extra addresses on the pods.
-func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, proto string, endpoints int) {
+func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, proto string, endpoints, nodes int) {
 	sc := *base
+	sc.Topology.Nodes = nodes
 	sc.Datapaths = []string{f.Name}
 	sc.Service.Protocol = proto
 	udpMode := ""
@@ -77,6 +86,7 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, wd.Close()) })
 	topo, dp := wd.Topology, wd.Datapath
+	require.Len(t, wd.Nodes(), nodes, "one datapath instance per node")
 	st, err := plan.State(topo, 1, endpoints)
 	require.NoError(t, err)
 	require.NoError(t, dp.Apply(context.Background(), st))
