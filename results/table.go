@@ -101,6 +101,9 @@ func WriteTable(w io.Writer, run *Run) error {
 			return err
 		}
 	}
+	if err := writeNodes(w, run); err != nil {
+		return err
+	}
 
 	var notes []string
 	if len(run.ConcurrentRuns) > 0 {

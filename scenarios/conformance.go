@@ -32,7 +32,11 @@ type Conformance struct {
 	// endpoints and probes use.
 	Family string `json:"family,omitempty"`
 	// Backends is the number of backend pods (default 12).
-	Backends int                  `json:"backends,omitempty"`
+	Backends int `json:"backends,omitempty"`
+	// Nodes is the fewest nodes the scenario needs (default 1; `svclab
+	// conform --nodes` may give more): backends are spread round-robin
+	// (backend i on node i % nodes), clients on node 0.
+	Nodes    int                  `json:"nodes,omitempty"`
 	Services []ConformanceService `json:"services"`
 	Steps    []Step               `json:"steps"`
 	// Report names an observation shown in the table even when the
@@ -394,6 +398,9 @@ func (c *Conformance) Validate() error {
 	}
 	if c.Backends < 1 || c.Backends > 64 {
 		return fmt.Errorf("backends: %d is out of range [1, 64]", c.Backends)
+	}
+	if c.Nodes < 0 || c.Nodes > MaxNodes {
+		return fmt.Errorf("nodes: %d is out of range [1, %d]", c.Nodes, MaxNodes)
 	}
 	switch c.Report {
 	case "", "errno", "backends":

@@ -24,6 +24,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	dps := fs.String("datapaths", "", "comma-separated datapaths (default: every registered one; see 'svclab datapaths')")
 	scs := fs.String("scenarios", "", "comma-separated conformance scenarios or scenario files (default: all built-in: "+strings.Join(scenarios.ConformanceNames(), ", ")+")")
 	output := fs.String("output", "results", "directory that receives <run-id>/conformance.{json,md}")
+	nodes := fs.Int("nodes", 1, "number of nodes, 1 to 8: backends spread over them, clients on the first, one datapath instance per node (scenarios that need more nodes get their own count)")
 	strict := fs.String("strict", "", "comma-separated datapaths that must pass every scenario they can run: exit 1 if one fails or errors")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: svclab conform [flags]\n\nRuns every conformance scenario against every datapath, each in a fresh topology,\nand writes a behaviour × datapath table. Failures are findings: the exit status is 0\nunless the harness failed or a --strict datapath failed.\n\n")
@@ -34,6 +35,9 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return badInput(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	if *nodes < 1 || *nodes > scenarios.MaxNodes {
+		return badInput(fmt.Errorf("--nodes: %d is out of range [1, %d]", *nodes, scenarios.MaxNodes))
 	}
 	var list []*scenarios.Conformance
 	if *scs == "" {
@@ -80,7 +84,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signalContext()
 	defer stop()
 	tty := isTerminal(stderr)
-	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty})
+	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty, Nodes: *nodes})
 	if run != nil {
 		fmt.Fprintln(stdout)
 		if werr := results.WriteConformanceMarkdown(stdout, run); werr != nil {

@@ -40,6 +40,9 @@ type Config struct {
 	OutputDir string
 	Log       io.Writer
 	TTY       bool
+	// Nodes is the node count of every cell's topology (0 or 1: one
+	// node); a scenario that needs more (Conformance.Nodes) gets its own.
+	Nodes int
 }
 
 // skipError ends a cell early with the status skip and its reason.
@@ -120,7 +123,7 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 				continue
 			}
 			prog.Start(fmt.Sprintf("%s × %s", f.Name, sc.Name))
-			cell, dpInfo := runConformCell(ctx, fmt.Sprintf("%s-c%d", lock.Prefix, n), sc, f)
+			cell, dpInfo := runConformCell(ctx, fmt.Sprintf("%s-c%d", lock.Prefix, n), sc, f, max(cfg.Nodes, sc.Nodes))
 			n++
 			if err := ctx.Err(); err != nil {
 				return nil, "", fmt.Errorf("interrupted; everything it made was removed: %w", err)
@@ -194,12 +197,12 @@ type bgProbe struct {
 	where string
 }
 
-func runConformCell(ctx context.Context, prefix string, sc *scenarios.Conformance, f datapath.Factory) (cell results.ConformCell, info map[string]string) {
+func runConformCell(ctx context.Context, prefix string, sc *scenarios.Conformance, f datapath.Factory, nodes int) (cell results.ConformCell, info map[string]string) {
 	cell = results.ConformCell{Scenario: sc.Name, Datapath: f.Name}
 	t0 := time.Now()
 	c := &cellRun{sc: sc, starts: map[string]time.Time{}, marks: map[string]time.Time{}, bg: map[string]*bgProbe{}, cell: &cell}
 	c.specs = append(c.specs, sc.Services...)
-	err := c.run(ctx, prefix, f)
+	err := c.run(ctx, prefix, f, nodes)
 	if c.dp != nil {
 		info = c.dp.Info()
 	}
@@ -244,10 +247,11 @@ func (c *cellRun) close() error {
 	return c.w.Close()
 }
 
-func (c *cellRun) run(ctx context.Context, prefix string, f datapath.Factory) error {
+func (c *cellRun) run(ctx context.Context, prefix string, f datapath.Factory, nodes int) error {
 	sc := c.sc
 	var err error
 	tc := topology.Default(prefix, sc.Backends)
+	tc.Nodes = nodes
 	if c.v6() {
 		tc.PodCIDR6, tc.ServiceCIDR6 = conformPodCIDR6, conformServiceCIDR6
 	}
