@@ -86,6 +86,9 @@ type Service struct {
 	// AffinityTimeout is how long a client may stay idle and keep its
 	// endpoint under ClientIP affinity; zero means DefaultAffinityTimeout.
 	AffinityTimeout time.Duration
+	// InternalTrafficPolicy is Cluster when empty; Local sends a node's
+	// clients to that node's endpoints only (see State.ForNode).
+	InternalTrafficPolicy TrafficPolicy
 }
 
 // EffectiveAffinityTimeout returns AffinityTimeout, or the Kubernetes

@@ -59,6 +59,10 @@ type ConformanceService struct {
 	Endpoints []EndpointSet `json:"endpoints,omitempty"`
 	// SessionAffinity is None (default) or ClientIP.
 	SessionAffinity string `json:"sessionAffinity,omitempty"`
+	// InternalTrafficPolicy is Cluster (default) or Local: a node's
+	// clients reach that node's endpoints only (backend i is on node
+	// i % nodes, the clients on node 0).
+	InternalTrafficPolicy string `json:"internalTrafficPolicy,omitempty"`
 	// AffinityTimeoutSeconds is sessionAffinityConfig.clientIP.timeoutSeconds
 	// (default 10800, as in Kubernetes).
 	AffinityTimeoutSeconds int `json:"affinityTimeoutSeconds,omitempty"`
@@ -588,6 +592,11 @@ func (c *Conformance) validateService(s *ConformanceService, initial bool) error
 	case "", "None", "ClientIP":
 	default:
 		return fmt.Errorf("sessionAffinity: %q is not None or ClientIP", s.SessionAffinity)
+	}
+	switch s.InternalTrafficPolicy {
+	case "", "Cluster", "Local":
+	default:
+		return fmt.Errorf("internalTrafficPolicy: %q is not Cluster or Local", s.InternalTrafficPolicy)
 	}
 	if s.AffinityTimeoutSeconds < 0 || s.AffinityTimeoutSeconds > 86400 {
 		return fmt.Errorf("affinityTimeoutSeconds: %d is out of range [1, 86400]", s.AffinityTimeoutSeconds)

@@ -57,6 +57,9 @@ var (
 // Datapath is the tc eBPF datapath. The zero value is not usable; call New.
 type Datapath struct {
 	mu sync.Mutex
+	// node is Env.NodeName: Apply keeps the node's endpoints of
+	// internalTrafficPolicy Local services.
+	node string
 
 	objs   *tcebpfObjects
 	attach attachment
@@ -165,7 +168,7 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 		ifaces = append(ifaces, c.HostVeth)
 	}
 
-	d.objs, d.attach, d.ifaces = objs, att, ifaces
+	d.objs, d.attach, d.ifaces, d.node = objs, att, ifaces, env.NodeName
 	d.installed = newTables()
 	return nil
 }
@@ -183,6 +186,8 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	if d.objs == nil {
 		return ErrNotSetUp
 	}
+	// This node's view of internalTrafficPolicy Local services.
+	st = st.ForNode(d.node)
 	lost, err := syncMaps(ctx, &d.installed, st, d.objs.SvclabServices, d.objs.SvclabBackends)
 	if len(lost) > 0 {
 		_, ferr := flushStaleUDP(lost, d.objs.SvclabTcFwd, d.objs.SvclabTcRev)

@@ -435,6 +435,9 @@ func (c *cellRun) update(u scenarios.ConformanceService) {
 		if u.SessionAffinity != "" {
 			s.SessionAffinity = u.SessionAffinity
 		}
+		if u.InternalTrafficPolicy != "" {
+			s.InternalTrafficPolicy = u.InternalTrafficPolicy
+		}
 		if u.AffinityTimeoutSeconds != 0 {
 			s.AffinityTimeoutSeconds = u.AffinityTimeoutSeconds
 		}
@@ -455,8 +458,12 @@ func (c *cellRun) apply(ctx context.Context) error {
 			for _, i := range pods {
 				b := c.topo.Backends[i]
 				svc.Endpoints = append(svc.Endpoints, datapath.Endpoint{Pod: b.Name, Addr: c.podAddr(b),
-					Ready: set.IsReady(), Serving: set.IsServing(), Terminating: set.Terminating})
+					Ready: set.IsReady(), Serving: set.IsServing(), Terminating: set.Terminating,
+					NodeName: c.topo.BackendNodeName(i)})
 			}
+		}
+		if s.InternalTrafficPolicy == "Local" {
+			svc.InternalTrafficPolicy = datapath.TrafficPolicyLocal
 		}
 		if s.SessionAffinity == "ClientIP" {
 			svc.SessionAffinity = datapath.SessionAffinityClientIP
