@@ -722,6 +722,14 @@ func linksDown(h *netlink.Handle) ([]string, error) {
 		if a.Name == "lo" {
 			continue
 		}
+		if _, ok := l.(*netlink.Bridge); ok {
+			// The underlay bridge's own operational state follows its
+			// ports through the link watcher's non-urgent queue, up to
+			// a second late, but it forwards between its ports as soon
+			// as they are up (checked here: they are veths); nothing
+			// is sent from the bridge device itself.
+			continue
+		}
 		if a.OperState != netlink.OperUp {
 			down = append(down, a.Name)
 		}
