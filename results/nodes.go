@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -45,6 +46,30 @@ func NodeSplits(run *Run) []NodeSplit {
 		}
 		groups[k] = append(groups[k], t)
 	}
+	// The main table's order: datapaths as the run lists them, then
+	// concurrency (trials themselves run rotated).
+	rank := map[string]int{}
+	for i, d := range run.Datapaths {
+		if _, ok := rank[d.Name]; !ok {
+			rank[d.Name] = i
+		}
+	}
+	slices.SortStableFunc(order, func(a, b key) int {
+		ra, oka := rank[a.dp]
+		rb, okb := rank[b.dp]
+		switch {
+		case oka != okb:
+			if oka {
+				return -1
+			}
+			return 1
+		case ra != rb:
+			return ra - rb
+		case a.site != b.site:
+			return strings.Compare(a.site, b.site)
+		}
+		return a.conc - b.conc
+	})
 	out := make([]NodeSplit, 0, len(order))
 	for _, k := range order {
 		var qps, same, cross, frac []float64

@@ -29,7 +29,7 @@ func TestNodeSplits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := NodeSplits(&Run{Trials: tt.trials})
+			got := NodeSplits(&Run{Trials: tt.trials, Datapaths: []DatapathInfo{{Name: "socketlb"}, {Name: "direct"}}})
 			require.Len(t, got, len(tt.want))
 			for i := range got {
 				assert.InDelta(t, tt.want[i].CrossRatioToDirect, got[i].CrossRatioToDirect, 1e-9)

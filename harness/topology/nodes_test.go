@@ -13,6 +13,7 @@ import (
 
 	"svclab/harness/internal/harnesstest"
 	"svclab/harness/loadgen"
+	"svclab/internal/nsutil"
 )
 
 func TestNodePodCIDR(t *testing.T) {
@@ -125,4 +126,20 @@ func TestPrivilegedTwoNodes(t *testing.T) {
 	require.NoError(t, topo.Close())
 	assert.Empty(t, harnesstest.Leftovers(t, run.Prefix))
 	assert.Equal(t, before, rootLinks(t))
+}
+
+// A build that fails at a later node removes what it made for the earlier
+// ones too (node 0's cgroups are not yet the topology's own fields then).
+func TestPrivilegedNodesFailedBuildLeavesNothing(t *testing.T) {
+	harnesstest.RequireRoot(t)
+	run := harnesstest.NewRun(t)
+	cfg := Default(run.Prefix+"-topo", 4)
+	cfg.Nodes = 3
+	// A namespace already named as node 2's makes its creation fail.
+	squat, err := nsutil.Create(nodeNSName(cfg.Prefix, 2))
+	require.NoError(t, err)
+	_, err = New(context.Background(), cfg)
+	require.Error(t, err)
+	require.NoError(t, squat.Close())
+	assert.Empty(t, harnesstest.Leftovers(t, run.Prefix))
 }

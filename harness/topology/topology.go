@@ -619,7 +619,9 @@ func (t *Topology) Env() *datapath.Env {
 func (t *Topology) Close() error {
 	var errs []error
 	// Kill processes first: a process inside a namespace keeps it alive.
-	if t.NodeCgroup != nil {
+	// (A build that failed at a later node has node 0's cgroups in
+	// Nodes[0] but not yet in NodeCgroup.)
+	if t.NodeCgroup != nil || len(t.Nodes) > 0 {
 		mnt, err := cgroup2.Mount()
 		if err == nil {
 			errs = append(errs, cgroup2.RemoveDir(mnt+"/"+t.cfg.Prefix))
