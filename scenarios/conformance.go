@@ -33,9 +33,11 @@ type Conformance struct {
 	Family string `json:"family,omitempty"`
 	// Backends is the number of backend pods (default 12).
 	Backends int `json:"backends,omitempty"`
-	// Nodes is the fewest nodes the scenario needs (default 1; `svclab
-	// conform --nodes` may give more): backends are spread round-robin
-	// (backend i on node i % nodes), clients on node 0.
+	// Nodes is the node count the scenario is written for (its
+	// expectations name which backends share the client's node); unset,
+	// the scenario runs on `svclab conform --nodes` (default 1). Backends
+	// are spread round-robin (backend i on node i % nodes), clients on
+	// node 0.
 	Nodes    int                  `json:"nodes,omitempty"`
 	Services []ConformanceService `json:"services"`
 	Steps    []Step               `json:"steps"`

@@ -91,8 +91,10 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 	}
 	// A node may have only backend pods (a remote node of a multi-node
 	// topology): they are clients of services too, so a node with pods
-	// of either kind is served.
-	if env == nil || env.Node == nil || len(env.Clients)+len(env.Backends) == 0 {
+	// of either kind is served. A node of several (NodeName set) may have
+	// none at all: its instance then attaches nothing and only keeps its
+	// maps, as an agent on a node without pods.
+	if env == nil || env.Node == nil || (len(env.Clients)+len(env.Backends) == 0 && env.NodeName == "") {
 		return fmt.Errorf("setup tc-ebpf: %w", ErrNoClients)
 	}
 	for i, c := range env.Clients {

@@ -24,7 +24,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	dps := fs.String("datapaths", "", "comma-separated datapaths (default: every registered one; see 'svclab datapaths')")
 	scs := fs.String("scenarios", "", "comma-separated conformance scenarios or scenario files (default: all built-in: "+strings.Join(scenarios.ConformanceNames(), ", ")+")")
 	output := fs.String("output", "results", "directory that receives <run-id>/conformance.{json,md}")
-	nodes := fs.Int("nodes", 1, "number of nodes, 1 to 8: backends spread over them, clients on the first, one datapath instance per node (scenarios that need more nodes get their own count)")
+	nodes := fs.Int("nodes", 1, "number of nodes, 1 to 8: backends spread over them, clients on the first, one datapath instance per node (scenarios written for a node count, as internal-traffic-policy-local, keep theirs)")
 	strict := fs.String("strict", "", "comma-separated datapaths that must pass every scenario they can run: exit 1 if one fails or errors")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: svclab conform [flags]\n\nRuns every conformance scenario against every datapath, each in a fresh topology,\nand writes a behaviour × datapath table. Failures are findings: the exit status is 0\nunless the harness failed or a --strict datapath failed.\n\n")

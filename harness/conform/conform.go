@@ -41,7 +41,7 @@ type Config struct {
 	Log       io.Writer
 	TTY       bool
 	// Nodes is the node count of every cell's topology (0 or 1: one
-	// node); a scenario that needs more (Conformance.Nodes) gets its own.
+	// node), but for scenarios that set their own (Conformance.Nodes).
 	Nodes int
 }
 
@@ -123,7 +123,14 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 				continue
 			}
 			prog.Start(fmt.Sprintf("%s × %s", f.Name, sc.Name))
-			cell, dpInfo := runConformCell(ctx, fmt.Sprintf("%s-c%d", lock.Prefix, n), sc, f, max(cfg.Nodes, sc.Nodes))
+			// A scenario that names its node count is written for it
+			// (which backends are on the client's node); the others
+			// run on --nodes.
+			nodes := cfg.Nodes
+			if sc.Nodes > 0 {
+				nodes = sc.Nodes
+			}
+			cell, dpInfo := runConformCell(ctx, fmt.Sprintf("%s-c%d", lock.Prefix, n), sc, f, nodes)
 			n++
 			if err := ctx.Err(); err != nil {
 				return nil, "", fmt.Errorf("interrupted; everything it made was removed: %w", err)
