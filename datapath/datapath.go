@@ -41,6 +41,11 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
+	// NodeName is the node the endpoint runs on, as an EndpointSlice
+	// endpoint's nodeName: a datapath compares it with Env.NodeName to
+	// tell its node's endpoints (internalTrafficPolicy: Local). Empty in
+	// a one-node topology, where every endpoint is local.
+	NodeName string
 }
 
 // ServicePort is one port of a Service.
@@ -81,6 +86,9 @@ type Service struct {
 	// AffinityTimeout is how long a client may stay idle and keep its
 	// endpoint under ClientIP affinity; zero means DefaultAffinityTimeout.
 	AffinityTimeout time.Duration
+	// InternalTrafficPolicy is Cluster when empty; Local sends a node's
+	// clients to that node's endpoints only (see State.ForNode).
+	InternalTrafficPolicy TrafficPolicy
 }
 
 // EffectiveAffinityTimeout returns AffinityTimeout, or the Kubernetes
@@ -137,6 +145,10 @@ type Env struct {
 	// Node is the node network namespace: where per-packet datapaths
 	// (iptables, nftables, IPVS, tc) live.
 	Node *nsutil.NS
+	// NodeName names the node this instance of the datapath runs on, as
+	// kube-proxy's --hostname-override: the endpoints whose NodeName
+	// equals it are local. Empty in a one-node topology.
+	NodeName string
 	// NodeCgroup is the cgroup v2 directory every process the datapath
 	// serves runs under, as kubelet's kubepods: client pods, backend pods
 	// and hostNetwork pods are in child cgroups of it. Socket-level

@@ -154,6 +154,17 @@ type Trial struct {
 	// Cost is the datapath's own kernel time per connection, measured in
 	// the kernel (nil when attribution was off or not possible here).
 	Cost *Cost `json:"cost,omitempty"`
+	// Nodes is the topology's node count; omitted with one node, as are
+	// the fields below (a one-node run's results stay as they were).
+	Nodes int `json:"nodes,omitempty"`
+	// SameNodeConnections and CrossNodeConnections split the window's
+	// connections (Workload.PerBackend) by whether the backend that
+	// answered is on the client's node; CrossNodeFraction is the cross
+	// share. The generator times every connection in one histogram, so
+	// latency is not split by class.
+	SameNodeConnections  int64    `json:"same_node_connections,omitempty"`
+	CrossNodeConnections int64    `json:"cross_node_connections,omitempty"`
+	CrossNodeFraction    *float64 `json:"cross_node_fraction,omitempty"`
 }
 
 // Cost is what a datapath's own work costs per connection, measured in the

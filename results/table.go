@@ -110,6 +110,9 @@ func WriteTable(w io.Writer, run *Run) error {
 			return err
 		}
 	}
+	if err := writeNodes(w, run); err != nil {
+		return err
+	}
 
 	// What was measured comes first: a UDP or IPv6 table otherwise reads
 	// like the default TCP one.

@@ -32,7 +32,13 @@ type Conformance struct {
 	// endpoints and probes use.
 	Family string `json:"family,omitempty"`
 	// Backends is the number of backend pods (default 12).
-	Backends int                  `json:"backends,omitempty"`
+	Backends int `json:"backends,omitempty"`
+	// Nodes is the node count the scenario is written for (its
+	// expectations name which backends share the client's node); unset,
+	// the scenario runs on `svclab conform --nodes` (default 1). Backends
+	// are spread round-robin (backend i on node i % nodes), clients on
+	// node 0.
+	Nodes    int                  `json:"nodes,omitempty"`
 	Services []ConformanceService `json:"services"`
 	Steps    []Step               `json:"steps"`
 	// Report names an observation shown in the table even when the
@@ -73,6 +79,10 @@ type ConformanceService struct {
 	Endpoints []EndpointSet `json:"endpoints,omitempty"`
 	// SessionAffinity is None (default) or ClientIP.
 	SessionAffinity string `json:"sessionAffinity,omitempty"`
+	// InternalTrafficPolicy is Cluster (default) or Local: a node's
+	// clients reach that node's endpoints only (backend i is on node
+	// i % nodes, the clients on node 0).
+	InternalTrafficPolicy string `json:"internalTrafficPolicy,omitempty"`
 	// AffinityTimeoutSeconds is sessionAffinityConfig.clientIP.timeoutSeconds
 	// (default 10800, as in Kubernetes).
 	AffinityTimeoutSeconds int `json:"affinityTimeoutSeconds,omitempty"`
@@ -413,6 +423,9 @@ func (c *Conformance) Validate() error {
 	if c.Backends < 1 || c.Backends > 64 {
 		return fmt.Errorf("backends: %d is out of range [1, 64]", c.Backends)
 	}
+	if c.Nodes < 0 || c.Nodes > MaxNodes {
+		return fmt.Errorf("nodes: %d is out of range [1, %d]", c.Nodes, MaxNodes)
+	}
 	switch c.Report {
 	case "", "errno", "backends":
 	default:
@@ -599,6 +612,11 @@ func (c *Conformance) validateService(s *ConformanceService, initial bool) error
 	case "", "None", "ClientIP":
 	default:
 		return fmt.Errorf("sessionAffinity: %q is not None or ClientIP", s.SessionAffinity)
+	}
+	switch s.InternalTrafficPolicy {
+	case "", "Cluster", "Local":
+	default:
+		return fmt.Errorf("internalTrafficPolicy: %q is not Cluster or Local", s.InternalTrafficPolicy)
 	}
 	if s.AffinityTimeoutSeconds < 0 || s.AffinityTimeoutSeconds > 86400 {
 		return fmt.Errorf("affinityTimeoutSeconds: %d is out of range [1, 86400]", s.AffinityTimeoutSeconds)

@@ -86,6 +86,8 @@ func TestParseConformanceBadInput(t *testing.T) {
 		{"unknown field", "backends: 4", "backends: 4\ncolour: blue", "colour"},
 		{"no behaviour", "behaviour: b", "", "behaviour"},
 		{"bad family", "backends: 4", "backends: 4\nfamily: ipx", "family"},
+		{"too many nodes", "backends: 4", "backends: 4\nnodes: 9", "nodes"},
+		{"bad traffic policy", "- name: web\n", "- name: web\n  internalTrafficPolicy: Node\n", "services[0].internalTrafficPolicy"},
 		{"bad protocol", "protocol: TCP", "protocol: SCTP", "services[0].ports[0].protocol"},
 		{"port range", "port: 80", "port: 70000", "services[0].ports[0].port"},
 		{"pods out of range", "pods: 0-3", "pods: 0-4", "services[0].endpoints[0].pods"},

@@ -105,7 +105,7 @@ func TestParseRefusesBadInput(t *testing.T) {
 
 		// Unknown and repeated keys.
 		{"unknown top-level key", "", "name: default", "name: default\ncolour: blue", "colour", ErrUnknownKey},
-		{"unknown nested key", "", "backends: 12", "backends: 12\n  nodes: 3", "topology.nodes", ErrUnknownKey},
+		{"unknown nested key", "", "backends: 12", "backends: 12\n  zones: 3", "topology.zones", ErrUnknownKey},
 		{"snake_case key", "", "podCIDR: 10.244.0.0/16", "pod_cidr: 10.244.0.0/16", "topology.pod_cidr", ErrUnknownKey},
 		{"wrong case key", "", "podCIDR: 10.244.0.0/16", "PodCIDR: 10.244.0.0/16", "topology.PodCIDR", ErrUnknownKey},
 		{"repeated key", "", "backends: 12", "backends: 12\n  backends: 13", "topology.backends", ErrUnknownKey},

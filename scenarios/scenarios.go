@@ -22,6 +22,9 @@ var builtin embed.FS
 const (
 	MaxBackends = 1024
 	MaxClients  = 64
+	// MaxNodes bounds topology.nodes: every node is a namespace with its
+	// own datapath instance, built again for every trial.
+	MaxNodes = 8
 )
 
 // Duration is a time.Duration written as "5s" in scenario files.
@@ -217,6 +220,14 @@ type Topology struct {
 	// IPv6, which then uses DefaultPodCIDR6 and DefaultServiceCIDR6.
 	PodCIDR6     string `json:"podCIDR6,omitempty"`
 	ServiceCIDR6 string `json:"serviceCIDR6,omitempty"`
+	// Nodes is how many nodes the topology has (0 or 1: one, as before
+	// nodes existed, which keeps one-node scenarios and results as they
+	// were): the pod range is split over them, backends spread
+	// round-robin, the clients on the first node.
+	Nodes int `json:"nodes,omitempty"`
+	// UnderlayCIDR is where the nodes' addresses on the network joining
+	// them come from (default 172.18.0.0/24); unused with one node.
+	UnderlayCIDR string `json:"underlayCIDR,omitempty"`
 }
 
 // The IPv6 ranges of an IPv6 scenario that names none (the ULA
@@ -245,6 +256,9 @@ func (s *Scenario) Ranges6() (pods, services string) {
 	}
 	return pods, services
 }
+
+// NodeCount is Nodes, or 1 when it is zero.
+func (t Topology) NodeCount() int { return max(1, t.Nodes) }
 
 // Service is the ClusterIP service under test.
 type Service struct {
@@ -402,6 +416,9 @@ func (s *Scenario) Validate() error {
 	}
 	if s.Topology.Backends < 1 || s.Topology.Backends > MaxBackends {
 		bad(ErrInvalid, "topology.backends", "%d is out of range [1, %d]", s.Topology.Backends, MaxBackends)
+	}
+	if s.Topology.Nodes < 0 || s.Topology.Nodes > MaxNodes {
+		bad(ErrInvalid, "topology.nodes", "%d is out of range [1, %d] (each node is a namespace with its own datapath instance)", s.Topology.Nodes, MaxNodes)
 	}
 	s.validateRanges(bad, badErr)
 	if s.Service.Port < 1 || s.Service.Port > 65535 {
@@ -564,6 +581,17 @@ func (s *Scenario) validateRanges(bad func(error, string, string, ...any), badEr
 	if pods.Overlaps(svcs) {
 		bad(ErrRange, "topology.serviceCIDR", "%s overlaps topology.podCIDR %s: they must be disjoint", svcs, pods)
 		return
+	}
+	if s.Topology.UnderlayCIDR != "" {
+		under, uerr := ParseRange(s.Topology.UnderlayCIDR, "172.18.0.0/24")
+		badErr(ErrRange, "topology.underlayCIDR", uerr)
+		switch {
+		case uerr != nil:
+		case !under.Addr().Is4():
+			bad(ErrRange, "topology.underlayCIDR", "%s is not IPv4 (e.g. 172.18.0.0/24)", under)
+		case under.Overlaps(pods) || under.Overlaps(svcs):
+			bad(ErrRange, "topology.underlayCIDR", "%s overlaps topology.podCIDR %s or topology.serviceCIDR %s: they must be disjoint", under, pods, svcs)
+		}
 	}
 	if need := s.Topology.Clients + s.Topology.Backends; hosts(pods) < need {
 		bad(ErrRange, "topology.podCIDR", "%s has %d host addresses; %d pods (topology.clients + topology.backends) need one each", pods, hosts(pods), need)

@@ -39,6 +39,13 @@ func (d *Datapath) Setup(context.Context, *datapath.Env) error { return nil }
 func (d *Datapath) Apply(_ context.Context, st datapath.State) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for _, svc := range st.Services {
+		if svc.InternalLocal() {
+			// No datapath, so no traffic policy: the client picks the
+			// endpoint itself, wherever it is.
+			return datapath.Unsupportedf("direct: service %s: internalTrafficPolicy Local is a Service datapath's to apply, and direct has none", svc)
+		}
+	}
 	d.st = st
 	return nil
 }

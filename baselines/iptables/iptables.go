@@ -365,6 +365,9 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	if d.env == nil {
 		return fmt.Errorf("%s apply: Setup has not run", d.v.name)
 	}
+	// This node's view: internalTrafficPolicy Local services keep this
+	// node's endpoints (kube-proxy's --hostname-override is the node).
+	st = st.ForNode(d.env.NodeName)
 	split := kubeproxy.SplitFamilies(st)
 	if d.fams[kubeproxy.IPv6] == nil && len(split[kubeproxy.IPv6].Services) > 0 {
 		return fmt.Errorf("%s apply: service %s: cluster IP %v is IPv6: %w", d.v.name, split[kubeproxy.IPv6].Services[0], split[kubeproxy.IPv6].Services[0].ClusterIP, d.noIPv6)

@@ -27,6 +27,9 @@ const (
 	chainPostrouting = "KUBE-POSTROUTING"
 	prefixSVC        = "KUBE-SVC-"
 	prefixSEP        = "KUBE-SEP-"
+	// prefixSVL is the chain of a service port with internalTrafficPolicy
+	// Local: its node's endpoints only (kube-proxy's "local policy chain").
+	prefixSVL = "KUBE-SVL-"
 )
 
 // masqMark is the packet-mark bit KUBE-MARK-MASQ sets and KUBE-POSTROUTING
@@ -217,6 +220,12 @@ func chainHash(parts ...string) string {
 // svcChainName is KUBE-SVC-<hash(service port name, protocol)>.
 func svcChainName(portName, proto string) string {
 	return prefixSVC + chainHash(portName, proto)
+}
+
+// svlChainName is KUBE-SVL-<hash(service port name, protocol)>: the same
+// hash as the port's KUBE-SVC chain, as in kube-proxy.
+func svlChainName(portName, proto string) string {
+	return prefixSVL + chainHash(portName, proto)
 }
 
 // sepChainName is KUBE-SEP-<hash(service port name, protocol, ip:port)>.
@@ -418,6 +427,15 @@ func buildSync(fam kubeproxy.Family, podCIDR netip.Prefix, st datapath.State, pa
 			spn := servicePortName(svc, port)
 			match := fmt.Sprintf("-m %s -p %s -d %s/%d --dport %d", proto, proto, svc.ClusterIP, fam.HostBits(), port.Port)
 
+			if len(eps) == 0 && svc.InternalLocal() {
+				// internalTrafficPolicy Local and none of the service's
+				// endpoints on this node (the Apply kept only this
+				// node's, see datapath.State.ForNode): kube-proxy drops
+				// the traffic rather than reject it, as Kubernetes
+				// specifies.
+				filter.rule("-A %s -m comment --comment %q %s -j DROP", chainServices, spn+" has no local endpoints", match)
+				continue
+			}
 			if len(eps) == 0 {
 				// An ICMP port-unreachable makes the client's connect()
 				// fail fast with ECONNREFUSED instead of timing out.
@@ -426,6 +444,11 @@ func buildSync(fam kubeproxy.Family, podCIDR netip.Prefix, st datapath.State, pa
 			}
 
 			svcChain := svcChainName(spn, proto)
+			if svc.InternalLocal() {
+				// The same rules in kube-proxy's local policy chain,
+				// over this node's endpoints.
+				svcChain = svlChainName(spn, proto)
+			}
 			nat.chain(svcChain)
 			cur.add(tableNAT, svcChain)
 			comment := spn + " cluster IP"

@@ -297,6 +297,9 @@ func (d *Datapath) Apply(_ context.Context, st datapath.State) error {
 	if d.ipvs == nil {
 		return errors.New("ipvs apply: Setup has not run")
 	}
+	// This node's view of internalTrafficPolicy Local services (kube-proxy's
+	// IPVS mode programs the node's endpoints only, as here).
+	st = st.ForNode(d.env.NodeName)
 	want, vips, err := desired(st)
 	if err != nil {
 		return fmt.Errorf("ipvs apply: %w", err)

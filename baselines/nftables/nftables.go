@@ -318,6 +318,9 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	if d.env == nil {
 		return fmt.Errorf("%s apply: Setup has not run", Name)
 	}
+	// This node's view: internalTrafficPolicy Local services keep this
+	// node's endpoints.
+	st = st.ForNode(d.env.NodeName)
 	split := kubeproxy.SplitFamilies(st)
 	if v6 := split[kubeproxy.IPv6].Services; d.fams[kubeproxy.IPv6] == nil && len(v6) > 0 {
 		return fmt.Errorf("%s apply: service %s: cluster IP %v is IPv6: %w", Name, v6[0], v6[0].ClusterIP, d.noIPv6)
@@ -413,7 +416,7 @@ func (t *tool) kernelNames(ctx context.Context, f kubeproxy.Family, ns *nsutil.N
 			if o.Table != table {
 				continue
 			}
-			for _, p := range []string{prefixService, prefixEndpoint, prefixAffinity} {
+			for _, p := range []string{prefixService, prefixLocal, prefixEndpoint, prefixAffinity} {
 				if strings.HasPrefix(o.Name, p) {
 					names[o.Name] = true
 				}

@@ -136,6 +136,16 @@ func serviceChainName(svc datapath.Service, p datapath.ServicePort, proto string
 	return hashedChain(prefixService, portBase(svc, p, proto))
 }
 
+// prefixLocal starts the chain of a service port with
+// internalTrafficPolicy Local (kube-proxy's local policy chain).
+const prefixLocal = "local-"
+
+// localChainName is local-<hash>-ns/name/proto/port: the service port's
+// chain over its node's endpoints under internalTrafficPolicy Local.
+func localChainName(svc datapath.Service, p datapath.ServicePort, proto string) string {
+	return hashedChain(prefixLocal, portBase(svc, p, proto))
+}
+
 // endpointChainName is endpoint-<hash>-ns/name/proto/port__ip/targetport.
 // nft chain names allow only letters, digits and "/-_.", so the endpoint is
 // written ip/port, not ip:port (nft rejects ':' even in a quoted name).
@@ -277,6 +287,13 @@ func desire(f kubeproxy.Family, podCIDR netip.Prefix, st datapath.State) (desire
 			}
 			keys[key] = base
 
+			if len(eps) == 0 && svc.InternalLocal() {
+				// internalTrafficPolicy Local and none of its
+				// endpoints on this node (see datapath.State.ForNode):
+				// kube-proxy's verdict is drop, not reject.
+				noEndpoints = append(noEndpoints, element{key: key, comment: base, verdict: "drop"})
+				continue
+			}
 			if len(eps) == 0 {
 				// The filter chains reject new connections to it: an
 				// ICMP port-unreachable, so connect() fails at once
@@ -286,6 +303,9 @@ func desire(f kubeproxy.Family, podCIDR netip.Prefix, st datapath.State) (desire
 			}
 
 			svcChain := serviceChainName(svc, port, proto)
+			if svc.InternalLocal() {
+				svcChain = localChainName(svc, port, proto)
+			}
 			if cur[svcChain] {
 				return desired{}, fmt.Errorf("service %s port %d/%s: chain %s is rendered twice (two ports with the same name and protocol?)", svc, port.Port, proto, svcChain)
 			}

@@ -63,6 +63,9 @@ var (
 // Datapath is the tc eBPF datapath. The zero value is not usable; call New.
 type Datapath struct {
 	mu sync.Mutex
+	// node is Env.NodeName: Apply keeps the node's endpoints of
+	// internalTrafficPolicy Local services.
+	node string
 
 	objs   *tcebpfObjects
 	attach attachment
@@ -92,7 +95,12 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 	if d.objs != nil {
 		return ErrAlreadySetUp
 	}
-	if env == nil || env.Node == nil || len(env.Clients) == 0 {
+	// A node may have only backend pods (a remote node of a multi-node
+	// topology): they are clients of services too, so a node with pods
+	// of either kind is served. A node of several (NodeName set) may have
+	// none at all: its instance then attaches nothing and only keeps its
+	// maps, as an agent on a node without pods.
+	if env == nil || env.Node == nil || (len(env.Clients)+len(env.Backends) == 0 && env.NodeName == "") {
 		return fmt.Errorf("setup tc-ebpf: %w", ErrNoClients)
 	}
 	for i, c := range env.Clients {
@@ -168,7 +176,7 @@ func (d *Datapath) Setup(ctx context.Context, env *datapath.Env) (err error) {
 		ifaces = append(ifaces, c.HostVeth)
 	}
 
-	d.objs, d.attach, d.ifaces = objs, att, ifaces
+	d.objs, d.attach, d.ifaces, d.node = objs, att, ifaces, env.NodeName
 	d.installed = newTables()
 	return nil
 }
@@ -186,6 +194,8 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	if d.objs == nil {
 		return ErrNotSetUp
 	}
+	// This node's view of internalTrafficPolicy Local services.
+	st = st.ForNode(d.node)
 	lost, err := syncMaps(ctx, &d.installed, st, d.objs.SvclabServices, d.objs.SvclabBackends)
 	if len(lost) > 0 {
 		_, ferr := flushStaleUDP(lost, d.objs.SvclabTcFwd, d.objs.SvclabTcRev)

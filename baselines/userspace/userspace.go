@@ -216,6 +216,8 @@ func (d *Datapath) Apply(ctx context.Context, st datapath.State) error {
 	if d.cmd == nil {
 		return errors.New("userspace apply: Setup has not run")
 	}
+	// This node's view of internalTrafficPolicy Local services.
+	st = st.ForNode(d.env.NodeName)
 	fes, vips, err := desired(st)
 	if err != nil {
 		return fmt.Errorf("userspace apply: %w", err)

@@ -28,6 +28,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("output", "results", "directory that receives <run-id>/conformance.{json,md}")
 	vmKernel := fs.String("vm-kernel", "", "also check the datapaths this kernel cannot run (e.g. ipvs) under this Debian kernel in QEMU (debian-6.1, debian-6.12), filling their columns")
 	docs := fs.String("update-docs", "", "comma-separated documents whose '<!-- svclab conform:summary|table begin/end -->' regions are replaced with this run's table (make conformance: README.md, docs/conformance.md)")
+	nodes := fs.Int("nodes", 1, "number of nodes, 1 to 8: backends spread over them, clients on the first, one datapath instance per node (scenarios written for a node count, as internal-traffic-policy-local, keep theirs)")
 	strict := fs.String("strict", "", "comma-separated datapaths that must pass every scenario they can run: exit 1 if one fails or errors")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: svclab conform [flags]\n\nRuns every conformance scenario against every datapath, each in a fresh topology,\nand writes a behaviour × datapath table. Failures are findings: the exit status is 0\nunless the harness failed or a --strict datapath failed.\n\n")
@@ -38,6 +39,9 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return badInput(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	if *nodes < 1 || *nodes > scenarios.MaxNodes {
+		return badInput(fmt.Errorf("--nodes: %d is out of range [1, %d]", *nodes, scenarios.MaxNodes))
 	}
 	var list []*scenarios.Conformance
 	if *scs == "" {
@@ -100,7 +104,7 @@ func cmdConform(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signalContext()
 	defer stop()
 	tty := isTerminal(stderr)
-	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty, VMKernel: *vmKernel})
+	run, dir, err := conform.Run(ctx, conform.Config{Scenarios: list, Datapaths: names, OutputDir: *output, Log: stderr, TTY: tty, VMKernel: *vmKernel, Nodes: *nodes})
 	if run != nil {
 		fmt.Fprintln(stdout)
 		if werr := results.WriteConformanceMarkdown(stdout, run); werr != nil {

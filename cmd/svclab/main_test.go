@@ -70,6 +70,8 @@ func TestBenchBadInput(t *testing.T) {
 		{"unknown datapath", []string{"--datapaths", "socketlb,warp-drive"}, []string{"datapaths", `unknown datapath "warp-drive"`, "known:"}},
 		{"zero backends", []string{"--backends", "0"}, []string{"topology.backends", "0 is out of range"}},
 		{"10000 backends", []string{"--backends", "10000"}, []string{"topology.backends", "10000 is out of range"}},
+		{"zero nodes", []string{"--nodes", "0"}, []string{"topology.nodes", "0 is out of range [1, 8]"}},
+		{"nine nodes", []string{"--nodes", "9"}, []string{"topology.nodes", "9 is out of range [1, 8]"}},
 		{"malformed CIDR", []string{"--scenario", badCIDR}, []string{"topology.podCIDR", `"10.244.0.0/33" is not a CIDR`}},
 		{"unknown scenario field", []string{"--scenario", unknownField}, []string{"colour"}},
 		{"unreadable scenario file", []string{"--scenario", filepath.Join(dir, "missing.yaml")}, []string{"cannot read", "missing.yaml"}},

@@ -93,6 +93,9 @@ var destroyMaps = []string{socketlbMapSvclabSock, socketlbMapSvclabRevnat, socke
 // SocketLB is the socket-LB datapath. The zero value is not usable; call New.
 type SocketLB struct {
 	mu sync.Mutex
+	// node is the node this instance serves (Env.NodeName): Apply keeps
+	// the node's endpoints of internalTrafficPolicy Local services.
+	node string
 
 	// maps and progs are everything loaded from bpf/socketlb.c but the
 	// destroy iterator.
@@ -206,7 +209,7 @@ func (s *SocketLB) Setup(ctx context.Context, env *datapath.Env) (err error) {
 		}
 	}
 
-	s.cgroup, s.attach = env.NodeCgroup, "bpf_link"
+	s.cgroup, s.attach, s.node = env.NodeCgroup, "bpf_link", env.NodeName
 	for _, h := range hooks {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: env.NodeCgroup, Attach: h.attach, Program: s.progs[h.prog]})
 		if err != nil {
@@ -296,6 +299,10 @@ func (s *SocketLB) Apply(ctx context.Context, st datapath.State) error {
 	if s.maps == nil {
 		return ErrNotSetUp
 	}
+	// This node's view: a Local service with none of its endpoints here
+	// gets none, so its connect() is refused (ECONNREFUSED) where
+	// kube-proxy drops; the socket is never connected to another node.
+	st = st.ForNode(s.node)
 	fronts, err := frontends(st)
 	if err != nil {
 		return err

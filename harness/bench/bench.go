@@ -402,6 +402,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
 	}
 	tr.Invalid = invalidReason(wk, wl.ErrorTolerance())
+	splitByNode(tr, topo, client)
 	if sc := plan.Scenario.Scale; sc != nil && sc.MeasureChange && len(st.Services[0].Endpoints) > 1 {
 		// One endpoint of the first service goes away: the incremental
 		// cost of a sync at this scale (kube-proxy's common case).

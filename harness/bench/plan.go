@@ -46,6 +46,11 @@ func NewPlanWith(s *scenarios.Scenario, lookup func(string) (datapath.Factory, e
 		// Validate parsed them.
 		p.Topology.PodCIDR6, p.Topology.ServiceCIDR6 = netip.MustParsePrefix(p6), netip.MustParsePrefix(s6)
 	}
+	// Several nodes (issue 18): zero keeps the one-node topology.
+	p.Topology.Nodes = s.Topology.Nodes
+	if s.Topology.UnderlayCIDR != "" {
+		p.Topology.UnderlayCIDR = netip.MustParsePrefix(s.Topology.UnderlayCIDR)
+	}
 	if err := p.Topology.Validate(); err != nil {
 		return nil, fmt.Errorf("topology.%w", err)
 	}

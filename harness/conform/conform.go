@@ -45,6 +45,9 @@ type Config struct {
 	// fills their columns with the guest's cells (vm.SeriesNames lists
 	// the kernels).
 	VMKernel string
+	// Nodes is the node count of every cell's topology (0 or 1: one
+	// node), but for scenarios that set their own (Conformance.Nodes).
+	Nodes int
 }
 
 // skipError ends a cell early with the status skip and its reason.
@@ -130,7 +133,14 @@ func Run(ctx context.Context, cfg Config) (_ *results.ConformRun, dir string, er
 				continue
 			}
 			prog.Start(fmt.Sprintf("%s × %s", f.Name, sc.Name))
-			cell, dpInfo := runConformCell(ctx, fmt.Sprintf("%s-c%d", lock.Prefix, n), sc, f)
+			// A scenario that names its node count is written for it
+			// (which backends are on the client's node); the others
+			// run on --nodes.
+			nodes := cfg.Nodes
+			if sc.Nodes > 0 {
+				nodes = sc.Nodes
+			}
+			cell, dpInfo := runConformCell(ctx, fmt.Sprintf("%s-c%d", lock.Prefix, n), sc, f, nodes)
 			n++
 			if err := ctx.Err(); err != nil {
 				return nil, "", fmt.Errorf("interrupted; everything it made was removed: %w", err)
@@ -234,12 +244,12 @@ type bgProbe struct {
 	where string
 }
 
-func runConformCell(ctx context.Context, prefix string, sc *scenarios.Conformance, f datapath.Factory) (cell results.ConformCell, info map[string]string) {
+func runConformCell(ctx context.Context, prefix string, sc *scenarios.Conformance, f datapath.Factory, nodes int) (cell results.ConformCell, info map[string]string) {
 	cell = results.ConformCell{Scenario: sc.Name, Datapath: f.Name}
 	t0 := time.Now()
 	c := &cellRun{sc: sc, starts: map[string]time.Time{}, marks: map[string]time.Time{}, bg: map[string]*bgProbe{}, cell: &cell}
 	c.specs = append(c.specs, sc.Services...)
-	err := c.run(ctx, prefix, f)
+	err := c.run(ctx, prefix, f, nodes)
 	if c.dp != nil {
 		info = c.dp.Info()
 	}
@@ -284,10 +294,11 @@ func (c *cellRun) close() error {
 	return c.w.Close()
 }
 
-func (c *cellRun) run(ctx context.Context, prefix string, f datapath.Factory) error {
+func (c *cellRun) run(ctx context.Context, prefix string, f datapath.Factory, nodes int) error {
 	sc := c.sc
 	var err error
 	tc := topology.Default(prefix, sc.Backends)
+	tc.Nodes = nodes
 	if c.v6() {
 		tc.PodCIDR6, tc.ServiceCIDR6 = conformPodCIDR6, conformServiceCIDR6
 	}
@@ -471,6 +482,9 @@ func (c *cellRun) update(u scenarios.ConformanceService) {
 		if u.SessionAffinity != "" {
 			s.SessionAffinity = u.SessionAffinity
 		}
+		if u.InternalTrafficPolicy != "" {
+			s.InternalTrafficPolicy = u.InternalTrafficPolicy
+		}
 		if u.AffinityTimeoutSeconds != 0 {
 			s.AffinityTimeoutSeconds = u.AffinityTimeoutSeconds
 		}
@@ -491,8 +505,12 @@ func (c *cellRun) apply(ctx context.Context) error {
 			for _, i := range pods {
 				b := c.topo.Backends[i]
 				svc.Endpoints = append(svc.Endpoints, datapath.Endpoint{Pod: b.Name, Addr: c.podAddr(b),
-					Ready: set.IsReady(), Serving: set.IsServing(), Terminating: set.Terminating})
+					Ready: set.IsReady(), Serving: set.IsServing(), Terminating: set.Terminating,
+					NodeName: c.topo.BackendNodeName(i)})
 			}
+		}
+		if s.InternalTrafficPolicy == "Local" {
+			svc.InternalTrafficPolicy = datapath.TrafficPolicyLocal
 		}
 		if s.SessionAffinity == "ClientIP" {
 			svc.SessionAffinity = datapath.SessionAffinityClientIP

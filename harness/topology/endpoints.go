@@ -145,7 +145,17 @@ func (t *Topology) Endpoints(n int) ([]datapath.Endpoint, error) {
 			b = j % len(t.Backends)
 			addr = NthHost(t.extra.block(t.cfg.PodCIDR, b), j/len(t.Backends))
 		}
-		eps = append(eps, datapath.Endpoint{Pod: t.Backends[b].Name, Addr: addr, Ready: true, Serving: true})
+		eps = append(eps, datapath.Endpoint{Pod: t.Backends[b].Name, Addr: addr, Ready: true, Serving: true, NodeName: t.BackendNodeName(b)})
 	}
 	return eps, nil
+}
+
+// BackendNodeName is the NodeName of backend b's endpoints: its node's
+// name with several nodes, empty with one (where every endpoint is local
+// and the datapath's Env.NodeName is empty too).
+func (t *Topology) BackendNodeName(b int) string {
+	if len(t.Nodes) < 2 {
+		return ""
+	}
+	return t.Nodes[NodeOfBackend(b, len(t.Nodes))].Name
 }

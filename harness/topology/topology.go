@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -60,6 +61,13 @@ type Config struct {
 	// endpoints without 1,000 pod namespaces. They come from the upper
 	// part of PodCIDR; see Topology.Endpoints.
 	ExtraEndpoints int
+	// Nodes is the number of nodes (0 or 1: one node, built exactly as
+	// before there were several). With more, each node gets an equal
+	// share of PodCIDR (and PodCIDR6), the nodes are joined by an
+	// underlay from UnderlayCIDR (default DefaultUnderlayCIDR), backends
+	// are spread round-robin (NodeOfBackend) and clients stay on node 0.
+	Nodes        int
+	UnderlayCIDR netip.Prefix
 }
 
 // DefaultPodCIDR and DefaultServiceCIDR are the ranges of the conformance
@@ -107,6 +115,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("serviceCIDR: %s has no host address for a ClusterIP", c.ServiceCIDR)
 	}
 	if err := c.validateExtra(); err != nil {
+		return err
+	}
+	if err := c.validateNodes(); err != nil {
 		return err
 	}
 	if c.DualStack() {
@@ -221,7 +232,13 @@ type Topology struct {
 	HostCgroup   *cgroup2.Cgroup
 	// DatapathCgroup holds a datapath's own processes, outside kubepods.
 	DatapathCgroup *cgroup2.Cgroup
-	pods           []*nsutil.NS
+	// Nodes are the topology's nodes; Node, Host and the cgroups above
+	// are node 0's, Clients and Backends every node's (in index order).
+	// Empty in a loopback topology.
+	Nodes []*Node
+	// fabric is the namespace of the underlay bridge; nil with one node.
+	fabric *nsutil.NS
+	pods   []*nsutil.NS
 	// extra places the extra endpoints (zero without any).
 	extra extraLayout
 }
@@ -238,36 +255,52 @@ func New(ctx context.Context, cfg Config) (_ *Topology, err error) {
 			err = errors.Join(err, t.Close())
 		}
 	}()
-	if err := t.makeCgroups(cfg.Prefix); err != nil {
-		return nil, err
-	}
-	if t.Node, err = nsutil.Create(cfg.Prefix + "-node"); err != nil {
-		return nil, err
-	}
-	if err := t.setupNode(); err != nil {
-		return nil, err
-	}
-	t.Host = datapath.Pod{Name: "host", NS: t.Node, Addr: podGateway}
-	nh, err := t.Node.NetlinkHandle()
-	if err != nil {
-		return nil, err
-	}
-	defer nh.Close()
-	host := 1
-	// addr6 is the pod's IPv6 address, invalid in an IPv4-only topology.
-	addr6 := func(n int) netip.Addr {
-		if !cfg.DualStack() {
-			return netip.Addr{}
+	for i := range cfg.NodeCount() {
+		if _, err := t.newNode(i); err != nil {
+			return nil, err
 		}
-		return NthHost(cfg.PodCIDR6, n)
+	}
+	n0 := t.Nodes[0]
+	t.Node, t.Host = n0.NS, n0.Host
+	t.NodeCgroup, t.ClientCgroup, t.ServerCgroup, t.HostCgroup, t.DatapathCgroup = n0.NodeCgroup, n0.ClientCgroup, n0.ServerCgroup, n0.HostCgroup, n0.DatapathCgroup
+	if len(t.Nodes) > 1 {
+		if err := t.buildUnderlay(); err != nil {
+			return nil, err
+		}
+	}
+	handles := make([]*netlink.Handle, len(t.Nodes))
+	defer func() {
+		for _, h := range handles {
+			if h != nil {
+				h.Close()
+			}
+		}
+	}()
+	for i, nd := range t.Nodes {
+		if handles[i], err = nd.NS.NetlinkHandle(); err != nil {
+			return nil, err
+		}
+	}
+	nh := handles[0]
+	// addOn adds a pod on node i at that node's next host address (and
+	// its IPv6 twin in a dual-stack topology).
+	addOn := func(i int, name string, client bool) (datapath.Pod, error) {
+		nd := t.Nodes[i]
+		host := nd.nextHost
+		nd.nextHost++
+		var addr6 netip.Addr
+		if cfg.DualStack() {
+			addr6 = NthHost(nd.PodCIDR6, host)
+		}
+		return t.addPod(ctx, handles[i], name, NthHost(nd.PodCIDR, host), addr6, client)
 	}
 	for i := 0; i < cfg.Clients; i++ {
-		p, err := t.addPod(ctx, nh, fmt.Sprintf("client-%d", i), NthHost(cfg.PodCIDR, host), addr6(host), true)
+		p, err := addOn(0, fmt.Sprintf("client-%d", i), true)
 		if err != nil {
 			return nil, err
 		}
 		t.Clients = append(t.Clients, p)
-		host++
+		n0.Clients = append(n0.Clients, p)
 	}
 	width := len(fmt.Sprint(cfg.Backends - 1))
 	if width < 2 {
@@ -277,12 +310,13 @@ func New(ctx context.Context, cfg Config) (_ *Topology, err error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		p, err := t.addPod(ctx, nh, fmt.Sprintf("backend-%0*d", width, i), NthHost(cfg.PodCIDR, host), addr6(host), false)
+		ni := NodeOfBackend(i, len(t.Nodes))
+		p, err := addOn(ni, fmt.Sprintf("backend-%0*d", width, i), false)
 		if err != nil {
 			return nil, err
 		}
 		t.Backends = append(t.Backends, p)
-		host++
+		t.Nodes[ni].Backends = append(t.Nodes[ni].Backends, p)
 	}
 	if cfg.ExtraEndpoints > 0 {
 		if err := t.addExtraEndpoints(nh); err != nil {
@@ -295,7 +329,7 @@ func New(ctx context.Context, cfg Config) (_ *Topology, err error) {
 	return t, nil
 }
 
-func (t *Topology) setupNode() error {
+func (t *Topology) setupNode(nd *Node) error {
 	sysctls := map[string]string{
 		"net/ipv4/ip_forward":             "1",
 		"net/ipv4/conf/all/rp_filter":     "0",
@@ -307,11 +341,11 @@ func (t *Topology) setupNode() error {
 		sysctls["net/ipv6/conf/all/forwarding"] = "1"
 	}
 	for k, v := range sysctls {
-		if err := t.Node.Sysctl(k, v); err != nil {
+		if err := nd.NS.Sysctl(k, v); err != nil {
 			return err
 		}
 	}
-	h, err := t.Node.NetlinkHandle()
+	h, err := nd.NS.NetlinkHandle()
 	if err != nil {
 		return err
 	}
@@ -330,7 +364,7 @@ func (t *Topology) setupNode() error {
 	// it, so per-packet datapaths see the packets in FORWARD and
 	// untranslated traffic vanishes inside the topology instead of leaving
 	// it. (A dummy device would do, but not every kernel has one.)
-	sink, err := nsutil.Create(t.cfg.Prefix + "-sink")
+	sink, err := nsutil.Create(nd.sinkName)
 	if err != nil {
 		return err
 	}
@@ -485,21 +519,10 @@ func ipNet(p netip.Prefix) *net.IPNet {
 }
 
 // makeCgroups creates the node cgroup and its role children (see Topology).
-func (t *Topology) makeCgroups(prefix string) (err error) {
-	node := "/" + prefix + "/kubepods"
-	if t.NodeCgroup, err = cgroup2.New(node); err != nil {
-		return err
-	}
-	if t.ClientCgroup, err = cgroup2.New(node + "/clients"); err != nil {
-		return err
-	}
-	if t.ServerCgroup, err = cgroup2.New(node + "/servers"); err != nil {
-		return err
-	}
-	if t.HostCgroup, err = cgroup2.New(node + "/hostnet"); err != nil {
-		return err
-	}
-	t.DatapathCgroup, err = cgroup2.New("/" + prefix + "/datapath")
+func (t *Topology) makeCgroups(prefix string) error {
+	var nd Node
+	err := nd.makeCgroups(prefix)
+	t.NodeCgroup, t.ClientCgroup, t.ServerCgroup, t.HostCgroup, t.DatapathCgroup = nd.NodeCgroup, nd.ClientCgroup, nd.ServerCgroup, nd.HostCgroup, nd.DatapathCgroup
 	return err
 }
 
@@ -520,6 +543,16 @@ func (t *Topology) CPURoles() map[string]string {
 			roles[name] = cg.Path
 		}
 	}
+	// Other nodes' roles are reported apart ("servers@node-1"), so that
+	// node 0's keep the meaning they have with one node.
+	for _, nd := range t.Nodes[min(1, len(t.Nodes)):] {
+		for name, cg := range map[string]*cgroup2.Cgroup{"clients": nd.ClientCgroup, "servers": nd.ServerCgroup,
+			"hostnet": nd.HostCgroup, "datapath": nd.DatapathCgroup} {
+			if cg != nil {
+				roles[name+"@"+nd.Name] = cg.Path
+			}
+		}
+	}
 	return roles
 }
 
@@ -531,6 +564,17 @@ func (t *Topology) CgroupDir() string { return filepath.Dir(t.NodeCgroup.Path) }
 // ServerCgroup, a process in the node namespace's (the hostNetwork client)
 // HostCgroup, anything else (a client pod) ClientCgroup.
 func (t *Topology) PodCgroup(p datapath.Pod) string {
+	if nd := t.NodeOf(p); nd != nil && nd != t.nodeZero() {
+		// A pod of another node: that node's role cgroups.
+		switch {
+		case p.NS == nd.NS:
+			return nd.HostCgroup.Path
+		case slices.ContainsFunc(nd.Backends, func(b datapath.Pod) bool { return b.Name == p.Name }):
+			return nd.ServerCgroup.Path
+		default:
+			return nd.ClientCgroup.Path
+		}
+	}
 	if p.NS != nil && p.NS == t.Node {
 		return t.HostCgroup.Path
 	}
@@ -542,8 +586,20 @@ func (t *Topology) PodCgroup(p datapath.Pod) string {
 	return t.ClientCgroup.Path
 }
 
-// Env is what a datapath is set up in.
+// nodeZero is node 0, or nil in a loopback topology.
+func (t *Topology) nodeZero() *Node {
+	if len(t.Nodes) == 0 {
+		return nil
+	}
+	return t.Nodes[0]
+}
+
+// Env is what a datapath is set up in: node 0's (see NodeEnv for the
+// others).
 func (t *Topology) Env() *datapath.Env {
+	if len(t.Nodes) > 0 {
+		return t.NodeEnv(0)
+	}
 	return &datapath.Env{
 		Node:           t.Node,
 		NodeCgroup:     t.NodeCgroup.Path,
@@ -563,7 +619,9 @@ func (t *Topology) Env() *datapath.Env {
 func (t *Topology) Close() error {
 	var errs []error
 	// Kill processes first: a process inside a namespace keeps it alive.
-	if t.NodeCgroup != nil {
+	// (A build that failed at a later node has node 0's cgroups in
+	// Nodes[0] but not yet in NodeCgroup.)
+	if t.NodeCgroup != nil || len(t.Nodes) > 0 {
 		mnt, err := cgroup2.Mount()
 		if err == nil {
 			errs = append(errs, cgroup2.RemoveDir(mnt+"/"+t.cfg.Prefix))
@@ -574,7 +632,13 @@ func (t *Topology) Close() error {
 	for _, ns := range t.pods {
 		errs = append(errs, ns.Close())
 	}
-	errs = append(errs, t.Node.Close())
+	if len(t.Nodes) == 0 {
+		errs = append(errs, t.Node.Close())
+	}
+	for _, nd := range t.Nodes {
+		errs = append(errs, nd.NS.Close())
+	}
+	errs = append(errs, t.fabric.Close())
 	return errors.Join(errs...)
 }
 
@@ -595,12 +659,22 @@ func waitLinksUp(ctx context.Context, t *Topology, timeout time.Duration) error 
 	deadline := time.Now().Add(timeout)
 	nss := []*nsutil.NS{t.Node}
 	pods := append(append([]datapath.Pod{}, t.Clients...), t.Backends...)
+	// Nodes past the first and the fabric come last, so the pods' indices
+	// below stay 1-based.
+	var more []*nsutil.NS
+	for _, nd := range t.Nodes[min(1, len(t.Nodes)):] {
+		more = append(more, nd.NS)
+	}
+	if t.fabric != nil {
+		more = append(more, t.fabric)
+	}
 	for _, p := range pods {
 		nss = append(nss, p.NS)
 	}
+	nss = append(nss, more...)
 	for i, ns := range nss {
 		var addr6 netip.Addr
-		if i > 0 {
+		if i > 0 && i <= len(pods) {
 			addr6 = pods[i-1].Addr6
 		}
 		h, err := ns.NetlinkHandle()
@@ -648,6 +722,14 @@ func linksDown(h *netlink.Handle) ([]string, error) {
 	for _, l := range links {
 		a := l.Attrs()
 		if a.Name == "lo" {
+			continue
+		}
+		if _, ok := l.(*netlink.Bridge); ok {
+			// The underlay bridge's own operational state follows its
+			// ports through the link watcher's non-urgent queue, up to
+			// a second late, but it forwards between its ports as soon
+			// as they are up (checked here: they are veths); nothing
+			// is sent from the bridge device itself.
 			continue
 		}
 		if a.OperState != netlink.OperUp {

@@ -39,6 +39,9 @@ type World struct {
 	// gave them.
 	Servers []*loadgen.ServerProcess
 	// Datapath is set up (not yet applied); nil without Spec.Datapath.
+	// With several nodes it is one instance per node behind one Datapath
+	// (Apply to all, Targets and Info of node 0, Close of all); Nodes
+	// returns the instances.
 	Datapath datapath.Datapath
 }
 
@@ -69,6 +72,13 @@ func Build(ctx context.Context, spec Spec) (_ *World, err error) {
 		return nil, err
 	}
 	t := w.Topology
+	if len(t.Nodes) > 1 {
+		// Several nodes: each server in its pods' node.
+		if err := w.buildNodes(ctx, spec); err != nil {
+			return nil, err
+		}
+		return w, nil
+	}
 	servers := []loadgen.ServerSpec{loadgen.BackendListeners(t.Backends, spec.Port, t.ExtraEndpoints() > 0)}
 	if spec.Servers != nil {
 		servers = spec.Servers(t)
@@ -89,6 +99,35 @@ func Build(ctx context.Context, spec Spec) (_ *World, err error) {
 		w.Datapath = dp
 	}
 	return w, nil
+}
+
+// buildNodes starts the servers and sets the datapath up in a topology
+// of several nodes: a server per node (or Spec.Servers', each in its pods'
+// node) and one datapath instance per node.
+func (w *World) buildNodes(ctx context.Context, spec Spec) error {
+	t := w.Topology
+	servers := nodeServers(t, spec.Port)
+	if spec.Servers != nil {
+		servers = nil
+		for _, s := range spec.Servers(t) {
+			servers = append(servers, serverAt{node: homeOf(t, s), spec: s})
+		}
+	}
+	for _, s := range servers {
+		p, err := loadgen.StartServer(s.node.NS, s.node.ServerCgroup.Path, s.spec)
+		if err != nil {
+			return err
+		}
+		w.Servers = append(w.Servers, p)
+	}
+	if spec.Datapath != nil {
+		dp, err := setupNodes(ctx, t, spec.Datapath)
+		if err != nil {
+			return err
+		}
+		w.Datapath = dp
+	}
+	return nil
 }
 
 // Close removes the world: the datapath first (its programs and rules live

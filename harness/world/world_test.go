@@ -41,13 +41,21 @@ func TestPrivilegedEveryDatapathReachesAllBackends(t *testing.T) {
 			// unconnected and connected sockets, over IPv4 and IPv6.
 			for _, k := range socketKinds {
 				t.Run(k.name, func(t *testing.T) {
-					reachAllBackends(t, sc, f, k, 0)
+					reachAllBackends(t, sc, f, k, 0, 1)
+				})
+			}
+			// Two nodes, one datapath instance on each: half the
+			// backends are across the underlay, and the client's node
+			// translates.
+			for _, k := range socketKinds[:2] {
+				t.Run(k.name+" two nodes", func(t *testing.T) {
+					reachAllBackends(t, sc, f, k, 0, 2)
 				})
 			}
 			// The endpoint sweep's extra pod addresses (three per pod
 			// here) are endpoints like any other.
 			t.Run("TCP extra endpoints", func(t *testing.T) {
-				reachAllBackends(t, sc, f, socketKinds[0], 3*sc.Topology.Backends)
+				reachAllBackends(t, sc, f, socketKinds[0], 3*sc.Topology.Backends, 1)
 			})
 		})
 	}
@@ -78,8 +86,9 @@ var socketKinds = []socketKind{
 //
 // With endpoints > 0 the service has that many endpoints: the pods' own
 // addresses, then extra addresses on the pods.
-func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, k socketKind, endpoints int) {
+func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory, k socketKind, endpoints, nodes int) {
 	sc := *base
+	sc.Topology.Nodes = nodes
 	sc.Datapaths = []string{f.Name}
 	sc.Service.Protocol = k.proto
 	sc.Service.IPFamily = k.ipFamily
@@ -98,6 +107,7 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, wd.Close()) })
 	topo, dp := wd.Topology, wd.Datapath
+	require.Len(t, wd.Nodes(), nodes, "one datapath instance per node")
 	st, err := plan.State(topo, 1, endpoints)
 	require.NoError(t, err)
 	err = dp.Apply(context.Background(), st)
