@@ -90,10 +90,11 @@ gate: build
 
 ## test-vm: the conformance-critical privileged tests under Debian's 6.1 kernel in QEMU
 # (IPVS and loadable modules exist there, not on every host): every datapath's
-# real-socket check for socketlb and ipvs, socket-LB TCP, IPVS apply. One boot
+# real-socket check for socketlb and ipvs (TCP, UDP, IPv6 TCP, two nodes, extra
+# endpoints: the socket kinds' full matrix runs on the host), socket-LB TCP, IPVS apply. One boot
 # per line; VM_KERNEL=debian-6.12 runs them under the other kernel.
 VM_KERNEL ?= debian-6.1
 .PHONY: test-vm
 test-vm: build
-	./$(BIN) vm --kernel $(VM_KERNEL) --timeout 12m --go-test ./harness/world/ -- -test.run '^TestPrivilegedEveryDatapathReachesAllBackends$$/^(socketlb|ipvs)$$'
+	./$(BIN) vm --kernel $(VM_KERNEL) --timeout 12m --go-test ./harness/world/ -- -test.run '^TestPrivilegedEveryDatapathReachesAllBackends$$/^(socketlb|ipvs)$$/^(TCP|UDP|IPv6_TCP|TCP_two_nodes|TCP_extra_endpoints)$$'
 	./$(BIN) vm --kernel $(VM_KERNEL) --timeout 12m --go-test ./datapath/socketlb/,./baselines/ipvs/ -- -test.run '^TestPrivileged(TCP|Apply)$$'

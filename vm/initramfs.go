@@ -18,7 +18,8 @@ import (
 )
 
 // ShipModules are the parts of the modules tree copied into the guest: what
-// the datapaths and baselines can use (netfilter, IPVS, tc, veth, dummy)
+// the datapaths and baselines can use (netfilter, IPVS, tc, veth, dummy,
+// the bridge joining several nodes)
 // and what the guest itself needs (9p over virtio, entropy). The kernel
 // autoloads from these on demand.
 var ShipModules = []string{
@@ -30,6 +31,7 @@ var ShipModules = []string{
 	"kernel/fs/9p/",
 	"kernel/net/xfrm/",
 	"veth", "dummy", "virtio_rng",
+	"bridge", "stp", "llc",
 }
 
 // PreloadModules are loaded at boot, before the command runs: the ones a
@@ -39,7 +41,7 @@ var ShipModules = []string{
 // Missing ones are fine when built in.
 var PreloadModules = []string{
 	"virtio_pci", "virtio_rng", "9pnet_virtio", "9p",
-	"veth", "dummy", "xfrm_user",
+	"veth", "dummy", "xfrm_user", "bridge",
 	"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_sed", "ip_vs_nq", "ip_vs_mh",
 	"nf_conntrack", "nf_nat", "nf_tables", "nft_chain_nat", "nft_nat", "nft_ct", "nft_numgen", "nft_compat", "nft_masq", "nft_reject_inet", "nft_fib_ipv4",
 	"ip_tables", "iptable_nat", "iptable_filter", "iptable_mangle",
