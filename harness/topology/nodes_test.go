@@ -41,11 +41,7 @@ func TestNodePodCIDR(t *testing.T) {
 func TestNodesConfigValidate(t *testing.T) {
 	good := Default("svclab-00000000", 12)
 	good.Nodes = 2
-	tests := []struct {
-		name   string
-		mutate func(*Config)
-		field  string
-	}{
+	tests := []invalidCase{
 		{"nine nodes", func(c *Config) { c.Nodes = 9 }, "nodes"},
 		{"negative nodes", func(c *Config) { c.Nodes = -1 }, "nodes"},
 		{"extra endpoints", func(c *Config) { c.ExtraEndpoints = 12 }, "extraEndpoints"},
@@ -53,16 +49,7 @@ func TestNodesConfigValidate(t *testing.T) {
 		{"underlay too small", func(c *Config) { c.Nodes = 8; c.UnderlayCIDR = netip.MustParsePrefix("172.18.0.0/29") }, "underlayCIDR"},
 		{"node share too small", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("10.244.0.0/28") }, "podCIDR"},
 	}
-	require.NoError(t, good.Validate())
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := good
-			tt.mutate(&c)
-			err := c.Validate()
-			require.Error(t, err)
-			assert.True(t, strings.HasPrefix(err.Error(), tt.field+":"), "error %q should name field %s", err, tt.field)
-		})
-	}
+	checkInvalid(t, good, tests)
 }
 
 // Two nodes joined by the underlay: backends spread 6 + 6, each node with

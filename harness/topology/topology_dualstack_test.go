@@ -48,11 +48,7 @@ func TestTopologyConfigValidateDualStack(t *testing.T) {
 	require.NoError(t, good.Validate())
 	assert.True(t, good.DualStack())
 	assert.False(t, Default("svclab-00000000", 12).DualStack())
-	tests := []struct {
-		name   string
-		mutate func(*Config)
-		field  string
-	}{
+	tests := []invalidCase{
 		{"pod CIDR6 without service CIDR6", func(c *Config) { c.ServiceCIDR6 = netip.Prefix{} }, "serviceCIDR6"},
 		{"service CIDR6 without pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.Prefix{} }, "podCIDR6"},
 		{"IPv4 pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("10.1.0.0/16") }, "podCIDR6"},
@@ -60,15 +56,7 @@ func TestTopologyConfigValidateDualStack(t *testing.T) {
 		{"link-local pod CIDR6", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("fe80::/64") }, "podCIDR6"},
 		{"pod CIDR6 too small", func(c *Config) { c.PodCIDR6 = netip.MustParsePrefix("fd00:10:244::/125") }, "podCIDR6"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := good
-			tt.mutate(&c)
-			err := c.Validate()
-			require.Error(t, err)
-			assert.True(t, strings.HasPrefix(err.Error(), tt.field+":"), "error %q should name field %s", err, tt.field)
-		})
-	}
+	checkInvalid(t, good, tests)
 }
 
 // globalAddrs lists the non-link-local addresses of a pod's eth0.

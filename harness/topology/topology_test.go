@@ -26,11 +26,7 @@ func rootLinks(t *testing.T) string {
 
 func TestTopologyConfigValidate(t *testing.T) {
 	good := Default("svclab-00000000", 12)
-	tests := []struct {
-		name   string
-		mutate func(*Config)
-		field  string
-	}{
+	tests := []invalidCase{
 		{"zero backends", func(c *Config) { c.Backends = 0 }, "backends"},
 		{"10000 backends", func(c *Config) { c.Backends = 10000 }, "backends"},
 		{"no clients", func(c *Config) { c.Clients = 0 }, "clients"},
@@ -38,6 +34,21 @@ func TestTopologyConfigValidate(t *testing.T) {
 		{"overlapping CIDRs", func(c *Config) { c.ServiceCIDR = netip.MustParsePrefix("10.244.0.0/16") }, "serviceCIDR"},
 		{"IPv6 pod CIDR", func(c *Config) { c.PodCIDR = netip.MustParsePrefix("fd00::/64") }, "podCIDR"},
 	}
+	checkInvalid(t, good, tests)
+}
+
+// invalidCase is a change to a valid Config that Validate must refuse,
+// naming field.
+type invalidCase struct {
+	name   string
+	mutate func(*Config)
+	field  string
+}
+
+// checkInvalid checks that good validates and each case's change of it is
+// refused with an error that starts with the case's field.
+func checkInvalid(t *testing.T, good Config, tests []invalidCase) {
+	t.Helper()
 	require.NoError(t, good.Validate())
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

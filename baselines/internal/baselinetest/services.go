@@ -120,17 +120,24 @@ func GoldenCases() []GoldenCase {
 // in the same transaction.
 func CheckGoldenCases[C any](t *testing.T, render func(st datapath.State, prev C) (text []byte, chains C, err error)) {
 	t.Helper()
+	checkGoldenCases(t, "", func(st datapath.State) datapath.State { return st }, render)
+}
+
+// checkGoldenCases is CheckGoldenCases with every case's states passed
+// through family and its names (subtest and golden file) prefixed.
+func checkGoldenCases[C any](t *testing.T, prefix string, family func(datapath.State) datapath.State, render func(st datapath.State, prev C) (text []byte, chains C, err error)) {
+	t.Helper()
 	for _, tc := range GoldenCases() {
-		t.Run(tc.Name, func(t *testing.T) {
+		t.Run(prefix+tc.Name, func(t *testing.T) {
 			var prev C
 			if tc.Prev != nil {
-				_, chains, err := render(*tc.Prev, prev)
+				_, chains, err := render(family(*tc.Prev), prev)
 				require.NoError(t, err)
 				prev = chains
 			}
-			text, _, err := render(tc.State, prev)
+			text, _, err := render(family(tc.State), prev)
 			require.NoError(t, err)
-			CheckGolden(t, tc.Name, text)
+			CheckGolden(t, prefix+tc.Name, text)
 		})
 	}
 }
@@ -145,19 +152,7 @@ var PodCIDR6 = twin6.Prefix(PodCIDR)
 // files, which it leaves alone.
 func CheckGoldenCases6[C any](t *testing.T, render func(st datapath.State, prev C) (text []byte, chains C, err error)) {
 	t.Helper()
-	for _, tc := range GoldenCases() {
-		t.Run("ipv6_"+tc.Name, func(t *testing.T) {
-			var prev C
-			if tc.Prev != nil {
-				_, chains, err := render(twin6.State(*tc.Prev), prev)
-				require.NoError(t, err)
-				prev = chains
-			}
-			text, _, err := render(twin6.State(tc.State), prev)
-			require.NoError(t, err)
-			CheckGolden(t, "ipv6_"+tc.Name, text)
-		})
-	}
+	checkGoldenCases(t, "ipv6_", twin6.State, render)
 }
 
 // CheckGolden compares got with testdata/<name>.golden, or rewrites the
