@@ -186,6 +186,11 @@ type Cost struct {
 	// client run whatever it said, so every datapath's probes pay the same
 	// accounting.
 	BPFStatsSysctl string `json:"bpf_stats_sysctl,omitempty"`
+	// FloorNS is the probes' own dispatch cost per connection that was
+	// subtracted from the netfilter parts (measured in the same trial, on
+	// a band of each hook that holds nothing but the probes): what the
+	// parts would have shown for an empty hook. 0 when not calibrated.
+	FloorNS float64 `json:"floor_ns,omitempty"`
 	// Missing names what could not be measured here (e.g. the probes on a
 	// kernel before 6.4); the parts it names are absent, not zero.
 	Missing string `json:"missing,omitempty"`
@@ -196,6 +201,14 @@ func (t Trial) Valid() bool { return t.Invalid == "" }
 
 // ModelOpen is Trial.Model of an open-loop trial.
 const ModelOpen = "open"
+
+// ModelCost is Trial.Model of a cost trial: a closed-loop trial run with
+// the cost-attribution probes attached (Trial.Cost set). Its throughput
+// and latency carry the probes' own overhead, so they are never mixed
+// with the plain trials' figures: they give the datapath's own cost per
+// connection, and, paired with the plain trial of the same datapath, point
+// and repetition, the probes' overhead.
+const ModelCost = "cost"
 
 // Workload is what the load generator measured in one trial.
 type Workload struct {
