@@ -15,7 +15,8 @@ import (
 
 // measuredTrials are trials that between them measure every metric of the
 // table: a closed-loop trial at a scale point with CPU accounting, a
-// one-endpoint change and state counts, and an open-loop one (start lag).
+// one-endpoint change and state counts, a cost trial at the same point
+// (the datapath's own ns/conn) and an open-loop one (start lag).
 // A new metric the test reports as unmeasured needs its field set here.
 func measuredTrials(dp string, services int) []Trial {
 	closed := trial(dp, 8, 0, 12000, 80, 120, 300, 1.5, 0)
@@ -23,10 +24,12 @@ func measuredTrials(dp string, services int) []Trial {
 	closed.ApplyChangeSeconds = 0.25
 	closed.DatapathState = map[string]string{StateObjects: "120", StateBytes: "4096"}
 	closed.Workload.CPU = &CPUUsage{PerConnectionUS: 150, RunPerConnectionUS: 120}
-	closed.Cost = &Cost{NsPerConn: 2500, Parts: map[string]float64{"nf-dnat": 2000, "nf-filter": 500}, Connections: 36000}
+	// The datapath's own cost comes from a cost trial at the same point.
+	cost := costTrial(dp, 8, 0, 11000, map[string]float64{"nf-dnat": 2000, "nf-filter": 500}, 80)
+	cost.Services, cost.Endpoints = services, 12
 	open := openTrial(dp, 0.5, 0, 6000, 5900, 400, 30, 0)
 	open.Services, open.Endpoints = services, 12
-	return []Trial{closed, open}
+	return []Trial{closed, cost, open}
 }
 
 // TestMetricTable checks every entry of the metric table is wired through

@@ -404,9 +404,41 @@ type Summary struct {
 	// StartLagP99 is the open-loop generator's p99 start lag in µs per
 	// repetition (absent for the closed loop).
 	StartLagP99 Stat `json:"start_lag_p99_us,omitzero"`
-	// DatapathNsPerConn is Trial.Cost.NsPerConn over the repetitions
-	// (absent when not measured).
+	// DatapathNsPerConn is Trial.Cost.NsPerConn over the cost trials
+	// (Model ModelCost) of the same datapath, site, point and concurrency
+	// (absent when not measured). A run written before cost trials
+	// existed carried Cost on its plain trials; their figures are read
+	// then.
 	DatapathNsPerConn Stat `json:"datapath_ns_per_conn,omitzero"`
+	// Cost is the rest of what those cost trials measured (nil when there
+	// were none).
+	Cost *CostSummary `json:"cost,omitempty"`
+}
+
+// CostSummary is what the cost trials of one datapath at one site, point
+// and concurrency measured besides DatapathNsPerConn. They run with the
+// attribution probes attached, so their QPS and latency are never in the
+// summary's other figures; they are here only as the probes' overhead.
+type CostSummary struct {
+	// Repetitions counts the valid cost trials the figures come from,
+	// Invalid the ones left out (Trial.Invalid).
+	Repetitions int `json:"repetitions"`
+	Invalid     int `json:"invalid,omitempty"`
+	// Parts is the median of each part of Cost.Parts (ns per connection)
+	// over the trials that measured it: the netfilter bands can be near 0
+	// or slightly negative once the floor is subtracted.
+	Parts map[string]float64 `json:"parts,omitempty"`
+	// FloorNS is the median of the trials' Cost.FloorNS: the probes' own
+	// cost per connection subtracted from the netfilter parts.
+	FloorNS float64 `json:"floor_ns,omitempty"`
+	// Missing are the distinct Cost.Missing of the trials: what the
+	// probes could not measure here.
+	Missing []string `json:"missing,omitempty"`
+	// ProbeOverhead is, per repetition, the cost trial's QPS divided by
+	// the plain trial's of the same repetition (below 1: the probes slow
+	// the datapath), with its 95% interval; absent when no repetition has
+	// both (and for a run whose cost figures came from its plain trials).
+	ProbeOverhead Stat `json:"probe_overhead,omitzero"`
 }
 
 // Stat is a figure over repetitions: the median and the spread.

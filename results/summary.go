@@ -31,6 +31,12 @@ const overloadError = "overload"
 // Each Stat of a Summary is filled from the metric table (see Metric):
 // the per-trial values of the trials that measured the metric.
 //
+// Cost trials (Model ModelCost: closed loop with the attribution probes
+// attached) make no summary of their own and none of their figures reaches
+// the plain ones, which the probes would slow: they fill the CostTrials
+// metrics (DatapathNsPerConn) and Cost of the summary of the same
+// datapath, site, point and concurrency (see summarizeCost).
+//
 // Summaries come out ordered by datapath (and site) in the order the datapaths first
 // appear in trials (the caller's order, e.g. --datapaths, which is also the
 // order a reader expects in the table and the chart legend), then by
@@ -55,7 +61,8 @@ func Summarize(trials []Trial) []Summary {
 	dpOrder := map[site]int{}
 	groups := map[groupKey][]Trial{}
 	for _, t := range trials {
-		k := keyOf(t)
+		// A cost trial joins the summary of its point's plain trials.
+		k := keyOf(t).plain()
 		if _, ok := dpOrder[k.site]; !ok {
 			dpOrder[k.site] = len(dpOrder)
 		}
@@ -75,9 +82,11 @@ func Summarize(trials []Trial) []Summary {
 		// Stable, so trials sharing a repetition number (a retried trial)
 		// keep the order they were run in.
 		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
+		ts, costs := splitCostTrials(ts)
 		// Invalid trials are counted and their errors summed, but
 		// none of their figures reaches a median.
-		valid := slices.DeleteFunc(slices.Clone(ts), func(t Trial) bool { return !t.Valid() })
+		valid := validTrials(ts)
+		validCosts := validTrials(costs)
 		s := Summary{
 			Datapath:     k.datapath,
 			Site:         k.where,
@@ -108,7 +117,7 @@ func Summarize(trials []Trial) []Summary {
 				continue
 			}
 			var vs []float64
-			for _, t := range valid {
+			for _, t := range metricTrials(m, valid, validCosts, len(costs) > 0) {
 				if v, ok := m.Trial(t); ok {
 					vs = append(vs, v)
 				}
@@ -123,6 +132,7 @@ func Summarize(trials []Trial) []Summary {
 			}
 			*m.Stat(&s) = st
 		}
+		s.Cost = summarizeCost(valid, validCosts, len(costs)-len(validCosts))
 		out = append(out, s)
 	}
 
@@ -196,6 +206,15 @@ type groupKey struct {
 // same site, same point.
 func (k groupKey) direct() groupKey {
 	k.datapath = DirectDatapath
+	return k
+}
+
+// plain is the key of the plain (closed-loop, no probes) summary a cost
+// trial's figures go to: the same site and point, model "".
+func (k groupKey) plain() groupKey {
+	if k.model == ModelCost {
+		k.model = ""
+	}
 	return k
 }
 
@@ -337,4 +356,93 @@ func (s Stat) span() (lo, hi float64) {
 		return s.CI.Lo, s.CI.Hi
 	}
 	return s.Min, s.Max
+}
+
+// splitCostTrials separates the cost trials (Model ModelCost) from the
+// others, keeping the order of each.
+func splitCostTrials(ts []Trial) (plain, costs []Trial) {
+	for _, t := range ts {
+		if t.Model == ModelCost {
+			costs = append(costs, t)
+		} else {
+			plain = append(plain, t)
+		}
+	}
+	return plain, costs
+}
+
+// validTrials are the valid trials of ts, in their order.
+func validTrials(ts []Trial) []Trial {
+	return slices.DeleteFunc(slices.Clone(ts), func(t Trial) bool { return !t.Valid() })
+}
+
+// metricTrials are the trials a metric's figures are read from at one
+// point: the cost trials for a CostTrials metric, the plain ones for the
+// others. withCost says the point had cost trials (valid or not); without
+// any, a CostTrials metric reads the plain trials, which carried Cost in
+// runs written before cost trials existed (and carry none now).
+func metricTrials(m Metric, plain, costs []Trial, withCost bool) []Trial {
+	if m.CostTrials && withCost {
+		return costs
+	}
+	return plain
+}
+
+// summarizeCost is the CostSummary of one point: from its valid cost
+// trials (invalid counts the invalid ones), or, when it has none at all,
+// from plain trials carrying Cost (a run from before cost trials). The
+// probe overhead pairs each cost trial with the plain trial of the same
+// repetition (the later one of a retried repetition). nil when nothing
+// measured a cost.
+func summarizeCost(plain, costs []Trial, invalid int) *CostSummary {
+	paired := len(costs) > 0 || invalid > 0
+	src := costs
+	if !paired {
+		src = slices.DeleteFunc(slices.Clone(plain), func(t Trial) bool { return t.Cost == nil })
+		if len(src) == 0 {
+			return nil
+		}
+	}
+	cs := &CostSummary{Repetitions: len(src), Invalid: invalid}
+	parts := map[string][]float64{}
+	var floors []float64
+	for _, t := range src {
+		if t.Cost == nil {
+			continue
+		}
+		for p, v := range t.Cost.Parts {
+			parts[p] = append(parts[p], v)
+		}
+		floors = append(floors, t.Cost.FloorNS)
+		if t.Cost.Missing != "" && !slices.Contains(cs.Missing, t.Cost.Missing) {
+			cs.Missing = append(cs.Missing, t.Cost.Missing)
+		}
+	}
+	for p, vs := range parts {
+		if cs.Parts == nil {
+			cs.Parts = map[string]float64{}
+		}
+		cs.Parts[p] = NewStat(vs).Median
+	}
+	if len(floors) > 0 {
+		cs.FloorNS = NewStat(floors).Median
+	}
+	slices.Sort(cs.Missing)
+	if !paired {
+		return cs
+	}
+	byRep := map[int]Trial{}
+	for _, t := range plain {
+		byRep[t.Repetition] = t // plain is in run order within a repetition
+	}
+	var ratios []float64
+	for _, t := range costs {
+		if p, ok := byRep[t.Repetition]; ok && p.Workload.QPS > 0 {
+			ratios = append(ratios, t.Workload.QPS/p.Workload.QPS)
+		}
+	}
+	if len(ratios) > 0 {
+		cs.ProbeOverhead = NewStat(ratios).WithCI()
+	}
+	return cs
 }

@@ -1,0 +1,155 @@
+package results
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// costTrial is a cost trial (the probes attached) of dp at concurrency
+// conc: its QPS is the probed one, parts are ns per connection.
+func costTrial(dp string, conc, rep int, qps float64, parts map[string]float64, floor float64) Trial {
+	t := trial(dp, conc, rep, qps, 50, 80, 120, 0.1, 0)
+	t.Model = ModelCost
+	sum := 0.0
+	for _, v := range parts {
+		sum += v
+	}
+	t.Cost = &Cost{NsPerConn: sum, Parts: parts, Connections: int64(qps * 10), FloorNS: floor}
+	return t
+}
+
+// costRun is a run of direct and iptables at concurrency 1 and 8 with six
+// repetitions each, and cost trials at concurrency 8: what a bench with
+// attribution on writes.
+func costRun() *Run {
+	run := &Run{SchemaVersion: SchemaVersion, ID: "cost", Env: Env{CPUs: 2, CPUModel: "EPYC", Kernel: "6.18"},
+		Datapaths: []DatapathInfo{{Name: DirectDatapath}, {Name: "iptables"}}}
+	for rep := range 6 {
+		j := float64(rep)
+		for _, dp := range []string{DirectDatapath, "iptables"} {
+			base := map[string]float64{DirectDatapath: 10000, "iptables": 8000}[dp]
+			for _, conc := range []int{1, 8} {
+				run.Trials = append(run.Trials, trial(dp, conc, rep, base+100*j, 40, 60, 90, 0.1, 0))
+			}
+			parts := map[string]float64{"nf-conntrack": 300 + j, "nf-early": -2 + j}
+			if dp == "iptables" {
+				parts["nf-dnat"] = 2000 + 10*j
+				parts["nf-filter"] = 400 + j
+			}
+			// The probes take 5% off: QPS ÷ the plain trial's is 0.95.
+			run.Trials = append(run.Trials, costTrial(dp, 8, rep, 0.95*(base+100*j), parts, 80+j))
+		}
+	}
+	for i := range run.Trials {
+		run.Trials[i].Order = i
+	}
+	run.Summary = Summarize(run.Trials)
+	return run
+}
+
+// TestSummarizeCostTrials checks the cost trials are kept out of the plain
+// figures and feed the datapath ns/conn, the parts, the floor and the
+// probes' overhead of the summary at their point.
+func TestSummarizeCostTrials(t *testing.T) {
+	sums := costRun().Summary
+	require.Len(t, sums, 4, "cost trials make no summary of their own")
+	byKey := map[string]Summary{}
+	for _, s := range sums {
+		assert.Empty(t, s.Model)
+		byKey[s.name()+pointLabel(pointOf(s))] = s
+	}
+	ipt8 := byKey["iptablesconc=8"]
+	assert.Equal(t, 6, ipt8.Repetitions)
+	assert.Equal(t, []float64{8000, 8100, 8200, 8300, 8400, 8500}, ipt8.QPS.Values, "the probed QPS is not in the plain figures")
+	// ns/conn per repetition: 300+j - 2+j + 2000+10j + 400+j = 2698 + 13j.
+	assert.Equal(t, []float64{2698, 2711, 2724, 2737, 2750, 2763}, ipt8.DatapathNsPerConn.Values)
+	assert.InDelta(t, 2730.5, ipt8.DatapathNsPerConn.Median, 1e-9)
+	require.NotNil(t, ipt8.DatapathNsPerConn.CI, "the same 95% interval as the other metrics")
+	assert.Equal(t, MedianCI(ipt8.DatapathNsPerConn.Values, CIConfidence), ipt8.DatapathNsPerConn.CI)
+	require.NotNil(t, ipt8.Cost)
+	assert.Equal(t, 6, ipt8.Cost.Repetitions)
+	assert.InDelta(t, 2025.0, ipt8.Cost.Parts["nf-dnat"], 1e-9)
+	assert.InDelta(t, 0.5, ipt8.Cost.Parts["nf-early"], 1e-9, "a floor-corrected part may be near 0 or negative")
+	assert.InDelta(t, 82.5, ipt8.Cost.FloorNS, 1e-9)
+	assert.InDelta(t, 0.95, ipt8.Cost.ProbeOverhead.Median, 1e-9)
+	assert.Len(t, ipt8.Cost.ProbeOverhead.Values, 6)
+	assert.NotNil(t, ipt8.Cost.ProbeOverhead.CI)
+
+	ipt1 := byKey["iptablesconc=1"]
+	assert.Nil(t, ipt1.Cost, "no cost trials at concurrency 1")
+	assert.Empty(t, ipt1.DatapathNsPerConn.Values)
+}
+
+// TestSummarizeCostEdges covers invalid cost trials, a repetition with no
+// plain pair, missing parts and runs from before cost trials.
+func TestSummarizeCostEdges(t *testing.T) {
+	plain := func(rep int, qps float64) Trial { return trial("ipvs", 8, rep, qps, 40, 60, 90, 0.1, 0) }
+	parts := map[string]float64{"nf-dnat": 900}
+	for _, tc := range []struct {
+		name   string
+		trials []Trial
+		check  func(t *testing.T, s Summary)
+	}{{
+		name: "invalid cost trial stays out",
+		trials: func() []Trial {
+			bad := costTrial("ipvs", 8, 1, 5, map[string]float64{"nf-dnat": 99999}, 70)
+			bad.Invalid = "no completed connection"
+			return []Trial{plain(0, 1000), plain(1, 1000), costTrial("ipvs", 8, 0, 900, parts, 70), bad}
+		}(),
+		check: func(t *testing.T, s Summary) {
+			assert.Equal(t, 2, s.Repetitions)
+			assert.Zero(t, s.Invalid, "the plain trials were all valid")
+			assert.Equal(t, []float64{900}, s.DatapathNsPerConn.Values)
+			assert.Equal(t, 1, s.Cost.Repetitions)
+			assert.Equal(t, 1, s.Cost.Invalid)
+			assert.Equal(t, []float64{0.9}, s.Cost.ProbeOverhead.Values)
+		},
+	}, {
+		name:   "cost repetition without its plain trial has no overhead",
+		trials: []Trial{plain(0, 1000), costTrial("ipvs", 8, 3, 900, parts, 70)},
+		check: func(t *testing.T, s Summary) {
+			assert.Equal(t, []float64{900}, s.DatapathNsPerConn.Values)
+			assert.Empty(t, s.Cost.ProbeOverhead.Values)
+		},
+	}, {
+		name: "missing parts are named once",
+		trials: func() []Trial {
+			a, b := costTrial("ipvs", 8, 0, 900, parts, 0), costTrial("ipvs", 8, 1, 900, parts, 0)
+			a.Cost.Missing, b.Cost.Missing = "netfilter probes need Linux 6.4+", "netfilter probes need Linux 6.4+"
+			return []Trial{plain(0, 1000), plain(1, 1000), a, b}
+		}(),
+		check: func(t *testing.T, s Summary) {
+			assert.Equal(t, []string{"netfilter probes need Linux 6.4+"}, s.Cost.Missing)
+		},
+	}, {
+		name: "legacy: Cost inline on plain trials",
+		trials: func() []Trial {
+			a := plain(0, 1000)
+			a.Cost = &Cost{NsPerConn: 900, Parts: parts, Connections: 10000}
+			return []Trial{a, plain(1, 1000)}
+		}(),
+		check: func(t *testing.T, s Summary) {
+			assert.Equal(t, 2, s.Repetitions)
+			assert.Equal(t, []float64{900}, s.DatapathNsPerConn.Values)
+			require.NotNil(t, s.Cost)
+			assert.Equal(t, 1, s.Cost.Repetitions)
+			assert.Equal(t, 900.0, s.Cost.Parts["nf-dnat"])
+			assert.Empty(t, s.Cost.ProbeOverhead.Values, "no probe-free pair to divide by")
+		},
+	}, {
+		name:   "no cost at all",
+		trials: []Trial{plain(0, 1000), plain(1, 1000)},
+		check: func(t *testing.T, s Summary) {
+			assert.Nil(t, s.Cost)
+			assert.Empty(t, s.DatapathNsPerConn.Values)
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			sums := Summarize(tc.trials)
+			require.Len(t, sums, 1)
+			tc.check(t, sums[0])
+		})
+	}
+}
