@@ -24,7 +24,11 @@ import (
 // when CPU was measured. A scale point's line adds apply-s (the whole set's
 // Apply) and change-s (one endpoint's, when measured). An open-loop trial's name ends in
 // /model=open/load=<fraction> (its conc is 0, conn/s is the achieved rate
-// and latency runs from the intended start). The generator ceiling is a BenchmarkGenerator line.
+// and latency runs from the intended start). A cost trial (the attribution
+// probes attached, Model ModelCost) ends in /model=cost and is the one that
+// carries datapath-nanosec/conn, the datapath's own kernel time per
+// connection (lower is better); its other figures are slowed by the probes.
+// The generator ceiling is a BenchmarkGenerator line.
 // Repetitions are repeated lines, which is how benchstat sees a sample.
 //
 // Units, their order and which way is better come from the metric table
@@ -123,7 +127,14 @@ func WriteBenchFormat(w io.Writer, run *Run) error {
 		if t.Endpoints > 0 {
 			name += fmt.Sprintf("/eps=%d", t.Endpoints)
 		}
-		if t.Model != "" {
+		switch t.Model {
+		case "":
+		case ModelCost:
+			// A closed loop with the probes attached: its own
+			// benchmark name, so benchstat never pools its slowed QPS
+			// with the plain trials'.
+			name += "/model=" + t.Model
+		default:
 			name += fmt.Sprintf("/model=%s/load=%s", t.Model, strconv.FormatFloat(t.LoadFraction, 'g', -1, 64))
 		}
 		if err := write(name+procs, t); err != nil {

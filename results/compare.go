@@ -131,7 +131,11 @@ func (c *Comparison) Regressions() []CompareRow {
 type side struct {
 	run    *Run
 	groups map[groupKey][]Trial // in repetition order
-	order  []groupKey
+	// cost has the valid cost trials (Model ModelCost) by the key of
+	// their point's plain trials (groupKey.plain), in repetition order:
+	// only the CostTrials metrics read them.
+	cost  map[groupKey][]Trial
+	order []groupKey
 	// direct has direct's trial per site, point and repetition (keyed
 	// by groupKey.direct()).
 	direct map[groupKey]map[int]Trial
@@ -140,7 +144,7 @@ type side struct {
 }
 
 func newSide(run *Run) side {
-	s := side{run: run, groups: map[groupKey][]Trial{}, direct: map[groupKey]map[int]Trial{}}
+	s := side{run: run, groups: map[groupKey][]Trial{}, cost: map[groupKey][]Trial{}, direct: map[groupKey]map[int]Trial{}}
 	dpOrder := map[site]int{}
 	for _, t := range run.Trials {
 		k := keyOf(t)
@@ -152,7 +156,15 @@ func newSide(run *Run) side {
 		if _, ok := dpOrder[k.site]; !ok {
 			dpOrder[k.site] = len(dpOrder)
 		}
-		if _, ok := s.groups[k]; !ok {
+		if k.model == ModelCost {
+			k = k.plain()
+			if _, ok := s.groups[k]; !ok && s.cost[k] == nil {
+				s.order = append(s.order, k)
+			}
+			s.cost[k] = append(s.cost[k], t)
+			continue
+		}
+		if _, ok := s.groups[k]; !ok && s.cost[k] == nil {
 			s.order = append(s.order, k)
 		}
 		s.groups[k] = append(s.groups[k], t)
@@ -164,8 +176,10 @@ func newSide(run *Run) side {
 			s.direct[k][t.Repetition] = t
 		}
 	}
-	for _, ts := range s.groups {
-		slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
+	for _, g := range []map[groupKey][]Trial{s.groups, s.cost} {
+		for _, ts := range g {
+			slices.SortStableFunc(ts, func(a, b Trial) int { return cmp.Compare(a.Repetition, b.Repetition) })
+		}
 	}
 	slices.SortStableFunc(s.order, func(a, b groupKey) int {
 		return cmp.Or(cmp.Compare(dpOrder[a.site], dpOrder[b.site]), comparePoint(a.point, b.point))
@@ -173,10 +187,15 @@ func newSide(run *Run) side {
 	return s
 }
 
+// has reports whether the run measured the point, with plain or cost
+// trials.
+func (s side) has(k groupKey) bool { return s.groups[k] != nil || s.cost[k] != nil }
+
 // absolute is the metric's per-repetition values of a group.
 func (s side) absolute(k groupKey, m Metric) []float64 {
 	var out []float64
-	for _, t := range s.groups[k] {
+	_, withCost := s.cost[k]
+	for _, t := range metricTrials(m, s.groups[k], s.cost[k], withCost) {
 		if v, ok := m.Trial(t); ok {
 			out = append(out, v)
 		}
@@ -246,7 +265,7 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		switch {
 		case !oldDP[k.site]:
 			c.OnlyNew = appendOnce(c.OnlyNew, k.site.String())
-		case o.groups[k] == nil:
+		case !o.has(k):
 			c.OnlyNew = append(c.OnlyNew, k.site.String()+" "+pointLabel(k.point))
 		default:
 			keys = append(keys, k)
@@ -256,7 +275,7 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		switch {
 		case !newDP[k.site]:
 			c.OnlyOld = appendOnce(c.OnlyOld, k.site.String())
-		case n.groups[k] == nil:
+		case !n.has(k):
 			c.OnlyOld = append(c.OnlyOld, k.site.String()+" "+pointLabel(k.point))
 		}
 	}
@@ -266,7 +285,8 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		alpha = DefaultThresholds().Alpha
 	}
 	var tooSmall bool
-	var missing []string // labels of metrics one run or both lack
+	var missing []string  // labels of metrics one run or both lack
+	var absolute []string // labels of Absolute metrics gated outside the gate mode
 	fallback := map[groupKey]bool{}
 	for _, k := range keys {
 		_, oldHasDirect := o.direct[k.direct()]
@@ -293,7 +313,15 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 			if (th.Gate == GateRatio && k.datapath == DirectDatapath) || off {
 				gateAbs = false
 			}
-			if hasDirect && k.datapath != DirectDatapath {
+			if m.Absolute {
+				// Gated on its own value in every mode; direct's is
+				// ≈ 0 and its relative change noise.
+				gateAbs = !off && k.datapath != DirectDatapath
+				if th.Gate != GateAbsolute {
+					absolute = appendOnce(absolute, m.Label)
+				}
+			}
+			if hasDirect && k.datapath != DirectDatapath && !m.Absolute {
 				or, _ := o.ratios(k, m, th.Pairing)
 				nr, _ := n.ratios(k, m, th.Pairing)
 				if len(or) > 0 && len(nr) > 0 {
@@ -315,6 +343,9 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		c.Notes = append(c.Notes, "gated: absolute figures (gate: absolute): a slower or busier machine can fail the gate; ratios to direct are reported, not gated")
 	case GateBoth:
 		c.Notes = append(c.Notes, "gated: ratios to direct ("+pairingPhrase(th.Pairing)+") and absolute figures (gate: both)")
+	}
+	for _, l := range absolute {
+		c.Notes = append(c.Notes, l+" is gated on its absolute figures whatever the gate mode, with no ratio to direct: direct's own figure is ≈ 0 once the probes' floor is subtracted, so a ratio to it would be noise; direct's is reported, not gated")
 	}
 	for _, d := range slices.SortedFunc(maps.Keys(fallback), func(a, b groupKey) int {
 		return cmp.Or(cmp.Compare(a.where, b.where), comparePoint(a.point, b.point))
@@ -445,7 +476,12 @@ func appendOnce(xs []string, x string) []string {
 // concurrency is 0 and not named).
 func pointLabel(p point) string {
 	var parts []string
-	if p.model != "" {
+	switch p.model {
+	case "":
+	case ModelCost:
+		// Closed loop: no load fraction.
+		parts = append(parts, "model="+p.model)
+	default:
 		parts = append(parts, "model="+p.model, "load="+strconv.FormatFloat(p.fraction, 'g', -1, 64))
 	}
 	if p.services > 0 {

@@ -1,6 +1,9 @@
 package results
 
 import (
+	"bytes"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -152,4 +155,125 @@ func TestSummarizeCostEdges(t *testing.T) {
 			tc.check(t, sums[0])
 		})
 	}
+}
+
+// withCostScaled is run with iptables' cost parts multiplied by f (a
+// change in the datapath's own work; its QPS left alone).
+func withCostScaled(run *Run, id string, f float64) *Run {
+	out := *run
+	out.ID = id
+	out.Trials = nil
+	for _, t := range run.Trials {
+		if t.Model == ModelCost && t.Datapath == "iptables" {
+			c := *t.Cost
+			c.Parts = map[string]float64{}
+			c.NsPerConn = 0
+			for p, v := range t.Cost.Parts {
+				c.Parts[p] = v * f
+				c.NsPerConn += v * f
+			}
+			t.Cost = &c
+		}
+		out.Trials = append(out.Trials, t)
+	}
+	out.Summary = Summarize(out.Trials)
+	return &out
+}
+
+// TestCompareCostTrials checks compare reads the datapath's ns/conn from
+// the cost trials and gates it on its absolute value even in ratio mode
+// (direct's is ≈ 0 after the floor correction), reports direct's without
+// gating it, and never makes rows of the probed QPS.
+func TestCompareCostTrials(t *testing.T) {
+	base := costRun()
+	rowsOf := func(c *Comparison, metric string) map[string]CompareRow {
+		out := map[string]CompareRow{}
+		for _, r := range c.Rows {
+			assert.NotEqual(t, ModelCost, r.Model, "no row of the probed figures: %s", r.Name())
+			if r.Metric == metric {
+				out[r.Name()] = r
+			}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name      string
+		factor    float64
+		gate      GateMode
+		wantIpt   Verdict
+		wantFails bool
+	}{
+		{"A/A", 1, GateRatio, VerdictSame, false},
+		{"+20% in ratio mode", 1.2, GateRatio, VerdictRegression, true},
+		{"+20% in absolute mode", 1.2, GateAbsolute, VerdictRegression, true},
+		{"+5% is within 10%", 1.05, GateRatio, VerdictWorse, false},
+		{"-20% is better", 0.8, GateBoth, VerdictBetter, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			th := DefaultThresholds()
+			th.Gate = tc.gate
+			c := Compare(base, withCostScaled(base, "new", tc.factor), th)
+			rows := rowsOf(c, "datapath_ns_per_conn")
+			require.Len(t, rows, 2, "one absolute row per datapath at the cost point, no ratio row: %v", rows)
+			ipt := rows["iptables conc=8 datapath_ns_per_conn"]
+			assert.True(t, ipt.Gated)
+			assert.False(t, ipt.Ratio)
+			assert.Equal(t, 6, ipt.New.N)
+			assert.NotNil(t, ipt.New.CI)
+			assert.Equal(t, tc.wantIpt, ipt.Verdict)
+			assert.False(t, rows["direct conc=8 datapath_ns_per_conn"].Gated, "direct's ≈ 0 is reported only")
+			assert.Equal(t, tc.wantFails, c.Failed())
+			if tc.gate != GateAbsolute {
+				assert.Contains(t, strings.Join(c.Notes, "\n"), "datapath ns/conn is gated on its absolute figures whatever the gate mode")
+			}
+			// The plain QPS rows compare the plain trials: six each.
+			q := rowsOf(c, "qps")["iptables conc=8 qps×direct"]
+			assert.Equal(t, 6, q.New.N)
+			assert.InDelta(t, 0.8125, q.New.Median, 0.01, "probed QPS left out")
+		})
+	}
+}
+
+// TestCompareCostBenchFormat checks the metric goes through bench.txt:
+// the cost trials' lines carry it (and are named apart from the plain
+// ones), and compare of two bench.txt files gates it.
+func TestCompareCostBenchFormat(t *testing.T) {
+	read := func(run *Run) *Run {
+		var buf bytes.Buffer
+		require.NoError(t, WriteBenchFormat(&buf, run))
+		assert.Contains(t, buf.String(), "\nBenchmarkSvc/dp=iptables/conc=8/model=cost-2 ")
+		assert.Contains(t, buf.String(), "Unit datapath-nanosec/conn better=lower\n")
+		for _, l := range strings.Split(buf.String(), "\n") {
+			if strings.HasPrefix(l, "Benchmark") && strings.Contains(l, " datapath-nanosec/conn") {
+				assert.Contains(t, l, "/model=cost", "only cost trials carry the metric")
+			}
+		}
+		back, err := ReadBenchFormat(&buf, run.ID)
+		require.NoError(t, err)
+		return back
+	}
+	old, slow := read(costRun()), read(withCostScaled(costRun(), "slow", 1.2))
+	c := Compare(old, slow, DefaultThresholds())
+	var names []string
+	for _, r := range c.Regressions() {
+		names = append(names, r.Name())
+	}
+	assert.Equal(t, []string{"iptables conc=8 datapath_ns_per_conn"}, names)
+	s := slices.IndexFunc(old.Summary, func(s Summary) bool { return s.Datapath == "iptables" && s.Concurrency == 8 })
+	require.GreaterOrEqual(t, s, 0)
+	assert.InDelta(t, 2730.5, old.Summary[s].DatapathNsPerConn.Median, 1e-9)
+	assert.InDelta(t, 0.95, old.Summary[s].Cost.ProbeOverhead.Median, 1e-3)
+}
+
+// TestCompareCostWithOlderRun checks a run without cost trials (the CI
+// reference) compares with one that has them: the metric is named as
+// missing, nothing fails for it.
+func TestCompareCostWithOlderRun(t *testing.T) {
+	old := costRun()
+	old.Trials = slices.DeleteFunc(slices.Clone(old.Trials), func(t Trial) bool { return t.Model == ModelCost })
+	old.Summary = Summarize(old.Trials)
+	c := Compare(old, costRun(), DefaultThresholds())
+	assert.False(t, c.Failed())
+	assert.Empty(t, c.OnlyNew)
+	assert.Contains(t, c.Notes, "datapath ns/conn is missing from one run or both: not compared")
 }
