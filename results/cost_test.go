@@ -277,3 +277,41 @@ func TestCompareCostWithOlderRun(t *testing.T) {
 	assert.Empty(t, c.OnlyNew)
 	assert.Contains(t, c.Notes, "datapath ns/conn is missing from one run or both: not compared")
 }
+
+// TestWriteTableCost pins the DP ns/C column (median ± its interval in
+// ns where the cost trials measured it, "-" elsewhere) and the cost notes:
+// the probes' overhead and floor per datapath, missing parts, the parts.
+func TestWriteTableCost(t *testing.T) {
+	run := costRun()
+	for i, tr := range run.Trials {
+		if tr.Model == ModelCost && tr.Datapath == DirectDatapath && tr.Repetition == 5 {
+			run.Trials[i].Invalid = "no completed connection"
+		}
+		if tr.Model == ModelCost && tr.Datapath == "iptables" {
+			run.Trials[i].Cost.Missing = "bpf stats off"
+		}
+	}
+	run.Summary = Summarize(run.Trials)
+	var b bytes.Buffer
+	require.NoError(t, WriteTable(&b, run))
+	got := b.String()
+	for _, want := range []string{
+		"DATAPATH  CONC  REPS    QPS    ±  QPS×DIR  P50 µs  P90 µs  P99 µs  P90×DIR   DP ns/C  ERRORS  SYNRTX  APPLY s\n",
+		"\ndirect       1     6  10250  ±2%     1.00    40.0    60.0    90.0     1.00         -       0       0     0.10\n",
+		"\ndirect       8     6  10250  ±2%     1.00    40.0    60.0    90.0     1.00  302 (±4)       0       0     0.10\n",
+		"\niptables     8     6   8250  ±3%     0.80    40.0    60.0    90.0     1.00  2730 ±32       0       0     0.10\n",
+		"\nDP ns/C: the datapath's own kernel time per connection in ns, from the cost trials (the attribution probes attached; concurrency 8), the probes' floor subtracted from the netfilter parts; ± is the half-width of its 95% interval in ns ((±x): half the min–max range)\n",
+		"\ncost probes (QPS with them ÷ without, same repetition: median [95% interval, or min–max]; floor: their own ns/conn subtracted): direct QPS ×0.95 [0.95–0.95], floor 82 ns, 1 of 6 cost trials invalid; iptables QPS ×0.95 [0.95–0.95], floor 82 ns\n",
+		"\ncost parts not measured (absent, not zero): iptables: bpf stats off\n",
+		"\ncost parts of iptables (ns/conn, medians): nf-early 0, nf-conntrack 302, nf-dnat 2025, nf-filter 402\n",
+		"\ninvalid, left out of the figures: direct model=cost conc=8 repetition 6: no completed connection\n",
+	} {
+		assert.Contains(t, got, want)
+	}
+
+	// A run without cost trials keeps its table as it was.
+	b.Reset()
+	require.NoError(t, WriteTable(&b, sampleRun()))
+	assert.NotContains(t, b.String(), "DP ns/C")
+	assert.NotContains(t, b.String(), "cost")
+}

@@ -2,8 +2,10 @@ package results
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,11 +41,12 @@ func WriteTable(w io.Writer, run *Run) error {
 	// Scale columns only when the run has several scale points (a single
 	// one goes in a note), CPU columns only when measured, so a plain
 	// run's table stays narrow.
-	withCPU, rangeOnly := false, false
+	withCPU, withCost, rangeOnly := false, false, false
 	scales := map[[2]int]bool{}
 	for _, s := range sums {
 		scales[[2]int{s.Services, s.Endpoints}] = true
 		withCPU = withCPU || len(s.CPUPerConnUS.Values) > 0
+		withCost = withCost || len(s.DatapathNsPerConn.Values) > 0
 	}
 	sweep := len(scales) > 1
 	var buf bytes.Buffer
@@ -55,6 +58,9 @@ func WriteTable(w io.Writer, run *Run) error {
 	header += "CONC\tREPS\tQPS\t±\tQPS×DIR\tP50 µs\tP90 µs\tP99 µs\tP90×DIR\t"
 	if withCPU {
 		header += "CPU µs/C\tCPU×DIR\t"
+	}
+	if withCost {
+		header += mustMetric("datapath_ns_per_conn").Column + "\t"
 	}
 	header += "ERRORS\tSYNRTX\tAPPLY s\t\n"
 	fmt.Fprint(tw, header)
@@ -81,6 +87,9 @@ func WriteTable(w io.Writer, run *Run) error {
 				cpu = fmtMicros(s.CPUPerConnUS.Median)
 			}
 			row += fmt.Sprintf("%s\t%s\t", cpu, fmtRatio(s.CPURatioToDirect))
+		}
+		if withCost {
+			row += fmtNsSpread(s.DatapathNsPerConn) + "\t"
 		}
 		row += fmt.Sprintf("%d\t%d\t%.2f\t\n", s.Errors, s.SynRetrans, s.ApplySeconds.Median)
 		fmt.Fprint(tw, row)
@@ -149,6 +158,7 @@ func WriteTable(w io.Writer, run *Run) error {
 			notes = append(notes, "(±x%): fewer than 6 repetitions give no finite 95% interval; half the min–max range instead")
 		}
 	}
+	notes = append(notes, costNotes(sums, sweep)...)
 	notes = append(notes, generatorNotes(run, sums)...)
 	if len(notes) > 0 {
 		if _, err := io.WriteString(w, strings.Join(notes, "\n")+"\n"); err != nil {
@@ -558,3 +568,119 @@ func lossNotes(run *Run) []string {
 	}
 	return out
 }
+
+// fmtNsSpread prints a datapath ns/conn median with the half-width of its
+// 95% interval in ns ("2731 ±13"), or half the min–max range in
+// parentheses when the repetitions are too few; "-" when not measured.
+// In ns rather than in % of the median: direct's median is ≈ 0 once the
+// probes' floor is subtracted, and a percentage of it would mean nothing.
+func fmtNsSpread(st Stat) string {
+	if len(st.Values) == 0 {
+		return "-"
+	}
+	if st.CI != nil {
+		return fmt.Sprintf("%.0f ±%.0f", st.Median, max(st.CI.Hi-st.Median, st.Median-st.CI.Lo))
+	}
+	return fmt.Sprintf("%.0f (±%.0f)", st.Median, (st.Max-st.Min)/2)
+}
+
+// costNotes explain the DP ns/C column and give, per datapath that had
+// cost trials, the probes' overhead (cost-trial QPS ÷ plain QPS of the
+// same repetition) and the floor subtracted, then what the probes could
+// not measure and, outside a sweep (whose scale block and charts show
+// it), the parts.
+func costNotes(sums []Summary, sweep bool) []string {
+	var with []Summary
+	var concs []string
+	points := map[site]int{}
+	for _, s := range sums {
+		if s.Cost == nil && len(s.DatapathNsPerConn.Values) == 0 {
+			continue
+		}
+		with = append(with, s)
+		concs = appendOnce(concs, strconv.Itoa(s.Concurrency))
+		points[site{s.Datapath, s.Site}]++
+	}
+	if len(with) == 0 {
+		return nil
+	}
+	notes := []string{fmt.Sprintf("%s: the datapath's own kernel time per connection in ns, from the cost trials (the attribution probes attached; concurrency %s), the probes' floor subtracted from the netfilter parts; ± is the half-width of its 95%% interval in ns ((±x): half the min–max range)",
+		mustMetric("datapath_ns_per_conn").Column, strings.Join(concs, ", "))}
+	// A datapath's point is named only when it had cost trials at
+	// several.
+	name := func(s Summary) string {
+		if points[site{s.Datapath, s.Site}] > 1 {
+			return s.name() + " " + pointLabel(pointOf(s))
+		}
+		return s.name()
+	}
+	var probes, missing []string
+	for _, s := range with {
+		if s.Cost == nil {
+			continue
+		}
+		var parts []string
+		if o := s.Cost.ProbeOverhead; len(o.Values) > 0 {
+			lo, hi := o.span()
+			parts = append(parts, fmt.Sprintf("QPS ×%.2f [%.2f–%.2f]", o.Median, lo, hi))
+		}
+		if s.Cost.FloorNS != 0 {
+			parts = append(parts, fmt.Sprintf("floor %.0f ns", s.Cost.FloorNS))
+		}
+		if s.Cost.Invalid > 0 {
+			parts = append(parts, fmt.Sprintf("%d of %d cost trials invalid", s.Cost.Invalid, s.Cost.Invalid+s.Cost.Repetitions))
+		}
+		if len(parts) > 0 {
+			probes = append(probes, name(s)+" "+strings.Join(parts, ", "))
+		}
+		for _, m := range s.Cost.Missing {
+			missing = append(missing, name(s)+": "+m)
+		}
+	}
+	if len(probes) > 0 {
+		notes = append(notes, "cost probes (QPS with them ÷ without, same repetition: median [95% interval, or min–max]; floor: their own ns/conn subtracted): "+strings.Join(probes, "; "))
+	}
+	if len(missing) > 0 {
+		notes = append(notes, "cost parts not measured (absent, not zero): "+strings.Join(missing, "; "))
+	}
+	if sweep {
+		return notes
+	}
+	for _, s := range with {
+		if s.Cost == nil || len(s.Cost.Parts) == 0 {
+			continue
+		}
+		var parts []string
+		for _, p := range costPartNames(s.Cost.Parts) {
+			parts = append(parts, fmt.Sprintf("%s %.0f", p, s.Cost.Parts[p]))
+		}
+		notes = append(notes, fmt.Sprintf("cost parts of %s (ns/conn, medians): %s", name(s), strings.Join(parts, ", ")))
+	}
+	return notes
+}
+
+// costPartNames are the names of a cost's parts in the order a packet
+// meets them: the netfilter bands by priority, the BPF programs, the
+// proxy, then any other part by name.
+func costPartNames(parts map[string]float64) []string {
+	rank := func(p string) int {
+		if i := slices.Index(netfilterBands, p); i >= 0 {
+			return i
+		}
+		switch {
+		case strings.HasPrefix(p, "nf-"):
+			return len(netfilterBands)
+		case strings.HasPrefix(p, "bpf-"):
+			return len(netfilterBands) + 1
+		case p == "proxy-cpu":
+			return len(netfilterBands) + 2
+		}
+		return len(netfilterBands) + 3
+	}
+	names := slices.Collect(maps.Keys(parts))
+	slices.SortFunc(names, func(a, b string) int { return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a, b)) })
+	return names
+}
+
+// netfilterBands are Cost.Parts' netfilter bands by hook priority.
+var netfilterBands = []string{"nf-early", "nf-conntrack", "nf-dnat", "nf-filter", "nf-snat"}
