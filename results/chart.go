@@ -63,7 +63,9 @@ type chartSpec struct {
 	stat   func(Summary) Stat
 }
 
-// WriteCharts draws qps.png and p90.png into dir and returns their paths.
+// WriteCharts draws qps.png and p90.png into dir, and cost.png when cost
+// trials measured the datapaths' own cost by part (drawCostChart), and
+// returns their paths.
 //
 // Each is a grouped bar chart: one group per concurrency level (per scale
 // point and concurrency in a services sweep), one bar per datapath (the
@@ -99,6 +101,14 @@ func WriteCharts(dir string, run *Run) (paths []string, err error) {
 		if err := writeChart(path, spec, run, sums); err != nil {
 			return paths, err
 		}
+		paths = append(paths, path)
+	}
+	// The datapaths' own cost, by part, when cost trials measured it.
+	path, err := writeCostChart(dir, run, sums)
+	if err != nil {
+		return paths, err
+	}
+	if path != "" {
 		paths = append(paths, path)
 	}
 	return paths, nil

@@ -2,6 +2,9 @@ package results
 
 import (
 	"bytes"
+	"image/png"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -314,4 +317,72 @@ func TestWriteTableCost(t *testing.T) {
 	require.NoError(t, WriteTable(&b, sampleRun()))
 	assert.NotContains(t, b.String(), "DP ns/C")
 	assert.NotContains(t, b.String(), "cost")
+}
+
+// TestWriteCostChart checks cost.png is drawn, at the charts' size, for a
+// run with cost trials (a stack per datapath, a sweep's per point) and
+// not for one without; SVCLAB_CHART_DIR keeps the charts for a look.
+func TestWriteCostChart(t *testing.T) {
+	dir := os.Getenv("SVCLAB_CHART_DIR")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	sweep := costRun()
+	for i := range sweep.Trials {
+		tr := &sweep.Trials[i]
+		tr.Services, tr.Endpoints = []int{1, 1000}[tr.Repetition%2], 12
+		if tr.Model == ModelCost && tr.Datapath == "iptables" && tr.Services == 1000 {
+			tr.Cost.Parts["nf-dnat"] *= 4
+			tr.Cost.NsPerConn += 3 * tr.Cost.Parts["nf-dnat"] / 4
+		}
+	}
+	sweep.Summary = Summarize(sweep.Trials)
+	for _, tc := range []struct {
+		name string
+		run  *Run
+		want bool
+	}{
+		{"cost", costRun(), true},
+		{"cost sweep", sweep, true},
+		{"no cost trials", sampleRun(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(dir, filepath.Base(t.Name()))
+			require.NoError(t, os.MkdirAll(out, 0o755))
+			paths, err := WriteCharts(out, tc.run)
+			require.NoError(t, err)
+			if !tc.want {
+				assert.NotContains(t, paths, filepath.Join(out, costChartFile))
+				return
+			}
+			require.Contains(t, paths, filepath.Join(out, costChartFile))
+			f, err := os.Open(filepath.Join(out, costChartFile))
+			require.NoError(t, err)
+			defer f.Close()
+			img, err := png.Decode(f)
+			require.NoError(t, err)
+			assert.Equal(t, 1200, img.Bounds().Dx())
+			assert.Equal(t, 675, img.Bounds().Dy())
+		})
+	}
+}
+
+// TestCostBars pins the stacks: one per datapath with parts, parts in the
+// order a packet meets them, the median total for the label, and the
+// caption's floor and overhead.
+func TestCostBars(t *testing.T) {
+	run := costRun()
+	bars, parts := costBars(run.Summary)
+	require.Len(t, bars, 2)
+	assert.Equal(t, []string{"nf-early", "nf-conntrack", "nf-dnat", "nf-filter"}, parts)
+	assert.Equal(t, "iptables", bars[1].label)
+	assert.InDelta(t, 2730.5, bars[1].total.Median, 1e-9)
+	st := &stackedBars{bars: bars, parts: parts}
+	_, _, ymin, ymax := st.DataRange()
+	assert.Equal(t, 0.0, ymin)
+	assert.InDelta(t, 0.5+302.5+2025+402.5, ymax, 1e-9)
+	capText := costCaption(run, run.Summary)
+	assert.Contains(t, capText, "Probe floor subtracted from the netfilter parts: direct 82 ns, iptables 82 ns.")
+	assert.Contains(t, capText, "Probes' overhead (QPS with them ÷ without, median): direct ×0.95, iptables ×0.95.")
+	assert.Equal(t, []string{"bpf-connect4", "bpf-sendmsg4", "proxy-cpu", "zz"}, costPartNames(map[string]float64{"zz": 1, "proxy-cpu": 1, "bpf-sendmsg4": 1, "bpf-connect4": 1}))
 }

@@ -592,28 +592,19 @@ func fmtNsSpread(st Stat) string {
 func costNotes(sums []Summary, sweep bool) []string {
 	var with []Summary
 	var concs []string
-	points := map[site]int{}
 	for _, s := range sums {
 		if s.Cost == nil && len(s.DatapathNsPerConn.Values) == 0 {
 			continue
 		}
 		with = append(with, s)
 		concs = appendOnce(concs, strconv.Itoa(s.Concurrency))
-		points[site{s.Datapath, s.Site}]++
 	}
 	if len(with) == 0 {
 		return nil
 	}
 	notes := []string{fmt.Sprintf("%s: the datapath's own kernel time per connection in ns, from the cost trials (the attribution probes attached; concurrency %s), the probes' floor subtracted from the netfilter parts; ± is the half-width of its 95%% interval in ns ((±x): half the min–max range)",
 		mustMetric("datapath_ns_per_conn").Column, strings.Join(concs, ", "))}
-	// A datapath's point is named only when it had cost trials at
-	// several.
-	name := func(s Summary) string {
-		if points[site{s.Datapath, s.Site}] > 1 {
-			return s.name() + " " + pointLabel(pointOf(s))
-		}
-		return s.name()
-	}
+	name := costNamer(sums, " ")
 	var probes, missing []string
 	for _, s := range with {
 		if s.Cost == nil {
