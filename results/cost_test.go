@@ -386,3 +386,56 @@ func TestCostBars(t *testing.T) {
 	assert.Contains(t, capText, "Probes' overhead (QPS with them ÷ without, median): direct ×0.95, iptables ×0.95.")
 	assert.Equal(t, []string{"bpf-connect4", "bpf-sendmsg4", "proxy-cpu", "zz"}, costPartNames(map[string]float64{"zz": 1, "proxy-cpu": 1, "bpf-sendmsg4": 1, "bpf-connect4": 1}))
 }
+
+// scaleCostRun is scaleRun with a cost trial per datapath, point and
+// repetition: iptables' DNAT band (its rule walk) grows with services,
+// socket-LB's connect program and direct's conntrack stay flat.
+func scaleCostRun() *Run {
+	run := scaleRun()
+	var costs []Trial
+	for _, tr := range run.Trials {
+		j := float64(tr.Repetition)
+		parts := map[string]map[string]float64{
+			DirectDatapath: {"nf-conntrack": 300 + j, "nf-early": -1 + j},
+			"socketlb":     {"bpf-connect4": 150 + j, "nf-conntrack": 300 + j},
+			"iptables":     {"nf-conntrack": 300 + j, "nf-dnat": 200 + 0.8*float64(tr.Services) + j, "nf-filter": 50},
+		}[tr.Datapath]
+		c := costTrial(tr.Datapath, tr.Concurrency, tr.Repetition, 0.96*tr.Workload.QPS, parts, 80)
+		c.Services, c.Endpoints = tr.Services, tr.Endpoints
+		costs = append(costs, c)
+	}
+	run.Trials = append(run.Trials, costs...)
+	run.Summary = Summarize(run.Trials)
+	return run
+}
+
+// TestWriteScaleCostCharts checks a sweep with cost trials gets the
+// datapath ns/conn line chart per axis and the parts chart, whose lines
+// are the parts that matter: iptables' DNAT band rising with services.
+func TestWriteScaleCostCharts(t *testing.T) {
+	dir := os.Getenv("SVCLAB_CHART_DIR")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	out := filepath.Join(dir, "scale-cost")
+	require.NoError(t, os.MkdirAll(out, 0o755))
+	run := scaleCostRun()
+	paths, err := WriteScaleCharts(out, run)
+	require.NoError(t, err)
+	for _, want := range []string{"scale-services-cost.png", "scale-endpoints-cost.png", "scale-services-cost-parts.png", "scale-endpoints-cost-parts.png"} {
+		assert.Contains(t, paths, filepath.Join(out, want))
+	}
+
+	sweeps := scaleSweeps(summariesOf(run), run.ScaleLimits)
+	require.NotEmpty(t, sweeps)
+	require.Equal(t, axisServices, sweeps[0].axis)
+	var names []string
+	for _, l := range costPartLines(sweeps[0]) {
+		names = append(names, l.name)
+	}
+	assert.Equal(t, []string{"direct nf-conntrack", "socketlb nf-conntrack", "socketlb bpf-connect4", "iptables nf-conntrack", "iptables nf-dnat"}, names,
+		"parts under 10% of every total (direct's nf-early, iptables' nf-filter) are left out")
+	capText := scaleCaption(run, sweeps[0], mustMetric("datapath_ns_per_conn"))
+	assert.Contains(t, capText, "bars: min–max over 3 repetitions of the cost trials")
+	assert.Contains(t, capText, "Probes' overhead (QPS with them ÷ without, median): direct ×0.96, socketlb ×0.96, iptables ×0.96.")
+}

@@ -1,9 +1,11 @@
 package results
 
 import (
+	"cmp"
 	"fmt"
 	"image/color"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -88,32 +90,149 @@ func costTitle(run *Run, sums []Summary) string {
 // what the probes cost, then what was not measured.
 func costCaption(run *Run, sums []Summary) string {
 	capParts := []string{"Stacks: the median of each part over the cost trials (the attribution probes attached); label: the median of the total, with its 95% interval (or min–max) in ns. Netfilter parts by hook priority band, BPF parts by program, proxy-cpu the userspace proxy's CPU."}
-	var floors, overheads, missing []string
-	name := costNamer(sums, " ")
+	return strings.Join(append(append(capParts, costProbeSentences(sums)...), skippedNotes(run)...), " ")
+}
+
+// costProbeSentences are the caption sentences on the probes, per
+// datapath (at its site) over the summaries: the floor subtracted from the
+// netfilter parts and the probes' overhead (a range when they differ
+// between points), and what they could not measure.
+func costProbeSentences(sums []Summary) []string {
+	type ranges struct{ floors, overheads []float64 }
+	var order []site
+	by := map[site]*ranges{}
+	var missing []string
 	for _, s := range sums {
 		if s.Cost == nil {
 			continue
 		}
+		k := site{s.Datapath, s.Site}
+		if by[k] == nil {
+			order = append(order, k)
+			by[k] = &ranges{}
+		}
 		if s.Cost.FloorNS != 0 {
-			floors = append(floors, fmt.Sprintf("%s %.0f ns", name(s), s.Cost.FloorNS))
+			by[k].floors = append(by[k].floors, s.Cost.FloorNS)
 		}
 		if o := s.Cost.ProbeOverhead; len(o.Values) > 0 {
-			overheads = append(overheads, fmt.Sprintf("%s ×%.2f", name(s), o.Median))
+			by[k].overheads = append(by[k].overheads, o.Median)
 		}
 		for _, m := range s.Cost.Missing {
-			missing = append(missing, name(s)+": "+m)
+			missing = appendOnce(missing, k.String()+": "+m)
 		}
 	}
+	span := func(vs []float64, format string) string {
+		st := NewStat(vs)
+		if st.Min == st.Max {
+			return fmt.Sprintf(format, st.Min)
+		}
+		return fmt.Sprintf(format, st.Min) + "–" + fmt.Sprintf(format, st.Max)
+	}
+	var floors, overheads []string
+	for _, k := range order {
+		if r := by[k]; len(r.floors) > 0 {
+			floors = append(floors, k.String()+" "+span(r.floors, "%.0f")+" ns")
+		}
+		if r := by[k]; len(r.overheads) > 0 {
+			overheads = append(overheads, k.String()+" ×"+span(r.overheads, "%.2f"))
+		}
+	}
+	var out []string
 	if len(floors) > 0 {
-		capParts = append(capParts, "Probe floor subtracted from the netfilter parts: "+strings.Join(floors, ", ")+".")
+		out = append(out, "Probe floor subtracted from the netfilter parts: "+strings.Join(floors, ", ")+".")
 	}
 	if len(overheads) > 0 {
-		capParts = append(capParts, "Probes' overhead (QPS with them ÷ without, median): "+strings.Join(overheads, ", ")+".")
+		out = append(out, "Probes' overhead (QPS with them ÷ without, median): "+strings.Join(overheads, ", ")+".")
 	}
 	if len(missing) > 0 {
-		capParts = append(capParts, "Not measured (absent, not zero): "+strings.Join(missing, "; ")+".")
+		out = append(out, "Not measured (absent, not zero): "+strings.Join(missing, "; ")+".")
 	}
-	return strings.Join(append(capParts, skippedNotes(run)...), " ")
+	return out
+}
+
+// costPartShare is the share of a datapath's total a part must reach at
+// some point of a sweep to get a line in the parts chart: the smaller
+// ones would be a tangle of lines along 0.
+const costPartShare = 0.10
+
+// costPartLines are the lines of a sweep's parts chart: per datapath (at
+// its site) and part that reaches costPartShare of the datapath's total
+// at some point, the part's median at each point.
+func costPartLines(sw scaleSweep) []lineSeries {
+	type key struct {
+		dp   site
+		part string
+	}
+	var order []key
+	lines := map[key]*lineSeries{}
+	big := map[key]bool{}
+	for _, s := range sw.sums {
+		if s.Cost == nil {
+			continue
+		}
+		total := 0.0
+		for _, v := range s.Cost.Parts {
+			total += max(v, 0)
+		}
+		for _, p := range costPartNames(s.Cost.Parts) {
+			v := s.Cost.Parts[p]
+			k := key{site{s.Datapath, s.Site}, p}
+			if lines[k] == nil {
+				order = append(order, k)
+				lines[k] = &lineSeries{name: s.name() + " " + p}
+			}
+			lines[k].points = append(lines[k].points, linePoint{x: float64(sw.x(s.Services, s.Endpoints)), stat: NewStat([]float64{v})})
+			big[k] = big[k] || (total > 0 && v >= costPartShare*total)
+		}
+	}
+	var out []lineSeries
+	for _, k := range order {
+		if big[k] {
+			l := *lines[k]
+			l.color = paletteColor(len(out))
+			slices.SortStableFunc(l.points, func(a, b linePoint) int { return cmp.Compare(a.x, b.x) })
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// drawScaleCostParts draws a sweep's parts chart: a line per datapath and
+// part (costPartLines) through its medians, so the part that grows with
+// scale (iptables' rule evaluation in its DNAT band) stands out from the
+// flat ones.
+func drawScaleCostParts(c draw.Canvas, run *Run, sw scaleSweep, series []lineSeries) error {
+	lines := &scaleLines{series: series}
+	legend := make([]barSeries, len(series))
+	for i, s := range series {
+		legend[i] = barSeries{name: s.name, color: s.color}
+	}
+	m := mustMetric("datapath_ns_per_conn")
+	title := strings.TrimSuffix(scaleTitle(sw, m), m.Scale.Title) + fmt.Sprintf("the datapath's own ns per connection by part (parts of at least %.0f%% of a datapath's total)", 100*costPartShare)
+	capText := strings.Join(append([]string{"Points: the median of each part over the cost trials (the attribution probes attached)."}, costProbeSentences(sw.sums)...), " ")
+	plotArea := drawFrame(c, title, subtitle(run), capText, legend)
+	xLabel := "services (log scale)"
+	if sw.axis == axisEndpoints {
+		xLabel = "endpoints per service (log scale)"
+	}
+	p := newChartPlot(xLabel, "ns per connection")
+	p.Add(horizontalGrid(), lines)
+	var marks []float64
+	for _, x := range sw.xs() {
+		marks = append(marks, float64(x))
+	}
+	p.X.Scale = plot.LogScale{}
+	p.X.Min, p.X.Max = marks[0]/1.3, marks[len(marks)-1]*1.3
+	p.X.Tick.Marker = logTicks{marks: marks}
+	p.X.Padding, p.Y.Padding = 0, 0
+	_, _, _, ymax := lines.DataRange()
+	if ymax <= 0 {
+		ymax = 1
+	}
+	p.Y.Min, p.Y.Max = 0, ymax*1.06
+	p.Y.Tick.Marker = groupedTicks{}
+	p.Draw(plotArea)
+	return nil
 }
 
 // drawCostChart lays cost.png out in the shared frame: one stacked bar

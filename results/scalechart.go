@@ -130,9 +130,11 @@ func scaleSweeps(sums []Summary, limits []ScaleLimit) []scaleSweep {
 //
 // Each sweep gets one PNG per metric of the metric table with a Scale
 // chart, scale-<axis>-<name>.png with axis "services" or "endpoints" and
-// name the chart's (qps, p50, p90, p99, cpu, apply, change, state), when
-// some summary of the sweep measured it (cpu, change and state are not
-// always measured). When the
+// name the chart's (qps, p50, p90, p99, cpu, cost, apply, change, state),
+// when some summary of the sweep measured it (cpu, cost, change and state
+// are not always measured), and scale-<axis>-cost-parts.png, the parts of
+// the datapaths' own cost (drawScaleCostParts), when cost trials measured
+// them. When the
 // sweep ran at several concurrencies, each gets its own set, named with a
 // -c<concurrency> suffix. The x axis is logarithmic; each datapath is a
 // line in its bar-chart colour through the medians, with min–max error
@@ -168,6 +170,19 @@ func WriteScaleCharts(dir string, run *Run) (paths []string, err error) {
 				return drawScaleChart(c, run, sw, m, colors)
 			})
 			if err != nil {
+				return paths, err
+			}
+			paths = append(paths, path)
+		}
+		// The parts of the datapaths' own cost, when cost trials
+		// measured them along the sweep.
+		if parts := costPartLines(sw); len(parts) > 0 {
+			name := "scale-" + sw.axis + "-cost-parts"
+			if multiConc {
+				name += "-c" + strconv.Itoa(sw.concurrency)
+			}
+			path := filepath.Join(dir, name+".png")
+			if err := writeCanvasPNG(path, func(c draw.Canvas) error { return drawScaleCostParts(c, run, sw, parts) }); err != nil {
 				return paths, err
 			}
 			paths = append(paths, path)
@@ -212,7 +227,7 @@ func drawScaleChart(c draw.Canvas, run *Run, sw scaleSweep, m Metric, colors map
 		lines.logY = false // nothing a log axis could show
 	}
 
-	plotArea := drawFrame(c, scaleTitle(sw, m), subtitle(run), scaleCaption(run, sw), legend)
+	plotArea := drawFrame(c, scaleTitle(sw, m), subtitle(run), scaleCaption(run, sw, m), legend)
 
 	xLabel := "services (log scale)"
 	if sw.axis == axisEndpoints {
@@ -301,8 +316,22 @@ func scaleTitle(sw scaleSweep, m Metric) string {
 
 // scaleCaption says what the error bars are, which points datapaths did
 // not reach and which datapaths were not measured at all.
-func scaleCaption(run *Run, sw scaleSweep) string {
+func scaleCaption(run *Run, sw scaleSweep, m Metric) string {
 	parts := []string{"Points: median; bars: min–max over " + repetitionsWords(sw.sums) + "."}
+	if m.CostTrials {
+		// Measured by the cost trials: their count, and what the
+		// probes cost and subtracted.
+		var costs []Summary
+		for _, s := range sw.sums {
+			if s.Cost != nil {
+				costs = append(costs, Summary{Repetitions: s.Cost.Repetitions})
+			}
+		}
+		if len(costs) > 0 {
+			parts = []string{"Points: median; bars: min–max over " + repetitionsWords(costs) + " of the cost trials (the attribution probes attached)."}
+		}
+		parts = append(parts, costProbeSentences(sw.sums)...)
+	}
 	for _, l := range sw.limits {
 		parts = append(parts, fmt.Sprintf("%s: %s at %s; larger points not tried.", l.Datapath, l.Reason, scalePointWords(l.Services, l.Endpoints)))
 	}
