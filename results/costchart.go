@@ -67,7 +67,7 @@ func writeCostChart(dir string, run *Run, sums []Summary) (string, error) {
 		return "", nil
 	}
 	path := filepath.Join(dir, costChartFile)
-	err := writeCanvasPNG(path, func(c draw.Canvas) error { return drawCostChart(c, run, sums, bars, parts) })
+	err := writeCanvasPNG(path, func(c draw.Canvas) error { return drawCostChart(c, run, costTitle(run, sums), sums, bars, parts) })
 	if err != nil {
 		return "", err
 	}
@@ -237,14 +237,14 @@ func drawScaleCostParts(c draw.Canvas, run *Run, sw scaleSweep, series []lineSer
 
 // drawCostChart lays cost.png out in the shared frame: one stacked bar
 // per datapath, a legend entry per part.
-func drawCostChart(c draw.Canvas, run *Run, sums []Summary, bars []costBar, parts []string) error {
+func drawCostChart(c draw.Canvas, run *Run, title string, sums []Summary, bars []costBar, parts []string) error {
 	st := &stackedBars{bars: bars, parts: parts, colors: map[string]color.Color{}}
 	legend := make([]barSeries, len(parts))
 	for i, p := range parts {
 		st.colors[p] = paletteColor(i)
 		legend[i] = barSeries{name: p, color: st.colors[p]}
 	}
-	plotArea := drawFrame(c, costTitle(run, sums), subtitle(run), costCaption(run, sums), legend)
+	plotArea := drawFrame(c, title, subtitle(run), costCaption(run, sums), legend)
 	p := newChartPlot("datapath", "datapath ns per connection")
 	labels := make([]string, len(bars))
 	for i, b := range bars {

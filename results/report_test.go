@@ -91,6 +91,16 @@ func TestReportSections(t *testing.T) {
 		want: []string{`id="ratio"`, `id="scale"`, "Services sweep", "Endpoints sweep", `id="summary"`},
 		svgs: -1,
 	}, {
+		name: "cost trials add the cost chart",
+		in:   ReportInput{Runs: []*Run{costRun()}},
+		want: []string{`id="ratio"`, `id="qps"`, `id="p90"`, `id="cost"`, "Where the nanoseconds go", "datapath ns/conn: median", `id="summary"`},
+		svgs: 4,
+	}, {
+		name: "a scale run with cost trials has the cost curves",
+		in:   ReportInput{Runs: []*Run{scaleCostRun()}},
+		want: []string{`id="cost"`, `id="scale"`, "the datapath&#39;s own kernel time per connection in ns"},
+		svgs: -1,
+	}, {
 		name:   "conformance only",
 		in:     ReportInput{Conform: conf},
 		want:   []string{"conformance: ipvs (no IPVS)", `id="conformance"`, "reaches every backend", "✓ pass"},

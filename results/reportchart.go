@@ -20,7 +20,7 @@ import (
 
 // reportScaleCharts are the scale metrics the report draws (the others are
 // in its summary table).
-var reportScaleCharts = []string{"qps", "p90", "cpu_per_conn", "apply", "change", "state_objects"}
+var reportScaleCharts = []string{"qps", "p90", "cpu_per_conn", "datapath_ns_per_conn", "apply", "change", "state_objects"}
 
 // chartSections are the report's charts in reading order: ratio to direct,
 // QPS, p90, then the scale curves; a panel per run and site.
@@ -32,6 +32,8 @@ func chartSections(runs []reportRun, colors reportPalette) ([]chartSection, erro
 		Note: "Bars: median over repetitions; whiskers: min–max."}
 	p90 := chartSection{ID: "p90", Title: "p90 connection latency (connect to close)",
 		Note: "Bars: median over repetitions; whiskers: min–max. Lower is better."}
+	cost := chartSection{ID: "cost", Title: "Where the nanoseconds go: the datapath's own kernel time per connection",
+		Note: "Stacks: the median of each part over the cost trials, run with the attribution probes attached (their QPS is never in the other charts). The caption gives the probes' floor subtracted from the netfilter parts and their overhead."}
 	scale := chartSection{ID: "scale", Title: "How cost grows with scale",
 		Note: "One line per datapath through the medians, min–max bars over repetitions; log-scale x."}
 	for _, r := range runs {
@@ -65,6 +67,18 @@ func chartSections(runs []reportRun, colors reportPalette) ([]chartSection, erro
 				spec.sec.Panels = append(spec.sec.Panels, chartPanel{Heading: heading, SVG: svg,
 					Table: statTable(sums, colors, spec.m, spec.m.Label)})
 			}
+			if bars, parts := costBars(sums); len(bars) > 0 {
+				title := costTitle(r.run, sums)
+				if site != "" {
+					title += " at " + site
+				}
+				svg, err := chartSVG(title, func(c draw.Canvas) error { return drawCostChart(c, r.run, title, sums, bars, parts) })
+				if err != nil {
+					return nil, err
+				}
+				m := mustMetric("datapath_ns_per_conn")
+				cost.Panels = append(cost.Panels, chartPanel{Heading: heading, SVG: svg, Table: statTable(sums, colors, m, m.Label)})
+			}
 			for _, sw := range scaleSweeps(sums, r.run.ScaleLimits) {
 				for _, key := range reportScaleCharts {
 					m := mustMetric(key)
@@ -82,7 +96,7 @@ func chartSections(runs []reportRun, colors reportPalette) ([]chartSection, erro
 		}
 	}
 	var out []chartSection
-	for _, s := range []chartSection{ratio, qps, p90, scale} {
+	for _, s := range []chartSection{ratio, qps, p90, cost, scale} {
 		if len(s.Panels) > 0 {
 			out = append(out, s)
 		}
