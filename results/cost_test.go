@@ -312,6 +312,14 @@ func TestWriteTableCost(t *testing.T) {
 		assert.Contains(t, got, want)
 	}
 
+	// A point where only cost trials ran has no plain figure to print.
+	costOnly := costRun()
+	costOnly.Trials = slices.DeleteFunc(costOnly.Trials, func(t Trial) bool { return t.Model == "" && t.Concurrency == 8 })
+	costOnly.Summary = Summarize(costOnly.Trials)
+	b.Reset()
+	require.NoError(t, WriteTable(&b, costOnly))
+	assert.Contains(t, b.String(), "\niptables     8     0      -    -        -       -       -       -        -  2730 ±32       0       0     0.00\n")
+
 	// A run without cost trials keeps its table as it was.
 	b.Reset()
 	require.NoError(t, WriteTable(&b, sampleRun()))

@@ -76,10 +76,14 @@ func WriteTable(w io.Writer, run *Run) error {
 			// Valid of all: the invalid ones are named in the notes.
 			reps = fmt.Sprintf("%d of %d", s.Repetitions, s.Repetitions+s.Invalid)
 		}
+		qps, p50, p90, p99 := fmtQPS(s.QPS.Median), fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median)
+		if len(s.QPS.Values) == 0 {
+			// Only cost trials ran at this point: no plain figure.
+			qps, p50, p90, p99 = "-", "-", "-", "-"
+		}
 		row += fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t",
-			s.Concurrency, reps, fmtQPS(s.QPS.Median), spread,
-			fmtRatio(s.QPSRatioToDirect),
-			fmtMicros(s.P50.Median), fmtMicros(s.P90.Median), fmtMicros(s.P99.Median),
+			s.Concurrency, reps, qps, spread,
+			fmtRatio(s.QPSRatioToDirect), p50, p90, p99,
 			fmtRatio(s.P90RatioToDirect))
 		if withCPU {
 			cpu := "-"
