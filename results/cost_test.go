@@ -447,3 +447,18 @@ func TestWriteScaleCostCharts(t *testing.T) {
 	assert.Contains(t, capText, "bars: min–max over 3 repetitions of the cost trials")
 	assert.Contains(t, capText, "Probes' overhead (QPS with them ÷ without, median): direct ×0.96, socketlb ×0.96, iptables ×0.96.")
 }
+
+// TestCostRoundTrip checks results.json keeps the cost trials and their
+// summary: Read gives back what Summarize makes of the trials.
+func TestCostRoundTrip(t *testing.T) {
+	run := costRun()
+	path := filepath.Join(t.TempDir(), "results.json")
+	require.NoError(t, run.Write(path))
+	got, err := Read(path)
+	require.NoError(t, err)
+	assert.Equal(t, run.Trials, got.Trials)
+	assert.Equal(t, Summarize(got.Trials), got.Summary)
+	i := slices.IndexFunc(got.Summary, func(s Summary) bool { return s.Cost != nil && s.Datapath == "iptables" })
+	require.GreaterOrEqual(t, i, 0)
+	assert.InDelta(t, 0.95, got.Summary[i].Cost.ProbeOverhead.Median, 1e-9)
+}

@@ -165,6 +165,9 @@ func TestCheckMetrics(t *testing.T) {
 		{"key twice", []Metric{ok, ok}, "Key used twice"},
 		{"no trial", []Metric{with(func(m *Metric) { m.Trial = nil })}, "Trial are required"},
 		{"compared without unit", []Metric{with(func(m *Metric) { m.Threshold = 0.1 })}, "needs a Unit and SetTrial"},
+		{"absolute with a ratio", []Metric{with(func(m *Metric) {
+			m.Absolute, m.Stat, m.Ratio = true, stat, func(s *Summary) *float64 { return &s.QPSRatioToDirect }
+		})}, "Absolute, so it has no ratio"},
 		{"ratio without stat", []Metric{with(func(m *Metric) { m.Ratio = func(s *Summary) *float64 { return &s.QPSRatioToDirect } })}, "Ratio without a Stat"},
 		{"column without format", []Metric{with(func(m *Metric) { m.Column, m.Stat = "K", stat })}, "needs Column, Format and Stat"},
 		{"chart without stat", []Metric{with(func(m *Metric) { m.Scale = &ScaleChart{Name: "k"} })}, "needs Stat, Column and Scale.Name"},
