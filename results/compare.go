@@ -301,7 +301,11 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 			}
 			ov, nv := o.absolute(k, m), n.absolute(k, m)
 			if len(ov) == 0 || len(nv) == 0 {
-				missing = appendOnce(missing, m.Label)
+				// Cost trials run at one concurrency per point: a
+				// point neither run measured it at is no gap.
+				if !m.CostTrials || len(ov)+len(nv) > 0 {
+					missing = appendOnce(missing, m.Label)
+				}
 				continue
 			}
 			thr := th.forSite(k.site, m.Key)

@@ -226,6 +226,8 @@ func TestCompareCostTrials(t *testing.T) {
 			assert.Equal(t, tc.wantIpt, ipt.Verdict)
 			assert.False(t, rows["direct conc=8 datapath_ns_per_conn"].Gated, "direct's ≈ 0 is reported only")
 			assert.Equal(t, tc.wantFails, c.Failed())
+			assert.NotContains(t, c.Notes, "datapath ns/conn is missing from one run or both: not compared",
+				"cost trials ran at concurrency 8 only, in both runs")
 			if tc.gate != GateAbsolute {
 				assert.Contains(t, strings.Join(c.Notes, "\n"), "datapath ns/conn is gated on its absolute figures whatever the gate mode")
 			}
