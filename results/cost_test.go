@@ -373,6 +373,16 @@ func TestWriteCostChart(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, 1200, img.Bounds().Dx())
 			assert.Equal(t, 675, img.Bounds().Dy())
+
+			// Deterministic: a second rendering is byte for byte the same.
+			again := t.TempDir()
+			_, err = WriteCharts(again, tc.run)
+			require.NoError(t, err)
+			a, err := os.ReadFile(filepath.Join(out, costChartFile))
+			require.NoError(t, err)
+			b, err := os.ReadFile(filepath.Join(again, costChartFile))
+			require.NoError(t, err)
+			assert.True(t, bytes.Equal(a, b), "cost.png differs between renderings")
 		})
 	}
 }

@@ -171,8 +171,8 @@ func costPartLines(sw scaleSweep) []lineSeries {
 			continue
 		}
 		total := 0.0
-		for _, v := range s.Cost.Parts {
-			total += max(v, 0)
+		for _, p := range costPartNames(s.Cost.Parts) {
+			total += max(s.Cost.Parts[p], 0)
 		}
 		for _, p := range costPartNames(s.Cost.Parts) {
 			v := s.Cost.Parts[p]
@@ -318,7 +318,11 @@ func (s *stackedBars) Plot(c draw.Canvas, p *plot.Plot) {
 func (s *stackedBars) DataRange() (xmin, xmax, ymin, ymax float64) {
 	for _, b := range s.bars {
 		up, down := 0.0, 0.0
-		for _, v := range b.parts {
+		// In stacking order, as Plot adds them: a map's order would
+		// change the float sums' last bits, and the axis, between
+		// renderings.
+		for _, p := range s.parts {
+			v := b.parts[p]
 			if v < 0 {
 				down += v
 			} else {
