@@ -65,8 +65,13 @@ command -v jq >/dev/null || { echo "noise.sh: needs jq" >&2; exit 2; }
 
 # Everything this script starts or makes goes at exit, however it ends:
 # the busy process and, unless --output was given, the runs.
-stress_pid= tmp=
+stress_pid= bench_pid= tmp=
 cleanup() {
+	if [[ -n $bench_pid ]]; then
+		# svclab removes what its run made on SIGINT; wait for it to.
+		kill -INT "$bench_pid" 2>/dev/null || true
+		wait "$bench_pid" 2>/dev/null || true
+	fi
 	if [[ -n $stress_pid ]]; then
 		kill -- "-$stress_pid" 2>/dev/null || kill "$stress_pid" 2>/dev/null || true
 		wait "$stress_pid" 2>/dev/null || true
@@ -95,10 +100,13 @@ if ((busy)) && ! command -v stress-ng >/dev/null; then
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng >/dev/null; }
 fi
 
-# bench NAME FLAGS MODE: one svclab bench run into $output/NAME-MODE; prints
-# its results.json path (a run with an invalid trial still writes one).
+# bench NAME FLAGS MODE: one svclab bench run into $output/NAME-MODE; sets
+# res to its results.json (a run with an invalid trial still writes one),
+# or returns 1. The bench runs in the background so that a signal to this
+# script reaches the trap at once, which stops the bench cleanly.
 bench() {
-	local name=$1 flags=$2 mode=$3 bin=$svclab dir
+	local name=$1 flags=$2 mode=$3 bin=$svclab dir rc=0
+	res=
 	if [[ $flags == bin:* ]]; then
 		bin=${flags%% *}; bin=${bin#bin:}
 		[[ $flags == *" "* ]] && flags=${flags#* } || flags=
@@ -107,12 +115,13 @@ bench() {
 	mkdir -p "$dir"
 	# shellcheck disable=SC2086 # FLAGS are words by design
 	"$bin" bench --scenario "$scenario" --datapaths "$datapaths" --concurrency "$concurrency" \
-		--repetitions "$reps" --duration "$duration" --output "$dir" $flags >"$dir/bench.log" 2>&1 ||
-		echo "noise.sh: $name ($mode): svclab bench exited $? (see $dir/bench.log)" >&2
-	local res
+		--repetitions "$reps" --duration "$duration" --output "$dir" $flags >"$dir/bench.log" 2>&1 </dev/null &
+	bench_pid=$!
+	wait "$bench_pid" || rc=$?
+	bench_pid=
+	((rc == 0)) || echo "noise.sh: $name ($mode): svclab bench exited $rc (see $dir/bench.log)" >&2
 	res=$(ls -d "$dir"/*/results.json 2>/dev/null | tail -1)
 	[[ -n $res ]] || { echo "noise.sh: $name ($mode): no results.json (see $dir/bench.log)" >&2; return 1; }
-	echo "$res"
 }
 
 # stats CONFIG: per datapath and concurrency of a results.json on stdin,
@@ -155,10 +164,11 @@ quiet_rows=() busy_rows=()
 for c in "${configs[@]}"; do
 	name=${c%%=*} flags=${c#*=}
 	echo "noise.sh: $name: svclab bench $flags (quiet)" >&2
-	res=$(bench "$name" "$flags" quiet) || continue
+	bench "$name" "$flags" quiet || continue
+	qres=$res
 	loadavg=$(cut -d' ' -f1 /proc/loadavg)
-	quiet_rows+=("$(stats "$name" <"$res")")
-	live=$(jq -r '(.concurrent_runs // []) | length' "$res")
+	quiet_rows+=("$(stats "$name" <"$qres")")
+	live=$(jq -r '(.concurrent_runs // []) | length' "$qres")
 	((live == 0)) || echo "noise.sh: $name (quiet): $live other svclab run(s) were live during it; load average $loadavg at its end" >&2
 	if ((busy)); then
 		echo "noise.sh: $name: svclab bench $flags (stress-ng --cpu 1 running)" >&2
@@ -167,12 +177,13 @@ for c in "${configs[@]}"; do
 		setsid stress-ng --cpu 1 --timeout 3600s >/dev/null 2>&1 &
 		stress_pid=$!
 		sleep 1
-		bres=$(bench "$name" "$flags" busy) || bres=
+		bres=
+		bench "$name" "$flags" busy && bres=$res
 		kill -- "-$stress_pid" 2>/dev/null || kill "$stress_pid" 2>/dev/null || true
 		wait "$stress_pid" 2>/dev/null || true
 		stress_pid=
 		[[ -n $bres ]] || continue
-		q=$(ratios <"$res") b=$(ratios <"$bres")
+		q=$(ratios <"$qres") b=$(ratios <"$bres")
 		busy_rows+=("$(jq -rn --arg cfg "$name" --argjson q "$q" --argjson b "$b" --slurpfile run "$bres" '
 			($run[0].trials | map(select((.model // "") == "" and (.site // "") == ""))) as $t
 			| ($t | map(select((.workload.cpu.outside_fraction // 0) > 0.05)) | length) as $flagged
