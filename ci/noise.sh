@@ -31,6 +31,8 @@
 #                     removed at exit)
 # Environment: SVCLAB, the svclab binary (default: build bin/svclab).
 #
+# Exit status: 0, or 1 when a bench wrote no results.json.
+#
 # Prints one table (tab-separated columns, aligned with column(1) when it is
 # installed): configuration, datapath, valid repetitions, median QPS, CV of
 # QPS, median paired ratio to direct, CV of that ratio, trials flagged busy;
@@ -160,11 +162,11 @@ ratios() {
 
 table() { if command -v column >/dev/null; then column -t -s $'\t'; else cat; fi; }
 
-quiet_rows=() busy_rows=()
+quiet_rows=() busy_rows=() failed=0
 for c in "${configs[@]}"; do
 	name=${c%%=*} flags=${c#*=}
 	echo "noise.sh: $name: svclab bench $flags (quiet)" >&2
-	bench "$name" "$flags" quiet || continue
+	bench "$name" "$flags" quiet || { failed=1; continue; }
 	qres=$res
 	loadavg=$(cut -d' ' -f1 /proc/loadavg)
 	quiet_rows+=("$(stats "$name" <"$qres")")
@@ -178,7 +180,7 @@ for c in "${configs[@]}"; do
 		stress_pid=$!
 		sleep 1
 		bres=
-		bench "$name" "$flags" busy && bres=$res
+		bench "$name" "$flags" busy && bres=$res || failed=1
 		kill -- "-$stress_pid" 2>/dev/null || kill "$stress_pid" 2>/dev/null || true
 		wait "$stress_pid" 2>/dev/null || true
 		stress_pid=
@@ -210,3 +212,5 @@ if ((busy)); then
 	} | table
 fi
 [[ -n $tmp ]] || echo "runs kept in $output"
+# A configuration without results is a failure, not a shorter table.
+exit "$failed"
