@@ -95,6 +95,30 @@ type Env struct {
 	Hostname  string            `json:"hostname,omitempty"`
 	Sysctls   map[string]string `json:"sysctls,omitempty"`
 	Extra     map[string]string `json:"extra,omitempty"`
+	// Placement is where the run's processes ran (absent in runs before
+	// it was recorded: they were not placed).
+	Placement *Placement `json:"placement,omitempty"`
+}
+
+// Placement is a run's CPU placement (the scenario's workload.placement).
+type Placement struct {
+	// Mode is "none" (the scheduler's choice) or "split".
+	Mode string `json:"mode"`
+	// ClientCPUs are the load generator's CPUs, ServerCPUs the backends'
+	// and the datapath's own processes' (CPU lists such as "0" or "2,3");
+	// empty with mode none.
+	ClientCPUs string `json:"client_cpus,omitempty"`
+	ServerCPUs string `json:"server_cpus,omitempty"`
+	// Mechanism is how the CPUs were given ("sched_setaffinity").
+	Mechanism string `json:"mechanism,omitempty"`
+}
+
+// String names the placement for a table header.
+func (p *Placement) String() string {
+	if p == nil || p.Mode != "split" {
+		return "CPU placement: none (the scheduler's choice)"
+	}
+	return fmt.Sprintf("CPU placement: split (load generator on CPU %s; backends and datapath processes on CPU %s; %s)", p.ClientCPUs, p.ServerCPUs, p.Mechanism)
 }
 
 // DatapathInfo is one datapath of the run: measured, or skipped with a reason.

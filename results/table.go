@@ -110,6 +110,13 @@ func WriteTable(w io.Writer, run *Run) error {
 			}
 		}
 	}
+	// The placement heads the table: split and unplaced runs differ in
+	// their noise and in where the datapath's softirq work lands.
+	if p := run.Env.Placement; p != nil {
+		if _, err := fmt.Fprintln(w, p.String()); err != nil {
+			return fmt.Errorf("results table: %w", err)
+		}
+	}
 	if err := writeTrimmed(w, buf.String()); err != nil {
 		return err
 	}

@@ -343,3 +343,32 @@ func TestWriteTableNoScaleBlock(t *testing.T) {
 	assert.NotContains(t, buf.String(), "scale (")
 	assert.Contains(t, buf.String(), "iptables: not reached at 100 services × 12 endpoints: apply failed: exit status 4; larger points not tried")
 }
+
+// The placement heads the table when the run recorded one: split and
+// unplaced runs are not to be read alike.
+func TestWriteTablePlacement(t *testing.T) {
+	tests := []struct {
+		name      string
+		placement *Placement
+		want      string // first line; "" means the header comes first
+	}{
+		{"not recorded", nil, ""},
+		{"none", &Placement{Mode: "none"}, "CPU placement: none (the scheduler's choice)"},
+		{"split", &Placement{Mode: "split", ClientCPUs: "0", ServerCPUs: "1", Mechanism: "sched_setaffinity"},
+			"CPU placement: split (load generator on CPU 0; backends and datapath processes on CPU 1; sched_setaffinity)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			run := sampleRun()
+			run.Env.Placement = tt.placement
+			var buf bytes.Buffer
+			require.NoError(t, WriteTable(&buf, run))
+			first := strings.SplitN(buf.String(), "\n", 2)[0]
+			if tt.want == "" {
+				assert.True(t, strings.HasPrefix(first, "DATAPATH"), "first line %q", first)
+				return
+			}
+			assert.Equal(t, tt.want, first)
+		})
+	}
+}

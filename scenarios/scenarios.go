@@ -314,7 +314,21 @@ type Workload struct {
 	// "DP ns/C" figure. Off by default until the probes' own cost on QPS
 	// is measured.
 	Attribution bool `json:"attribution,omitempty"`
+	// Placement is where the run's processes run: PlacementNone (default:
+	// wherever the scheduler puts them) or PlacementSplit (the load
+	// generator on one half of svclab's CPUs, the backends and the
+	// datapath's own processes on the other; needs 2 CPUs).
+	Placement string `json:"placement,omitempty"`
 }
+
+// CPU placements (Workload.Placement).
+const (
+	PlacementNone  = "none"
+	PlacementSplit = "split"
+)
+
+// Placements are the values of Workload.Placement.
+var Placements = []string{PlacementNone, PlacementSplit}
 
 // DefaultMaxErrorFraction is Workload.MaxErrorFraction when not set: 1 %
 // of connections failing says more about the trial than about the
@@ -477,6 +491,9 @@ func (s *Scenario) Validate() error {
 	}
 	if f := s.Workload.MaxErrorFraction; !(f >= 0 && f <= 1) {
 		bad(ErrInvalid, "workload.maxErrorFraction", "%v is out of range [0, 1]", f)
+	}
+	if p := s.Workload.Placement; p != "" && !slices.Contains(Placements, p) {
+		bad(ErrInvalid, "workload.placement", "%q is not one of %s", p, strings.Join(Placements, ", "))
 	}
 	switch s.Workload.Model {
 	case "", ModelClosed:

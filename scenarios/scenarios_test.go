@@ -175,6 +175,9 @@ func TestSocketKindValidation(t *testing.T) {
 		{"overlapping v6 ranges", "ipv6", func(s *Scenario) { s.Topology.ServiceCIDR6 = "fd00:10:244::/112" }, "topology.serviceCIDR6"},
 		{"pod CIDR6 too small", "ipv6", func(s *Scenario) { s.Topology.PodCIDR6 = "fd00:10:244::/125" }, "topology.podCIDR6"},
 		{"IPv6 from the host", "ipv6", func(s *Scenario) { s.Workload.Client = ClientHost }, "workload.client"},
+		{"split placement", "default", func(s *Scenario) { s.Workload.Placement = PlacementSplit }, ""},
+		{"no placement", "default", func(s *Scenario) { s.Workload.Placement = PlacementNone }, ""},
+		{"unknown placement", "default", func(s *Scenario) { s.Workload.Placement = "pinned" }, "workload.placement"},
 		{"IPv6 endpoint sweep past the pods", "ipv6", func(s *Scenario) {
 			s.Scale = &Scale{Services: []int{1}, EndpointSweep: []int{12, 48}}
 		}, "scale.endpointSweep"},

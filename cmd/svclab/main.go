@@ -119,6 +119,7 @@ type benchFlags struct {
 	vmKernel    string
 	quick       bool
 	attribution bool
+	placement   string
 	services    string
 	epSweep     string
 	applyTO     time.Duration
@@ -138,6 +139,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	fs.DurationVar(&f.warmup, "warmup", -1, "warm-up per trial before measuring, e.g. 1s")
 	fs.IntVar(&f.repetitions, "repetitions", 0, "repetitions of every datapath × concurrency")
 	fs.BoolVar(&f.attribution, "attribution", false, "measure each datapath's own kernel time per connection (netfilter probes, BPF program run times, proxy CPU): the DP ns/C column")
+	fs.StringVar(&f.placement, "placement", "", "CPU placement: none (the scheduler's) or split (load generator and backends on separate CPUs)")
 	fs.BoolVar(&f.quick, "quick", false, "a smaller, shorter variant of the scenario for CI (its quick block; else 1 repetition of 1 s trials); other flags still apply")
 	fs.StringVar(&f.services, "services", "", "scale scenarios: comma-separated services counts of the sweep, e.g. 1,100,1000")
 	fs.StringVar(&f.epSweep, "endpoint-sweep", "", "scale scenarios: comma-separated endpoint counts of the one-service sweep, e.g. 12,100,1000")
@@ -206,6 +208,9 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	}
 	if set["attribution"] {
 		sc.Workload.Attribution = f.attribution
+	}
+	if set["placement"] {
+		sc.Workload.Placement = f.placement
 	}
 	if err := sc.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("invalid settings (flags override the scenario's fields):\n%w", err)

@@ -80,6 +80,7 @@ func TestBenchBadInput(t *testing.T) {
 		{"bad concurrency", []string{"--concurrency", "1,x"}, []string{"--concurrency", `"x" is not an integer`}},
 		{"zero concurrency", []string{"--concurrency", "0"}, []string{"workload.concurrency", "0 is out of range"}},
 		{"zero repetitions", []string{"--repetitions", "0"}, []string{"workload.repetitions"}},
+		{"unknown placement", []string{"--placement", "pinned"}, []string{"workload.placement", `"pinned" is not one of none, split`}},
 		{"duplicate datapath", []string{"--datapaths", "direct,direct"}, []string{"datapaths", "listed twice"}},
 		{"services without a sweep", []string{"--services", "1,100"}, []string{"--services", "no scale sweep"}},
 		{"bad services", []string{"--scenario", "scale", "--services", "1,lots"}, []string{"--services", `"lots" is not an integer`}},

@@ -59,6 +59,7 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	defer lock.Release()
 
 	run := &results.Run{SchemaVersion: results.SchemaVersion, Started: time.Now().UTC(), Env: world.CollectEnv()}
+	run.Env.Placement = envPlacement(plan.Placement)
 	run.ID = lock.RunID(run.Started)
 	run.Scenario, _ = json.Marshal(plan.Scenario)
 	dir = filepath.Join(cfg.OutputDir, run.ID)
@@ -335,7 +336,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	tc := plan.Topology
 	tc.Prefix = prefix
 	tc.ExtraEndpoints = max(0, endpoints-tc.Backends)
-	w, err := world.Build(ctx, world.Spec{Topology: tc, Port: plan.Port.TargetPort, Datapath: &ts.Factory})
+	w, err := world.Build(ctx, world.Spec{Topology: tc, Port: plan.Port.TargetPort, Datapath: &ts.Factory, Placement: plan.Placement})
 	if err != nil {
 		if setup := (*world.SetupError)(nil); errors.As(err, &setup) {
 			// Only the datapath's own refusal is a skip; anything else
@@ -490,7 +491,7 @@ func runOpenLoopPhase(ctx context.Context, prog *progress.Progress, prefix strin
 
 // generatorCeiling measures the client and server alone, over loopback.
 func generatorCeiling(ctx context.Context, prefix string, plan *Plan, conc int) (_ *results.Trial, err error) {
-	spec := world.Spec{Topology: topology.Config{Prefix: prefix}, Loopback: true, Port: plan.Port.TargetPort}
+	spec := world.Spec{Topology: topology.Config{Prefix: prefix}, Loopback: true, Port: plan.Port.TargetPort, Placement: plan.Placement}
 	addr := netip.MustParseAddr("127.0.0.1")
 	if plan.IPv6() {
 		// The ceiling of the family measured: the IPv6 stack's own cost
@@ -550,4 +551,14 @@ func afterTraffic(applied, after map[string]string) map[string]string {
 		applied[k] = v
 	}
 	return applied
+}
+
+// envPlacement records a run's CPU placement for results.json.
+func envPlacement(p topology.Placement) *results.Placement {
+	e := &results.Placement{Mode: cmp.Or(p.Mode, scenarios.PlacementNone)}
+	if e.Mode == scenarios.PlacementSplit {
+		e.ClientCPUs, e.ServerCPUs = topology.FormatCPUs(p.Clients), topology.FormatCPUs(p.Servers)
+		e.Mechanism = topology.PlacementMechanism
+	}
+	return e
 }

@@ -22,6 +22,9 @@ type Plan struct {
 	// Skipped are those this machine cannot run, with the reason.
 	Factories []datapath.Factory
 	Skipped   []results.DatapathInfo
+	// Placement is the scenario's CPU placement resolved against the CPUs
+	// svclab may use (every trial and generator ceiling runs with it).
+	Placement topology.Placement
 }
 
 // NewPlan validates a scenario against the registry and the machine. An
@@ -53,6 +56,13 @@ func NewPlanWith(s *scenarios.Scenario, lookup func(string) (datapath.Factory, e
 	}
 	if err := p.Topology.Validate(); err != nil {
 		return nil, fmt.Errorf("topology.%w", err)
+	}
+	allowed, err := topology.AllowedCPUs()
+	if err != nil {
+		return nil, err
+	}
+	if p.Placement, err = topology.PlanPlacement(s.Workload.Placement, allowed); err != nil {
+		return nil, fmt.Errorf("workload.%w", err)
 	}
 	if extra := s.MaxEndpoints() - p.Topology.Backends; extra > 0 {
 		// Endpoints past the backend pods are extra pod addresses: check

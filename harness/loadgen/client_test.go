@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -291,6 +292,41 @@ func TestCPUUsage(t *testing.T) {
 	got, err := readCPUTimes()
 	require.NoError(t, err)
 	assert.NotZero(t, got.user+got.system+got.idle, "the machine's /proc/stat was read")
+}
+
+// The CPU count that fractions divide by is the machine's (the per-CPU
+// lines of /proc/stat, which the "cpu" line sums), not the client's
+// affinity: a placed run pins the client to one CPU of two, and its
+// busy and outside fractions would double.
+func TestParseCPUTimes(t *testing.T) {
+	tests := []struct {
+		name     string
+		stat     string
+		want     cpuTimes
+		err      string
+		fraction float64 // busy fraction of a 1 s window from zero
+	}{
+		{name: "two CPUs", stat: "cpu  100 0 50 1000 0 0 50 0 0 0\ncpu0 50 0 25 500 0 0 25 0 0 0\ncpu1 50 0 25 500 0 0 25 0 0 0\nintr 1\n",
+			want: cpuTimes{user: 100, system: 50, idle: 1000, softirq: 50, cpus: 2}, fraction: 1.0},
+		{name: "four CPUs", stat: "cpu  100 0 50 1000 0 0 50 0 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\ncpu2 1 0 0 0 0 0 0 0 0 0\ncpu3 1 0 0 0 0 0 0 0 0 0\n",
+			want: cpuTimes{user: 100, system: 50, idle: 1000, softirq: 50, cpus: 4}, fraction: 0.5},
+		{name: "no cpu line", stat: "intr 1\n", err: "no cpu line"},
+		{name: "short cpu line", stat: "cpu 1 2 3\n", err: "short cpu line"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseCPUTimes(strings.NewReader(tt.stat))
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+			u := cpuUsage(cpuTimes{cpus: got.cpus}, got, 1.0, 1)
+			assert.Equal(t, got.cpus, u.CPUs)
+			assert.InDelta(t, tt.fraction, u.BusyFraction, 1e-9)
+		})
+	}
 }
 
 // take draws the arrivals of every loop's share of a schedule that fall

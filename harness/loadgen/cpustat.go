@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -15,9 +16,14 @@ import (
 	"svclab/results"
 )
 
-// cpuTimes is the machine-wide "cpu" line of /proc/stat, in clock ticks.
+// cpuTimes is the machine-wide "cpu" line of /proc/stat, in clock ticks,
+// and how many CPUs it sums.
 type cpuTimes struct {
 	user, nice, system, idle, iowait, irq, softirq, steal uint64
+	// cpus counts the per-CPU lines ("cpu0", "cpu1", …): the machine's
+	// online CPUs, which the "cpu" line covers. The client's own affinity
+	// is no measure of it: a placed run pins the client to some of them.
+	cpus int
 }
 
 // userHZ is the unit of /proc/stat (USER_HZ, 100 on every Linux ABI that
@@ -30,21 +36,44 @@ func readCPUTimes() (cpuTimes, error) {
 		return cpuTimes{}, err
 	}
 	defer f.Close()
-	s := bufio.NewScanner(f)
+	return parseCPUTimes(f)
+}
+
+// parseCPUTimes reads the "cpu" line of /proc/stat and counts the per-CPU
+// lines.
+func parseCPUTimes(r io.Reader) (cpuTimes, error) {
+	var t cpuTimes
+	found := false
+	s := bufio.NewScanner(r)
 	for s.Scan() {
 		fields := strings.Fields(s.Text())
-		if len(fields) < 9 || fields[0] != "cpu" {
+		if len(fields) == 0 || !strings.HasPrefix(fields[0], "cpu") {
 			continue
+		}
+		if fields[0] != "cpu" {
+			t.cpus++
+			continue
+		}
+		if len(fields) < 9 {
+			return cpuTimes{}, fmt.Errorf("/proc/stat: short cpu line")
 		}
 		var v [8]uint64
 		for i := range v {
+			var err error
 			if v[i], err = strconv.ParseUint(fields[i+1], 10, 64); err != nil {
 				return cpuTimes{}, fmt.Errorf("/proc/stat: %w", err)
 			}
 		}
-		return cpuTimes{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]}, nil
+		t.user, t.nice, t.system, t.idle, t.iowait, t.irq, t.softirq, t.steal = v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+		found = true
 	}
-	return cpuTimes{}, fmt.Errorf("/proc/stat: no cpu line")
+	if err := s.Err(); err != nil {
+		return cpuTimes{}, fmt.Errorf("/proc/stat: %w", err)
+	}
+	if !found {
+		return cpuTimes{}, fmt.Errorf("/proc/stat: no cpu line")
+	}
+	return t, nil
 }
 
 // cpuUsage turns two readings around a window into the schema's figure:
@@ -56,13 +85,16 @@ func cpuUsage(a, b cpuTimes, windowSeconds float64, conns int64) *results.CPUUsa
 	sec := func(x, y uint64) float64 { return float64(y-x) / userHZ }
 	u := &results.CPUUsage{
 		WindowSeconds:  windowSeconds,
-		CPUs:           onlineCPUs(),
+		CPUs:           b.cpus,
 		UserSeconds:    sec(a.user+a.nice, b.user+b.nice),
 		SystemSeconds:  sec(a.system, b.system),
 		SoftirqSeconds: sec(a.softirq, b.softirq),
 		IRQSeconds:     sec(a.irq, b.irq),
 		IdleSeconds:    sec(a.idle+a.iowait, b.idle+b.iowait),
 		StealSeconds:   sec(a.steal, b.steal),
+	}
+	if u.CPUs == 0 {
+		u.CPUs = onlineCPUs()
 	}
 	u.BusySeconds = u.UserSeconds + u.SystemSeconds + u.SoftirqSeconds + u.IRQSeconds + sec(a.steal, b.steal)
 	if conns > 0 {

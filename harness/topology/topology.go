@@ -241,6 +241,8 @@ type Topology struct {
 	pods   []*nsutil.NS
 	// extra places the extra endpoints (zero without any).
 	extra extraLayout
+	// unpin undoes Place.
+	unpin []func()
 }
 
 // New builds the topology. On error everything built so far is
@@ -618,6 +620,10 @@ func (t *Topology) Env() *datapath.Env {
 // cgroups. It is safe on a partly built topology.
 func (t *Topology) Close() error {
 	var errs []error
+	for _, u := range t.unpin {
+		u()
+	}
+	t.unpin = nil
 	// Kill processes first: a process inside a namespace keeps it alive.
 	// (A build that failed at a later node has node 0's cgroups in
 	// Nodes[0] but not yet in NodeCgroup.)

@@ -30,6 +30,9 @@ type Spec struct {
 	Servers func(*topology.Topology) []loadgen.ServerSpec
 	// Datapath is set up in the topology; nil builds none.
 	Datapath *datapath.Factory
+	// Placement pins the topology's role processes (servers, the load
+	// generator, the datapath's own) to CPUs; zero places nothing.
+	Placement topology.Placement
 }
 
 // World is a built Spec.
@@ -72,6 +75,8 @@ func Build(ctx context.Context, spec Spec) (_ *World, err error) {
 		return nil, err
 	}
 	t := w.Topology
+	// Before any process starts: a child is pinned as it is forked.
+	t.Place(spec.Placement)
 	if len(t.Nodes) > 1 {
 		// Several nodes: each server in its pods' node.
 		if err := w.buildNodes(ctx, spec); err != nil {

@@ -7,7 +7,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"svclab/internal/cgroup2"
 	"svclab/internal/nsutil"
@@ -48,6 +52,8 @@ func Command(ctx context.Context, role string, input any, opts ...Option) (*exec
 // that cgroup v2 directory (CLONE_INTO_CGROUP: not one instruction of the
 // child runs outside it, which matters where a socket-level datapath is
 // attached). The child is killed if svclab dies.
+//
+// A child born in a cgroup that Pin pinned runs on that cgroup's CPUs.
 func Start(cmd *exec.Cmd, ns *nsutil.NS, cgroupDir string) error {
 	if cgroupDir == "" {
 		return ns.Start(cmd, -1)
@@ -57,7 +63,43 @@ func Start(cmd *exec.Cmd, ns *nsutil.NS, cgroupDir string) error {
 		return err
 	}
 	defer f.Close()
-	return ns.Start(cmd, int(f.Fd()))
+	var cpus *unix.CPUSet
+	if set, ok := PinnedCPUs(cgroupDir); ok {
+		cpus = &set
+	}
+	return ns.StartOn(cmd, int(f.Fd()), cpus)
+}
+
+// Pins are the CPU sets of cgroups, as cgroup v2's cpuset.cpus would give
+// them: kept here because the cpuset controller is often not in the v2
+// hierarchy (a hybrid host binds it to v1), and svclab must not rebind or
+// enable controllers outside its own subtree. Every child of a role is
+// started by Start, so the cgroup a child is born in names its CPUs.
+var (
+	pinMu sync.Mutex
+	pins  = map[string]unix.CPUSet{}
+)
+
+// Pin makes every child that Start starts in cgroupDir (exactly that
+// directory) run on cpus, until unpin is called.
+func Pin(cgroupDir string, cpus unix.CPUSet) (unpin func()) {
+	dir := filepath.Clean(cgroupDir)
+	pinMu.Lock()
+	defer pinMu.Unlock()
+	pins[dir] = cpus
+	return func() {
+		pinMu.Lock()
+		defer pinMu.Unlock()
+		delete(pins, dir)
+	}
+}
+
+// PinnedCPUs returns the CPUs Pin gave cgroupDir, if any.
+func PinnedCPUs(cgroupDir string) (unix.CPUSet, bool) {
+	pinMu.Lock()
+	defer pinMu.Unlock()
+	set, ok := pins[filepath.Clean(cgroupDir)]
+	return set, ok
 }
 
 // Process is a started child whose output is collected.

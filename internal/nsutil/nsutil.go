@@ -40,7 +40,10 @@ func (n *NS) Path() string { return filepath.Join(RunDir, n.Name) }
 // Handle returns the namespace's file descriptor handle.
 func (n *NS) Handle() netns.NsHandle { return n.h }
 
-// locked runs fn on a fresh OS thread and returns its error.
+// locked runs fn on a fresh OS thread and returns its error. The thread's
+// network namespace and CPU affinity are restored afterwards (fn may change
+// either: StartOn forks from a thread pinned to the child's CPUs); a thread
+// that cannot be restored is left locked, so the runtime kills it.
 func locked(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
@@ -52,10 +55,20 @@ func locked(fn func() error) error {
 			return
 		}
 		defer orig.Close()
+		var cpus unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &cpus); err != nil {
+			errc <- fmt.Errorf("get thread affinity: %w", err)
+			runtime.UnlockOSThread()
+			return
+		}
 		ferr := fn()
 		if err := netns.Set(orig); err != nil {
 			// Leave the thread locked: the runtime will kill it.
 			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
+			return
+		}
+		if err := unix.SchedSetaffinity(0, &cpus); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("restore thread affinity: %w", err))
 			return
 		}
 		runtime.UnlockOSThread()
@@ -200,7 +213,15 @@ func (n *NS) Sysctl(key, value string) error {
 // child is born inside that cgroup v2 directory (CLONE_INTO_CGROUP), so not
 // one of its instructions runs outside it. The child is killed if the
 // calling process dies.
-func (n *NS) Start(cmd *exec.Cmd, cgroupFD int) error {
+func (n *NS) Start(cmd *exec.Cmd, cgroupFD int) error { return n.StartOn(cmd, cgroupFD, nil) }
+
+// StartOn is Start with the child's CPU affinity set to cpus (nil: the
+// caller's). The child is forked from a thread pinned to cpus, and a
+// forked task inherits its parent thread's affinity, so, as with
+// CLONE_INTO_CGROUP, not one of its instructions runs elsewhere, and every
+// thread it makes inherits the set too (which sched_setaffinity on the
+// child's pid after the start would not give: it pins one thread).
+func (n *NS) StartOn(cmd *exec.Cmd, cgroupFD int, cpus *unix.CPUSet) error {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &unix.SysProcAttr{}
 	}
@@ -210,6 +231,11 @@ func (n *NS) Start(cmd *exec.Cmd, cgroupFD int) error {
 		cmd.SysProcAttr.CgroupFD = cgroupFD
 	}
 	return n.Do(func() error {
+		if cpus != nil {
+			if err := unix.SchedSetaffinity(0, cpus); err != nil {
+				return fmt.Errorf("start %s in netns %s: pin to CPUs: %w", cmd.Path, n.Name, err)
+			}
+		}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("start %s in netns %s: %w", cmd.Path, n.Name, err)
 		}
