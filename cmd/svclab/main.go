@@ -137,7 +137,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	fs.DurationVar(&f.duration, "duration", 0, "measured time per trial, e.g. 5s")
 	fs.DurationVar(&f.warmup, "warmup", -1, "warm-up per trial before measuring, e.g. 1s")
 	fs.IntVar(&f.repetitions, "repetitions", 0, "repetitions of every datapath × concurrency")
-	fs.BoolVar(&f.attribution, "attribution", false, "measure each datapath's own kernel time per connection (netfilter probes, BPF program run times, proxy CPU): the DP ns/C column")
+	fs.BoolVar(&f.attribution, "attribution", true, "cost trials beside the plain ones: each datapath's own kernel time per connection (netfilter probes, BPF program run times, proxy CPU), the DP ns/C column; =false runs none")
 	fs.BoolVar(&f.quick, "quick", false, "a smaller, shorter variant of the scenario for CI (its quick block; else 1 repetition of 1 s trials); other flags still apply")
 	fs.StringVar(&f.services, "services", "", "scale scenarios: comma-separated services counts of the sweep, e.g. 1,100,1000")
 	fs.StringVar(&f.epSweep, "endpoint-sweep", "", "scale scenarios: comma-separated endpoint counts of the one-service sweep, e.g. 12,100,1000")
@@ -205,7 +205,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 		sc.Workload.Repetitions = f.repetitions
 	}
 	if set["attribution"] {
-		sc.Workload.Attribution = f.attribution
+		sc.Workload.Attribution = &f.attribution
 	}
 	if err := sc.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("invalid settings (flags override the scenario's fields):\n%w", err)

@@ -3,9 +3,9 @@ package loadgen
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"strconv"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
