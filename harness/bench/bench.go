@@ -167,6 +167,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		if c := tr.Cost; c != nil {
 			done += fmt.Sprintf("; datapath %.0f ns/conn (probe floor %.0f subtracted)", c.NsPerConn, c.FloorNS)
 		}
+		if on, off, ok := pairedQPS(run.Trials, len(run.Trials)-1); ok && off > 0 {
+			done += fmt.Sprintf("; with probes %.2f× the plain trial's QPS", on/off)
+		}
 		prog.Done(done)
 	}
 	if w.OpenLoop() {
@@ -209,6 +212,31 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		missing = errors.Join(missing, fmt.Errorf("%w: %s (see the table's notes)", ErrNoValidTrial, strings.Join(bad, ", ")))
 	}
 	return run, dir, missing
+}
+
+// pairedQPS pairs trial i with the trial of the same datapath, site,
+// point, concurrency and repetition on the other side of the probes (a
+// cost trial with its plain trial, or the reverse), if that one has run:
+// the QPS with the probes and without them, the probes' paired overhead.
+func pairedQPS(trials []results.Trial, i int) (on, off float64, ok bool) {
+	t := trials[i]
+	isCost := t.Model == results.ModelCost
+	if !isCost && t.Model != "" {
+		return 0, 0, false
+	}
+	for j, u := range trials {
+		if j == i || u.Datapath != t.Datapath || u.Site != t.Site || u.Services != t.Services || u.Endpoints != t.Endpoints ||
+			u.Concurrency != t.Concurrency || u.Repetition != t.Repetition {
+			continue
+		}
+		switch {
+		case isCost && u.Model == "":
+			return t.Workload.QPS, u.Workload.QPS, true
+		case !isCost && u.Model == results.ModelCost:
+			return u.Workload.QPS, t.Workload.QPS, true
+		}
+	}
+	return 0, 0, false
 }
 
 // ErrNoValidTrial is returned, with the run written, when a measured

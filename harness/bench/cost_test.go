@@ -177,3 +177,38 @@ func abs(x float64) float64 {
 	}
 	return x
 }
+
+// A cost trial pairs with the plain trial of the same datapath, site,
+// point, concurrency and repetition, whichever ran first; nothing else
+// pairs.
+func TestPairedQPS(t *testing.T) {
+	tr := func(dp, model string, rep int, qps float64) results.Trial {
+		return results.Trial{Datapath: dp, Model: model, Concurrency: 8, Services: 1, Endpoints: 12, Repetition: rep,
+			Workload: results.Workload{QPS: qps}}
+	}
+	trials := []results.Trial{
+		tr("a", "", 0, 1000), tr("a", results.ModelCost, 0, 800), // a pair
+		tr("a", results.ModelCost, 1, 700), // its plain trial has not run
+		tr("b", results.ModelCost, 0, 600), tr("b", "", 0, 900), // cost first
+		tr("a", results.ModelOpen, 0, 500), // open loop: never paired
+	}
+	site := tr("b", "", 0, 50)
+	site.Site = "debian-6.12"
+	trials = append(trials, site)
+	tests := []struct {
+		i       int
+		on, off float64
+		ok      bool
+	}{
+		{0, 800, 1000, true}, {1, 800, 1000, true}, {2, 0, 0, false},
+		{3, 600, 900, true}, {4, 600, 900, true}, {5, 0, 0, false}, {6, 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("trial %d", tt.i), func(t *testing.T) {
+			on, off, ok := pairedQPS(trials, tt.i)
+			assert.Equal(t, tt.ok, ok)
+			assert.Equal(t, tt.on, on)
+			assert.Equal(t, tt.off, off)
+		})
+	}
+}
