@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"svclab/datapath"
 	"svclab/internal/nsutil"
@@ -195,6 +196,46 @@ func Probe() error {
 // attached, Close them when the window ends.
 type Probes struct {
 	groups []*groupProbes
+	moved  []Moved
+}
+
+// Moved is a probe attached below its priority because another hook held
+// it (the kernel refuses a BPF hook at a priority already in use: IPVS,
+// for one, registers LOCAL_IN hooks at 98 and 99).
+type Moved struct {
+	NS       string
+	Family   int
+	Hook     Hook
+	Pos      int
+	Priority int32
+}
+
+// maxStep bounds how far below its priority an interior probe may move:
+// the kernel users that bound the bands sit 50 or more apart, so a probe a
+// few below its place is still in the same band.
+const maxStep = 8
+
+// attachAt attaches prog at prio, or, for an interior probe (one that
+// bounds two named parts) whose priority another hook holds (EBUSY), at
+// the first free priority up to maxStep below it. The first probe, and
+// the two that bound the floor band, stay where they are: the floor band
+// must be two adjacent priorities with nothing between.
+func attachAt(prog *ebpf.Program, fam link.NetfilterProtocolFamily, h Hook, pos int, prio int32) (link.Link, int32, error) {
+	steps := 0
+	if pos > 0 && pos < int(Floor) {
+		steps = maxStep
+	}
+	for try := int32(0); ; try++ {
+		l, err := link.AttachNetfilter(link.NetfilterOptions{
+			Program: prog, ProtocolFamily: fam, Hook: link.NetfilterInetHook(h), Priority: prio - try,
+		})
+		if err == nil {
+			return l, prio - try, nil
+		}
+		if !errors.Is(err, unix.EBUSY) || int(try) >= steps {
+			return nil, 0, err
+		}
+	}
 }
 
 type groupProbes struct {
@@ -236,12 +277,12 @@ func Attach(groups []Group) (_ *Probes, err error) {
 				for _, fam := range families {
 					for h := Hook(0); h < NumHooks; h++ {
 						for pos, prio := range Priorities {
-							l, err := link.AttachNetfilter(link.NetfilterOptions{
-								Program: progs[h][pos], ProtocolFamily: fam,
-								Hook: link.NetfilterInetHook(h), Priority: prio,
-							})
+							l, used, err := attachAt(progs[h][pos], fam, h, pos, prio)
 							if err != nil {
 								return fmt.Errorf("attach %s probe %d (priority %d, family %d): %w", h, pos, prio, fam, err)
+							}
+							if used != prio {
+								p.moved = append(p.moved, Moved{NS: ns.Name, Family: int(fam), Hook: h, Pos: pos, Priority: used})
 							}
 							gp.links = append(gp.links, l)
 						}
@@ -276,6 +317,9 @@ func (p *Probes) Groups() []string {
 	}
 	return names
 }
+
+// Moved lists the probes attached below their priority (see attachAt).
+func (p *Probes) Moved() []Moved { return p.moved }
 
 // Links is how many bpf_links are attached.
 func (p *Probes) Links() int {

@@ -356,3 +356,47 @@ func TestPrivilegedFloorBand(t *testing.T) {
 	// raw figure, which is mostly the probes.
 	assert.Less(t, net, raw/2, "the floor takes out most of an empty namespace's figure")
 }
+
+// A hook another user holds at a probe's priority (IPVS registers LOCAL_IN
+// hooks at 98 and 99, where the snat probe sits) moves that probe a little
+// below, inside the same band, instead of failing the trial; the first
+// probe and the floor band's do not move.
+func TestPrivilegedAttachMovesPastBusyPriority(t *testing.T) {
+	requireProbes(t)
+	before := probeLinks(t)
+	ns := newNS(t)
+	var blocker nfcostObjects
+	require.NoError(t, loadNfcostObjects(&blocker, nil))
+	defer blocker.Close()
+	var held []link.Link
+	require.NoError(t, ns.Do(func() error {
+		for _, prio := range []int32{Priorities[SNAT], Priorities[SNAT] - 1} {
+			l, err := link.AttachNetfilter(link.NetfilterOptions{Program: blocker.SvclabNfcIn4, ProtocolFamily: link.NetfilterProtoIPv4,
+				Hook: link.NetfilterInetHook(LocalIn), Priority: prio})
+			if err != nil {
+				return err
+			}
+			held = append(held, l)
+		}
+		return nil
+	}))
+	p, err := Attach([]Group{{Name: "ns", NS: []*nsutil.NS{ns}}})
+	require.NoError(t, err)
+	assert.Equal(t, 2*int(NumHooks)*len(Priorities), p.Links())
+	assert.Equal(t, []Moved{{NS: ns.Name, Family: int(link.NetfilterProtoIPv4), Hook: LocalIn, Pos: int(SNAT), Priority: Priorities[SNAT] - 2}}, p.Moved())
+	require.NoError(t, p.Close())
+
+	// The floor band's probes never move: held, they fail the Attach.
+	require.NoError(t, ns.Do(func() error {
+		l, err := link.AttachNetfilter(link.NetfilterOptions{Program: blocker.SvclabNfcOut5, ProtocolFamily: link.NetfilterProtoIPv4,
+			Hook: link.NetfilterInetHook(LocalOut), Priority: Priorities[Floor]})
+		held = append(held, l)
+		return err
+	}))
+	_, err = Attach([]Group{{Name: "ns", NS: []*nsutil.NS{ns}}})
+	require.Error(t, err)
+	for _, l := range held {
+		require.NoError(t, l.Close())
+	}
+	assert.Equal(t, before, probeLinks(t), "every link detached")
+}
