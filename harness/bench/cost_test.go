@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -105,12 +107,14 @@ func TestPrivilegedCostPadding(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, plan.Factories, 3, "every datapath runs here: %v", plan.Skipped)
 	pads := []int{0, 2000, 4000}
-	// cost runs a cost trial of datapath i; best of two, since other work
-	// on the machine only ever adds time.
+	// cost runs three cost trials of datapath i and returns the median
+	// one by NsPerConn: noise goes both ways once the floor is taken out
+	// (an interrupt inside the floor band makes the others come out
+	// low), so the best of several would pick the low outliers.
 	n := 0
 	cost := func(i int) *results.Cost {
-		var best *results.Cost
-		for range 2 {
+		var got []*results.Cost
+		for range 3 {
 			ts := TrialSpec{Factory: plan.Factories[i], Services: 1, Endpoints: sc.Topology.Backends, Concurrency: 8, Cost: true}
 			tr, _, err := runTrial(context.Background(), fmt.Sprintf("%s-p%d", lock.Prefix, n), plan, ts)
 			n++
@@ -118,17 +122,20 @@ func TestPrivilegedCostPadding(t *testing.T) {
 			require.Equal(t, results.ModelCost, tr.Model)
 			require.NotNil(t, tr.Cost)
 			require.Empty(t, tr.Cost.Missing)
-			if best == nil || tr.Cost.NsPerConn < best.NsPerConn {
-				best = tr.Cost
-			}
+			got = append(got, tr.Cost)
 		}
-		return best
+		slices.SortFunc(got, func(a, b *results.Cost) int { return cmp.Compare(a.NsPerConn, b.NsPerConn) })
+		return got[1]
 	}
 	var ipt, slb []float64
+	var iptTotal0 float64
 	for _, pad := range pads {
 		t.Setenv("SVCLAB_IPTABLES_PAD_RULES", strconv.Itoa(pad))
 		ic, sc := cost(0), cost(1)
 		ipt = append(ipt, ic.Parts["nf-dnat"])
+		if pad == 0 {
+			iptTotal0 = ic.NsPerConn
+		}
 		slb = append(slb, sc.NsPerConn)
 		t.Logf("%d padding rules: iptables-nft dnat %.0f ns/conn (total %.0f, floor %.0f); socketlb %.0f ns/conn (connect4 %.0f)",
 			pad, ic.Parts["nf-dnat"], ic.NsPerConn, ic.FloorNS, sc.NsPerConn, sc.Parts["bpf-connect4"])
@@ -148,7 +155,7 @@ func TestPrivilegedCostPadding(t *testing.T) {
 	t.Logf("direct: %.0f ns/conn after a floor of %.0f", d.NsPerConn, d.FloorNS)
 	assert.Positive(t, d.FloorNS, "the probes' own cost was measured and taken out")
 	assert.Less(t, abs(d.NsPerConn), 0.05*d.FloorNS, "direct is near 0 once the probes' floor is out")
-	assert.Greater(t, ipt[0], 10*abs(d.NsPerConn), "iptables-nft's DNAT alone is clearly above direct")
+	assert.Greater(t, iptTotal0, d.NsPerConn+2000, "iptables-nft is clearly above direct (µs, not noise)")
 	assert.Empty(t, harnesstest.Leftovers(t, lock.Prefix))
 }
 
