@@ -16,9 +16,17 @@
  *   2    -101          DNAT: nat PREROUTING/OUTPUT (-100) "dnat"
  *   3    -1            filter (0), security (50)          "filter"
  *   4    99            SNAT/masquerade (100), helpers     "snat"
- *   5    INT_MAX - 1   (last: conntrack confirm at INT_MAX runs after it
+ *   5    INT_MAX - 2   nothing: the calibration band       "floor"
+ *   6    INT_MAX - 1   (last: conntrack confirm at INT_MAX runs after it
  *                       and cannot be bracketed; the kernel refuses BPF
  *                       hooks at INT_MIN and INT_MAX)
+ *
+ * No netfilter user registers between INT_MAX - 2 and INT_MAX - 1 (there
+ * is no priority between them), so the "floor" part holds nothing but the
+ * dispatch from one BPF hook to the next: the probes' own cost per
+ * crossing, measured in the same trial, packets and CPUs as the other
+ * parts, which each include one such dispatch too. The reader subtracts
+ * count x floor from each part.
  *
  * nftables base chains register at the priority their `priority` clause
  * names (kube-proxy's nftables mode uses dstnat -100, filter 0, srcnat 100),
@@ -35,8 +43,7 @@
  *
  * The timestamp is taken at the end of a probe and compared at the start
  * of the next, so a part holds the hook functions between two probes plus
- * the dispatch of one BPF hook (measured alone by the `direct` datapath's
- * empty hooks: the floor).
+ * the dispatch of one BPF hook (measured alone by the "floor" band).
  */
 
 #include <linux/bpf.h>
@@ -54,7 +61,7 @@ struct bpf_nf_ctx {
 
 /* enum nf_inet_hooks: PRE_ROUTING, LOCAL_IN, FORWARD, LOCAL_OUT, POST_ROUTING. */
 #define NFC_NHOOKS 5
-#define NFC_NPOS 6
+#define NFC_NPOS 7
 #define NFC_NPARTS (NFC_NPOS - 1)
 
 /* The last probe this CPU ran. */
@@ -124,7 +131,8 @@ static __always_inline int nfc_probe(struct bpf_nf_ctx *ctx, __u32 hook, __u32 p
 	NFC_PROBE(name, hook, 2) \
 	NFC_PROBE(name, hook, 3) \
 	NFC_PROBE(name, hook, 4) \
-	NFC_PROBE(name, hook, 5)
+	NFC_PROBE(name, hook, 5) \
+	NFC_PROBE(name, hook, 6)
 
 NFC_HOOK(pre, 0)
 NFC_HOOK(in, 1)

@@ -308,17 +308,70 @@ type Workload struct {
 	// are then left out of the medians and named instead. Zero means
 	// DefaultMaxErrorFraction.
 	MaxErrorFraction float64 `json:"maxErrorFraction,omitempty"`
-	// Attribution measures each trial's datapath's own kernel time per
-	// connection (netfilter probes in the trial's namespaces, the BPF
-	// datapaths' program run times, the userspace proxy's CPU): the
-	// "DP ns/C" figure. Off by default until the probes' own cost on QPS
-	// is measured.
-	Attribution bool `json:"attribution,omitempty"`
+	// Attribution adds cost trials (results.ModelCost) beside the plain
+	// ones: per datapath, repetition and scale point, at
+	// AttributionConcurrency, with the probes that measure the datapath's
+	// own kernel time per connection attached (netfilter probes in the
+	// trial's namespaces, the BPF datapaths' program run times, the
+	// userspace proxy's CPU): the "DP ns/C" figure. Plain trials never
+	// carry the probes, whose own cost would slow them. Nil means on
+	// (AttributionOn).
+	Attribution *bool `json:"attribution,omitempty"`
+	// AttributionConcurrency is the cost trials' concurrency, one of
+	// Concurrency; 0 picks the level nearest DefaultAttributionConcurrency
+	// (AttributionLevel).
+	AttributionConcurrency int `json:"attributionConcurrency,omitempty"`
+	// AttributionDuration is a cost trial's measured window; 0 means
+	// DefaultAttributionDuration, or Duration if that is shorter. Cost per
+	// connection settles faster than QPS: it needs enough connections,
+	// not a long window.
+	AttributionDuration Duration `json:"attributionDuration,omitempty"`
 	// Placement is where the run's processes run: PlacementNone (default:
 	// wherever the scheduler puts them) or PlacementSplit (the load
 	// generator on one half of svclab's CPUs, the backends and the
 	// datapath's own processes on the other; needs 2 CPUs).
 	Placement string `json:"placement,omitempty"`
+}
+
+// Cost trial defaults (Workload.AttributionConcurrency, AttributionDuration).
+const (
+	DefaultAttributionConcurrency = 8
+	DefaultAttributionDuration    = Duration(time.Second)
+)
+
+// AttributionOn says whether the run has cost trials (the default).
+func (w *Workload) AttributionOn() bool { return w.Attribution == nil || *w.Attribution }
+
+// AttributionLevel is the cost trials' concurrency: AttributionConcurrency,
+// or the level of Concurrency nearest DefaultAttributionConcurrency (the
+// lower of two equally near).
+func (w *Workload) AttributionLevel() int {
+	if w.AttributionConcurrency > 0 {
+		return w.AttributionConcurrency
+	}
+	best := 0
+	for _, c := range w.Concurrency {
+		d, bd := abs(c-DefaultAttributionConcurrency), abs(best-DefaultAttributionConcurrency)
+		if best == 0 || d < bd || (d == bd && c < best) {
+			best = c
+		}
+	}
+	return best
+}
+
+// AttributionWindow is a cost trial's measured window.
+func (w *Workload) AttributionWindow() time.Duration {
+	if w.AttributionDuration > 0 {
+		return time.Duration(w.AttributionDuration)
+	}
+	return time.Duration(min(DefaultAttributionDuration, w.Duration))
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
 }
 
 // CPU placements (Workload.Placement).
@@ -485,6 +538,14 @@ func (s *Scenario) Validate() error {
 	}
 	if e := checkDuration("workload.warmup", s.Workload.Warmup, 0); e != nil {
 		errs = append(errs, e)
+	}
+	if c := s.Workload.AttributionConcurrency; c != 0 && !slices.Contains(s.Workload.Concurrency, c) {
+		bad(ErrInvalid, "workload.attributionConcurrency", "%d is not one of workload.concurrency %v (0 picks the level nearest %d)", c, s.Workload.Concurrency, DefaultAttributionConcurrency)
+	}
+	if d := s.Workload.AttributionDuration; d != 0 {
+		if e := checkDuration("workload.attributionDuration", d, Duration(100*time.Millisecond)); e != nil {
+			errs = append(errs, e)
+		}
 	}
 	if s.Workload.Repetitions < 1 || s.Workload.Repetitions > 100 {
 		bad(ErrInvalid, "workload.repetitions", "%d is out of range [1, 100]", s.Workload.Repetitions)

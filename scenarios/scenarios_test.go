@@ -63,6 +63,10 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"open loop, no fractions", "\n  loadFractions: [0.8]", "", "workload.loadFractions"},
 		{"load fraction out of range", "loadFractions: [0.8]", "loadFractions: [0.5, 3]", "workload.loadFractions"},
 		{"load fraction zero", "loadFractions: [0.8]", "loadFractions: [0]", "workload.loadFractions"},
+		{"cost trials at an unlisted level", "repetitions: 3", "repetitions: 3\n  attributionConcurrency: 16", "workload.attributionConcurrency"},
+		{"cost trials too short", "repetitions: 3", "repetitions: 3\n  attributionDuration: 10ms", "workload.attributionDuration"},
+		{"cost trials of negative length", "repetitions: 3", "repetitions: 3\n  attributionDuration: -1s", "workload.attributionDuration"},
+		{"attribution not a bool", "repetitions: 3", "repetitions: 3\n  attribution: sometimes", "attribution"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -71,6 +75,34 @@ func TestParseErrorsNameTheField(t *testing.T) {
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.wantField)
 			assert.Contains(t, err.Error(), "test.yaml", "the error names the file")
+		})
+	}
+}
+
+// Cost trials are on unless turned off, at the level nearest 8 unless
+// named, and no longer than 1 s unless asked.
+func TestAttributionDefaults(t *testing.T) {
+	off, on := false, true
+	tests := []struct {
+		name     string
+		w        Workload
+		wantOn   bool
+		wantC    int
+		wantSpan time.Duration
+	}{
+		{"defaults", Workload{Concurrency: []int{1, 8, 32}, Duration: Duration(3 * time.Second)}, true, 8, time.Second},
+		{"nearest 8, the lower of a tie", Workload{Concurrency: []int{32, 4, 12}, Duration: Duration(3 * time.Second)}, true, 4, time.Second},
+		{"one level", Workload{Concurrency: []int{64}, Duration: Duration(3 * time.Second)}, true, 64, time.Second},
+		{"named level and window", Workload{Concurrency: []int{1, 8, 32}, Duration: Duration(3 * time.Second), Attribution: &on,
+			AttributionConcurrency: 32, AttributionDuration: Duration(2 * time.Second)}, true, 32, 2 * time.Second},
+		{"window no longer than the plain one", Workload{Concurrency: []int{8}, Duration: Duration(500 * time.Millisecond)}, true, 8, 500 * time.Millisecond},
+		{"off", Workload{Concurrency: []int{8}, Duration: Duration(time.Second), Attribution: &off}, false, 8, time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.wantOn, tt.w.AttributionOn())
+			assert.Equal(t, tt.wantC, tt.w.AttributionLevel())
+			assert.Equal(t, tt.wantSpan, tt.w.AttributionWindow())
 		})
 	}
 }

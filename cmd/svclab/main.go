@@ -138,7 +138,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 	fs.DurationVar(&f.duration, "duration", 0, "measured time per trial, e.g. 5s")
 	fs.DurationVar(&f.warmup, "warmup", -1, "warm-up per trial before measuring, e.g. 1s")
 	fs.IntVar(&f.repetitions, "repetitions", 0, "repetitions of every datapath × concurrency")
-	fs.BoolVar(&f.attribution, "attribution", false, "measure each datapath's own kernel time per connection (netfilter probes, BPF program run times, proxy CPU): the DP ns/C column")
+	fs.BoolVar(&f.attribution, "attribution", true, "cost trials beside the plain ones: each datapath's own kernel time per connection (netfilter probes, BPF program run times, proxy CPU), the DP ns/C column; =false runs none")
 	fs.StringVar(&f.placement, "placement", "", "CPU placement: none (the scheduler's) or split (load generator and backends on separate CPUs)")
 	fs.BoolVar(&f.quick, "quick", false, "a smaller, shorter variant of the scenario for CI (its quick block; else 1 repetition of 1 s trials); other flags still apply")
 	fs.StringVar(&f.services, "services", "", "scale scenarios: comma-separated services counts of the sweep, e.g. 1,100,1000")
@@ -207,7 +207,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, *scenarios.S
 		sc.Workload.Repetitions = f.repetitions
 	}
 	if set["attribution"] {
-		sc.Workload.Attribution = f.attribution
+		sc.Workload.Attribution = &f.attribution
 	}
 	if set["placement"] {
 		sc.Workload.Placement = f.placement

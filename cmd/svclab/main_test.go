@@ -208,15 +208,21 @@ func TestPrivilegedBenchScaleQuick(t *testing.T) {
 	run, err := results.Read(filepath.Join(dir, "results.json"))
 	require.NoError(t, err)
 	assert.Empty(t, run.ScaleLimits, "every datapath reaches 1,000 services and 100 endpoints well within the apply timeout")
-	points := map[string]int{}
+	points, costs := map[string]int{}, map[string]int{}
 	for _, tr := range run.Trials {
-		points[tr.Datapath]++
+		if tr.Model == results.ModelCost {
+			costs[tr.Datapath]++
+			assert.NotNil(t, tr.Cost, "%s cost trial at %d×%d", tr.Datapath, tr.Services, tr.Endpoints)
+		} else {
+			points[tr.Datapath]++
+		}
 		assert.Empty(t, tr.Workload.Errors, "%s at %d×%d", tr.Datapath, tr.Services, tr.Endpoints)
 		assert.Positive(t, tr.Workload.Connections, "%s at %d×%d", tr.Datapath, tr.Services, tr.Endpoints)
 	}
 	for _, d := range run.Datapaths {
 		if d.Skipped == "" {
 			assert.Equal(t, 3, points[d.Name], "%s: 1×12, 1,000×12 and 1×100", d.Name)
+			assert.Equal(t, 3, costs[d.Name], "%s: a cost trial at each point", d.Name)
 		}
 	}
 	assert.Contains(t, stdout.String(), "socketlb: connect p90 at 1,000 services vs 1: ×")

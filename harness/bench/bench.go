@@ -79,8 +79,8 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 	prog := progress.New(cfg.Log, cfg.TTY, len(sched)+plan.openTrials(), per)
 	defer prog.Finish()
 	trials := fmt.Sprintf("%d trials", len(sched))
-	if n := plan.openTrials(); n > 0 {
-		trials = fmt.Sprintf("%d trials (%d closed-loop, %d open-loop)", len(sched)+n, len(sched), n)
+	if n, c := plan.openTrials(), plan.costTrials(); n > 0 || c > 0 {
+		trials = fmt.Sprintf("%d trials (%d closed-loop, %d of them cost trials; %d open-loop)", len(sched)+n, len(sched), c, n)
 	}
 	prog.Logf("svclab run %s: %s; kernel objects are named %s-*", run.ID, trials, lock.Prefix)
 	for _, s := range plan.Skipped {
@@ -119,6 +119,9 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 			continue
 		}
 		what := fmt.Sprintf("%s c=%d", ts.Factory.Name, ts.Concurrency)
+		if ts.Cost {
+			what += " cost"
+		}
 		if plan.Scenario.Scale != nil {
 			what += fmt.Sprintf(" services=%d endpoints=%d", ts.Services, ts.Endpoints)
 			if l, ok := limitedAt(run.ScaleLimits, ts); ok {
@@ -161,7 +164,14 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 			infos[ts.Factory.Name] = info
 		}
 		run.Trials = append(run.Trials, *tr)
-		prog.Done(fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, loadgen.SumErrors(tr.Workload.Errors), tr.Workload.SynRetrans))
+		done := fmt.Sprintf("%.0f conn/s, p90 %.0f µs, %d errors, %d SYN retransmits", tr.Workload.QPS, tr.Workload.Latency.P90, loadgen.SumErrors(tr.Workload.Errors), tr.Workload.SynRetrans)
+		if c := tr.Cost; c != nil {
+			done += fmt.Sprintf("; datapath %.0f ns/conn (probe floor %.0f subtracted)", c.NsPerConn, c.FloorNS)
+		}
+		if on, off, ok := pairedQPS(run.Trials, len(run.Trials)-1); ok && off > 0 {
+			done += fmt.Sprintf("; with probes %.2f× the plain trial's QPS", on/off)
+		}
+		prog.Done(done)
 	}
 	if w.OpenLoop() {
 		if err := runOpenLoopPhase(ctx, prog, lock.Prefix, plan, run, unsupported); err != nil {
@@ -203,6 +213,31 @@ func Run(ctx context.Context, cfg Config) (_ *results.Run, dir string, err error
 		missing = errors.Join(missing, fmt.Errorf("%w: %s (see the table's notes)", ErrNoValidTrial, strings.Join(bad, ", ")))
 	}
 	return run, dir, missing
+}
+
+// pairedQPS pairs trial i with the trial of the same datapath, site,
+// point, concurrency and repetition on the other side of the probes (a
+// cost trial with its plain trial, or the reverse), if that one has run:
+// the QPS with the probes and without them, the probes' paired overhead.
+func pairedQPS(trials []results.Trial, i int) (on, off float64, ok bool) {
+	t := trials[i]
+	isCost := t.Model == results.ModelCost
+	if !isCost && t.Model != "" {
+		return 0, 0, false
+	}
+	for j, u := range trials {
+		if j == i || u.Datapath != t.Datapath || u.Site != t.Site || u.Services != t.Services || u.Endpoints != t.Endpoints ||
+			u.Concurrency != t.Concurrency || u.Repetition != t.Repetition {
+			continue
+		}
+		switch {
+		case isCost && u.Model == "":
+			return t.Workload.QPS, u.Workload.QPS, true
+		case !isCost && u.Model == results.ModelCost:
+			return u.Workload.QPS, t.Workload.QPS, true
+		}
+	}
+	return 0, 0, false
 }
 
 // ErrNoValidTrial is returned, with the run written, when a measured
@@ -366,16 +401,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	if wl.Client == scenarios.ClientHost {
 		client = topo.Host
 	}
-	// The datapath's own kernel time, when asked for: its probes' own
-	// cost on QPS is not yet measured, so it is off by default.
-	var cost *costMeter
-	if wl.Attribution {
-		if cost, err = startCost(topo, dp, state); err != nil {
-			return nil, nil, fmt.Errorf("cost attribution: %w", err)
-		}
-		defer func() { err = errors.Join(err, cost.close()) }()
-	}
-	wk, err := loadgen.RunClientProcess(ctx, client.NS, topo.PodCgroup(client), loadgen.ClientSpec{
+	spec := loadgen.ClientSpec{
 		Targets:     dp.Targets(svc, plan.Port),
 		Protocol:    string(plan.Port.Protocol),
 		UDPMode:     wl.UDPMode,
@@ -386,25 +412,42 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		Seed:        ts.Seed,
 		CPUCgroup:   topo.CgroupDir(),
 		CPURoles:    topo.CPURoles(),
-	})
-	if err != nil {
+	}
+	var wk *results.Workload
+	var dpCost *results.Cost
+	if ts.Cost {
+		// The probes are attached before the client starts and removed
+		// after it ends; what they count is read at the window's edges,
+		// which the client announces.
+		spec.Duration = wl.AttributionWindow()
+		cost, err := startCost(topo, dp)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cost attribution: %w", err)
+		}
+		defer func() { err = errors.Join(err, cost.close()) }()
+		if wk, err = loadgen.RunClientProcessEdges(ctx, client.NS, topo.PodCgroup(client), spec, cost.edge); err != nil {
+			return nil, nil, err
+		}
+		if dpCost, err = cost.stop(wk); err != nil {
+			return nil, nil, fmt.Errorf("cost attribution: %w", err)
+		}
+	} else if wk, err = loadgen.RunClientProcess(ctx, client.NS, topo.PodCgroup(client), spec); err != nil {
 		return nil, nil, err
 	}
-	after := dp.Info()
-	dpCost, err := cost.stop(wk, after)
-	if err != nil {
-		return nil, nil, fmt.Errorf("cost attribution: %w", err)
-	}
-	state = afterTraffic(state, after)
+	state = afterTraffic(state, dp.Info())
 	tr := &results.Trial{Datapath: ts.Factory.Name, Concurrency: ts.Concurrency, Repetition: ts.Repetition, Slot: ts.Slot,
 		Services: len(st.Services), Endpoints: endpoints, ApplySeconds: apply.Seconds(),
 		DatapathState: state, Workload: *wk, Cost: dpCost}
-	if ts.Rate > 0 {
+	switch {
+	case ts.Rate > 0:
 		tr.Model, tr.OfferedRate, tr.LoadFraction = results.ModelOpen, ts.Rate, ts.LoadFraction
+	case ts.Cost:
+		tr.Model = results.ModelCost
 	}
 	tr.Invalid = invalidReason(wk, wl.ErrorTolerance())
 	splitByNode(tr, topo, client)
-	if sc := plan.Scenario.Scale; sc != nil && sc.MeasureChange && len(st.Services[0].Endpoints) > 1 {
+	// A cost trial's Apply is the plain trial's: measured once.
+	if sc := plan.Scenario.Scale; sc != nil && sc.MeasureChange && !ts.Cost && len(st.Services[0].Endpoints) > 1 {
 		// One endpoint of the first service goes away: the incremental
 		// cost of a sync at this scale (kube-proxy's common case).
 		st.Services[0].Endpoints = st.Services[0].Endpoints[1:]

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"svclab/datapath"
+	"svclab/harness/loadgen"
 	"svclab/harness/topology"
 	"svclab/internal/bpfstats"
 	"svclab/internal/nfcost"
@@ -18,25 +19,40 @@ import (
 )
 
 // costMeter attributes a datapath's own kernel time to the connections of
-// one client run (issue 16): the netfilter probes in every namespace of
-// the trial (node, client and backend pods: a per-packet datapath works in
-// the node, but conntrack may run in any of them), the run time of the
-// datapath's own BPF programs, and a userspace proxy's process CPU. It is
-// started just before the client and stopped just after it, so what it
-// measures is the whole client run, divided by every connection the
-// client started (Workload.Started): the window alone would need the
-// client child to signal its edges.
+// one cost trial's measured window (issue 16): the netfilter probes in
+// every namespace of the trial (node, client and backend pods: a
+// per-packet datapath works in the node, but conntrack may run in any of
+// them), the run time of the datapath's own BPF programs, and a userspace
+// proxy's process CPU. The probes are attached before the client starts
+// and removed after it ends; the client announces its window's edges
+// (loadgen.RunClientProcessEdges) and edge reads every figure at both, so
+// what is measured is the window (warm-up excluded, the drain of the
+// window's connections included), divided by the connections the window
+// started.
 type costMeter struct {
-	probes   *nfcost.Probes
-	nfBase   map[string]nfcost.Sample
-	stats    *bpfstats.Session
-	progs    map[string]*ebpf.Program
-	bpfBase  bpfstats.Stats
-	sysctl   string
+	probes  *nfcost.Probes
+	stats   *bpfstats.Session
+	progs   map[string]*ebpf.Program
+	sysctl  string
+	missing []string
+	// info is the datapath's Info (the userspace proxy's CPU).
+	info func() map[string]string
+	// edges are the snapshots at EdgeStart and EdgeEnd.
+	edges [2]costSnapshot
+	seen  [2]bool
+}
+
+// costSnapshot is every cumulative figure the meter reads, at one edge.
+type costSnapshot struct {
+	nf       map[string]nfcost.Sample
+	bpf      bpfstats.Stats
 	proxyCPU float64
 	hasProxy bool
-	missing  []string
 }
+
+// ErrCostEdges is a cost trial whose client did not announce both edges
+// of its window, in order.
+var ErrCostEdges = errors.New("cost: window edges")
 
 // proxyCPUKey is the userspace proxy's cumulative process CPU in Info.
 const proxyCPUKey = "proxy_cpu_seconds"
@@ -44,8 +60,8 @@ const proxyCPUKey = "proxy_cpu_seconds"
 // startCost attaches what can be attached; what this machine lacks is
 // named in Cost.Missing rather than failing the trial. An error is a real
 // failure (a probe that should attach and does not).
-func startCost(topo *topology.Topology, dp datapath.Datapath, info map[string]string) (_ *costMeter, err error) {
-	m := &costMeter{}
+func startCost(topo *topology.Topology, dp datapath.Datapath) (_ *costMeter, err error) {
+	m := &costMeter{info: dp.Info}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, m.close())
@@ -68,9 +84,6 @@ func startCost(topo *topology.Topology, dp datapath.Datapath, info map[string]st
 			{Name: "clients", NS: uniqueNS(clients)}, {Name: "backends", NS: uniqueNS(backends)}}); err != nil {
 			return nil, err
 		}
-		if m.nfBase, err = m.probes.Read(); err != nil {
-			return nil, err
-		}
 	}
 	// Statistics are held on in every trial, not only for BPF datapaths:
 	// they add their clock reads to every BPF program run, the probes'
@@ -86,17 +99,41 @@ func startCost(topo *topology.Topology, dp datapath.Datapath, info map[string]st
 		if m.progs, err = pr.Programs(); err != nil {
 			return nil, fmt.Errorf("datapath programs: %w", err)
 		}
-		if m.bpfBase, err = bpfstats.Read(m.progs); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := info[proxyCPUKey]; ok {
-		if m.proxyCPU, err = strconv.ParseFloat(v, 64); err != nil {
-			return nil, fmt.Errorf("datapath info %s=%q: %w", proxyCPUKey, v, err)
-		}
-		m.hasProxy = true
 	}
 	return m, nil
+}
+
+// edge reads every figure at one edge of the client's window (called
+// while the client waits).
+func (m *costMeter) edge(e byte) error {
+	i := 0
+	switch {
+	case e == loadgen.EdgeStart && !m.seen[0]:
+	case e == loadgen.EdgeEnd && m.seen[0] && !m.seen[1]:
+		i = 1
+	default:
+		return fmt.Errorf("%w: %q after %v", ErrCostEdges, e, m.seen)
+	}
+	var snap costSnapshot
+	var err error
+	if m.probes != nil {
+		if snap.nf, err = m.probes.Read(); err != nil {
+			return err
+		}
+	}
+	if m.progs != nil {
+		if snap.bpf, err = bpfstats.Read(m.progs); err != nil {
+			return err
+		}
+	}
+	if v, ok := m.info()[proxyCPUKey]; ok {
+		if snap.proxyCPU, err = strconv.ParseFloat(v, 64); err != nil {
+			return fmt.Errorf("datapath info %s=%q: %w", proxyCPUKey, v, err)
+		}
+		snap.hasProxy = true
+	}
+	m.edges[i], m.seen[i] = snap, true
+	return nil
 }
 
 // uniqueNS drops repeats (pods may share a namespace).
@@ -112,51 +149,56 @@ func uniqueNS(nss []*nsutil.NS) []*nsutil.NS {
 	return out
 }
 
-// stop reads the window's figures, detaches everything and returns the
-// cost per connection the client started (nil when it started none).
-func (m *costMeter) stop(wk *results.Workload, info map[string]string) (_ *results.Cost, err error) {
-	if m == nil {
-		// Attribution is off (workload.attribution).
-		return nil, nil
+// stop detaches everything and returns the window's cost per connection
+// it started (nil when it started none).
+func (m *costMeter) stop(wk *results.Workload) (_ *results.Cost, err error) {
+	if err := m.close(); err != nil {
+		return nil, err
 	}
-	defer func() { err = errors.Join(err, m.close()) }()
-	if wk.Started <= 0 {
-		return nil, nil
+	if !m.seen[0] || !m.seen[1] {
+		return nil, fmt.Errorf("%w: the client announced %v", ErrCostEdges, m.seen)
 	}
-	n := float64(wk.Started)
-	c := &results.Cost{Parts: map[string]float64{}, Connections: wk.Started, BPFStatsSysctl: m.sysctl,
+	return m.cost(wk), nil
+}
+
+// cost divides the edges' difference by the connections the window
+// started: every one of them ended by the end edge (completed or failed),
+// none started after it.
+func (m *costMeter) cost(wk *results.Workload) *results.Cost {
+	conns := wk.Connections + loadgen.SumErrors(wk.Errors)
+	if conns <= 0 {
+		return nil
+	}
+	n := float64(conns)
+	a, b := m.edges[0], m.edges[1]
+	c := &results.Cost{Parts: map[string]float64{}, Connections: conns, BPFStatsSysctl: m.sysctl,
 		Missing: strings.Join(m.missing, "; ")}
-	if m.probes != nil {
-		now, err := m.probes.Read()
-		if err != nil {
-			return nil, err
-		}
+	if b.nf != nil {
 		var d nfcost.Sample
-		for g, s := range now {
-			d = nfcost.Total(map[string]nfcost.Sample{"a": d, "b": s.Sub(m.nfBase[g])})
+		for g, s := range b.nf {
+			d = nfcost.Total(map[string]nfcost.Sample{"a": d, "b": s.Sub(a.nf[g])})
 		}
-		for p := nfcost.Part(0); p < nfcost.NumParts; p++ {
-			c.Parts["nf-"+p.String()] = float64(d.Part(p).NS) / n
+		// The probes' own dispatch (the floor band's ns per crossing,
+		// from the same window) comes out of each part: what is left is
+		// the hooks' own work, near 0 for a datapath that adds none.
+		for p := nfcost.Part(0); p < nfcost.NumCostParts; p++ {
+			ns, floor := d.Net(p)
+			c.Parts["nf-"+p.String()] = ns / n
+			c.FloorNS += floor / n
 		}
 	}
-	if m.progs != nil {
-		now, err := bpfstats.Read(m.progs)
-		if err != nil {
-			return nil, err
-		}
-		for name, st := range now.Sub(m.bpfBase) {
+	if b.bpf != nil {
+		for name, st := range b.bpf.Sub(a.bpf) {
 			c.Parts["bpf-"+name] = float64(st.RunTimeNS) / n
 		}
 	}
-	if m.hasProxy {
-		if v, perr := strconv.ParseFloat(info[proxyCPUKey], 64); perr == nil {
-			c.Parts["proxy-cpu"] = (v - m.proxyCPU) * 1e9 / n
-		}
+	if a.hasProxy && b.hasProxy {
+		c.Parts["proxy-cpu"] = (b.proxyCPU - a.proxyCPU) * 1e9 / n
 	}
 	for _, v := range c.Parts {
 		c.NsPerConn += v
 	}
-	return c, nil
+	return c
 }
 
 // close detaches the probes, drops the statistics and closes the program

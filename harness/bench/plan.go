@@ -173,6 +173,11 @@ type TrialSpec struct {
 	// datapath; Factory is zero): measured at every concurrency level and
 	// repetition, in the rotation like a datapath.
 	Generator bool
+	// Cost marks a cost trial (results.ModelCost): the probes that
+	// attribute the datapath's own kernel time are attached, over a window
+	// of Workload.AttributionWindow. In the round of the attribution
+	// level, beside the same datapath's plain trial.
+	Cost bool
 }
 
 // rotation is the first datapath of the round of cell (the index of a
@@ -188,10 +193,12 @@ func rotation(rep, cell, n int) int { return (rep + cell) % n }
 // concurrency level (a round) every datapath runs once, and so does the
 // generator's own ceiling at the first scale point, in an order that
 // rotates (see rotation), so neither drift of the machine nor position
-// favours one.
+// favours one. With attribution on, the rounds of the attribution level
+// also hold one cost trial per datapath.
 func (p *Plan) Schedule() []TrialSpec {
 	var out []TrialSpec
 	levels := p.Scenario.Workload.Concurrency
+	cost, costLevel := p.Scenario.Workload.AttributionOn(), p.Scenario.Workload.AttributionLevel()
 	for rep := range p.Scenario.Workload.Repetitions {
 		points := p.Scenario.ScalePoints()
 		idx := make([]int, len(points))
@@ -212,6 +219,14 @@ func (p *Plan) Schedule() []TrialSpec {
 				round := make([]TrialSpec, 0, len(p.Factories)+1)
 				for _, f := range p.Factories {
 					round = append(round, TrialSpec{Factory: f, Services: pt.Services, Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep})
+					if cost && c == costLevel {
+						// A cost trial is a participant of the round
+						// like the plain ones, so it rotates through
+						// its positions too, and it runs next to the
+						// plain trial it is paired with for the
+						// probes' overhead (the same machine state).
+						round = append(round, TrialSpec{Factory: f, Services: pt.Services, Endpoints: pt.Endpoints, Concurrency: c, Repetition: rep, Cost: true})
+					}
 				}
 				if pi == 0 {
 					// The generator's ceiling does not depend on the scale
@@ -228,6 +243,15 @@ func (p *Plan) Schedule() []TrialSpec {
 		}
 	}
 	return out
+}
+
+// costTrials is the number of cost trials in Schedule.
+func (p *Plan) costTrials() int {
+	w := p.Scenario.Workload
+	if !w.AttributionOn() {
+		return 0
+	}
+	return w.Repetitions * len(p.Scenario.ScalePoints()) * len(p.Factories)
 }
 
 // openTrials is the number of open-loop trials the plan runs.

@@ -66,28 +66,72 @@ func TestNewPlanUnknownDatapath(t *testing.T) {
 	assert.Contains(t, err.Error(), "datapaths:")
 }
 
-// The schedule interleaves datapaths and rotates their order.
+// The schedule interleaves datapaths and rotates their order; the cost
+// trials (on by default) join the rounds of the attribution level.
 func TestScheduleInterleaves(t *testing.T) {
-	p := &Plan{Scenario: &scenarios.Scenario{Workload: scenarios.Workload{Concurrency: []int{1, 8}, Repetitions: 2}}}
-	for _, n := range []string{"a", "b", "c"} {
-		p.Factories = append(p.Factories, datapath.Factory{Name: n})
+	off := false
+	tests := []struct {
+		name string
+		w    scenarios.Workload
+		want []string
+	}{
+		{"attribution off", scenarios.Workload{Concurrency: []int{1, 8}, Repetitions: 2, Attribution: &off}, []string{
+			"a", "b", "c", "gen", "b", "c", "gen", "a", // repetition 1: c=1, c=8
+			"b", "c", "gen", "a", "c", "gen", "a", "b", // repetition 2
+		}},
+		{"cost trials at the level nearest 8", scenarios.Workload{Concurrency: []int{1, 8}, Repetitions: 2}, []string{
+			"a", "b", "c", "gen", // repetition 1, c=1
+			// c=8: each cost trial ($) next to its plain trial, both
+			// participants of the round
+			"a$", "b", "b$", "c", "c$", "gen", "a",
+			"b", "c", "gen", "a", // repetition 2, c=1
+			"b", "b$", "c", "c$", "gen", "a", "a$", // c=8
+		}},
+		{"cost trials at a named level", scenarios.Workload{Concurrency: []int{1, 8}, Repetitions: 1, AttributionConcurrency: 1}, []string{
+			"a", "a$", "b", "b$", "c", "c$", "gen", "b", "c", "gen", "a",
+		}},
 	}
-	var got []string
-	for _, ts := range p.Schedule() {
-		name := ts.Factory.Name
-		if ts.Generator {
-			name = "gen"
-		}
-		got = append(got, name)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &Plan{Scenario: &scenarios.Scenario{Workload: tt.w}}
+			for _, n := range []string{"a", "b", "c"} {
+				p.Factories = append(p.Factories, datapath.Factory{Name: n})
+			}
+			var got []string
+			sched := p.Schedule()
+			for _, ts := range sched {
+				got = append(got, participant(ts))
+				if ts.Cost {
+					assert.Equal(t, tt.w.AttributionLevel(), ts.Concurrency)
+				}
+			}
+			assert.Equal(t, tt.want, got)
+			n := 0
+			for _, ts := range sched {
+				if ts.Cost {
+					n++
+				}
+			}
+			assert.Equal(t, p.costTrials(), n)
+		})
 	}
-	assert.Equal(t, []string{
-		"a", "b", "c", "gen", "b", "c", "gen", "a", // repetition 1: c=1, c=8
-		"b", "c", "gen", "a", "c", "gen", "a", "b", // repetition 2
-	}, got)
 }
 
-// Every participant of a round (each datapath, and the generator's own
-// ceiling in the rounds of the first scale point) takes every position
+// participant names a trial's place in a round: its datapath, "$" after
+// a cost trial's, or "gen" for the generator's ceiling.
+func participant(ts TrialSpec) string {
+	switch {
+	case ts.Generator:
+		return "gen"
+	case ts.Cost:
+		return ts.Factory.Name + "$"
+	}
+	return ts.Factory.Name
+}
+
+// Every participant of a round (each datapath, its cost trial in the
+// rounds of the attribution level, and the generator's own ceiling in the
+// rounds of the first scale point) takes every position
 // equally often over as many repetitions as the round has participants (at
 // most one apart over fewer), for any number of datapaths, scale points and
 // concurrency levels: the shape that made a rotation by rounds stand still
@@ -100,15 +144,13 @@ func TestScheduleBalancesPositions(t *testing.T) {
 					t.Run(fmt.Sprintf("dp=%d/levels=%d/points=%d/reps=%d", ndp, nlev, npts, reps), func(t *testing.T) {
 						p := schedulePlan(ndp, nlev, npts, reps)
 						sched := p.Schedule()
-						require.Equal(t, reps*nlev*(npts*ndp+1), len(sched), "every datapath once per round, the generator once per level")
+						require.Equal(t, reps*nlev*(npts*ndp+1)+reps*npts*ndp, len(sched),
+							"every datapath once per round, the generator once per level, a cost trial per datapath at one level and every point")
 						type cell struct{ services, conc int }
 						count := map[cell]map[string]map[int]int{}
 						for _, ts := range sched {
 							c := cell{ts.Services, ts.Concurrency}
-							who := ts.Factory.Name
-							if ts.Generator {
-								who = "generator"
-							}
+							who := participant(ts)
 							if count[c] == nil {
 								count[c] = map[string]map[int]int{}
 							}

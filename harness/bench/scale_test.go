@@ -14,6 +14,7 @@ import (
 
 	"svclab/datapath"
 	"svclab/harness/internal/harnesstest"
+	"svclab/harness/loadgen"
 	"svclab/results"
 	"svclab/scenarios"
 )
@@ -51,7 +52,7 @@ func withSlowApply(name string) (datapath.Factory, error) {
 }
 
 // A scale schedule visits every point for every datapath in every
-// repetition, the services sweep first.
+// repetition, the services sweep first, with one cost trial per point.
 func TestScheduleScalePoints(t *testing.T) {
 	sc, err := scenarios.Load("scale")
 	require.NoError(t, err)
@@ -62,7 +63,12 @@ func TestScheduleScalePoints(t *testing.T) {
 	}
 	seen := map[key]int{}
 	order := map[int][]scenarios.ScalePoint{}
+	costs := map[key]int{}
 	for _, ts := range p.Schedule() {
+		if ts.Cost {
+			costs[key{ts.Factory.Name, ts.Services, ts.Endpoints}]++
+			continue
+		}
 		seen[key{ts.Factory.Name, ts.Services, ts.Endpoints}]++
 		if ts.Factory.Name == "a" {
 			order[ts.Repetition] = append(order[ts.Repetition], scenarios.ScalePoint{Services: ts.Services, Endpoints: ts.Endpoints})
@@ -75,7 +81,8 @@ func TestScheduleScalePoints(t *testing.T) {
 	assert.Equal(t, down, order[1])
 	for _, pt := range sc.ScalePoints() {
 		for _, dp := range []string{"a", "b"} {
-			assert.Equal(t, sc.Workload.Repetitions, seen[key{dp, pt.Services, pt.Endpoints}], "%s at %+v", dp, pt)
+			assert.Equal(t, sc.Workload.Repetitions*len(sc.Workload.Concurrency), seen[key{dp, pt.Services, pt.Endpoints}], "%s at %+v", dp, pt)
+			assert.Equal(t, sc.Workload.Repetitions, costs[key{dp, pt.Services, pt.Endpoints}], "one cost trial of %s at %+v per repetition", dp, pt)
 		}
 	}
 }
@@ -133,17 +140,32 @@ func TestPrivilegedScaleApplyTimeout(t *testing.T) {
 	assert.Contains(t, l.Reason, "did not finish within 300ms")
 	assert.GreaterOrEqual(t, l.ApplySeconds, 0.3)
 
-	got := map[string][]scenarios.ScalePoint{}
+	got, gotCost := map[string][]scenarios.ScalePoint{}, map[string][]scenarios.ScalePoint{}
 	for _, tr := range run.Trials {
-		if tr.Repetition == 0 {
-			got[tr.Datapath] = append(got[tr.Datapath], scenarios.ScalePoint{Services: tr.Services, Endpoints: tr.Endpoints})
-		}
+		pt := scenarios.ScalePoint{Services: tr.Services, Endpoints: tr.Endpoints}
 		assert.Empty(t, tr.Workload.Errors, "%s at %d×%d", tr.Datapath, tr.Services, tr.Endpoints)
 		assert.Positive(t, tr.Workload.Connections)
+		if tr.Model == results.ModelCost {
+			if tr.Repetition == 0 {
+				gotCost[tr.Datapath] = append(gotCost[tr.Datapath], pt)
+			}
+			require.NotNil(t, tr.Cost, "a cost trial has its cost")
+			assert.Equal(t, tr.Workload.Connections+loadgen.SumErrors(tr.Workload.Errors), tr.Cost.Connections, "divided by the window's connections")
+			assert.Zero(t, tr.ApplyChangeSeconds, "the change is timed in the plain trial")
+			continue
+		}
+		if tr.Repetition == 0 {
+			got[tr.Datapath] = append(got[tr.Datapath], pt)
+		}
+		assert.Nil(t, tr.Cost, "plain trials carry no probes")
 		assert.Positive(t, tr.ApplyChangeSeconds, "the one-endpoint change is timed at every point")
 	}
-	assert.Equal(t, []scenarios.ScalePoint{{Services: 1, Endpoints: 2}, {Services: 1, Endpoints: 20}}, got[slowApplyName])
-	assert.Equal(t, []scenarios.ScalePoint{{Services: 1, Endpoints: 2}, {Services: 3, Endpoints: 2}, {Services: 5, Endpoints: 2}, {Services: 1, Endpoints: 20}}, got["direct"])
+	want := map[string][]scenarios.ScalePoint{
+		slowApplyName: {{Services: 1, Endpoints: 2}, {Services: 1, Endpoints: 20}},
+		"direct":      {{Services: 1, Endpoints: 2}, {Services: 3, Endpoints: 2}, {Services: 5, Endpoints: 2}, {Services: 1, Endpoints: 20}},
+	}
+	assert.Equal(t, want, got)
+	assert.Equal(t, want, gotCost, "one cost trial per point, not at the limited ones")
 
 	// 20 endpoints on 4 pods: every pod answered on its extra addresses.
 	for _, tr := range run.Trials {

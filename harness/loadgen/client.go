@@ -15,11 +15,14 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"svclab/harness/internal/rawsys"
 	"svclab/internal/child"
@@ -101,6 +104,38 @@ type ClientSpec struct {
 	// CPURoles are role cgroup directories below CPUCgroup ("clients",
 	// "servers", …) whose CPU time is read the same way, to split it.
 	CPURoles map[string]string `json:"cpu_roles,omitempty"`
+	// EdgeFD, if > 0, is a stream socket (inherited from the parent, see
+	// RunClientProcessEdges) on which the closed loop announces the
+	// measured window's edges: EdgeStart just before the window opens,
+	// EdgeEnd once every connection it started has ended (the drain),
+	// each time waiting for the parent's one-byte answer, so that what
+	// the parent reads at an edge is read before the loop goes on.
+	EdgeFD int `json:"edge_fd,omitempty"`
+}
+
+// Window edges announced on ClientSpec.EdgeFD.
+const (
+	EdgeStart byte = 'S'
+	EdgeEnd   byte = 'E'
+)
+
+// ErrEdge is a failure of the window-edge handshake with the parent.
+var ErrEdge = errors.New("client: window edge")
+
+// edge announces one edge on fd and waits for the parent's answer.
+func edge(fd int, e byte) error {
+	if fd <= 0 {
+		return nil
+	}
+	if _, err := unix.Write(fd, []byte{e}); err != nil {
+		return fmt.Errorf("%w %c: write: %v", ErrEdge, e, err)
+	}
+	var ack [1]byte
+	n, err := unix.Read(fd, ack[:])
+	if err != nil || n != 1 {
+		return fmt.Errorf("%w %c: no answer (%d bytes, %v)", ErrEdge, e, n, err)
+	}
+	return nil
 }
 
 // Open-loop arrival processes (ClientSpec.Arrivals).
@@ -223,6 +258,11 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		}()
 	}
 	time.Sleep(spec.Warmup)
+	if err := edge(spec.EdgeFD, EdgeStart); err != nil {
+		rs.phase.Store(phaseStop)
+		wg.Wait()
+		return nil, err
+	}
 	m := startMeter(spec.CPUCgroup, spec.CPURoles)
 	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
@@ -240,6 +280,11 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	window := time.Since(t0)
 	m.stop()
 	wg.Wait()
+	// After the drain: every connection the window started has ended,
+	// and no other has started since.
+	if err := edge(spec.EdgeFD, EdgeEnd); err != nil {
+		return nil, err
+	}
 
 	w := &results.Workload{
 		DurationSeconds: window.Seconds(),
@@ -469,6 +514,59 @@ func synRetrans() int64 {
 func RunClientProcess(ctx context.Context, ns *nsutil.NS, cgroupDir string, spec ClientSpec) (*results.Workload, error) {
 	var w results.Workload
 	if err := child.Run(ctx, RoleClient, spec, ns, cgroupDir, &w, child.NoAsyncPreempt); err != nil {
+		return nil, err
+	}
+	return &w, nil
+}
+
+// RunClientProcessEdges is RunClientProcess for a closed-loop spec whose
+// window edges the caller must see: onEdge runs in this process at
+// EdgeStart (before the window opens) and EdgeEnd (after the drain), while
+// the client waits for it. An error from onEdge fails the run after the
+// client has finished.
+func RunClientProcessEdges(ctx context.Context, ns *nsutil.NS, cgroupDir string, spec ClientSpec, onEdge func(byte) error) (*results.Workload, error) {
+	if spec.Rate > 0 {
+		return nil, fmt.Errorf("%w: only the closed loop announces its window", ErrEdge)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: socketpair: %v", ErrEdge, err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "edge"), os.NewFile(uintptr(fds[1]), "edge-child")
+	defer ours.Close()
+	// ExtraFiles[0] is the child's fd 3.
+	spec.EdgeFD = 3
+	p, err := child.StartRole(ctx, RoleClient, spec, ns, cgroupDir, child.NoAsyncPreempt, func(cmd *exec.Cmd) {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, theirs)
+	})
+	// The child has its own copy: a child that dies closes the last one,
+	// which ends the loop below.
+	theirs.Close()
+	if err != nil {
+		return nil, err
+	}
+	edgeErr := make(chan error, 1)
+	go func() {
+		var errs []error
+		var b [1]byte
+		for {
+			if _, err := ours.Read(b[:]); err != nil {
+				break
+			}
+			if err := onEdge(b[0]); err != nil {
+				errs = append(errs, err)
+			}
+			if _, err := ours.Write(b[:]); err != nil {
+				errs = append(errs, fmt.Errorf("%w %c: answer: %v", ErrEdge, b[0], err))
+				break
+			}
+		}
+		edgeErr <- errors.Join(errs...)
+	}()
+	var w results.Workload
+	werr := p.Wait(&w)
+	// The child has exited: its end is closed and the reader has seen EOF.
+	if err := errors.Join(werr, <-edgeErr); err != nil {
 		return nil, err
 	}
 	return &w, nil

@@ -2,7 +2,10 @@ package loadgen
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +102,40 @@ func TestPrivilegedClientServerInTopology(t *testing.T) {
 		}
 	})
 
+	// The window's edges reach the parent while the client waits: the
+	// client namespace's TCP active opens between them are exactly the
+	// connections the window started (none of the warm-up's, all of the
+	// drain's).
+	t.Run("window edges", func(t *testing.T) {
+		var got []byte
+		var opens []int64
+		w, err := RunClientProcessEdges(ctx, client, topo.ClientCgroup.Path, ClientSpec{Targets: targets, Concurrency: 8,
+			Warmup: 200 * time.Millisecond, Duration: 400 * time.Millisecond}, func(e byte) error {
+			got = append(got, e)
+			var n int64
+			err := client.Do(func() (err error) { n, err = activeOpens(); return err })
+			opens = append(opens, n)
+			return err
+		})
+		require.NoError(t, err)
+		require.Equal(t, []byte{EdgeStart, EdgeEnd}, got)
+		assert.Positive(t, w.Connections)
+		// A warm-up slot that ends between the parent's read and the
+		// phase change starts one more warm-up connection: at most one
+		// per slot (8) beyond the window's own.
+		window, between := w.Connections+SumErrors(w.Errors), opens[1]-opens[0]
+		assert.GreaterOrEqual(t, between, window, "every connection of the window is between the edges")
+		assert.LessOrEqual(t, between, window+8, "no more than one warm-up connection per slot")
+		assert.Greater(t, w.Started, opens[1]-opens[0], "the warm-up's connections are outside the edges")
+
+		_, err = RunClientProcessEdges(ctx, client, topo.ClientCgroup.Path, ClientSpec{Targets: targets, Concurrency: 1,
+			Duration: 100 * time.Millisecond}, func(e byte) error { return errors.New("snapshot failed") })
+		assert.ErrorContains(t, err, "snapshot failed", "an edge's failure fails the run")
+		_, err = RunClientProcessEdges(ctx, client, topo.ClientCgroup.Path, ClientSpec{Targets: targets, Rate: 10,
+			Duration: 100 * time.Millisecond}, func(byte) error { return nil })
+		assert.ErrorIs(t, err, ErrEdge, "the open loop has no edges to announce")
+	})
+
 	t.Run("refused port", func(t *testing.T) {
 		w, err := RunClientProcess(ctx, client, topo.ClientCgroup.Path, ClientSpec{
 			Targets: []netip.AddrPort{netip.AddrPortFrom(topo.Backends[0].Addr, port+1)}, Concurrency: 2, Duration: 300 * time.Millisecond})
@@ -143,4 +180,29 @@ func TestPrivilegedClientServerInTopology(t *testing.T) {
 			assert.Len(t, w.PerBackend, len(topo.Backends), "backends reached: %v", w.PerBackend)
 		})
 	}
+}
+
+// activeOpens reads Tcp ActiveOpens of the calling thread's namespace.
+func activeOpens() (int64, error) {
+	b, err := os.ReadFile("/proc/thread-self/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "ActiveOpens" && i < len(f) {
+				return strconv.ParseInt(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no Tcp ActiveOpens in /proc/thread-self/net/snmp")
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"svclab/datapath"
 	"svclab/internal/nsutil"
@@ -67,10 +68,18 @@ const (
 	Filter
 	// SNAT: nat POSTROUTING/INPUT (masquerade) and conntrack helpers.
 	SNAT
+	// Floor is the calibration band: two adjacent priorities with nothing
+	// between them, so its time is the probes' own dispatch from one BPF
+	// hook to the next, which every other part includes once per count.
+	Floor
 	NumParts
 )
 
-var partNames = [NumParts]string{"early", "conntrack", "dnat", "filter", "snat"}
+// NumCostParts are the parts that hold the hooks' own work (every part
+// but Floor).
+const NumCostParts = Floor
+
+var partNames = [NumParts]string{"early", "conntrack", "dnat", "filter", "snat", "floor"}
 
 // String names the part as results record it.
 func (p Part) String() string {
@@ -80,15 +89,17 @@ func (p Part) String() string {
 	return partNames[p]
 }
 
-// PartNames lists the parts' names in priority order.
-func PartNames() []string { return append([]string(nil), partNames[:]...) }
+// PartNames lists the names of the parts that hold the hooks' own work,
+// in priority order (Floor, the probes' own cost, is not one of them).
+func PartNames() []string { return append([]string(nil), partNames[:NumCostParts]...) }
 
 // Priorities are the probes' netfilter priorities in a hook, in order:
 // first and last as far as the kernel allows (it refuses BPF hooks at
 // INT_MIN and INT_MAX, where conntrack confirm runs, so confirm is after
-// the last probe and not measured), and just before conntrack (-200),
-// DNAT (-100), filter (0) and SNAT (100).
-var Priorities = [NumParts + 1]int32{math.MinInt32 + 1, -201, -101, -1, 99, math.MaxInt32 - 1}
+// the last probe and not measured), just before conntrack (-200), DNAT
+// (-100), filter (0) and SNAT (100), and the empty calibration band
+// INT_MAX-2..INT_MAX-1 (Floor) before the last.
+var Priorities = [NumParts + 1]int32{math.MinInt32 + 1, -201, -101, -1, 99, math.MaxInt32 - 2, math.MaxInt32 - 1}
 
 // Sum is the time spent in one part and how many times it was crossed.
 type Sum struct {
@@ -121,10 +132,10 @@ func (s Sample) Part(p Part) Sum {
 	return t
 }
 
-// TotalNS is the time in every part of every hook.
+// TotalNS is the time in every part of every hook but Floor.
 func (s Sample) TotalNS() uint64 {
 	var t uint64
-	for p := Part(0); p < NumParts; p++ {
+	for p := Part(0); p < NumCostParts; p++ {
 		t += s.Part(p).NS
 	}
 	return t
@@ -137,6 +148,29 @@ func (s Sample) Traversals() uint64 {
 		t += s[h][NumParts-1].Count
 	}
 	return t
+}
+
+// FloorPerCount is the probes' own dispatch cost per part crossing: the
+// Floor band's ns per count, pooled over the hooks (0 when it was never
+// crossed). Pooled, not per hook: each hook's band measures the same
+// dispatch, and a hook crossed few times (forward, in a pod) would give a
+// noisy figure of its own.
+func (s Sample) FloorPerCount() float64 {
+	f := s.Part(Floor)
+	if f.Count == 0 {
+		return 0
+	}
+	return float64(f.NS) / float64(f.Count)
+}
+
+// Net is a part's time with the probes' dispatch taken out (count ×
+// FloorPerCount), and the amount taken out. It may come out slightly
+// negative for a part that holds nothing: noise, kept so that averages
+// over trials stay unbiased.
+func (s Sample) Net(p Part) (ns, floor float64) {
+	sum := s.Part(p)
+	floor = float64(sum.Count) * s.FloorPerCount()
+	return float64(sum.NS) - floor, floor
 }
 
 // Group is namespaces whose time is summed together (e.g. every client
@@ -162,6 +196,46 @@ func Probe() error {
 // attached, Close them when the window ends.
 type Probes struct {
 	groups []*groupProbes
+	moved  []Moved
+}
+
+// Moved is a probe attached below its priority because another hook held
+// it (the kernel refuses a BPF hook at a priority already in use: IPVS,
+// for one, registers LOCAL_IN hooks at 98 and 99).
+type Moved struct {
+	NS       string
+	Family   int
+	Hook     Hook
+	Pos      int
+	Priority int32
+}
+
+// maxStep bounds how far below its priority an interior probe may move:
+// the kernel users that bound the bands sit 50 or more apart, so a probe a
+// few below its place is still in the same band.
+const maxStep = 8
+
+// attachAt attaches prog at prio, or, for an interior probe (one that
+// bounds two named parts) whose priority another hook holds (EBUSY), at
+// the first free priority up to maxStep below it. The first probe, and
+// the two that bound the floor band, stay where they are: the floor band
+// must be two adjacent priorities with nothing between.
+func attachAt(prog *ebpf.Program, fam link.NetfilterProtocolFamily, h Hook, pos int, prio int32) (link.Link, int32, error) {
+	steps := 0
+	if pos > 0 && pos < int(Floor) {
+		steps = maxStep
+	}
+	for try := int32(0); ; try++ {
+		l, err := link.AttachNetfilter(link.NetfilterOptions{
+			Program: prog, ProtocolFamily: fam, Hook: link.NetfilterInetHook(h), Priority: prio - try,
+		})
+		if err == nil {
+			return l, prio - try, nil
+		}
+		if !errors.Is(err, unix.EBUSY) || int(try) >= steps {
+			return nil, 0, err
+		}
+	}
 }
 
 type groupProbes struct {
@@ -203,12 +277,12 @@ func Attach(groups []Group) (_ *Probes, err error) {
 				for _, fam := range families {
 					for h := Hook(0); h < NumHooks; h++ {
 						for pos, prio := range Priorities {
-							l, err := link.AttachNetfilter(link.NetfilterOptions{
-								Program: progs[h][pos], ProtocolFamily: fam,
-								Hook: link.NetfilterInetHook(h), Priority: prio,
-							})
+							l, used, err := attachAt(progs[h][pos], fam, h, pos, prio)
 							if err != nil {
 								return fmt.Errorf("attach %s probe %d (priority %d, family %d): %w", h, pos, prio, fam, err)
+							}
+							if used != prio {
+								p.moved = append(p.moved, Moved{NS: ns.Name, Family: int(fam), Hook: h, Pos: pos, Priority: used})
 							}
 							gp.links = append(gp.links, l)
 						}
@@ -227,11 +301,11 @@ func Attach(groups []Group) (_ *Probes, err error) {
 func (g *groupProbes) programs() [NumHooks][NumParts + 1]*ebpf.Program {
 	o := &g.objs
 	return [NumHooks][NumParts + 1]*ebpf.Program{
-		{o.SvclabNfcPre0, o.SvclabNfcPre1, o.SvclabNfcPre2, o.SvclabNfcPre3, o.SvclabNfcPre4, o.SvclabNfcPre5},
-		{o.SvclabNfcIn0, o.SvclabNfcIn1, o.SvclabNfcIn2, o.SvclabNfcIn3, o.SvclabNfcIn4, o.SvclabNfcIn5},
-		{o.SvclabNfcFwd0, o.SvclabNfcFwd1, o.SvclabNfcFwd2, o.SvclabNfcFwd3, o.SvclabNfcFwd4, o.SvclabNfcFwd5},
-		{o.SvclabNfcOut0, o.SvclabNfcOut1, o.SvclabNfcOut2, o.SvclabNfcOut3, o.SvclabNfcOut4, o.SvclabNfcOut5},
-		{o.SvclabNfcPost0, o.SvclabNfcPost1, o.SvclabNfcPost2, o.SvclabNfcPost3, o.SvclabNfcPost4, o.SvclabNfcPost5},
+		{o.SvclabNfcPre0, o.SvclabNfcPre1, o.SvclabNfcPre2, o.SvclabNfcPre3, o.SvclabNfcPre4, o.SvclabNfcPre5, o.SvclabNfcPre6},
+		{o.SvclabNfcIn0, o.SvclabNfcIn1, o.SvclabNfcIn2, o.SvclabNfcIn3, o.SvclabNfcIn4, o.SvclabNfcIn5, o.SvclabNfcIn6},
+		{o.SvclabNfcFwd0, o.SvclabNfcFwd1, o.SvclabNfcFwd2, o.SvclabNfcFwd3, o.SvclabNfcFwd4, o.SvclabNfcFwd5, o.SvclabNfcFwd6},
+		{o.SvclabNfcOut0, o.SvclabNfcOut1, o.SvclabNfcOut2, o.SvclabNfcOut3, o.SvclabNfcOut4, o.SvclabNfcOut5, o.SvclabNfcOut6},
+		{o.SvclabNfcPost0, o.SvclabNfcPost1, o.SvclabNfcPost2, o.SvclabNfcPost3, o.SvclabNfcPost4, o.SvclabNfcPost5, o.SvclabNfcPost6},
 	}
 }
 
@@ -243,6 +317,9 @@ func (p *Probes) Groups() []string {
 	}
 	return names
 }
+
+// Moved lists the probes attached below their priority (see attachAt).
+func (p *Probes) Moved() []Moved { return p.moved }
 
 // Links is how many bpf_links are attached.
 func (p *Probes) Links() int {

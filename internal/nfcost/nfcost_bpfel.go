@@ -39,30 +39,35 @@ const (
 	nfcostProgSvclabNfcFwd3  = "svclab_nfc_fwd_3"
 	nfcostProgSvclabNfcFwd4  = "svclab_nfc_fwd_4"
 	nfcostProgSvclabNfcFwd5  = "svclab_nfc_fwd_5"
+	nfcostProgSvclabNfcFwd6  = "svclab_nfc_fwd_6"
 	nfcostProgSvclabNfcIn0   = "svclab_nfc_in_0"
 	nfcostProgSvclabNfcIn1   = "svclab_nfc_in_1"
 	nfcostProgSvclabNfcIn2   = "svclab_nfc_in_2"
 	nfcostProgSvclabNfcIn3   = "svclab_nfc_in_3"
 	nfcostProgSvclabNfcIn4   = "svclab_nfc_in_4"
 	nfcostProgSvclabNfcIn5   = "svclab_nfc_in_5"
+	nfcostProgSvclabNfcIn6   = "svclab_nfc_in_6"
 	nfcostProgSvclabNfcOut0  = "svclab_nfc_out_0"
 	nfcostProgSvclabNfcOut1  = "svclab_nfc_out_1"
 	nfcostProgSvclabNfcOut2  = "svclab_nfc_out_2"
 	nfcostProgSvclabNfcOut3  = "svclab_nfc_out_3"
 	nfcostProgSvclabNfcOut4  = "svclab_nfc_out_4"
 	nfcostProgSvclabNfcOut5  = "svclab_nfc_out_5"
+	nfcostProgSvclabNfcOut6  = "svclab_nfc_out_6"
 	nfcostProgSvclabNfcPost0 = "svclab_nfc_post_0"
 	nfcostProgSvclabNfcPost1 = "svclab_nfc_post_1"
 	nfcostProgSvclabNfcPost2 = "svclab_nfc_post_2"
 	nfcostProgSvclabNfcPost3 = "svclab_nfc_post_3"
 	nfcostProgSvclabNfcPost4 = "svclab_nfc_post_4"
 	nfcostProgSvclabNfcPost5 = "svclab_nfc_post_5"
+	nfcostProgSvclabNfcPost6 = "svclab_nfc_post_6"
 	nfcostProgSvclabNfcPre0  = "svclab_nfc_pre_0"
 	nfcostProgSvclabNfcPre1  = "svclab_nfc_pre_1"
 	nfcostProgSvclabNfcPre2  = "svclab_nfc_pre_2"
 	nfcostProgSvclabNfcPre3  = "svclab_nfc_pre_3"
 	nfcostProgSvclabNfcPre4  = "svclab_nfc_pre_4"
 	nfcostProgSvclabNfcPre5  = "svclab_nfc_pre_5"
+	nfcostProgSvclabNfcPre6  = "svclab_nfc_pre_6"
 )
 
 // loadNfcost returns the embedded CollectionSpec for nfcost.
@@ -113,30 +118,35 @@ type nfcostProgramSpecs struct {
 	SvclabNfcFwd3  *ebpf.ProgramSpec `ebpf:"svclab_nfc_fwd_3"`
 	SvclabNfcFwd4  *ebpf.ProgramSpec `ebpf:"svclab_nfc_fwd_4"`
 	SvclabNfcFwd5  *ebpf.ProgramSpec `ebpf:"svclab_nfc_fwd_5"`
+	SvclabNfcFwd6  *ebpf.ProgramSpec `ebpf:"svclab_nfc_fwd_6"`
 	SvclabNfcIn0   *ebpf.ProgramSpec `ebpf:"svclab_nfc_in_0"`
 	SvclabNfcIn1   *ebpf.ProgramSpec `ebpf:"svclab_nfc_in_1"`
 	SvclabNfcIn2   *ebpf.ProgramSpec `ebpf:"svclab_nfc_in_2"`
 	SvclabNfcIn3   *ebpf.ProgramSpec `ebpf:"svclab_nfc_in_3"`
 	SvclabNfcIn4   *ebpf.ProgramSpec `ebpf:"svclab_nfc_in_4"`
 	SvclabNfcIn5   *ebpf.ProgramSpec `ebpf:"svclab_nfc_in_5"`
+	SvclabNfcIn6   *ebpf.ProgramSpec `ebpf:"svclab_nfc_in_6"`
 	SvclabNfcOut0  *ebpf.ProgramSpec `ebpf:"svclab_nfc_out_0"`
 	SvclabNfcOut1  *ebpf.ProgramSpec `ebpf:"svclab_nfc_out_1"`
 	SvclabNfcOut2  *ebpf.ProgramSpec `ebpf:"svclab_nfc_out_2"`
 	SvclabNfcOut3  *ebpf.ProgramSpec `ebpf:"svclab_nfc_out_3"`
 	SvclabNfcOut4  *ebpf.ProgramSpec `ebpf:"svclab_nfc_out_4"`
 	SvclabNfcOut5  *ebpf.ProgramSpec `ebpf:"svclab_nfc_out_5"`
+	SvclabNfcOut6  *ebpf.ProgramSpec `ebpf:"svclab_nfc_out_6"`
 	SvclabNfcPost0 *ebpf.ProgramSpec `ebpf:"svclab_nfc_post_0"`
 	SvclabNfcPost1 *ebpf.ProgramSpec `ebpf:"svclab_nfc_post_1"`
 	SvclabNfcPost2 *ebpf.ProgramSpec `ebpf:"svclab_nfc_post_2"`
 	SvclabNfcPost3 *ebpf.ProgramSpec `ebpf:"svclab_nfc_post_3"`
 	SvclabNfcPost4 *ebpf.ProgramSpec `ebpf:"svclab_nfc_post_4"`
 	SvclabNfcPost5 *ebpf.ProgramSpec `ebpf:"svclab_nfc_post_5"`
+	SvclabNfcPost6 *ebpf.ProgramSpec `ebpf:"svclab_nfc_post_6"`
 	SvclabNfcPre0  *ebpf.ProgramSpec `ebpf:"svclab_nfc_pre_0"`
 	SvclabNfcPre1  *ebpf.ProgramSpec `ebpf:"svclab_nfc_pre_1"`
 	SvclabNfcPre2  *ebpf.ProgramSpec `ebpf:"svclab_nfc_pre_2"`
 	SvclabNfcPre3  *ebpf.ProgramSpec `ebpf:"svclab_nfc_pre_3"`
 	SvclabNfcPre4  *ebpf.ProgramSpec `ebpf:"svclab_nfc_pre_4"`
 	SvclabNfcPre5  *ebpf.ProgramSpec `ebpf:"svclab_nfc_pre_5"`
+	SvclabNfcPre6  *ebpf.ProgramSpec `ebpf:"svclab_nfc_pre_6"`
 }
 
 // nfcostMapSpecs contains maps before they are loaded into the kernel.
@@ -200,30 +210,35 @@ type nfcostPrograms struct {
 	SvclabNfcFwd3  *ebpf.Program `ebpf:"svclab_nfc_fwd_3"`
 	SvclabNfcFwd4  *ebpf.Program `ebpf:"svclab_nfc_fwd_4"`
 	SvclabNfcFwd5  *ebpf.Program `ebpf:"svclab_nfc_fwd_5"`
+	SvclabNfcFwd6  *ebpf.Program `ebpf:"svclab_nfc_fwd_6"`
 	SvclabNfcIn0   *ebpf.Program `ebpf:"svclab_nfc_in_0"`
 	SvclabNfcIn1   *ebpf.Program `ebpf:"svclab_nfc_in_1"`
 	SvclabNfcIn2   *ebpf.Program `ebpf:"svclab_nfc_in_2"`
 	SvclabNfcIn3   *ebpf.Program `ebpf:"svclab_nfc_in_3"`
 	SvclabNfcIn4   *ebpf.Program `ebpf:"svclab_nfc_in_4"`
 	SvclabNfcIn5   *ebpf.Program `ebpf:"svclab_nfc_in_5"`
+	SvclabNfcIn6   *ebpf.Program `ebpf:"svclab_nfc_in_6"`
 	SvclabNfcOut0  *ebpf.Program `ebpf:"svclab_nfc_out_0"`
 	SvclabNfcOut1  *ebpf.Program `ebpf:"svclab_nfc_out_1"`
 	SvclabNfcOut2  *ebpf.Program `ebpf:"svclab_nfc_out_2"`
 	SvclabNfcOut3  *ebpf.Program `ebpf:"svclab_nfc_out_3"`
 	SvclabNfcOut4  *ebpf.Program `ebpf:"svclab_nfc_out_4"`
 	SvclabNfcOut5  *ebpf.Program `ebpf:"svclab_nfc_out_5"`
+	SvclabNfcOut6  *ebpf.Program `ebpf:"svclab_nfc_out_6"`
 	SvclabNfcPost0 *ebpf.Program `ebpf:"svclab_nfc_post_0"`
 	SvclabNfcPost1 *ebpf.Program `ebpf:"svclab_nfc_post_1"`
 	SvclabNfcPost2 *ebpf.Program `ebpf:"svclab_nfc_post_2"`
 	SvclabNfcPost3 *ebpf.Program `ebpf:"svclab_nfc_post_3"`
 	SvclabNfcPost4 *ebpf.Program `ebpf:"svclab_nfc_post_4"`
 	SvclabNfcPost5 *ebpf.Program `ebpf:"svclab_nfc_post_5"`
+	SvclabNfcPost6 *ebpf.Program `ebpf:"svclab_nfc_post_6"`
 	SvclabNfcPre0  *ebpf.Program `ebpf:"svclab_nfc_pre_0"`
 	SvclabNfcPre1  *ebpf.Program `ebpf:"svclab_nfc_pre_1"`
 	SvclabNfcPre2  *ebpf.Program `ebpf:"svclab_nfc_pre_2"`
 	SvclabNfcPre3  *ebpf.Program `ebpf:"svclab_nfc_pre_3"`
 	SvclabNfcPre4  *ebpf.Program `ebpf:"svclab_nfc_pre_4"`
 	SvclabNfcPre5  *ebpf.Program `ebpf:"svclab_nfc_pre_5"`
+	SvclabNfcPre6  *ebpf.Program `ebpf:"svclab_nfc_pre_6"`
 }
 
 func (p *nfcostPrograms) Close() error {
@@ -234,30 +249,35 @@ func (p *nfcostPrograms) Close() error {
 		p.SvclabNfcFwd3,
 		p.SvclabNfcFwd4,
 		p.SvclabNfcFwd5,
+		p.SvclabNfcFwd6,
 		p.SvclabNfcIn0,
 		p.SvclabNfcIn1,
 		p.SvclabNfcIn2,
 		p.SvclabNfcIn3,
 		p.SvclabNfcIn4,
 		p.SvclabNfcIn5,
+		p.SvclabNfcIn6,
 		p.SvclabNfcOut0,
 		p.SvclabNfcOut1,
 		p.SvclabNfcOut2,
 		p.SvclabNfcOut3,
 		p.SvclabNfcOut4,
 		p.SvclabNfcOut5,
+		p.SvclabNfcOut6,
 		p.SvclabNfcPost0,
 		p.SvclabNfcPost1,
 		p.SvclabNfcPost2,
 		p.SvclabNfcPost3,
 		p.SvclabNfcPost4,
 		p.SvclabNfcPost5,
+		p.SvclabNfcPost6,
 		p.SvclabNfcPre0,
 		p.SvclabNfcPre1,
 		p.SvclabNfcPre2,
 		p.SvclabNfcPre3,
 		p.SvclabNfcPre4,
 		p.SvclabNfcPre5,
+		p.SvclabNfcPre6,
 	)
 }
 
