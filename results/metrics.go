@@ -250,7 +250,9 @@ var metricTable = []Metric{{
 	Key: "datapath_ns_per_conn", Label: "datapath ns/conn", Better: LowerIsBetter,
 	CostTrials: true, Absolute: true,
 	Trial: func(t Trial) (float64, bool) {
-		if t.Cost == nil || t.Cost.Connections == 0 {
+		// No parts: nothing could be measured here (Cost.Missing says
+		// why), which is no figure, not a cost of 0.
+		if t.Cost == nil || t.Cost.Connections == 0 || len(t.Cost.Parts) == 0 {
 			return 0, false
 		}
 		return t.Cost.NsPerConn, true

@@ -192,8 +192,9 @@ type Trial struct {
 }
 
 // Cost is what a datapath's own work costs per connection, measured in the
-// kernel around the whole client run (warm-up, window and drain) and
-// divided by every connection the client started in it.
+// kernel between the edges of a cost trial's measured window (the client
+// announces them; the probes are attached before it starts and removed
+// with the trial) and divided by the window's connections.
 type Cost struct {
 	// NsPerConn is the sum of Parts.
 	NsPerConn float64 `json:"ns_per_conn"`
@@ -203,7 +204,8 @@ type Cost struct {
 	// bpf/nfcost.c), "bpf-<program>" for the run time of the datapath's
 	// own BPF programs, "proxy-cpu" for a userspace proxy's process CPU.
 	Parts map[string]float64 `json:"parts"`
-	// Connections is the divisor: every connection the client started.
+	// Connections is the divisor: the window's connections, completed
+	// and failed (those it started, drained after it).
 	Connections int64 `json:"connections"`
 	// BPFStatsSysctl is kernel.bpf_stats_enabled before the trial ("0" or
 	// "1"); statistics were held on with BPF_ENABLE_STATS during every

@@ -640,7 +640,8 @@ func costNotes(sums []Summary, sweep bool) []string {
 		}
 	}
 	if len(probes) > 0 {
-		notes = append(notes, "cost probes (QPS with them ÷ without, same repetition: median [95% interval, or min–max]; floor: their own ns/conn subtracted): "+strings.Join(probes, "; "))
+		notes = append(notes, "cost probes (QPS with them ÷ without, same repetition: median [95% interval, or min–max]; floor: their own ns/conn subtracted): "+strings.Join(probes, "; ")+
+			"; the probes slow the trials they are attached to, which is why they run in cost trials of their own: the plain trials' figures carry none of it")
 	}
 	if len(missing) > 0 {
 		notes = append(notes, "cost parts not measured (absent, not zero): "+strings.Join(missing, "; "))
@@ -654,6 +655,9 @@ func costNotes(sums []Summary, sweep bool) []string {
 		}
 		var parts []string
 		for _, p := range costPartNames(s.Cost.Parts) {
+			if s.Cost.Parts[p] == 0 && strings.HasPrefix(p, "bpf-") {
+				continue // a program of the datapath this workload never ran (e.g. connect6)
+			}
 			parts = append(parts, fmt.Sprintf("%s %.0f", p, s.Cost.Parts[p]))
 		}
 		notes = append(notes, fmt.Sprintf("cost parts of %s (ns/conn, medians): %s", name(s), strings.Join(parts, ", ")))
