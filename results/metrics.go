@@ -252,7 +252,7 @@ var metricTable = []Metric{{
 	Trial: func(t Trial) (float64, bool) {
 		// No parts: nothing could be measured here (Cost.Missing says
 		// why), which is no figure, not a cost of 0.
-		if t.Cost == nil || t.Cost.Connections == 0 || len(t.Cost.Parts) == 0 {
+		if t.Cost == nil || t.Cost.Connections == 0 || (len(t.Cost.Parts) == 0 && t.Cost.Missing != "") {
 			return 0, false
 		}
 		return t.Cost.NsPerConn, true

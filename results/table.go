@@ -640,8 +640,8 @@ func costNotes(sums []Summary, sweep bool) []string {
 		}
 	}
 	if len(probes) > 0 {
-		notes = append(notes, "cost probes (QPS with them ÷ without, same repetition: median [95% interval, or min–max]; floor: their own ns/conn subtracted): "+strings.Join(probes, "; ")+
-			"; the probes slow the trials they are attached to, which is why they run in cost trials of their own: the plain trials' figures carry none of it")
+		notes = append(notes, "cost probes (QPS with them ÷ without, same repetition: median [95% interval, or min–max]; floor: their own ns/conn subtracted): "+strings.Join(probes, "; "),
+			"the probes slow the trials they are attached to, which is why they run in cost trials of their own: the plain trials' figures carry none of it")
 	}
 	if len(missing) > 0 {
 		notes = append(notes, "cost parts not measured (absent, not zero): "+strings.Join(missing, "; "))
