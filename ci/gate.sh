@@ -29,7 +29,10 @@
 #
 # Environment:
 #   SVCLAB      svclab binary (default: build bin/svclab)
-#   REFERENCE   reference result (default: ci/reference/results.json)
+#   REFERENCE   reference result (default: the ci/reference/*.json made on
+#               this machine kind, i.e. whose CPU model and count match the
+#               run's: compare refuses runs of other machine kinds; none
+#               there exits 2 and says how to make one)
 #   THRESHOLDS  thresholds file (default: ci/thresholds.yaml)
 #   GATE_OUTPUT directory that receives the runs (default: results/ci-gate);
 #               a passing gate removes its runs, a failing one keeps them
@@ -52,7 +55,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-reference=${REFERENCE:-ci/reference/results.json}
+reference=${REFERENCE:-}
 thresholds=${THRESHOLDS:-ci/thresholds.yaml}
 output=${GATE_OUTPUT:-results/ci-gate}
 
@@ -134,9 +137,36 @@ alarms() {
   esac
 }
 
+# kind RUN: the run's machine kind, "CPU model<TAB>CPU count".
+kind() { jq -r '[.env.cpu_model, (.env.cpus | tostring)] | join("\t")' "$1"; }
+
+# pick_reference RUN: unless REFERENCE is set, the committed reference of
+# RUN's machine kind.
+pick_reference() {
+  [[ -z $reference ]] || return 0
+  local want f
+  want=$(kind "$1/results.json")
+  for f in ci/reference/*.json; do
+    if [[ -f $f && $(kind "$f") == "$want" ]]; then
+      reference=$f
+      return 0
+    fi
+  done
+  echo "gate: no reference in ci/reference/ for this machine kind ($(tr '\t' ' ' <<<"$want") CPUs): make one on a quiet machine of this kind with UPDATE_REFERENCE=1 ci/gate.sh and commit it" >&2
+  exit 2
+}
+
 if [[ ${UPDATE_REFERENCE:-} == 1 ]]; then
   bench --repetitions "${REFERENCE_REPETITIONS:-30}" "$@"
   made=() # the reference's source run is kept
+  if [[ -z $reference ]]; then
+    # This machine kind's file if there is one, else a new file named
+    # after the kind.
+    reference=$( (pick_reference "$run" 2>/dev/null && echo "$reference") || true)
+    if [[ -z $reference ]]; then
+      reference=ci/reference/$(kind "$run/results.json" | sed 's/([^)]*)//g; s/\t/ x/' | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/^-//; s/-$//').json
+    fi
+  fi
   mkdir -p "$(dirname "$reference")"
   jq 'del(.trials[].workload.histogram, .generator.workload.histogram)' "$run/results.json" >"$reference.tmp"
   mv "$reference.tmp" "$reference"
@@ -144,8 +174,9 @@ if [[ ${UPDATE_REFERENCE:-} == 1 ]]; then
   exit 0
 fi
 
-if ((judge)); then run=$1; else bench "$@"; fi
+if ((judge)); then run=${1%/}; else bench "$@"; fi
 first=$run
+pick_reference "$first"
 alarms "$first"
 if [[ -z $alarmed ]]; then
   echo "gate: PASS ($first)" >&2
@@ -156,7 +187,7 @@ echo "gate: the first run alarms on: $(paste -sd, <<<"$first_alarmed"); confirmi
 
 if ((judge)); then
   [[ -n ${2:-} ]] || { echo "gate: --judge: the first run alarms and no second run was given" >&2; exit 2; }
-  run=$2
+  run=${2%/}
 else
   bench "$@"
 fi

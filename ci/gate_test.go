@@ -56,10 +56,15 @@ esac
 // gate runs ci/gate.sh with the fake svclab and returns its exit status
 // and stderr.
 func gate(t *testing.T, state, output, outcomes string, args ...string) (int, string) {
+	return gateWith(t, []string{"REFERENCE=" + filepath.Join(state, "reference.json")}, state, output, outcomes, args...)
+}
+
+func gateWith(t *testing.T, env []string, state, output, outcomes string, args ...string) (int, string) {
 	t.Helper()
 	cmd := exec.Command("bash", append([]string{"gate.sh"}, args...)...)
 	cmd.Env = append(os.Environ(), "SVCLAB="+filepath.Join(state, "svclab"), "FAKE_STATE="+state,
-		"FAKE_OUTCOMES="+outcomes, "GATE_OUTPUT="+output)
+		"FAKE_OUTCOMES="+outcomes, "GATE_OUTPUT="+output, "REFERENCE=")
+	cmd.Env = append(cmd.Env, env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()
@@ -166,4 +171,18 @@ func TestGateJudge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Without REFERENCE the gate compares with the committed reference of the
+// run's machine kind; a kind without one cannot be gated (exit 2, saying
+// how to make one), never passed.
+func TestGateNeedsAReferenceOfThisMachineKind(t *testing.T) {
+	if _, err := exec.LookPath("jq"); err != nil {
+		t.Skip("no jq")
+	}
+	state := fakeState(t)
+	status, stderr := gateWith(t, nil, state, filepath.Join(t.TempDir(), "out"), "pass")
+	assert.Equal(t, 2, status, stderr)
+	assert.Contains(t, stderr, "no reference in ci/reference/ for this machine kind")
+	assert.Contains(t, stderr, "UPDATE_REFERENCE=1 ci/gate.sh")
 }
