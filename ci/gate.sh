@@ -39,15 +39,14 @@
 #   GATE_KEEP=1 keep the runs of a passing gate too
 #   SCENARIO    scenario (default: the built-in ci-gate; the reference must
 #               have been made with the same one)
-#   UPDATE_REFERENCE=1  make this run the new reference instead of comparing
-#               (REFERENCE_REPETITIONS repetitions, default 30: a reference
-#               measured three times as long as a gate run narrows its
-#               median's interval, so the U test gains power and a
-#               chance-high or -low reference biases every later gate
-#               less; histograms stripped: compare needs the percentiles
-#               only; needs jq). Do it on a quiet machine of the kind CI
-#               uses, when the harness or the workload changes, and commit
-#               the file.
+#   UPDATE_REFERENCE=1  make this run the new reference of this machine
+#               kind instead of comparing (REFERENCE_REPETITIONS
+#               repetitions, default 30: a reference measured twice as
+#               long as a gate run narrows its median's interval, so the
+#               U test gains power and a chance-high or -low reference
+#               biases every later gate less; histograms stripped; needs
+#               jq). Do it on a quiet machine of the kind CI uses, when
+#               the harness or the workload changes, and commit the file.
 #
 # Exit status: 0 pass (possibly with an unconfirmed warning), 1 a gated
 # figure regressed in both runs, 2 the gate could not run (bench failed,
@@ -168,7 +167,9 @@ if [[ ${UPDATE_REFERENCE:-} == 1 ]]; then
     fi
   fi
   mkdir -p "$(dirname "$reference")"
-  jq 'del(.trials[].workload.histogram, .generator.workload.histogram)' "$run/results.json" >"$reference.tmp"
+  # Every histogram (trials, generator ceilings): compare reads the
+  # percentiles only, and they are most of the file.
+  jq 'del(.. | .histogram?)' "$run/results.json" >"$reference.tmp"
   mv "$reference.tmp" "$reference"
   echo "gate: wrote $reference from $run; commit it" >&2
   exit 0
