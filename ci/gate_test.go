@@ -33,7 +33,7 @@ bench)
   outcome=${outcomes[$n]}
   [[ $outcome != benchfail ]] || exit 1
   mkdir -p "$out/run$n"
-  echo '{}' >"$out/run$n/results.json"
+  echo '{"trials":[{"workload":{"qps":1,"histogram":[1]}}],"generators":[{"workload":{"histogram":[2]}}]}' >"$out/run$n/results.json"
   echo "$outcome" >"$out/run$n/outcome"
   echo "$*" >"$out/run$n/args"
   ;;
@@ -185,4 +185,26 @@ func TestGateNeedsAReferenceOfThisMachineKind(t *testing.T) {
 	assert.Equal(t, 2, status, stderr)
 	assert.Contains(t, stderr, "no reference in ci/reference/ for this machine kind")
 	assert.Contains(t, stderr, "UPDATE_REFERENCE=1 ci/gate.sh")
+}
+
+// UPDATE_REFERENCE=1 makes a 30-repetition run the reference, without
+// histograms (the trials' and the generator ceilings'), and keeps the run
+// it came from.
+func TestGateUpdateReference(t *testing.T) {
+	if _, err := exec.LookPath("jq"); err != nil {
+		t.Skip("no jq")
+	}
+	state, output := fakeState(t), filepath.Join(t.TempDir(), "out")
+	ref := filepath.Join(t.TempDir(), "ref.json")
+	status, stderr := gateWith(t, []string{"UPDATE_REFERENCE=1", "REFERENCE=" + ref}, state, output, "pass")
+	require.Equal(t, 0, status, stderr)
+	assert.Contains(t, stderr, "wrote "+ref)
+	b, err := os.ReadFile(ref)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"trials":[{"workload":{"qps":1}}],"generators":[{"workload":{}}]}`, string(b), "every histogram stripped")
+	runs, _ := filepath.Glob(filepath.Join(output, "run*"))
+	require.Len(t, runs, 1, "the reference's run is kept")
+	args, err := os.ReadFile(filepath.Join(runs[0], "args"))
+	require.NoError(t, err)
+	assert.Contains(t, string(args), "--repetitions 30")
 }
