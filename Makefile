@@ -83,7 +83,9 @@ report:
 	$(GO) run ./cmd/svclab report --output results/example ci/reference/results.json
 	awk '/<svg class="chart"/{on=1} on{print} /<\/svg>/{if(on)exit}' results/example/report.html > results/example/report-ratio.svg
 
-## gate: the CI regression gate: a short bench compared with ci/reference (see ci/README.md)
+## gate: the CI regression gate (.ci/run runs it after test): a short bench compared with this machine kind's
+## reference in ci/reference, an alarm confirmed by a second bench before it fails; ~70 s, ~2.5 minutes with an
+## alarm (see ci/README.md). Exit 0 pass, 1 confirmed regression, 2 could not run.
 .PHONY: gate
 gate: build
 	SVCLAB=$(BIN) ci/gate.sh $(BENCH_FLAGS)

@@ -18,7 +18,8 @@ set -euo pipefail
 #   debian-archive-keyring  svclab vm: the keys gpgv checks them with
 #   chromium            the report test opens report.html in headless Chromium (results/report_browser_test.go)
 #   fonts-liberation    the charts' font (Liberation Sans), so the browser lays text out as the charts measured it
-pkgs=(clang llvm libbpf-dev iptables nftables bpftool iproute2 git ca-certificates make qemu-system-x86 busybox-static kmod xz-utils gpgv debian-archive-keyring chromium fonts-liberation)
+#   jq                  ci/gate.sh finds the reference of this machine kind; ci/prove-gate.sh reads runs
+pkgs=(clang llvm libbpf-dev iptables nftables bpftool iproute2 git ca-certificates make qemu-system-x86 busybox-static kmod xz-utils gpgv debian-archive-keyring chromium fonts-liberation jq)
 
 missing=()
 for p in "${pkgs[@]}"; do

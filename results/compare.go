@@ -565,7 +565,10 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 			fmt.Fprintf(&buf, "  %s\n", x)
 		}
 	}
-	if len(regs) == 0 && len(c.Invalid) == 0 {
+	if len(c.Rows) == 0 {
+		// Two runs with nothing in common prove nothing: never a pass.
+		buf.WriteString("NOT COMPARED: the runs share no datapath at any point\n")
+	} else if len(regs) == 0 && len(c.Invalid) == 0 {
 		buf.WriteString("PASS: no gated figure regressed beyond its threshold with significance\n")
 	} else if len(regs) > 0 {
 		fmt.Fprintf(&buf, "FAIL: %d regression(s):\n", len(regs))

@@ -35,7 +35,8 @@ regressions.
 
 Exit status: 0 no regression, 1 a gated figure regressed beyond its
 threshold with significance or a run has invalid trials, 2 bad arguments,
-unreadable input or runs that are not comparable.
+unreadable input, runs that are not comparable, or runs with no datapath
+at a common point (nothing compared is never a pass).
 
 `
 
@@ -89,6 +90,12 @@ func cmdCompare(args []string, stdout, stderr io.Writer) int {
 	}
 	if c.Failed() {
 		return compareRegression
+	}
+	if len(c.Rows) == 0 {
+		// Nothing measured in both runs: a gate comparing them would
+		// pass without having tested anything.
+		fmt.Fprintln(stderr, "svclab compare: nothing measured in both runs (no datapath at a common point): not comparable")
+		return compareBadInput
 	}
 	return compareOK
 }

@@ -122,3 +122,50 @@ func TestCompareRefusesWhatIsNotARun(t *testing.T) {
 		})
 	}
 }
+
+// Two runs that do not measure the same thing never PASS (issue 15: a TCP
+// run against a UDP one printed "+176 %" and passed, and two runs with
+// nothing in common passed): the CI gate would let anything through.
+func TestCompareUnrelatedRunsDoNotPass(t *testing.T) {
+	dir := t.TempDir()
+	withScenario := func(id, scenario string) *results.Run {
+		r := compareRun(id, 8000)
+		r.Scenario = []byte(scenario)
+		return r
+	}
+	gate := `{"name":"ci-gate","service":{"protocol":"TCP"},"workload":{}}`
+	ref := writeRun(t, dir, "ref", withScenario("ref", gate))
+	otherScenario := writeRun(t, dir, "scale", withScenario("scale", `{"name":"scale","service":{"protocol":"TCP"},"workload":{}}`))
+	udp := writeRun(t, dir, "udp", withScenario("udp", `{"name":"ci-gate","service":{"protocol":"UDP"},"workload":{}}`))
+	otherMachine := withScenario("xeon", gate)
+	otherMachine.Env.CPUModel, otherMachine.Env.CPUs = "Xeon", 64
+	xeon := writeRun(t, dir, "xeon", otherMachine)
+	// Same scenario and machine, but no datapath at a common point: the
+	// reference measured concurrency 8, this run socketlb at 32 only.
+	disjoint := withScenario("disjoint", gate)
+	for i := range disjoint.Trials {
+		disjoint.Trials[i].Datapath = map[string]string{"direct": "socketlb", "iptables": "ipvs"}[disjoint.Trials[i].Datapath]
+		disjoint.Trials[i].Concurrency = 32
+	}
+	disjoint.Summary = results.Summarize(disjoint.Trials)
+	nothingShared := writeRun(t, dir, "disjoint", disjoint)
+
+	for _, tc := range []struct {
+		name, new, wantErr string
+	}{
+		{"other scenario", otherScenario, `scenario "ci-gate" vs "scale"`},
+		{"other protocol", udp, `protocol "TCP" vs "UDP"`},
+		{"other machine", xeon, "machine x ×2 vs Xeon ×64"},
+		{"nothing in common", nothingShared, "nothing measured in both runs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, args := range [][]string{{ref, tc.new}, {"--thresholds", "../../ci/thresholds.yaml", ref, tc.new}} {
+				var stdout, stderr bytes.Buffer
+				status := run(append([]string{"compare"}, args...), &stdout, &stderr)
+				assert.Equal(t, compareBadInput, status, "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+				assert.NotContains(t, stdout.String(), "PASS")
+				assert.Contains(t, stderr.String(), tc.wantErr)
+			}
+		})
+	}
+}
