@@ -22,16 +22,19 @@ import (
 // Machine is one QEMU boot.
 type Machine struct {
 	// QEMU is the qemu-system-x86_64 binary.
-	QEMU    string
-	Accel   string // "kvm" or "tcg"
-	CPUs    int
-	Memory  int // MiB
-	Kernel  string
-	Initrd  string
-	Append  string
-	Shares  []Share
-	Token   string
-	TempDir string
+	QEMU  string
+	Accel string // "kvm" or "tcg"
+	// TCGThread is QEMU's tcg thread= option, "single" or "multi"; empty
+	// is single. See Config.TCGThread.
+	TCGThread string
+	CPUs      int
+	Memory    int // MiB
+	Kernel    string
+	Initrd    string
+	Append    string
+	Shares    []Share
+	Token     string
+	TempDir   string
 	// Titles name the guest commands, for the per-command status lines.
 	Titles []string
 
@@ -41,13 +44,16 @@ type Machine struct {
 // QEMUArgs returns the command line; the console and the guest's stdout
 // are unix sockets in TempDir that the host listens on.
 func (m *Machine) QEMUArgs() []string {
-	cpu := "max"
+	cpu, accel := "max", m.Accel
 	if m.Accel == "kvm" {
 		cpu = "host"
 	}
+	if m.Accel == "tcg" {
+		accel += ",thread=" + m.tcgThread()
+	}
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-accel", m.Accel, "-cpu", cpu,
+		"-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(m.CPUs), "-m", strconv.Itoa(m.Memory),
 		"-kernel", m.Kernel, "-initrd", m.Initrd,
 		"-append", m.KernelCmdline(),
@@ -63,10 +69,29 @@ func (m *Machine) QEMUArgs() []string {
 	return args
 }
 
+func (m *Machine) tcgThread() string {
+	if m.TCGThread == "" {
+		return "single"
+	}
+	return m.TCGThread
+}
+
+// AccelName is the accelerator as results record it: "kvm", or "tcg"
+// with its threading ("tcg,thread=single").
+func (m *Machine) AccelName() string {
+	if m.Accel == "tcg" {
+		return "tcg,thread=" + m.tcgThread()
+	}
+	return m.Accel
+}
+
 // KernelCmdline is the guest kernel's command line: serial console, no
-// reboot loop on panic (QEMU exits instead, -no-reboot), quiet boot.
+// reboot loop on panic (QEMU exits instead, -no-reboot), an oops is a
+// panic (a kernel that oopsed has lost a task and maybe locks: its
+// figures are not worth keeping, and the run ends at once instead of at
+// the timeout), quiet boot.
 func (m *Machine) KernelCmdline() string {
-	c := "console=ttyS0,115200 panic=-1 quiet loglevel=4 rdinit=/init"
+	c := "console=ttyS0,115200 panic=-1 oops=panic quiet loglevel=4 rdinit=/init"
 	if m.Append != "" {
 		c += " " + m.Append
 	}
@@ -93,6 +118,10 @@ type CommandResult struct {
 	ExitCode int
 	Duration time.Duration
 }
+
+// ErrGuestPanic marks a run the guest kernel's crash ended: a panic, or an
+// oops (fatal: the command line has oops=panic).
+var ErrGuestPanic = errors.New("the guest kernel panicked")
 
 // errKVM marks a boot that failed inside KVM (nested virtualisation that
 // cannot run the guest), so an automatic choice can retry with tcg.
@@ -134,6 +163,7 @@ type console struct {
 	exited  bool
 	setup   string // setup failure message
 	panic   string // the "Kernel panic" line
+	crash   string // the first line of a kernel crash report (Oops, BUG)
 	started map[int]time.Time
 	done    chan struct{} // closed when the exit or fail marker arrives
 	once    sync.Once
@@ -168,7 +198,7 @@ func (c *console) line(l string) {
 			c.res.GuestUptime, c.res.GuestRelease = f[0], f[1]
 		}
 		c.mu.Unlock()
-		fmt.Fprintf(c.m.Stderr, "svclab vm: guest %s ready after %.1fs (guest uptime %ss, %s)\n", c.res.GuestRelease, c.res.Boot.Seconds(), c.res.GuestUptime, c.m.Accel)
+		fmt.Fprintf(c.m.Stderr, "svclab vm: guest %s ready after %.1fs (guest uptime %ss, %s)\n", c.res.GuestRelease, c.res.Boot.Seconds(), c.res.GuestUptime, c.m.AccelName())
 		return
 	}
 	if i := strings.Index(l, markerStart+tok); i >= 0 {
@@ -200,16 +230,40 @@ func (c *console) line(l string) {
 		// "reboot: Power down" and the like: noise after the result.
 		return
 	}
+	l = plainLine(l)
 	if i := strings.Index(l, "Kernel panic - not syncing"); i >= 0 {
 		c.mu.Lock()
 		if c.panic == "" {
 			c.panic = l[i:]
 		}
 		c.mu.Unlock()
+	} else if loc := crashLine.FindStringIndex(l); loc != nil {
+		c.mu.Lock()
+		if c.crash == "" {
+			c.crash = strings.TrimSpace(l[loc[0]:])
+		}
+		c.mu.Unlock()
 	}
-	l = plainLine(l)
 	c.tail.add(l)
 	fmt.Fprintln(c.m.Stderr, l)
+}
+
+// crashLine finds the start of a kernel crash report on a console line:
+// an oops ("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"), a BUG() or a
+// "BUG: ..." detector report, a general protection fault.
+var crashLine = regexp.MustCompile(`Oops: |kernel BUG at |BUG: |general protection fault`)
+
+// crashed describes how the guest kernel died, for the error: the first
+// crash report and the panic line.
+func (c *console) crashed() string {
+	switch {
+	case c.crash != "" && c.panic != "":
+		return c.crash + "; " + c.panic
+	case c.panic != "":
+		return c.panic
+	default:
+		return c.crash
+	}
 }
 
 // csi matches a terminal control sequence (ESC [ … final byte).
@@ -358,6 +412,11 @@ func (m *Machine) Boot(ctx context.Context) (*BootResult, error) {
 	}
 	switch {
 	case c.exited:
+		if c.crash != "" {
+			// A report the kernel survived (oops=panic makes an oops
+			// fatal): the result stands, the report is named.
+			fmt.Fprintf(m.Stderr, "svclab vm: warning: the guest kernel reported %q during the run\n", c.crash)
+		}
 		return &res, nil
 	case c.setup != "":
 		return &res, fmt.Errorf("guest setup failed: %s; last console lines:\n%s", c.setup, c.tail)
@@ -365,8 +424,8 @@ func (m *Machine) Boot(ctx context.Context) (*BootResult, error) {
 		return &res, fmt.Errorf("QEMU stopped: %w; last console lines:\n%s", ctx.Err(), c.tail)
 	case m.Accel == "kvm" && (kvmFailed || (waitErr != nil && !c.ready && strings.Contains(strings.ToLower(qout), "kvm"))):
 		return &res, fmt.Errorf("%w: %s; last console lines:\n%s", errKVM, qout, c.tail)
-	case c.panic != "":
-		return &res, fmt.Errorf("the guest kernel panicked (%s); last console lines:\n%s", c.panic, c.tail)
+	case c.panic != "" || c.crash != "":
+		return &res, fmt.Errorf("%w (%s); last console lines:\n%s", ErrGuestPanic, c.crashed(), c.tail)
 	case waitErr != nil && !stopped:
 		return &res, fmt.Errorf("qemu failed: %v: %s; last console lines:\n%s", waitErr, qout, c.tail)
 	case !c.ready:

@@ -76,6 +76,15 @@ type Config struct {
 	CPUs int
 	// Accel is auto (kvm when usable, else tcg), kvm or tcg; default auto.
 	Accel string
+	// TCGThread is how QEMU emulates the CPUs under tcg: "single" (one
+	// host thread takes the vCPUs in turn) or "multi" (a host thread per
+	// vCPU); default DefaultTCGThread. Multi-threaded TCG (QEMU 7.2)
+	// lets a vCPU run a stale translation of kernel text that another
+	// vCPU has just patched with the int3 protocol (static keys such as
+	// netfilter's nf_hooks_needed, flipped by every IPVS or nftables
+	// setup): the guest dies with "Oops: int3" (issue 15 part 8;
+	// ci/vm-panics.sh measures it).
+	TCGThread string
 	// Append is extra kernel command line, e.g. "mitigations=off".
 	Append string
 	// Shares are host directories, besides Dir, that the guest mounts at
@@ -113,6 +122,9 @@ const (
 	DefaultTimeout = 30 * time.Minute
 	DefaultMemory  = 2048 // MiB
 	DefaultAccel   = "auto"
+	// DefaultTCGThread is single-threaded TCG: the guest keeps its CPUs
+	// but they share one host thread, so code patching is never raced.
+	DefaultTCGThread = "single"
 )
 
 // DefaultCacheDir is where Debian kernels are kept between runs when svclab
@@ -153,6 +165,7 @@ func ParseArgs(args []string, stderr io.Writer) (*Config, error) {
 	fs.IntVar(&c.Memory, "memory", DefaultMemory, "guest memory in MiB")
 	fs.IntVar(&c.CPUs, "cpus", runtime.NumCPU(), "guest CPUs")
 	fs.StringVar(&c.Accel, "accel", DefaultAccel, "QEMU accelerator: auto (kvm when usable, else tcg), kvm or tcg")
+	fs.StringVar(&c.TCGThread, "tcg-thread", DefaultTCGThread, "tcg only: single (the vCPUs take turns on one host thread) or multi (a host thread per vCPU: faster, but the guest kernel can crash with \"Oops: int3\" when it patches its code)")
 	fs.StringVar(&c.Append, "append", "", "extra kernel command line, e.g. mitigations=off")
 	fs.Func("share", "extra host directory the guest mounts at the same path (repeatable)", func(s string) error {
 		c.Shares = append(c.Shares, s)
@@ -210,6 +223,7 @@ func (c *Config) setDefaults() error {
 	c.Memory = cmp.Or(c.Memory, DefaultMemory)
 	c.CPUs = cmp.Or(c.CPUs, runtime.NumCPU())
 	c.Accel = cmp.Or(c.Accel, DefaultAccel)
+	c.TCGThread = cmp.Or(c.TCGThread, DefaultTCGThread)
 	c.Mirror = cmp.Or(c.Mirror, DefaultMirror)
 	c.Keyring = cmp.Or(c.Keyring, DefaultKeyring)
 	if c.CacheDir == "" {
@@ -274,6 +288,11 @@ func (c *Config) check() error {
 	case "auto", "kvm", "tcg":
 	default:
 		return fmt.Errorf("--accel: %q is not auto, kvm or tcg", c.Accel)
+	}
+	switch c.TCGThread {
+	case "single", "multi":
+	default:
+		return fmt.Errorf("--tcg-thread: %q is not single or multi", c.TCGThread)
 	}
 	if len(c.GoTest) == 0 {
 		if len(c.Args) == 0 {
@@ -592,7 +611,7 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 	initCfg := InitConfig{Token: token, Release: k.Release, Shares: shares, Commands: cmds, Env: []string{
 		"SVCLAB_VM=1",
 		"SVCLAB_VM_KERNEL=" + k.Describe(),
-		"SVCLAB_VM_ACCEL=" + accel,
+		"SVCLAB_VM_ACCEL=" + (&Machine{Accel: accel, TCGThread: c.TCGThread}).AccelName(),
 		// The serial console is a terminal to the guest, but its output
 		// reaches the host line by line: in-place progress would only
 		// leave escape sequences in the host's logs.
@@ -624,7 +643,7 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 		fmt.Fprintf(c.Stderr, "svclab vm: %s has no modules %s (neither built in nor in its tree)\n", k.Release, strings.Join(plan.Missing, ", "))
 	}
 
-	m := &Machine{QEMU: qemu, Accel: accel, CPUs: c.CPUs, Memory: c.Memory, Kernel: k.Vmlinuz, Initrd: initrd,
+	m := &Machine{QEMU: qemu, Accel: accel, TCGThread: c.TCGThread, CPUs: c.CPUs, Memory: c.Memory, Kernel: k.Vmlinuz, Initrd: initrd,
 		Append: c.Append, Shares: shares, Token: token, TempDir: tmp, Titles: titles, Stdout: c.Stdout, Stderr: c.Stderr}
 	res, err := c.boot(ctx, m, why)
 	if err != nil && errors.Is(err, errKVM) && c.Accel == "auto" {
@@ -652,7 +671,7 @@ func (c *Config) boot(ctx context.Context, m *Machine, why string) (*BootResult,
 	if why != "" {
 		note = " (" + why + ")"
 	}
-	fmt.Fprintf(c.Stderr, "svclab vm: booting with %s%s, %d CPUs, %d MiB; timeout %s\n", m.Accel, note, m.CPUs, m.Memory, c.Timeout)
+	fmt.Fprintf(c.Stderr, "svclab vm: booting with %s%s, %d CPUs, %d MiB; timeout %s\n", m.AccelName(), note, m.CPUs, m.Memory, c.Timeout)
 	bctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	res, err := m.Boot(bctx)

@@ -207,7 +207,7 @@ func TestQEMUArgs(t *testing.T) {
 		Shares: []Share{{Tag: "svclab0", Path: "/work/main"}}}
 	a := strings.Join(m.QEMUArgs(), " ")
 	for _, want := range []string{
-		"-accel tcg -cpu max", "-smp 2 -m 2048", "-kernel /k -initrd /i", "-no-reboot", "-nodefaults",
+		"-accel tcg,thread=single -cpu max", "-smp 2 -m 2048", "panic=-1 oops=panic", "-kernel /k -initrd /i", "-no-reboot", "-nodefaults",
 		"console=ttyS0,115200 panic=-1", "mitigations=off",
 		"-chardev socket,id=console,path=/t/console.sock -serial chardev:console",
 		"-chardev socket,id=stdout,path=/t/stdout.sock -serial chardev:stdout",
@@ -215,8 +215,49 @@ func TestQEMUArgs(t *testing.T) {
 	} {
 		assert.Contains(t, a, want)
 	}
+	m.TCGThread = "multi"
+	assert.Contains(t, strings.Join(m.QEMUArgs(), " "), "-accel tcg,thread=multi -cpu max")
+	assert.Equal(t, "tcg,thread=multi", m.AccelName())
 	m.Accel = "kvm"
 	assert.Contains(t, strings.Join(m.QEMUArgs(), " "), "-accel kvm -cpu host")
+	assert.Equal(t, "kvm", m.AccelName())
+}
+
+// Single-threaded TCG is the default (multi-threaded TCG crashed guests,
+// issue 15 part 8); --tcg-thread chooses.
+func TestTCGThreadFlag(t *testing.T) {
+	c, err := ParseArgs([]string{"datapaths"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "single", c.TCGThread)
+	c, err = ParseArgs([]string{"--tcg-thread", "multi", "datapaths"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "multi", c.TCGThread)
+	_, err = ParseArgs([]string{"--tcg-thread", "two", "datapaths"}, io.Discard)
+	assert.ErrorContains(t, err, `--tcg-thread: "two" is not single or multi`)
+	c = &Config{Args: []string{"datapaths"}, Dir: t.TempDir()}
+	require.NoError(t, c.Validate())
+	assert.Equal(t, "single", c.TCGThread)
+}
+
+// A guest kernel crash is recorded from the console: the oops line first,
+// the panic line after it, both named in the error; a crash report after
+// the exit line is not.
+func TestConsoleCrash(t *testing.T) {
+	m := &Machine{Token: "feedbeef", Accel: "tcg", Stderr: io.Discard}
+	c := &console{m: m, tail: &tail{max: 3}, started: map[int]time.Time{}, done: make(chan struct{}), start: time.Now()}
+	c.line("[   52.729617] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI")
+	c.line("[   52.736544] RIP: 0010:__ip_local_out+0xa2/0x180")
+	c.line("[   52.736861] Kernel panic - not syncing: Fatal exception in interrupt")
+	assert.Equal(t, "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI; Kernel panic - not syncing: Fatal exception in interrupt", c.crashed())
+
+	c = &console{m: m, tail: &tail{max: 3}, started: map[int]time.Time{}, done: make(chan struct{}), start: time.Now()}
+	c.line("[    3.1] BUG: kernel NULL pointer dereference, address: 0000000000000008")
+	assert.Equal(t, "BUG: kernel NULL pointer dereference, address: 0000000000000008", c.crashed())
+
+	c = &console{m: m, tail: &tail{max: 3}, started: map[int]time.Time{}, done: make(chan struct{}), start: time.Now()}
+	c.line("svclab-vm-exit feedbeef 0")
+	c.line("[    9.0] Oops: something at power-off")
+	assert.Empty(t, c.crashed())
 }
 
 // The console follower acts on lines carrying this run's token only, and
