@@ -217,6 +217,15 @@ type Cost struct {
 	// a band of each hook that holds nothing but the probes): what the
 	// parts would have shown for an empty hook. 0 when not calibrated.
 	FloorNS float64 `json:"floor_ns,omitempty"`
+	// FloorPerCrossingNS is that floor per band crossing: one probe
+	// dispatch, a small in-kernel benchmark of the machine's speed during
+	// the window (it moves with frequency, cache pressure and neighbours,
+	// and so does the datapath's own work).
+	FloorPerCrossingNS float64 `json:"floor_per_crossing_ns,omitempty"`
+	// TraversalsPerConn is the netfilter hook traversals per connection
+	// over the probed namespaces (packets × hooks crossed): the divisor
+	// of a per-traversal figure.
+	TraversalsPerConn float64 `json:"traversals_per_conn,omitempty"`
 	// Missing names what could not be measured here (e.g. the probes on a
 	// kernel before 6.4); the parts it names are absent, not zero.
 	Missing string `json:"missing,omitempty"`
@@ -457,6 +466,15 @@ type CostSummary struct {
 	// FloorNS is the median of the trials' Cost.FloorNS: the probes' own
 	// cost per connection subtracted from the netfilter parts.
 	FloorNS float64 `json:"floor_ns,omitempty"`
+	// FloorPerCrossingNS is that floor per band crossing: one probe
+	// dispatch, a small in-kernel benchmark of the machine's speed during
+	// the window (it moves with frequency, cache pressure and neighbours,
+	// and so does the datapath's own work).
+	FloorPerCrossingNS float64 `json:"floor_per_crossing_ns,omitempty"`
+	// TraversalsPerConn is the netfilter hook traversals per connection
+	// over the probed namespaces (packets × hooks crossed): the divisor
+	// of a per-traversal figure.
+	TraversalsPerConn float64 `json:"traversals_per_conn,omitempty"`
 	// Missing are the distinct Cost.Missing of the trials: what the
 	// probes could not measure here.
 	Missing []string `json:"missing,omitempty"`

@@ -186,6 +186,8 @@ func (m *costMeter) cost(wk *results.Workload) *results.Cost {
 			c.Parts["nf-"+p.String()] = ns / n
 			c.FloorNS += floor / n
 		}
+		c.FloorPerCrossingNS = d.FloorPerCount()
+		c.TraversalsPerConn = float64(d.Traversals()) / n
 	}
 	if b.bpf != nil {
 		for name, st := range b.bpf.Sub(a.bpf) {
