@@ -1,6 +1,8 @@
 package main
 
 import (
+	"golang.org/x/sys/unix"
+
 	"context"
 	"errors"
 	"flag"
@@ -145,11 +147,22 @@ func signalContext() (ctx context.Context, stop func()) {
 	signal.Notify(ch, interruptSignals...)
 	done := make(chan struct{})
 	go func() {
-		select {
-		case s := <-ch:
-			interrupted.Store(true)
-			cancel(&interruptError{sig: s})
-		case <-done:
+		for {
+			select {
+			case s := <-ch:
+				// With SIGPIPE notified, Go delivers it for a broken pipe
+				// on any descriptor: a child's stdin (iptables-restore
+				// that exited early) raises it too, and that write's
+				// EPIPE is already its caller's error. Only our own
+				// stdout or stderr gone ends the run.
+				if s == syscall.SIGPIPE && !stdioBroken() {
+					continue
+				}
+				interrupted.Store(true)
+				cancel(&interruptError{sig: s})
+			case <-done:
+			}
+			return
 		}
 	}()
 	return ctx, func() {
@@ -178,4 +191,19 @@ func exitCode(err error) int {
 	default:
 		return exitFailed
 	}
+}
+
+// stdioBroken reports whether stdout or stderr is a pipe with no reader
+// left: poll gives POLLERR on such a pipe's write end.
+func stdioBroken() bool {
+	fds := []unix.PollFd{{Fd: 1, Events: unix.POLLOUT}, {Fd: 2, Events: unix.POLLOUT}}
+	if _, err := unix.Poll(fds, 0); err != nil {
+		return false
+	}
+	for _, f := range fds {
+		if f.Revents&unix.POLLERR != 0 {
+			return true
+		}
+	}
+	return false
 }
