@@ -73,6 +73,16 @@ func TestWriteTableNotes(t *testing.T) {
 	assert.NotContains(t, out, "warning: iptables")
 	assert.NotContains(t, out, "other svclab runs")
 
+	// A loopback ceiling below all of direct's repetitions bounds nothing:
+	// said once, and no datapath is flagged against it.
+	run.Generator.Workload.QPS = 20000
+	buf.Reset()
+	require.NoError(t, WriteTable(&buf, run))
+	assert.Contains(t, buf.String(), "at concurrency 64 direct through the topology (from 29100 conn/s) beats the loopback ceiling (up to 20000)")
+	assert.NotContains(t, buf.String(), "warning: direct")
+	assert.NotContains(t, buf.String(), "warning: socketlb")
+	run.Generator.Workload.QPS = 30500
+
 	// Another run on the machine during trials is said, with its id.
 	run.ConcurrentRuns = []string{"0badf00d"}
 	buf.Reset()
