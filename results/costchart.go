@@ -29,14 +29,22 @@ type costBar struct {
 // bar, so a part has one colour and one place in every bar).
 func costBars(sums []Summary) (bars []costBar, parts []string) {
 	name := costNamer(sums, "\n")
+	// A VM site's times are its emulator's (tens of times the host's):
+	// on the host's axis they would flatten every host bar, so they are
+	// drawn only when the run has no host figure (the table has them).
+	host := slices.ContainsFunc(sums, func(s Summary) bool { return s.Site == "" && s.Cost != nil && len(s.Cost.Parts) > 0 })
 	all := map[string]float64{}
 	for _, s := range sums {
-		if s.Cost == nil || len(s.Cost.Parts) == 0 {
+		if s.Cost == nil || len(s.Cost.Parts) == 0 || (host && s.Site != "") {
 			continue
 		}
 		bars = append(bars, costBar{label: name(s), parts: s.Cost.Parts, total: s.DatapathNsPerConn})
-		for p := range s.Cost.Parts {
-			all[p] = 0
+		for p, v := range s.Cost.Parts {
+			// A program that never ran (connect6 under an IPv4 workload)
+			// is no part of any bar: kept out of the legend.
+			if v != 0 || !strings.HasPrefix(p, "bpf-") {
+				all[p] = 0
+			}
 		}
 	}
 	return bars, costPartNames(all)
