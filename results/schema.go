@@ -250,6 +250,10 @@ type Workload struct {
 	// DurationSeconds is the measured window (warm-up excluded).
 	DurationSeconds float64 `json:"duration_seconds"`
 	Connections     int64   `json:"connections"`
+	// EdgeWarmup counts the warm-up connections started between a cost
+	// trial's start edge and its window (while the parent read the
+	// probes): inside the edges, so in the cost's divisor too.
+	EdgeWarmup int64 `json:"edge_warmup,omitempty"`
 	// Started counts every connection (or UDP request) the client
 	// started over its whole run, warm-up and drain included, successful
 	// or not: the divisor of figures measured around the whole run

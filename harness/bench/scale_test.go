@@ -150,7 +150,7 @@ func TestPrivilegedScaleApplyTimeout(t *testing.T) {
 				gotCost[tr.Datapath] = append(gotCost[tr.Datapath], pt)
 			}
 			require.NotNil(t, tr.Cost, "a cost trial has its cost")
-			assert.Equal(t, tr.Workload.Connections+loadgen.SumErrors(tr.Workload.Errors), tr.Cost.Connections, "divided by the window's connections")
+			assert.Equal(t, tr.Workload.Connections+loadgen.SumErrors(tr.Workload.Errors)+tr.Workload.EdgeWarmup, tr.Cost.Connections, "divided by the connections between the edges: the window's and the warm-up's the parent's snapshot let in")
 			assert.Zero(t, tr.ApplyChangeSeconds, "the change is timed in the plain trial")
 			continue
 		}

@@ -258,12 +258,17 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		}()
 	}
 	time.Sleep(spec.Warmup)
+	before := rs.launched.Load()
 	if err := edge(spec.EdgeFD, EdgeStart); err != nil {
 		rs.phase.Store(phaseStop)
 		wg.Wait()
 		return nil, err
 	}
 	m := startMeter(spec.CPUCgroup, spec.CPURoles)
+	// The loops ran on while the parent took its snapshot: what they
+	// started since is warm-up inside the edges (give or take one per
+	// slot, started between this read and the phase change).
+	edgeWarmup := rs.launched.Load() - before
 	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
 	if spec.Connections > 0 {
@@ -295,6 +300,9 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	}
 	if err := collect(w, loops); err != nil {
 		return nil, err
+	}
+	if spec.EdgeFD > 0 {
+		w.EdgeWarmup = edgeWarmup
 	}
 	w.QPS = float64(w.Connections) / window.Seconds()
 	w.Latency = w.Histogram.Latency()

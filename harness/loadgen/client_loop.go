@@ -32,6 +32,10 @@ type runState struct {
 	phase    atomic.Int32
 	measured atomic.Int64
 	limit    int64
+	// launched counts every start, read at the window's start edge: the
+	// warm-up connections started while the parent snapshots the cost
+	// counters fall inside the edges but not in the window.
+	launched atomic.Int64
 }
 
 // clientLoop is one event loop of the load generator: an epoll set over
@@ -334,6 +338,7 @@ func (l *clientLoop) begin(i int) {
 func (l *clientLoop) launch(i int) {
 	s := &l.slots[i]
 	l.started++
+	l.rs.launched.Add(1)
 	s.target = 0
 	if len(l.targets) > 1 {
 		s.target = l.rng.IntN(len(l.targets))
