@@ -195,7 +195,7 @@ func TestPairedQPS(t *testing.T) {
 	}
 	trials := []results.Trial{
 		tr("a", "", 0, 1000), tr("a", results.ModelCost, 0, 800), // a pair
-		tr("a", results.ModelCost, 1, 700), // its plain trial has not run
+		tr("a", results.ModelCost, 1, 700),                      // its plain trial has not run
 		tr("b", results.ModelCost, 0, 600), tr("b", "", 0, 900), // cost first
 		tr("a", results.ModelOpen, 0, 500), // open loop: never paired
 	}
