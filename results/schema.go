@@ -199,7 +199,7 @@ type Cost struct {
 	// NsPerConn is the sum of Parts.
 	NsPerConn float64 `json:"ns_per_conn"`
 	// Parts is ns per connection by part: "nf-<band>" for the netfilter
-	// hooks of the run's namespaces (node, client and backend pods) by
+	// hooks of the run's node namespaces by
 	// priority band (early, conntrack, dnat, filter, snat: see
 	// bpf/nfcost.c), "bpf-<program>" for the run time of the datapath's
 	// own BPF programs, "proxy-cpu" for a userspace proxy's process CPU.

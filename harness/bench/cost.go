@@ -20,9 +20,8 @@ import (
 
 // costMeter attributes a datapath's own kernel time to the connections of
 // one cost trial's measured window (issue 16): the netfilter probes in
-// every namespace of the trial (node, client and backend pods: a
-// per-packet datapath works in the node, but conntrack may run in any of
-// them), the run time of the datapath's own BPF programs, and a userspace
+// every node namespace of the trial (where a Service datapath works; no
+// pod holds a netfilter hook of any datapath), the run time of the datapath's own BPF programs, and a userspace
 // proxy's process CPU. The probes are attached before the client starts
 // and removed after it ends; the client announces its window's edges
 // (loadgen.RunClientProcessEdges) and edge reads every figure at both, so
