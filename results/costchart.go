@@ -40,9 +40,8 @@ func costBars(sums []Summary) (bars []costBar, parts []string) {
 		}
 		bars = append(bars, costBar{label: name(s), parts: s.Cost.Parts, total: s.DatapathNsPerConn})
 		for p, v := range s.Cost.Parts {
-			// A program that never ran (connect6 under an IPv4 workload)
-			// is no part of any bar: kept out of the legend.
-			if v != 0 || !strings.HasPrefix(p, "bpf-") {
+			// No part of any bar: kept out of the legend.
+			if !idleProgram(p, v) {
 				all[p] = 0
 			}
 		}
@@ -343,3 +342,10 @@ func (s *stackedBars) DataRange() (xmin, xmax, ymin, ymax float64) {
 }
 
 func abs(v float64) float64 { return max(v, -v) }
+
+// idleProgram says a cost part is a datapath program that never ran in the
+// window (connect6 under an IPv4 workload): no part of the cost, so left
+// out of the chart's legend and the table's notes.
+func idleProgram(part string, ns float64) bool {
+	return ns == 0 && strings.HasPrefix(part, "bpf-")
+}

@@ -672,8 +672,8 @@ func costNotes(sums []Summary, sweep bool) []string {
 		}
 		var parts []string
 		for _, p := range costPartNames(s.Cost.Parts) {
-			if s.Cost.Parts[p] == 0 && strings.HasPrefix(p, "bpf-") {
-				continue // a program of the datapath this workload never ran (e.g. connect6)
+			if idleProgram(p, s.Cost.Parts[p]) {
+				continue
 			}
 			parts = append(parts, fmt.Sprintf("%s %.0f", p, s.Cost.Parts[p]))
 		}

@@ -78,11 +78,14 @@ func startCost(topo *topology.Topology, dp datapath.Datapath) (_ *costMeter, err
 		// pod's bands hold only the probes' own dispatch. Probed, they
 		// were 4/7 of the floor (≈ 20 of 35 µs per connection) and its
 		// noise, and came out at ≈ 0 for every datapath.
-		nodes := []*nsutil.NS{topo.Node}
-		for _, n := range topo.Nodes {
-			nodes = append(nodes, n.NS)
+		nodes := []*nsutil.NS{topo.Node} // a topology without Nodes (loopback) has this one
+		if len(topo.Nodes) > 0 {
+			nodes = nil
+			for _, n := range topo.Nodes {
+				nodes = append(nodes, n.NS)
+			}
 		}
-		if m.probes, err = nfcost.Attach([]nfcost.Group{{Name: "nodes", NS: uniqueNS(nodes)}}); err != nil {
+		if m.probes, err = nfcost.Attach([]nfcost.Group{{Name: "nodes", NS: nodes}}); err != nil {
 			return nil, err
 		}
 	}
@@ -135,19 +138,6 @@ func (m *costMeter) edge(e byte) error {
 	}
 	m.edges[i], m.seen[i] = snap, true
 	return nil
-}
-
-// uniqueNS drops repeats (pods may share a namespace).
-func uniqueNS(nss []*nsutil.NS) []*nsutil.NS {
-	seen := map[string]bool{}
-	var out []*nsutil.NS
-	for _, n := range nss {
-		if n != nil && !seen[n.Name] {
-			seen[n.Name] = true
-			out = append(out, n)
-		}
-	}
-	return out
 }
 
 // stop detaches everything and returns the window's cost per connection

@@ -258,7 +258,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 		}()
 	}
 	time.Sleep(spec.Warmup)
-	before := rs.launched.Load()
+	before := rs.warmupStarts.Load()
 	if err := edge(spec.EdgeFD, EdgeStart); err != nil {
 		rs.phase.Store(phaseStop)
 		wg.Wait()
@@ -268,7 +268,7 @@ func RunClient(spec ClientSpec) (*results.Workload, error) {
 	// The loops ran on while the parent took its snapshot: what they
 	// started since is warm-up inside the edges (give or take one per
 	// slot, started between this read and the phase change).
-	edgeWarmup := rs.launched.Load() - before
+	edgeWarmup := rs.warmupStarts.Load() - before
 	rs.phase.Store(phaseMeasure)
 	t0 := time.Now()
 	if spec.Connections > 0 {

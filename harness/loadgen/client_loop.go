@@ -32,10 +32,12 @@ type runState struct {
 	phase    atomic.Int32
 	measured atomic.Int64
 	limit    int64
-	// launched counts every start, read at the window's start edge: the
-	// warm-up connections started while the parent snapshots the cost
-	// counters fall inside the edges but not in the window.
-	launched atomic.Int64
+	// warmupStarts counts the warm-up's starts when the run announces its
+	// window's edges (ClientSpec.EdgeFD), read at the start edge: those
+	// started while the parent snapshots the cost counters fall inside
+	// the edges but not in the window. Only then: it is one shared atomic
+	// per connection on the generator's hot path.
+	warmupStarts atomic.Int64
 }
 
 // clientLoop is one event loop of the load generator: an epoll set over
@@ -327,6 +329,8 @@ func (l *clientLoop) begin(i int) {
 	s.measured = phase == phaseMeasure
 	if s.measured {
 		l.inWindow++
+	} else if l.spec.EdgeFD > 0 {
+		l.rs.warmupStarts.Add(1)
 	}
 	s.start = rawsys.Nanotime()
 	s.intended = s.start
@@ -338,7 +342,6 @@ func (l *clientLoop) begin(i int) {
 func (l *clientLoop) launch(i int) {
 	s := &l.slots[i]
 	l.started++
-	l.rs.launched.Add(1)
 	s.target = 0
 	if len(l.targets) > 1 {
 		s.target = l.rng.IntN(len(l.targets))
