@@ -606,8 +606,13 @@ func fmtValue(v float64, ratio bool) string {
 	if ratio {
 		return fmt.Sprintf("%.3f", v)
 	}
-	if v >= 1000 {
+	switch {
+	case v >= 1000:
 		return fmtQPS(v)
+	case math.Abs(v) < 1:
+		// A fraction (the datapath's share of the CPU): microseconds'
+		// two decimals would leave one significant digit of it.
+		return fmt.Sprintf("%.4f", v)
 	}
 	return fmtMicros(v)
 }

@@ -23,6 +23,9 @@ func costTrial(dp string, conc, rep int, qps float64, parts map[string]float64, 
 		sum += v
 	}
 	t.Cost = &Cost{NsPerConn: sum, Parts: parts, Connections: int64(qps * 10), FloorNS: floor}
+	// 40 µs of the run's CPU per connection, the floor's share of it
+	// included: the datapath's share is NsPerConn ÷ (40,000 − floor).
+	t.Workload.CPU = &CPUUsage{RunPerConnectionUS: 40}
 	return t
 }
 
@@ -263,10 +266,12 @@ func TestCompareCostBenchFormat(t *testing.T) {
 	for _, r := range c.Regressions() {
 		names = append(names, r.Name())
 	}
-	assert.Equal(t, []string{"iptables conc=8 datapath_ns_per_conn"}, names)
+	// The CPU stayed: the share rose with the nanoseconds.
+	assert.Equal(t, []string{"iptables conc=8 datapath_ns_per_conn", "iptables conc=8 datapath_cpu_share"}, names)
 	s := slices.IndexFunc(old.Summary, func(s Summary) bool { return s.Datapath == "iptables" && s.Concurrency == 8 })
 	require.GreaterOrEqual(t, s, 0)
 	assert.InDelta(t, 2730.5, old.Summary[s].DatapathNsPerConn.Median, 1e-9)
+	assert.InDelta(t, 2730.5/(40000-82.5), old.Summary[s].DatapathCPUShare.Median, 1e-5, "read back from bench.txt")
 	assert.InDelta(t, 0.95, old.Summary[s].Cost.ProbeOverhead.Median, 1e-3)
 }
 
@@ -301,12 +306,13 @@ func TestWriteTableCost(t *testing.T) {
 	require.NoError(t, WriteTable(&b, run))
 	got := b.String()
 	for _, want := range []string{
-		"DATAPATH  CONC  REPS    QPS    ±  QPS×DIR  P50 µs  P90 µs  P99 µs  P90×DIR   DP ns/C  ERRORS  SYNRTX  APPLY s\n",
-		"\ndirect       1     6  10250  ±2%     1.00    40.0    60.0    90.0     1.00         -       0       0     0.10\n",
-		"\ndirect       8     6  10250  ±2%     1.00    40.0    60.0    90.0     1.00  302 (±4)       0       0     0.10\n",
-		"\niptables     8     6   8250  ±3%     0.80    40.0    60.0    90.0     1.00  2730 ±32       0       0     0.10\n",
+		"DATAPATH  CONC  REPS    QPS    ±  QPS×DIR  P50 µs  P90 µs  P99 µs  P90×DIR   DP ns/C  DP %CPU  ERRORS  SYNRTX  APPLY s\n",
+		"\ndirect       1     6  10250  ±2%     1.00    40.0    60.0    90.0     1.00         -        -       0       0     0.10\n",
+		"\ndirect       8     6  10250  ±2%     1.00    40.0    60.0    90.0     1.00  302 (±4)    0.76%       0       0     0.10\n",
+		"\niptables     8     6   8250  ±3%     0.80    40.0    60.0    90.0     1.00  2730 ±32    6.84%       0       0     0.10\n",
 		"\nDP ns/C: the datapath's own kernel time per connection in ns, from the cost trials (the attribution probes attached; concurrency 8), the probes' floor subtracted from the netfilter parts; ± is the half-width of its 95% interval in ns ((±x): half the min–max range)\n",
 		"\ncost probes (QPS with them ÷ without, same repetition: median [95% interval, or min–max]; floor: their own ns/conn subtracted): direct QPS ×0.95 [0.95–0.95], floor 82 ns, 1 of 6 cost trials invalid; iptables QPS ×0.95 [0.95–0.95], floor 82 ns\n",
+		"\nDP %CPU: that time as a share of the cost trial's CPU per connection (its pods' and the datapath process's, the probes' floor taken out), median; it keeps still when the machine runs faster or slower, and is what the CI gate compares\n",
 		"\ncost parts not measured (absent, not zero): iptables: bpf stats off\n",
 		"\ncost parts of iptables (ns/conn, medians): nf-early 0, nf-conntrack 302, nf-dnat 2025, nf-filter 402\n",
 		"\ninvalid, left out of the figures: direct model=cost conc=8 repetition 6: no completed connection\n",
@@ -320,7 +326,7 @@ func TestWriteTableCost(t *testing.T) {
 	costOnly.Summary = Summarize(costOnly.Trials)
 	b.Reset()
 	require.NoError(t, WriteTable(&b, costOnly))
-	assert.Contains(t, b.String(), "\niptables     8     0      -    -        -       -       -       -        -  2730 ±32       0       0     0.00\n")
+	assert.Contains(t, b.String(), "\niptables     8     0      -    -        -       -       -       -        -  2730 ±32    6.84%       0       0     0.00\n")
 
 	// A run without cost trials keeps its table as it was.
 	b.Reset()
@@ -473,4 +479,37 @@ func TestCostRoundTrip(t *testing.T) {
 	i := slices.IndexFunc(got.Summary, func(s Summary) bool { return s.Cost != nil && s.Datapath == "iptables" })
 	require.GreaterOrEqual(t, i, 0)
 	assert.InDelta(t, 0.95, got.Summary[i].Cost.ProbeOverhead.Median, 1e-9)
+}
+
+// TestCPUShare pins the share the gate compares: the datapath's ns per
+// connection over the trial's own CPU per connection less the probes'
+// floor, the stored figure (bench.txt's) first, and no figure without
+// what it is made of.
+func TestCPUShare(t *testing.T) {
+	base := func() Trial {
+		return Trial{Workload: Workload{CPU: &CPUUsage{RunPerConnectionUS: 50}},
+			Cost: &Cost{NsPerConn: 4500, Parts: map[string]float64{"nf-dnat": 4500}, Connections: 100, FloorNS: 5000}}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*Trial)
+		want   float64
+		ok     bool
+	}{
+		{name: "ns over CPU less the floor", change: func(*Trial) {}, want: 0.1, ok: true},
+		{name: "stored figure first", change: func(t *Trial) { t.Cost.CPUShare = 0.2 }, want: 0.2, ok: true},
+		{name: "no cost", change: func(t *Trial) { t.Cost = nil }},
+		{name: "no connections", change: func(t *Trial) { t.Cost.Connections = 0 }},
+		{name: "nothing measured", change: func(t *Trial) { t.Cost.Parts, t.Cost.Missing = nil, "no probes" }},
+		{name: "no CPU accounting", change: func(t *Trial) { t.Workload.CPU = nil }},
+		{name: "floor above the CPU", change: func(t *Trial) { t.Cost.FloorNS = 60000 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := base()
+			tc.change(&tr)
+			got, ok := tr.CPUShare()
+			assert.Equal(t, tc.ok, ok)
+			assert.InDelta(t, tc.want, got, 1e-12)
+		})
+	}
 }

@@ -229,6 +229,40 @@ type Cost struct {
 	// Missing names what could not be measured here (e.g. the probes on a
 	// kernel before 6.4); the parts it names are absent, not zero.
 	Missing string `json:"missing,omitempty"`
+	// CPUShare is NsPerConn as a fraction of the trial's own CPU per
+	// connection (its pods' and the datapath process's cgroups, the
+	// probes' floor taken out): see CPUShare. Stored for bench.txt's
+	// round trip; a trial without it derives it.
+	CPUShare float64 `json:"cpu_share,omitempty"`
+}
+
+// CPUShare is the datapath's own kernel time per connection (NsPerConn)
+// as a fraction of the CPU the trial's pods and datapath process used per
+// connection in the same window, less the probes' own floor (which only
+// the cost trial pays). Both come from the same window on the same CPUs,
+// so a machine that runs slower or faster for a while (frequency, a busy
+// neighbour, the hypervisor) moves both alike and the fraction keeps the
+// datapath's weight: across 10 quiet runs of this machine kind it varied
+// 0.6 % between runs for iptables where the nanoseconds varied 8.6 %. It
+// is a little below the datapath's share of an unprobed trial, whose CPU
+// per connection lacks the probes' accounting beyond the floor. ok is
+// false without the figures it is made of.
+func (t Trial) CPUShare() (share float64, ok bool) {
+	c := t.Cost
+	if c == nil || c.Connections == 0 || (len(c.Parts) == 0 && c.Missing != "") {
+		return 0, false
+	}
+	if c.CPUShare != 0 {
+		return c.CPUShare, true
+	}
+	if t.Workload.CPU == nil || t.Workload.CPU.RunPerConnectionUS == 0 {
+		return 0, false
+	}
+	own := t.Workload.CPU.RunPerConnectionUS*1e3 - c.FloorNS
+	if own <= 0 {
+		return 0, false
+	}
+	return c.NsPerConn / own, true
 }
 
 // Valid reports whether the trial's figures count (Invalid is empty).
@@ -449,6 +483,11 @@ type Summary struct {
 	// existed carried Cost on its plain trials; their figures are read
 	// then.
 	DatapathNsPerConn Stat `json:"datapath_ns_per_conn,omitzero"`
+	// DatapathCPUShare is Trial.CPUShare over the same cost trials: the
+	// datapath's own time as a fraction of the trial's CPU per connection,
+	// the figure the gate compares (it does not move with the machine's
+	// speed the way nanoseconds do).
+	DatapathCPUShare Stat `json:"datapath_cpu_share,omitzero"`
 	// Cost is the rest of what those cost trials measured (nil when there
 	// were none).
 	Cost *CostSummary `json:"cost,omitempty"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,7 +61,7 @@ func WriteTable(w io.Writer, run *Run) error {
 		header += "CPU µs/C\tCPU×DIR\t"
 	}
 	if withCost {
-		header += mustMetric("datapath_ns_per_conn").Column + "\t"
+		header += mustMetric("datapath_ns_per_conn").Column + "\t" + mustMetric("datapath_cpu_share").Column + "\t"
 	}
 	header += "ERRORS\tSYNRTX\tAPPLY s\t\n"
 	fmt.Fprint(tw, header)
@@ -93,7 +94,11 @@ func WriteTable(w io.Writer, run *Run) error {
 			row += fmt.Sprintf("%s\t%s\t", cpu, fmtRatio(s.CPURatioToDirect))
 		}
 		if withCost {
-			row += fmtNsSpread(s.DatapathNsPerConn) + "\t"
+			share := "-"
+			if len(s.DatapathCPUShare.Values) > 0 {
+				share = fmtPercent(s.DatapathCPUShare.Median)
+			}
+			row += fmtNsSpread(s.DatapathNsPerConn) + "\t" + share + "\t"
 		}
 		row += fmt.Sprintf("%d\t%d\t%.2f\t\n", s.Errors, s.SynRetrans, s.ApplySeconds.Median)
 		fmt.Fprint(tw, row)
@@ -451,6 +456,15 @@ func splitModels(sums []Summary) (closed, open []Summary) {
 // connection per second are noise at these rates.
 func fmtQPS(v float64) string { return fmt.Sprintf("%.0f", v) }
 
+// fmtPercent prints a fraction as a percentage with three significant
+// digits for the shares the table holds (0.5 % to 60 %).
+func fmtPercent(v float64) string {
+	if math.Abs(v) < 0.1 {
+		return fmt.Sprintf("%.2f%%", v*100)
+	}
+	return fmt.Sprintf("%.1f%%", v*100)
+}
+
 // fmtMicros prints a latency with about three significant digits, which is
 // all the HDR histogram resolves.
 func fmtMicros(v float64) string {
@@ -631,7 +645,9 @@ func costNotes(sums []Summary, sweep bool) []string {
 		return nil
 	}
 	notes := []string{fmt.Sprintf("%s: the datapath's own kernel time per connection in ns, from the cost trials (the attribution probes attached; concurrency %s), the probes' floor subtracted from the netfilter parts; ± is the half-width of its 95%% interval in ns ((±x): half the min–max range)",
-		mustMetric("datapath_ns_per_conn").Column, strings.Join(concs, ", "))}
+		mustMetric("datapath_ns_per_conn").Column, strings.Join(concs, ", ")),
+		fmt.Sprintf("%s: that time as a share of the cost trial's CPU per connection (its pods' and the datapath process's, the probes' floor taken out), median; it keeps still when the machine runs faster or slower, and is what the CI gate compares",
+			mustMetric("datapath_cpu_share").Column)}
 	name := costNamer(sums, " ")
 	var probes, missing []string
 	for _, s := range with {

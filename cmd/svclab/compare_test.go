@@ -60,6 +60,10 @@ func TestCompareCommand(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(onlyBench, "bench.txt"), b, 0o644))
 	badTh := filepath.Join(dir, "bad.yaml")
 	require.NoError(t, os.WriteFile(badTh, []byte("metrics:\n  p90: fifteen\n"), 0o644))
+	// A thresholds file that gates the QPS ratio the slow run loses
+	// (ci/thresholds.yaml gates only the cost trials' CPU share).
+	qpsTh := filepath.Join(dir, "qps.yaml")
+	require.NoError(t, os.WriteFile(qpsTh, []byte("gate: ratio\nmetrics:\n  qps: 5%\n"), 0o644))
 	empty := filepath.Join(dir, "empty")
 	require.NoError(t, os.MkdirAll(empty, 0o755))
 
@@ -74,7 +78,8 @@ func TestCompareCommand(t *testing.T) {
 		{"results.json files", []string{filepath.Join(base, "results.json"), filepath.Join(same, "results.json")}, 0, []string{"PASS"}, nil},
 		{"regression fails", []string{base, slow}, 1, []string{"FAIL: 1 regression(s):", "iptables conc=8 qps×direct: 0.800 → 0.600 (-25.0%"}, nil},
 		{"bench.txt against results.json", []string{filepath.Join(base, "results.json"), onlyBench}, 1, []string{"iptables conc=8 qps×direct"}, nil},
-		{"thresholds flag after the arguments", []string{base, slow, "--thresholds", "../../ci/thresholds.yaml"}, 1, []string{"FAIL"}, nil},
+		{"thresholds flag after the arguments", []string{base, slow, "--thresholds", qpsTh}, 1, []string{"FAIL", "qps -5%"}, nil},
+		{"the committed thresholds read", []string{base, slow, "--thresholds", "../../ci/thresholds.yaml"}, 0, []string{"qps off", "datapath_cpu_share +5%", "PASS"}, nil},
 		{"bad thresholds file", []string{"--thresholds", badTh, base, slow}, 2, nil, []string{"thresholds " + badTh + ": metrics.p90:", "not a percentage"}},
 		{"missing thresholds file", []string{"--thresholds", filepath.Join(dir, "nope.yaml"), base, slow}, 2, nil, []string{"nope.yaml"}},
 		{"one argument", []string{base}, 2, nil, []string{"want OLD and NEW, got 1"}},

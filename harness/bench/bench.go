@@ -444,6 +444,11 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 	case ts.Cost:
 		tr.Model = results.ModelCost
 	}
+	if share, ok := tr.CPUShare(); ok {
+		// Stored, so bench.txt carries it and a reader needs no CPU
+		// figures to compare it.
+		tr.Cost.CPUShare = share
+	}
 	tr.Invalid = invalidReason(wk, wl.ErrorTolerance())
 	splitByNode(tr, topo, client)
 	// A cost trial's Apply is the plain trial's: measured once.
