@@ -6,11 +6,11 @@
 #     the reference;
 #   - its detection rate: M gate runs with iptables slowed by PAD
 #     never-matching rules ahead of its service rules
-#     (SVCLAB_IPTABLES_PAD_RULES); the default PAD (55) raises iptables'
+#     (SVCLAB_IPTABLES_PAD_RULES); the default PAD (50) raises iptables'
 #     share of the run's CPU, the figure the gate compares, by about 10%
 #     (evaluate prints the measured effect).
 #
-#   ci/prove-gate.sh collect DIR [N] [M] [PAD]   defaults 40, 20, 55
+#   ci/prove-gate.sh collect DIR [N] [M] [PAD]   defaults 40, 20, 50
 #   ci/prove-gate.sh evaluate DIR                rates, effect size, CVs
 #
 # A gate run is made as the gate makes it: an A/A gate run makes its second
@@ -100,7 +100,7 @@ cv() {
 
 case ${1:-} in
 collect)
-  dir=${2:?DIR}; n=${3:-40}; m=${4:-20}; pad=${5:-55}
+  dir=${2:?DIR}; n=${3:-40}; m=${4:-20}; pad=${5:-50}
   for i in $(seq 1 $((n > m ? n : m))); do
     if ((i <= n)); then
       echo "$(date -u +%T) A/A gate run $i/$n" >&2
