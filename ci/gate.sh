@@ -50,7 +50,9 @@
 #
 # Exit status: 0 pass (possibly with an unconfirmed warning), 1 a gated
 # figure regressed in both runs, 2 the gate could not run (bench failed,
-# bad input, runs not comparable). Needs root, like every svclab bench.
+# bad input, runs not comparable, no gated figure in both), 3 no reference
+# for this machine kind (nothing to judge against: make one). Needs root,
+# like every svclab bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -152,7 +154,7 @@ pick_reference() {
     fi
   done
   echo "gate: no reference in ci/reference/ for this machine kind ($(tr '\t' ' ' <<<"$want") CPUs): make one on a quiet machine of this kind with UPDATE_REFERENCE=1 ci/gate.sh and commit it" >&2
-  exit 2
+  exit 3
 }
 
 if [[ ${UPDATE_REFERENCE:-} == 1 ]]; then

@@ -174,15 +174,16 @@ func TestGateJudge(t *testing.T) {
 }
 
 // Without REFERENCE the gate compares with the committed reference of the
-// run's machine kind; a kind without one cannot be gated (exit 2, saying
-// how to make one), never passed.
+// run's machine kind; a kind without one cannot be gated (exit 3, its own
+// status so that .ci/run can say it skipped the gate and why, saying how to
+// make one), never passed.
 func TestGateNeedsAReferenceOfThisMachineKind(t *testing.T) {
 	if _, err := exec.LookPath("jq"); err != nil {
 		t.Skip("no jq")
 	}
 	state := fakeState(t)
 	status, stderr := gateWith(t, nil, state, filepath.Join(t.TempDir(), "out"), "pass")
-	assert.Equal(t, 2, status, stderr)
+	assert.Equal(t, 3, status, stderr)
 	assert.Contains(t, stderr, "no reference in ci/reference/ for this machine kind")
 	assert.Contains(t, stderr, "UPDATE_REFERENCE=1 ci/gate.sh")
 }

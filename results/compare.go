@@ -116,6 +116,12 @@ type Comparison struct {
 // an invalid trial in either run.
 func (c *Comparison) Failed() bool { return len(c.Regressions()) > 0 || len(c.Invalid) > 0 }
 
+// Gates reports whether any row was gated: a comparison without one has
+// tested nothing, whatever it printed.
+func (c *Comparison) Gates() bool {
+	return slices.ContainsFunc(c.Rows, func(r CompareRow) bool { return r.Gated })
+}
+
 // Regressions are the rows that fail the gate.
 func (c *Comparison) Regressions() []CompareRow {
 	var out []CompareRow
@@ -568,6 +574,10 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	if len(c.Rows) == 0 {
 		// Two runs with nothing in common prove nothing: never a pass.
 		buf.WriteString("NOT COMPARED: the runs share no datapath at any point\n")
+	} else if !c.Gates() && len(c.Invalid) == 0 {
+		// Figures in common, none of them gated (e.g. a reference made
+		// before the gated figure existed): a pass would say nothing.
+		buf.WriteString("NOT COMPARED: no gated figure was measured in both runs (the notes say what is missing)\n")
 	} else if len(regs) == 0 && len(c.Invalid) == 0 {
 		buf.WriteString("PASS: no gated figure regressed beyond its threshold with significance\n")
 	} else if len(regs) > 0 {

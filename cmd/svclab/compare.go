@@ -97,6 +97,10 @@ func cmdCompare(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "svclab compare: nothing measured in both runs (no datapath at a common point): not comparable")
 		return compareBadInput
 	}
+	if !c.Gates() {
+		fmt.Fprintln(stderr, "svclab compare: no gated figure measured in both runs (the notes say what is missing): not comparable")
+		return compareBadInput
+	}
 	return compareOK
 }
 
