@@ -102,6 +102,8 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 		endpoints = tc.Backends
 	}
 	tc.ExtraEndpoints = max(0, endpoints-tc.Backends)
+	// A second client pod for the untouched-address check below.
+	tc.Clients = max(tc.Clients, 2)
 	wd, err := world.Build(context.Background(), world.Spec{Topology: tc, Port: plan.Port.TargetPort, Datapath: &f})
 	skipUnsupported(t, err)
 	require.NoError(t, err)
@@ -135,13 +137,19 @@ func reachAllBackends(t *testing.T, base *scenarios.Scenario, f datapath.Factory
 	assert.Len(t, w.PerBackend, len(topo.Backends), "backends reached: %v", w.PerBackend)
 
 	// A pod's own address is not a service: the datapath must not
-	// redirect it.
+	// redirect it. Checked from another client pod: from the first one, a
+	// source port that a service connection to the same backend used
+	// moments ago can come round, and the node's record of that
+	// connection (conntrack's, or IPVS's own table, kept for minutes in
+	// TIME_WAIT) then claims the new one's replies (ipvs under IPv6 in the
+	// 6.1 VM: 2 of 100 timed out once). That is a real property of
+	// per-packet NAT, not the one checked here.
 	b := topo.Backends[3]
 	addr := b.Addr
 	if plan.IPv6() {
 		addr = b.Addr6
 	}
-	w, err = loadgen.RunClientProcess(context.Background(), topo.Clients[0].NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
+	w, err = loadgen.RunClientProcess(context.Background(), topo.Clients[1].NS, topo.ClientCgroup.Path, loadgen.ClientSpec{
 		Targets: []netip.AddrPort{netip.AddrPortFrom(addr, plan.Port.TargetPort)}, Concurrency: 2,
 		Protocol: k.proto, UDPMode: k.udpMode,
 		Duration: 20 * time.Second, Connections: 100,
