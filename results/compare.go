@@ -327,7 +327,7 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 				// Gated on its own value in every mode; direct's is
 				// ≈ 0 and its relative change noise.
 				gateAbs = !off && k.datapath != DirectDatapath
-				if th.Gate != GateAbsolute {
+				if th.Gate != GateAbsolute && !off {
 					absolute = appendOnce(absolute, m.Label)
 				}
 			}
@@ -346,12 +346,20 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		}
 	}
 
-	switch th.Gate {
-	case GateRatio:
+	// Whether the gate mode gated any row: with every figure it applies
+	// to off (only Absolute ones gated), "ratios are gated" would mislead.
+	modeGates := slices.ContainsFunc(c.Rows, func(r CompareRow) bool {
+		m, _ := LookupMetric(r.Metric)
+		return r.Gated && !m.Absolute
+	})
+	switch {
+	case !modeGates:
+		c.Notes = append(c.Notes, "gated: only the figures named below (the thresholds set every other figure off): ratios to direct and absolute figures are reported, not gated")
+	case th.Gate == GateRatio:
 		c.Notes = append(c.Notes, "gated: ratios to direct ("+pairingPhrase(th.Pairing)+"): they cancel what slows or speeds every datapath alike (a faster or slower machine, a busy neighbour), leaving the datapath's own cost; absolute figures are reported, not gated")
-	case GateAbsolute:
+	case th.Gate == GateAbsolute:
 		c.Notes = append(c.Notes, "gated: absolute figures (gate: absolute): a slower or busier machine can fail the gate; ratios to direct are reported, not gated")
-	case GateBoth:
+	case th.Gate == GateBoth:
 		c.Notes = append(c.Notes, "gated: ratios to direct ("+pairingPhrase(th.Pairing)+") and absolute figures (gate: both)")
 	}
 	for _, l := range absolute {
