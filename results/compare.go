@@ -585,7 +585,13 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	} else if !c.Gates() && len(c.Invalid) == 0 {
 		// Figures in common, none of them gated (e.g. a reference made
 		// before the gated figure existed): a pass would say nothing.
-		buf.WriteString("NOT COMPARED: no gated figure was measured in both runs (the notes say what is missing)\n")
+		var gated []string
+		for _, m := range metricTable {
+			if m.Compared() && !math.IsInf(c.Thresholds.For("", m.Key), 1) {
+				gated = append(gated, m.Label)
+			}
+		}
+		fmt.Fprintf(&buf, "NOT COMPARED: no gated figure (%s) was measured in both runs\n", strings.Join(gated, ", "))
 	} else if len(regs) == 0 && len(c.Invalid) == 0 {
 		buf.WriteString("PASS: no gated figure regressed beyond its threshold with significance\n")
 	} else if len(regs) > 0 {

@@ -98,7 +98,7 @@ func cmdCompare(args []string, stdout, stderr io.Writer) int {
 		return compareBadInput
 	}
 	if !c.Gates() {
-		fmt.Fprintln(stderr, "svclab compare: no gated figure measured in both runs (the notes say what is missing): not comparable")
+		fmt.Fprintln(stderr, "svclab compare: no gated figure measured in both runs: not comparable")
 		return compareBadInput
 	}
 	return compareOK
