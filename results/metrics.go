@@ -253,19 +253,14 @@ var metricTable = []Metric{{
 	Key: "datapath_ns_per_conn", Label: "datapath ns/conn", Better: LowerIsBetter,
 	CostTrials: true, Absolute: true,
 	Trial: func(t Trial) (float64, bool) {
-		// No parts: nothing could be measured here (Cost.Missing says
-		// why), which is no figure, not a cost of 0.
-		if t.Cost == nil || t.Cost.Connections == 0 || (len(t.Cost.Parts) == 0 && t.Cost.Missing != "") {
+		if !t.Cost.measured() {
 			return 0, false
 		}
 		return t.Cost.NsPerConn, true
 	},
 	Unit: unitDatapathNs, Digits: 1,
 	SetTrial: func(t *Trial, v float64) {
-		if t.Cost == nil {
-			t.Cost = &Cost{Connections: 1}
-		}
-		t.Cost.NsPerConn = v
+		t.costForBench().NsPerConn = v
 	},
 	Stat: func(s *Summary) *Stat { return &s.DatapathNsPerConn }, CI: true,
 	Threshold: 0.10,
@@ -283,10 +278,7 @@ var metricTable = []Metric{{
 	Trial: func(t Trial) (float64, bool) { return t.CPUShare() },
 	Unit:  unitDatapathShare, Digits: 6,
 	SetTrial: func(t *Trial, v float64) {
-		if t.Cost == nil {
-			t.Cost = &Cost{Connections: 1}
-		}
-		t.Cost.CPUShare = v
+		t.costForBench().CPUShare = v
 	},
 	Stat: func(s *Summary) *Stat { return &s.DatapathCPUShare }, CI: true,
 	Threshold: 0.10,

@@ -236,6 +236,22 @@ type Cost struct {
 	CPUShare float64 `json:"cpu_share,omitempty"`
 }
 
+// measured reports whether the cost trial measured anything: no parts
+// means nothing could be measured here (Missing says why), which is no
+// figure, not a cost of 0. A nil Cost measured nothing.
+func (c *Cost) measured() bool {
+	return c != nil && c.Connections != 0 && (len(c.Parts) > 0 || c.Missing == "")
+}
+
+// costForBench is the trial's Cost, made for a figure read back from
+// bench.txt (which has no connection count: 1 keeps it a measurement).
+func (t *Trial) costForBench() *Cost {
+	if t.Cost == nil {
+		t.Cost = &Cost{Connections: 1}
+	}
+	return t.Cost
+}
+
 // CPUShare is the datapath's own kernel time per connection (NsPerConn)
 // as a fraction of the CPU the trial's pods and datapath process used per
 // connection in the same window, less the probes' own floor (which only
@@ -249,7 +265,7 @@ type Cost struct {
 // false without the figures it is made of.
 func (t Trial) CPUShare() (share float64, ok bool) {
 	c := t.Cost
-	if c == nil || c.Connections == 0 || (len(c.Parts) == 0 && c.Missing != "") {
+	if !c.measured() {
 		return 0, false
 	}
 	if c.CPUShare != 0 {

@@ -95,8 +95,8 @@ func WriteTable(w io.Writer, run *Run) error {
 		}
 		if withCost {
 			share := "-"
-			if len(s.DatapathCPUShare.Values) > 0 {
-				share = fmtPercent(s.DatapathCPUShare.Median)
+			if m := mustMetric("datapath_cpu_share"); len(s.DatapathCPUShare.Values) > 0 {
+				share = m.Format(s.DatapathCPUShare.Median)
 			}
 			row += fmtNsSpread(s.DatapathNsPerConn) + "\t" + share + "\t"
 		}
