@@ -50,13 +50,17 @@ func CollectEnv() results.Env {
 		}
 	}
 	// The host's values; client pods override port range and tw_reuse in
-	// their own namespace (recorded as client_* below).
-	for _, k := range []string{"net/core/somaxconn", "net/ipv4/ip_local_port_range", "net/ipv4/tcp_tw_reuse", "net/ipv4/tcp_timestamps"} {
+	// their own namespace (recorded as client.* below: a setting the
+	// kernel lacks is absent there, and the port cap it lifts is in force).
+	for _, k := range []string{"net/core/somaxconn", "net/ipv4/ip_local_port_range", "net/ipv4/tcp_tw_reuse", "net/ipv4/tcp_tw_reuse_delay", "net/ipv4/tcp_timestamps"} {
 		if b, err := os.ReadFile("/proc/sys/" + k); err == nil {
 			e.Sysctls[strings.ReplaceAll(k, "/", ".")] = strings.Join(strings.Fields(string(b)), " ")
 		}
 	}
 	for _, c := range nsutil.ClientSysctls {
+		if c.Optional && !c.Available() {
+			continue
+		}
 		e.Sysctls["client."+strings.ReplaceAll(c.Key, "/", ".")] = c.Value
 	}
 	return e

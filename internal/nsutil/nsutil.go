@@ -263,21 +263,48 @@ func (n *NS) Run(ctx context.Context, stdin []byte, name string, args ...string)
 }
 
 // Sysctl is one setting under /proc/sys, by its path ("net/ipv4/tcp_tw_reuse").
-type Sysctl struct{ Key, Value string }
+// An Optional one is set where the kernel has it and left out where it
+// does not.
+type Sysctl struct {
+	Key, Value string
+	Optional   bool
+}
+
+// Available reports whether the running kernel has the setting.
+func (s Sysctl) Available() bool {
+	_, err := os.Stat(filepath.Join("/proc/sys", s.Key))
+	return err == nil
+}
 
 // ClientSysctls are set in every namespace a short-connection client runs
 // in (client pods, the generator's loopback namespace, the userspace
 // proxy's node). Such clients close first, as netperf TCP_CRR does, and so
 // keep TIME_WAIT; a wide port range and tw_reuse keep a trial from running
 // out of ports to one ClusterIP.
+//
+// The port range alone is not enough: connect() takes even ports first,
+// so one client pod has ~32k ports per destination address, and tw_reuse
+// hands a TIME_WAIT port back only after tcp_tw_reuse_delay (1 s by
+// default). At one ClusterIP that caps a client pod near 32k conn/s; past
+// it, connect() searches the whole range and stalls (measured here: every
+// per-packet datapath pinned at 30-33k conn/s with ~10 connections per
+// trial taking 21.6 ms and a CPU idle, a narrower range lowering the cap in
+// proportion, socket-LB and direct, which connect to 12 backend
+// addresses, never). 100 ms lifts the cap to ~320k conn/s. Linux 6.13 has
+// the setting; on older kernels the cap stays (see Env.Sysctls).
 var ClientSysctls = []Sysctl{
 	{Key: "net/ipv4/ip_local_port_range", Value: "1024 65535"},
 	{Key: "net/ipv4/tcp_tw_reuse", Value: "1"},
+	{Key: "net/ipv4/tcp_tw_reuse_delay", Value: "100", Optional: true},
 }
 
-// SetSysctls sets each of set in the namespace.
+// SetSysctls sets each of set in the namespace (an Optional one only where
+// the kernel has it).
 func (n *NS) SetSysctls(set []Sysctl) error {
 	for _, s := range set {
+		if s.Optional && !s.Available() {
+			continue
+		}
 		if err := n.Sysctl(s.Key, s.Value); err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/moby/sys/mountinfo"
@@ -91,4 +92,32 @@ func TestPrivilegedNamesSurviveIPNetnsAdd(t *testing.T) {
 	require.NoError(t, ns.Close(), "and is still removed by name")
 	_, err = os.Stat(filepath.Join(RunDir, ns.Name))
 	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// An Optional sysctl the kernel lacks is left out; a required one fails,
+// naming itself. Every setting the kernel has lands in the namespace.
+func TestPrivilegedSetSysctlsOptional(t *testing.T) {
+	requireRoot(t)
+	ns, err := Create(testName(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, ns.Close()) })
+	missing := Sysctl{Key: "net/ipv4/svclab_no_such_sysctl", Value: "1"}
+	require.False(t, missing.Available())
+	err = ns.SetSysctls([]Sysctl{missing})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), missing.Key)
+	missing.Optional = true
+	require.NoError(t, ns.SetSysctls(append([]Sysctl{missing}, ClientSysctls...)))
+	for _, s := range ClientSysctls {
+		if !s.Available() {
+			assert.True(t, s.Optional, "%s is required but this kernel lacks it", s.Key)
+			continue
+		}
+		var got []byte
+		require.NoError(t, ns.Do(func() error {
+			got, err = os.ReadFile(filepath.Join("/proc/sys", s.Key))
+			return err
+		}))
+		assert.Equal(t, strings.Join(strings.Fields(s.Value), " "), strings.Join(strings.Fields(string(got)), " "), s.Key)
+	}
 }
