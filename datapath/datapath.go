@@ -260,6 +260,14 @@ type Factory struct {
 	// Scope says which clients and behaviours the datapath does not serve
 	// by design, known before any traffic; the zero value serves them all.
 	Scope Scope
+	// InNetfilter says the datapath does its work in the node's netfilter
+	// hooks (iptables or nftables rules, IPVS, and the conntrack they
+	// bring): a cost trial counts what the netfilter probes measure there
+	// as its own. For any other datapath those hooks hold nothing of its,
+	// and what they measure is reported beside its cost, not added to it
+	// (≈ 0, the probes' floor subtracted; added, that subtraction's noise
+	// of ±30-70 ns was most of socket-LB's ~480 ns from run to run).
+	InNetfilter bool
 }
 
 // Scope is what a datapath leaves out by design, each with the reason. The

@@ -513,3 +513,27 @@ func TestCPUShare(t *testing.T) {
 		})
 	}
 }
+
+// A datapath that does no work in netfilter carries the node hooks' bands
+// in Cost.Beside: summarized apart, printed as a check beside its parts,
+// never in its DP ns/C.
+func TestCostBeside(t *testing.T) {
+	run := &Run{SchemaVersion: SchemaVersion, ID: "beside", Env: Env{CPUs: 2, CPUModel: "EPYC", Kernel: "6.18"},
+		Datapaths: []DatapathInfo{{Name: "socketlb"}}}
+	for rep := range 6 {
+		j := float64(rep)
+		run.Trials = append(run.Trials, trial("socketlb", 8, rep, 10000, 40, 60, 90, 0.1, 0))
+		ct := costTrial("socketlb", 8, rep, 9500, map[string]float64{"bpf-connect4": 450 + j}, 80)
+		ct.Cost.Beside = map[string]float64{"nf-conntrack": 3, "nf-dnat": -2 + j}
+		run.Trials = append(run.Trials, ct)
+	}
+	run.Summary = Summarize(run.Trials)
+	require.Len(t, run.Summary, 1)
+	s := run.Summary[0]
+	assert.InDelta(t, 452.5, s.DatapathNsPerConn.Median, 1e-9, "the BPF program alone")
+	assert.Equal(t, map[string]float64{"nf-conntrack": 3, "nf-dnat": 0.5}, s.Cost.Beside)
+	assert.NotContains(t, s.Cost.Parts, "nf-dnat")
+	var b bytes.Buffer
+	require.NoError(t, WriteTable(&b, run))
+	assert.Contains(t, b.String(), "\ncost parts of socketlb (ns/conn, medians): bpf-connect4 452; in the node's netfilter hooks beside it (not its work, not counted): nf-conntrack 3, nf-dnat 0\n")
+}

@@ -203,7 +203,14 @@ type Cost struct {
 	// priority band (early, conntrack, dnat, filter, snat: see
 	// bpf/nfcost.c), "bpf-<program>" for the run time of the datapath's
 	// own BPF programs, "proxy-cpu" for a userspace proxy's process CPU.
+	// The netfilter bands are parts only of a datapath that works in
+	// those hooks (datapath.Factory.InNetfilter).
 	Parts map[string]float64 `json:"parts"`
+	// Beside are the netfilter bands of a datapath that does no work in
+	// netfilter, measured the same way: what the node's hooks did beside
+	// it (≈ 0 once the floor is subtracted). Reported as a check, never
+	// part of NsPerConn.
+	Beside map[string]float64 `json:"beside,omitempty"`
 	// Connections is the divisor: the window's connections, completed
 	// and failed (those it started, drained after it).
 	Connections int64 `json:"connections"`
@@ -522,6 +529,9 @@ type CostSummary struct {
 	// over the trials that measured it: the netfilter bands can be near 0
 	// or slightly negative once the floor is subtracted.
 	Parts map[string]float64 `json:"parts,omitempty"`
+	// Beside is the median of each of Cost.Beside: the netfilter bands of
+	// a datapath that does not work there, not part of its cost.
+	Beside map[string]float64 `json:"beside,omitempty"`
 	// FloorNS is the median of the trials' Cost.FloorNS: the probes' own
 	// cost per connection subtracted from the netfilter parts.
 	FloorNS float64 `json:"floor_ns,omitempty"`

@@ -404,7 +404,7 @@ func summarizeCost(plain, costs []Trial, invalid int) *CostSummary {
 		}
 	}
 	cs := &CostSummary{Repetitions: len(src), Invalid: invalid}
-	parts := map[string][]float64{}
+	parts, beside := map[string][]float64{}, map[string][]float64{}
 	var floors []float64
 	for _, t := range src {
 		if t.Cost == nil {
@@ -412,6 +412,9 @@ func summarizeCost(plain, costs []Trial, invalid int) *CostSummary {
 		}
 		for p, v := range t.Cost.Parts {
 			parts[p] = append(parts[p], v)
+		}
+		for p, v := range t.Cost.Beside {
+			beside[p] = append(beside[p], v)
 		}
 		floors = append(floors, t.Cost.FloorNS)
 		if t.Cost.Missing != "" && !slices.Contains(cs.Missing, t.Cost.Missing) {
@@ -423,6 +426,12 @@ func summarizeCost(plain, costs []Trial, invalid int) *CostSummary {
 			cs.Parts = map[string]float64{}
 		}
 		cs.Parts[p] = NewStat(vs).Median
+	}
+	for p, vs := range beside {
+		if cs.Beside == nil {
+			cs.Beside = map[string]float64{}
+		}
+		cs.Beside[p] = NewStat(vs).Median
 	}
 	if len(floors) > 0 {
 		cs.FloorNS = NewStat(floors).Median

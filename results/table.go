@@ -683,17 +683,24 @@ func costNotes(sums []Summary, sweep bool) []string {
 		return notes
 	}
 	for _, s := range with {
-		if s.Cost == nil || len(s.Cost.Parts) == 0 {
+		if s.Cost == nil || len(s.Cost.Parts)+len(s.Cost.Beside) == 0 {
 			continue
 		}
-		var parts []string
+		var parts, beside []string
 		for _, p := range costPartNames(s.Cost.Parts) {
 			if idleProgram(p, s.Cost.Parts[p]) {
 				continue
 			}
 			parts = append(parts, fmt.Sprintf("%s %.0f", p, s.Cost.Parts[p]))
 		}
-		notes = append(notes, fmt.Sprintf("cost parts of %s (ns/conn, medians): %s", name(s), strings.Join(parts, ", ")))
+		for _, p := range costPartNames(s.Cost.Beside) {
+			beside = append(beside, fmt.Sprintf("%s %.0f", p, s.Cost.Beside[p]))
+		}
+		line := fmt.Sprintf("cost parts of %s (ns/conn, medians): %s", name(s), cmp.Or(strings.Join(parts, ", "), "none"))
+		if len(beside) > 0 {
+			line += "; in the node's netfilter hooks beside it (not its work, not counted): " + strings.Join(beside, ", ")
+		}
+		notes = append(notes, line)
 	}
 	return notes
 }

@@ -100,6 +100,7 @@ func (v *variant) bins(f kubeproxy.Family) (restore, save string) {
 func init() {
 	for _, v := range variants {
 		datapath.Register(datapath.Factory{
+			InNetfilter: true,
 			Name:        v.name,
 			Description: v.description,
 			Probe:       v.probe,

@@ -60,6 +60,7 @@ var nodeSysctls = []kubeproxy.Sysctl{
 
 func init() {
 	datapath.Register(datapath.Factory{
+		InNetfilter: true,
 		Name:        "ipvs",
 		Description: "kube-proxy IPVS mode (deprecated since Kubernetes v1.35): ClusterIPs on a dummy kube-ipvs0, IPVS virtual servers, rr, masquerade",
 		Probe:       probe,

@@ -55,6 +55,7 @@ var nft = &tool{bin: "nft"}
 
 func init() {
 	datapath.Register(datapath.Factory{
+		InNetfilter: true,
 		Name:        Name,
 		Description: "kube-proxy nftables mode: service-ips verdict map, numgen endpoint choice, DNAT (nft)",
 		Probe:       nft.probe,

@@ -420,7 +420,7 @@ func runTrial(ctx context.Context, prefix string, plan *Plan, ts TrialSpec) (_ *
 		// after it ends; what they count is read at the window's edges,
 		// which the client announces.
 		spec.Duration = wl.AttributionWindow()
-		cost, err := startCost(topo, dp)
+		cost, err := startCost(topo, dp, ts.Factory.InNetfilter)
 		if err != nil {
 			return nil, nil, fmt.Errorf("cost attribution: %w", err)
 		}

@@ -29,11 +29,14 @@ import (
 // window's connections included), divided by the connections the window
 // started.
 type costMeter struct {
-	probes  *nfcost.Probes
-	stats   *bpfstats.Session
-	progs   map[string]*ebpf.Program
-	sysctl  string
-	missing []string
+	probes *nfcost.Probes
+	// inNetfilter: the netfilter bands are the datapath's own parts
+	// (datapath.Factory.InNetfilter); else they go to Cost.Beside.
+	inNetfilter bool
+	stats       *bpfstats.Session
+	progs       map[string]*ebpf.Program
+	sysctl      string
+	missing     []string
 	// info is the datapath's Info (the userspace proxy's CPU).
 	info func() map[string]string
 	// edges are the snapshots at EdgeStart and EdgeEnd.
@@ -59,8 +62,8 @@ const proxyCPUKey = "proxy_cpu_seconds"
 // startCost attaches what can be attached; what this machine lacks is
 // named in Cost.Missing rather than failing the trial. An error is a real
 // failure (a probe that should attach and does not).
-func startCost(topo *topology.Topology, dp datapath.Datapath) (_ *costMeter, err error) {
-	m := &costMeter{info: dp.Info}
+func startCost(topo *topology.Topology, dp datapath.Datapath, inNetfilter bool) (_ *costMeter, err error) {
+	m := &costMeter{info: dp.Info, inNetfilter: inNetfilter}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, m.close())
@@ -173,9 +176,16 @@ func (m *costMeter) cost(wk *results.Workload) *results.Cost {
 		// The probes' own dispatch (the floor band's ns per crossing,
 		// from the same window) comes out of each part: what is left is
 		// the hooks' own work, near 0 for a datapath that adds none.
+		// The probes run for every datapath (so every one pays the same
+		// floor), but only one that works in these hooks owns the bands.
+		bands := c.Parts
+		if !m.inNetfilter {
+			c.Beside = map[string]float64{}
+			bands = c.Beside
+		}
 		for p := nfcost.Part(0); p < nfcost.NumCostParts; p++ {
 			ns, floor := d.Net(p)
-			c.Parts["nf-"+p.String()] = ns / n
+			bands["nf-"+p.String()] = ns / n
 			c.FloorNS += floor / n
 		}
 		c.FloorPerCrossingNS = d.FloorPerCount()

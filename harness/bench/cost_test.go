@@ -30,13 +30,15 @@ func TestCostMeterWindow(t *testing.T) {
 	a[nfcost.PreRouting][nfcost.DNAT] = nfcost.Sum{NS: 1000, Count: 50}
 	a[nfcost.PreRouting][nfcost.Floor] = nfcost.Sum{NS: 1000, Count: 50}
 	info := map[string]string{proxyCPUKey: "1.000"}
-	m := &costMeter{info: func() map[string]string { return info }, sysctl: "0"}
-	m.edges[0] = costSnapshot{nf: map[string]nfcost.Sample{"node": a}, bpf: bpfstats.Stats{"connect4": {RunTimeNS: 100, RunCount: 1}}}
-	m.edges[1] = costSnapshot{nf: map[string]nfcost.Sample{"node": b}, bpf: bpfstats.Stats{"connect4": {RunTimeNS: 1100, RunCount: 11}}}
-	m.seen = [2]bool{true, true}
+	edges := [2]costSnapshot{
+		{nf: map[string]nfcost.Sample{"node": a}, bpf: bpfstats.Stats{"connect4": {RunTimeNS: 100, RunCount: 1}}},
+		{nf: map[string]nfcost.Sample{"node": b}, bpf: bpfstats.Stats{"connect4": {RunTimeNS: 1100, RunCount: 11}}},
+	}
 	wk := &results.Workload{Connections: 8, Errors: map[string]int64{"ECONNRESET": 2}}
+	m := &costMeter{info: func() map[string]string { return info }, sysctl: "0", inNetfilter: true, edges: edges, seen: [2]bool{true, true}}
 	c, err := m.stop(wk)
 	require.NoError(t, err)
+	assert.Empty(t, c.Beside, "a netfilter datapath owns the bands")
 	// Window: DNAT 4000 ns over 50 crossings, floor 1000 ns over 50
 	// (20 ns each): 4000 - 50×20 = 3000 ns over 10 connections.
 	assert.InDelta(t, 300.0, c.Parts["nf-dnat"], 1e-9)
@@ -50,6 +52,16 @@ func TestCostMeterWindow(t *testing.T) {
 		sum += v
 	}
 	assert.InDelta(t, sum, c.NsPerConn, 1e-9)
+
+	// A datapath that does no work in netfilter: the same bands are
+	// reported beside its cost, not in it.
+	m = &costMeter{info: func() map[string]string { return info }, sysctl: "0", edges: edges, seen: [2]bool{true, true}}
+	c, err = m.stop(wk)
+	require.NoError(t, err)
+	assert.InDelta(t, 300.0, c.Beside["nf-dnat"], 1e-9)
+	assert.NotContains(t, c.Parts, "nf-dnat")
+	assert.InDelta(t, 100.0, c.FloorNS, 1e-9, "it pays the same probes' floor")
+	assert.InDelta(t, 100.0, c.NsPerConn, 1e-9, "its own BPF program only")
 
 	none, err := (&costMeter{seen: [2]bool{true, true}}).stop(&results.Workload{})
 	require.NoError(t, err)
@@ -92,8 +104,8 @@ func TestCostMeterWindow(t *testing.T) {
 // raise iptables' DNAT part roughly linearly in N, since nat rules see
 // every connection's first packet, while socket-LB's figure, translated at
 // connect() with no rule to walk, does not move with the same setting; and
-// direct, whose hooks hold only the probes, comes out near 0 once the
-// floor is taken out.
+// direct's node hooks, which hold only the probes, come out near 0 once the
+// floor is taken out (reported beside its cost of 0).
 func TestPrivilegedCostPadding(t *testing.T) {
 	harnesstest.RequireRoot(t)
 	if err := nfcost.Probe(); err != nil {
@@ -152,9 +164,15 @@ func TestPrivilegedCostPadding(t *testing.T) {
 	}
 
 	d := cost(2)
-	t.Logf("direct: %.0f ns/conn after a floor of %.0f", d.NsPerConn, d.FloorNS)
+	var beside float64
+	for _, v := range d.Beside {
+		beside += v
+	}
+	t.Logf("direct: %.0f ns/conn; its node's netfilter hooks %.0f ns/conn after a floor of %.0f", d.NsPerConn, beside, d.FloorNS)
 	assert.Positive(t, d.FloorNS, "the probes' own cost was measured and taken out")
-	assert.Less(t, abs(d.NsPerConn), 0.05*d.FloorNS, "direct is near 0 once the probes' floor is out")
+	assert.Zero(t, d.NsPerConn, "direct has no datapath: nothing of its own")
+	assert.Len(t, d.Beside, int(nfcost.NumCostParts), "its node's hooks are measured beside it")
+	assert.Less(t, abs(beside), 0.05*d.FloorNS, "hooks that hold only the probes are near 0 once their floor is out")
 	assert.Greater(t, iptTotal0, d.NsPerConn+2000, "iptables-nft is clearly above direct (µs, not noise)")
 	assert.Empty(t, harnesstest.Leftovers(t, lock.Prefix))
 }
