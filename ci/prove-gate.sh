@@ -91,10 +91,12 @@ cv() {
   local model=$1 filter=$2; shift 2
   for dp in direct socketlb iptables; do
     cat "$@" | jq -rs --arg dp "$dp" --arg model "$model" "
-      [ .[] | [ .trials[] | select(.datapath == \$dp and (.model // \"\") == \$model and (.invalid // \"\") == \"\") | $filter ]
+      [ .[] | [ .trials[] | select(.datapath == \$dp and (.model // \"\") == \$model and (.invalid // \"\") == \"\") | $filter | select(. != null) ]
         | select(length > 1)
-        | (add / length) as \$m | ((map(. - \$m | . * .) | add) / (length - 1) | sqrt) / (if \$m < 0 then -\$m else \$m end) ]
-      | sort | \"  \(\$dp): \(.[length/2|floor] * 1000 | round / 10)% (\(.[0] * 1000 | round / 10)-\(.[-1] * 1000 | round / 10)%) over \(length) runs\""
+        | (add / length) as \$m | select(\$m != 0)
+        | ((map(. - \$m | . * .) | add) / (length - 1) | sqrt) / (if \$m < 0 then -\$m else \$m end) ]
+      | if length == 0 then \"  \(\$dp): - (no nonzero figure)\" else
+        sort | \"  \(\$dp): \(.[length/2|floor] * 1000 | round / 10)% (\(.[0] * 1000 | round / 10)-\(.[-1] * 1000 | round / 10)%) over \(length) runs\" end"
   done
 }
 
