@@ -76,11 +76,11 @@ clean:
 	rm -rf bin
 
 ## report: regenerate the example report (results/example/report.html) from the committed CI reference run
-# (ci/reference/results.json: results/example keeps a table and charts but no results.json), and its
+# (ci/reference/intel-xeon-processor-x2.json, the machine kind CI runs on: results/example keeps a table and charts but no results.json), and its
 # ratio-to-direct chart as results/example/report-ratio.svg for the README
 .PHONY: report
 report:
-	$(GO) run ./cmd/svclab report --output results/example ci/reference/results.json
+	$(GO) run ./cmd/svclab report --output results/example ci/reference/intel-xeon-processor-x2.json
 	awk '/<svg class="chart"/{on=1} on{print} /<\/svg>/{if(on)exit}' results/example/report.html > results/example/report-ratio.svg
 
 ## gate: the CI regression gate (.ci/run runs it after test): a short bench compared with this machine kind's
