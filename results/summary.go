@@ -388,6 +388,18 @@ func metricTrials(m Metric, plain, costs []Trial, withCost bool) []Trial {
 	return plain
 }
 
+// medians is the median of each key's values; nil when there are none.
+func medians(by map[string][]float64) map[string]float64 {
+	if len(by) == 0 {
+		return nil
+	}
+	out := make(map[string]float64, len(by))
+	for k, vs := range by {
+		out[k] = NewStat(vs).Median
+	}
+	return out
+}
+
 // summarizeCost is the CostSummary of one point: from its valid cost
 // trials (invalid counts the invalid ones), or, when it has none at all,
 // from plain trials carrying Cost (a run from before cost trials). The
@@ -421,18 +433,7 @@ func summarizeCost(plain, costs []Trial, invalid int) *CostSummary {
 			cs.Missing = append(cs.Missing, t.Cost.Missing)
 		}
 	}
-	for p, vs := range parts {
-		if cs.Parts == nil {
-			cs.Parts = map[string]float64{}
-		}
-		cs.Parts[p] = NewStat(vs).Median
-	}
-	for p, vs := range beside {
-		if cs.Beside == nil {
-			cs.Beside = map[string]float64{}
-		}
-		cs.Beside[p] = NewStat(vs).Median
-	}
+	cs.Parts, cs.Beside = medians(parts), medians(beside)
 	if len(floors) > 0 {
 		cs.FloorNS = NewStat(floors).Median
 	}

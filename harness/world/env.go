@@ -58,7 +58,7 @@ func CollectEnv() results.Env {
 		}
 	}
 	for _, c := range nsutil.ClientSysctls {
-		if c.Optional && !c.Available() {
+		if !c.Applies() {
 			continue
 		}
 		e.Sysctls["client."+strings.ReplaceAll(c.Key, "/", ".")] = c.Value

@@ -276,6 +276,10 @@ func (s Sysctl) Available() bool {
 	return err == nil
 }
 
+// Applies reports whether the setting is to be set here: always, unless it
+// is Optional and the kernel lacks it.
+func (s Sysctl) Applies() bool { return !s.Optional || s.Available() }
+
 // ClientSysctls are set in every namespace a short-connection client runs
 // in (client pods, the generator's loopback namespace, the userspace
 // proxy's node). Such clients close first, as netperf TCP_CRR does, and so
@@ -302,7 +306,7 @@ var ClientSysctls = []Sysctl{
 // the kernel has it).
 func (n *NS) SetSysctls(set []Sysctl) error {
 	for _, s := range set {
-		if s.Optional && !s.Available() {
+		if !s.Applies() {
 			continue
 		}
 		if err := n.Sysctl(s.Key, s.Value); err != nil {
