@@ -119,6 +119,10 @@ alarms() {
   echo "gate: svclab compare --thresholds $thresholds $reference $1" >&2
   out=$("$svclab" compare --thresholds "$thresholds" "$reference" "$1") || status=$?
   printf '%s\n' "$out" >&2
+  # Datapaths outside their speed guard were reported, not judged.
+  if grep -q '^NOT JUDGED: ' <<<"$out"; then
+    echo "gate: WARNING: not judged in $1 (the machine's speed, ci/thresholds.yaml speed_guard): $(grep '^NOT JUDGED: ' <<<"$out" | sed 's/^NOT JUDGED: //' | paste -sd';')" >&2
+  fi
   case $status in
     0) alarmed= ;;
     1)

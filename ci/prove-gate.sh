@@ -116,12 +116,12 @@ collect)
   ;;
 evaluate)
   dir=${2:?DIR}
-  aa=0 aafalse=0 aawarn=0 inj=0 det=0 injwarn=0 injfalse=0
+  aa=0 aafalse=0 aawarn=0 aaslow=0 inj=0 det=0 injwarn=0 injfalse=0 injslow=0
   for g in "$dir"/aa*/; do
     g=${g%/}; [[ -f $g/done ]] || continue
     aa=$((aa + 1))
     if judge "$g"; then
-      if grep -q '^gate: WARNING' "$g/judge.log"; then aawarn=$((aawarn + 1)); fi
+      if grep -q '^gate: WARNING: unconfirmed' "$g/judge.log"; then aawarn=$((aawarn + 1)); fi
     else
       aafalse=$((aafalse + 1)); echo "A/A ${g##*/}: false alarm: $(confirmed "$g" | paste -sd,)" >&2
     fi
@@ -130,7 +130,7 @@ evaluate)
     g=${g%/}; [[ -f $g/done ]] || continue
     inj=$((inj + 1))
     if judge "$g"; then
-      if grep -q '^gate: WARNING' "$g/judge.log"; then injwarn=$((injwarn + 1)); fi
+      if grep -q '^gate: WARNING: unconfirmed' "$g/judge.log"; then injwarn=$((injwarn + 1)); fi
       echo "injected ${g##*/}: missed" >&2
     else
       # Only iptables was slowed: a confirmed alarm on another datapath
@@ -141,8 +141,12 @@ evaluate)
       fi
     fi
   done
-  echo "A/A gate runs: $aafalse/$aa false alarms (confirmed); $aawarn/$aa passed with an unconfirmed first-run alarm"
-  echo "injected gate runs: iptables detected in $det/$inj (confirmed); $injwarn/$inj passed with an unconfirmed alarm; $injfalse/$inj confirmed another datapath"
+  # A datapath left unjudged for the machine's speed (speed_guard) in a
+  # gate run's first bench.
+  for g in "$dir"/aa*/; do grep -q '^gate: WARNING: not judged' "$g/judge.log" 2>/dev/null && aaslow=$((aaslow + 1)); done
+  for g in "$dir"/inj*/; do grep -q '^gate: WARNING: not judged' "$g/judge.log" 2>/dev/null && injslow=$((injslow + 1)); done
+  echo "A/A gate runs: $aafalse/$aa false alarms (confirmed); $aawarn/$aa passed with an unconfirmed first-run alarm; $aaslow/$aa left a datapath not judged for the machine's speed"
+  echo "injected gate runs: iptables detected in $det/$inj (confirmed); $injwarn/$inj passed with an unconfirmed alarm; $injfalse/$inj confirmed another datapath; $injslow/$inj left a datapath not judged for the machine's speed"
   echo "iptables qps×direct (median per run, then over runs): unpadded $(ratio "$dir"/aa*/[12]/*/results.json); padded $(ratio "$dir"/inj*/[12]/*/results.json)"
   echo "iptables share of the run's CPU (gated; median per run, then over runs): unpadded $(share "$dir"/aa*/[12]/*/results.json); padded $(share "$dir"/inj*/[12]/*/results.json)"
   echo "coefficient of variation across repetitions (median over runs, min-max), unpadded runs:"

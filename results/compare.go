@@ -110,6 +110,61 @@ type Comparison struct {
 	// left out, and a comparison with any fails as an invalid run, never
 	// passes as "better".
 	Invalid []string
+	// Speeds are the machine's speed in each run, per site both measured
+	// it at (see machineSpeeds), in site order.
+	Speeds []Speed
+	// Unjudged names the datapaths (with their site) whose figures were
+	// reported, not gated, because the machine's speed differed between
+	// the runs beyond their speed guard (Thresholds.SpeedGuard), each with
+	// why.
+	Unjudged []string
+}
+
+// Speed is the machine's speed at one site in both runs: the median over
+// the valid cost trials of the attribution probes' own cost per band
+// crossing (Cost.FloorPerCrossingNS), a small in-kernel benchmark that
+// every cost trial runs whatever the datapath.
+type Speed struct {
+	Site         string
+	OldNS, NewNS float64
+	// Factor is NewNS / OldNS: above 1, NEW's machine ran slower.
+	Factor float64
+}
+
+// machineSpeeds pairs the two runs' speeds at every site both have one.
+func machineSpeeds(o, n side) []Speed {
+	floors := func(s side) map[string][]float64 {
+		out := map[string][]float64{}
+		for _, ts := range s.cost {
+			for _, t := range ts {
+				if t.Cost != nil && t.Cost.FloorPerCrossingNS > 0 {
+					out[t.Site] = append(out[t.Site], t.Cost.FloorPerCrossingNS)
+				}
+			}
+		}
+		return out
+	}
+	of, nf := floors(o), floors(n)
+	var out []Speed
+	for _, where := range slices.Sorted(maps.Keys(nf)) {
+		if len(of[where]) == 0 {
+			continue
+		}
+		sp := Speed{Site: where, OldNS: NewStat(of[where]).Median, NewNS: NewStat(nf[where]).Median}
+		sp.Factor = sp.NewNS / sp.OldNS
+		out = append(out, sp)
+	}
+	return out
+}
+
+// speedAt is the speed factor at a site, if both runs measured one.
+func (c *Comparison) speedAt(where string) (Speed, bool) {
+	for _, sp := range c.Speeds {
+		if sp.Site == where {
+			return sp, true
+		}
+	}
+	return Speed{}, false
 }
 
 // Failed reports whether the comparison fails the gate: a regression, or
@@ -286,6 +341,23 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		}
 	}
 
+	c.Speeds = machineSpeeds(o, n)
+	// unjudged says whether a datapath's figures are outside its speed
+	// guard, and records why once.
+	unjudged := func(s site) bool {
+		g, ok := th.speedGuard(s)
+		sp, measured := c.speedAt(s.where)
+		if !ok || !measured || (sp.Factor <= 1+g && sp.Factor >= 1/(1+g)) {
+			return false
+		}
+		how := fmt.Sprintf("×%.2f slower", sp.Factor)
+		if sp.Factor < 1 {
+			how = fmt.Sprintf("×%.2f faster", 1/sp.Factor)
+		}
+		c.Unjudged = appendOnce(c.Unjudged, fmt.Sprintf("%s (the machine ran %s than in OLD; its speed guard is %.0f%%)", s, how, 100*g))
+		return true
+	}
+
 	alpha := th.Alpha
 	if !(alpha > 0 && alpha < 1) {
 		alpha = DefaultThresholds().Alpha
@@ -301,6 +373,8 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		if !hasDirect && th.Gate == GateRatio {
 			fallback[k.direct()] = true
 		}
+		// Outside its speed guard a datapath's figures are reported only.
+		guarded := unjudged(k.site)
 		for _, m := range metricTable {
 			if !m.Compared() {
 				continue
@@ -315,7 +389,7 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 				continue
 			}
 			thr := th.forSite(k.site, m.Key)
-			off := math.IsInf(thr, 1) // reported only
+			off := math.IsInf(thr, 1) || guarded // reported only
 			gateAbs := th.Gate == GateAbsolute || th.Gate == GateBoth || (th.Gate == GateRatio && !hasDirect)
 			// Direct is the ratios' reference: gating its absolute
 			// figures in ratio mode would gate the machine, not a
@@ -369,6 +443,17 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		return cmp.Or(cmp.Compare(a.where, b.where), comparePoint(a.point, b.point))
 	}) {
 		c.Notes = append(c.Notes, fmt.Sprintf("no %s at %s in both runs: its absolute figures are gated instead of ratios", d.site, pointLabel(d.point)))
+	}
+	for _, sp := range c.Speeds {
+		at := ""
+		if sp.Site != "" {
+			at = " at " + sp.Site
+		}
+		c.Notes = append(c.Notes, fmt.Sprintf("machine speed%s (the attribution probes' own cost per band crossing, median of the cost trials): OLD %.1f ns, NEW %.1f ns (×%.2f)", at, sp.OldNS, sp.NewNS, sp.Factor))
+	}
+	if len(c.Unjudged) > 0 {
+		c.Notes = append(c.Notes, "not gated at this speed, reported only: "+strings.Join(c.Unjudged, "; ")+
+			"; rerun when the machine is back near OLD's speed (a slow spell of a shared host passes), or remake OLD if the machine itself changed")
 	}
 	if tooSmall {
 		need := 2
@@ -572,6 +657,10 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	for _, n := range c.Notes {
 		buf.WriteString(wrap("note: "+n, "      ", 100))
 	}
+	// Whatever the outcome, which datapaths it does not cover.
+	for _, u := range c.Unjudged {
+		fmt.Fprintf(&buf, "NOT JUDGED: %s\n", u)
+	}
 	regs := c.Regressions()
 	if len(c.Invalid) > 0 {
 		fmt.Fprintf(&buf, "FAIL: invalid run: %d invalid trial(s), left out of every row above:\n", len(c.Invalid))
@@ -582,6 +671,10 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	if len(c.Rows) == 0 {
 		// Two runs with nothing in common prove nothing: never a pass.
 		buf.WriteString("NOT COMPARED: the runs share no datapath at any point\n")
+	} else if !c.Gates() && len(c.Invalid) == 0 && len(c.Unjudged) > 0 {
+		// Every gated figure belongs to a datapath outside its speed
+		// guard: nothing was judged, which is no pass.
+		buf.WriteString("NOT COMPARED: every gated figure is outside its speed guard\n")
 	} else if !c.Gates() && len(c.Invalid) == 0 {
 		// Figures in common, none of them gated (e.g. a reference made
 		// before the gated figure existed): a pass would say nothing.

@@ -301,6 +301,17 @@ func TestParseThresholds(t *testing.T) {
 	assert.InDelta(t, 0.15, th.For("socketlb", "p90"), 1e-12, "default kept")
 	assert.InDelta(t, 0.20, th.For("iptables", "p90"), 1e-12)
 	assert.InDelta(t, 0.075, th.For("iptables", "qps"), 1e-12, "per-datapath falls back to metrics")
+	assert.Empty(t, th.SpeedGuard, "no guard unless asked for")
+
+	guarded, err := ParseThresholds([]byte("speed_guard:\n  socketlb: 20%\n  iptables: off\n"))
+	require.NoError(t, err)
+	g, ok := guarded.speedGuard(site{datapath: "socketlb"})
+	assert.True(t, ok)
+	assert.InDelta(t, 0.20, g, 1e-12)
+	_, ok = guarded.speedGuard(site{datapath: "iptables"})
+	assert.False(t, ok, "off: gated at any speed")
+	_, ok = guarded.speedGuard(site{datapath: "direct"})
+	assert.False(t, ok)
 
 	empty, err := ParseThresholds(nil)
 	require.NoError(t, err)
@@ -317,6 +328,8 @@ func TestParseThresholds(t *testing.T) {
 		{"per-datapath", "datapaths:\n  iptables:\n    p99: lots\n", "datapaths.iptables.p99:"},
 		{"metrics not a mapping", "metrics: 10%\n", "metrics: want a mapping"},
 		{"duplicate key", "alpha: 0.05\nalpha: 0.01\n", "not valid YAML"},
+		{"speed guard not a percentage", "speed_guard:\n  socketlb: 0.2\n", "speed_guard.socketlb: 0.2 is not a percentage"},
+		{"speed guard not a mapping", "speed_guard: 20%\n", "speed_guard: want a mapping"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseThresholds([]byte(tc.in))

@@ -2,6 +2,7 @@ package results
 
 import (
 	"bytes"
+	"fmt"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -536,4 +537,84 @@ func TestCostBeside(t *testing.T) {
 	var b bytes.Buffer
 	require.NoError(t, WriteTable(&b, run))
 	assert.Contains(t, b.String(), "\ncost parts of socketlb (ns/conn, medians): bpf-connect4 452; in the node's netfilter hooks beside it (not its work, not counted): nf-conntrack 3, nf-dnat 0\n")
+}
+
+// withSpeed sets every cost trial's probe floor per band crossing: the
+// machine's speed as compare reads it.
+func withSpeed(run *Run, nsPerCrossing float64) *Run {
+	out := *run
+	out.Trials = slices.Clone(run.Trials)
+	for i, t := range out.Trials {
+		if t.Cost != nil {
+			c := *t.Cost
+			c.FloorPerCrossingNS = nsPerCrossing
+			out.Trials[i].Cost = &c
+		}
+	}
+	return &out
+}
+
+// TestCompareSpeedGuard checks that a datapath with a speed guard is gated
+// only while the machine's speed (the probes' own cost per crossing) is
+// within the guard of OLD's, in both directions; outside it the rows are
+// reported, not gated, the comparison says which datapath was not judged
+// and why, and with no gated figure left it is not a pass. Without a guard,
+// or without a speed in OLD (a reference made before it was recorded), the
+// datapath is gated as before.
+func TestCompareSpeedGuard(t *testing.T) {
+	old := withSpeed(costRun(), 100)
+	for _, tc := range []struct {
+		name     string
+		speed    float64 // NEW's ns per crossing; 0: none recorded in OLD either
+		guard    bool
+		judged   bool
+		unjudged string
+	}{
+		{"within the guard", 110, true, true, ""},
+		{"slower than the guard", 140, true, false, "iptables (the machine ran ×1.40 slower than in OLD; its speed guard is 20%)"},
+		{"faster than the guard", 70, true, false, "iptables (the machine ran ×1.43 faster than in OLD; its speed guard is 20%)"},
+		{"no guard", 140, false, true, ""},
+		{"OLD has no speed", 0, true, true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			th := DefaultThresholds()
+			if tc.guard {
+				th.SpeedGuard = map[string]float64{"iptables": 0.2}
+			}
+			o, n := old, withSpeed(withCostScaled(old, "new", 1.2), tc.speed)
+			if tc.speed == 0 {
+				o = withSpeed(old, 0)
+			}
+			c := Compare(o, n, th)
+			var row CompareRow
+			for _, r := range c.Rows {
+				if r.Name() == "iptables conc=8 datapath_ns_per_conn" {
+					row = r
+				}
+			}
+			require.Equal(t, "datapath_ns_per_conn", row.Metric)
+			var buf bytes.Buffer
+			require.NoError(t, c.WriteTable(&buf))
+			if tc.judged {
+				assert.True(t, row.Gated)
+				assert.Equal(t, VerdictRegression, row.Verdict)
+				assert.True(t, c.Failed())
+				assert.Empty(t, c.Unjudged)
+				assert.NotContains(t, buf.String(), "NOT JUDGED")
+			} else {
+				assert.False(t, row.Gated, "outside the guard: reported only")
+				assert.Equal(t, VerdictWorseReported, row.Verdict)
+				assert.False(t, c.Failed())
+				assert.Equal(t, []string{tc.unjudged}, c.Unjudged)
+				assert.Contains(t, buf.String(), "NOT JUDGED: "+tc.unjudged)
+				assert.Contains(t, buf.String(), "NOT COMPARED: every gated figure is outside its speed guard", "iptables was the only gated datapath: no pass")
+				assert.False(t, c.Gates())
+			}
+			if tc.speed > 0 {
+				assert.Contains(t, strings.Join(c.Notes, "\n"), fmt.Sprintf("machine speed (the attribution probes' own cost per band crossing, median of the cost trials): OLD 100.0 ns, NEW %.1f ns", tc.speed))
+			} else {
+				assert.Empty(t, c.Speeds)
+			}
+		})
+	}
 }

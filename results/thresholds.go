@@ -60,6 +60,26 @@ type Thresholds struct {
 	Metrics map[string]float64
 	// Datapaths overrides Metrics for one datapath.
 	Datapaths map[string]map[string]float64
+	// SpeedGuard maps a datapath to how far the machine's speed may
+	// differ between the two runs (a fraction: 0.20 = NEW up to 1.2×
+	// slower or faster than OLD) for its figures to be gated. The speed
+	// is the attribution probes' own cost per band crossing, a small
+	// in-kernel benchmark every cost trial runs (Cost.FloorPerCrossingNS).
+	// Outside the guard the datapath's figures are reported, not gated,
+	// and compare says so: for a datapath whose cost share moves with
+	// the machine's speed alone (socket-LB's few hundred ns of map
+	// lookups grow faster than the rest of a connection on a slowed
+	// machine), a slow spell would otherwise read as a regression.
+	// Datapaths without an entry are gated at any speed.
+	SpeedGuard map[string]float64
+}
+
+// speedGuard is the datapath's speed guard at a site (see SpeedGuard).
+func (th Thresholds) speedGuard(s site) (float64, bool) {
+	if v, ok := th.SpeedGuard[s.datapath]; ok && !math.IsInf(v, 1) {
+		return v, true
+	}
+	return 0, false
 }
 
 // DefaultThresholds is used for metrics a thresholds file leaves out, and
@@ -117,6 +137,8 @@ func (th Thresholds) forSite(s site, metric string) float64 {
 //	datapaths:           # per-datapath overrides
 //	  iptables:
 //	    p99: 40%
+//	speed_guard:         # gate a datapath only while the machine runs within this
+//	  socketlb: 20%      # much of OLD's speed (see Thresholds.SpeedGuard)
 //
 // Metrics it leaves out keep DefaultThresholds' values. Errors name the
 // file and the field at fault.
@@ -145,7 +167,7 @@ func ParseThresholds(b []byte) (Thresholds, error) {
 	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(j, &top); err != nil {
-		return th, fmt.Errorf("want a mapping of alpha, gate, metrics, datapaths: %w", err)
+		return th, fmt.Errorf("want a mapping of alpha, gate, pairing, metrics, datapaths, speed_guard: %w", err)
 	}
 	for _, k := range slices.Sorted(maps.Keys(top)) {
 		v := top[k]
@@ -191,8 +213,21 @@ func ParseThresholds(b []byte) (Thresholds, error) {
 				}
 				th.Datapaths[dp] = m
 			}
+		case "speed_guard":
+			var dps map[string]json.RawMessage
+			if err := json.Unmarshal(v, &dps); err != nil {
+				return th, fmt.Errorf("speed_guard: want a mapping of datapath name to a percentage")
+			}
+			th.SpeedGuard = map[string]float64{}
+			for _, dp := range slices.Sorted(maps.Keys(dps)) {
+				g, err := parsePercent(dps[dp])
+				if err != nil {
+					return th, fmt.Errorf("speed_guard.%s: %w", dp, err)
+				}
+				th.SpeedGuard[dp] = g
+			}
 		default:
-			return th, fmt.Errorf("%s: unknown field (want alpha, gate, pairing, metrics, datapaths)", k)
+			return th, fmt.Errorf("%s: unknown field (want alpha, gate, pairing, metrics, datapaths, speed_guard)", k)
 		}
 	}
 	return th, nil

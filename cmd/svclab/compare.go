@@ -97,6 +97,10 @@ func cmdCompare(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "svclab compare: nothing measured in both runs (no datapath at a common point): not comparable")
 		return compareBadInput
 	}
+	if !c.Gates() && len(c.Unjudged) > 0 {
+		fmt.Fprintln(stderr, "svclab compare: the machine's speed differs from OLD's beyond every gated datapath's speed guard: not judged")
+		return compareBadInput
+	}
 	if !c.Gates() {
 		fmt.Fprintln(stderr, "svclab compare: no gated figure measured in both runs: not comparable")
 		return compareBadInput
