@@ -62,11 +62,11 @@ conformance: build
 ## with Apply times; line charts scale-*.png (about 15 minutes on 2 cores)
 .PHONY: bench-scale bench-scale-quick
 bench-scale: build
-	./$(BIN) bench --scenario scale $(BENCH_FLAGS)
+	./$(BIN) bench --scenario scale --vm-kernel $(VM_BENCH_KERNEL) $(BENCH_FLAGS)
 
 ## bench-scale-quick: the CI variant (1 and 1,000 services, 100 endpoints, one 1 s repetition)
 bench-scale-quick: build
-	./$(BIN) bench --scenario scale --quick $(BENCH_FLAGS)
+	./$(BIN) bench --scenario scale --quick --vm-kernel $(VM_BENCH_KERNEL) $(BENCH_FLAGS)
 
 ## cleanup: remove objects left by killed svclab runs
 cleanup: build

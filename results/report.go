@@ -476,7 +476,7 @@ func skippedLines(r reportRun, withRun bool) []string {
 		out = append(out, n)
 	}
 	for _, l := range r.run.ScaleLimits {
-		s := fmt.Sprintf("%s did not reach %s services × %s endpoints: %s.", l.Datapath,
+		s := fmt.Sprintf("%s did not reach %s services × %s endpoints: %s.", l.name(),
 			groupThousands(float64(l.Services)), groupThousands(float64(l.Endpoints)), l.Reason)
 		if withRun {
 			s = r.name + ": " + s

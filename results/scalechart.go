@@ -212,7 +212,7 @@ func drawScaleChart(c draw.Canvas, run *Run, sw scaleSweep, m Metric, colors map
 		slices.SortStableFunc(lines.series[i].points, func(a, b linePoint) int { return cmp.Compare(a.x, b.x) })
 	}
 	for _, l := range sw.limits {
-		lines.limits = append(lines.limits, limitMark{x: float64(sw.x(l.Services, l.Endpoints)), name: l.Datapath, color: colors[l.Datapath]})
+		lines.limits = append(lines.limits, limitMark{x: float64(sw.x(l.Services, l.Endpoints)), name: l.name(), color: colors[l.name()]})
 	}
 	legend := make([]barSeries, len(lines.series))
 	for i, s := range lines.series {
@@ -333,7 +333,7 @@ func scaleCaption(run *Run, sw scaleSweep, m Metric) string {
 		parts = append(parts, costProbeSentences(sw.sums)...)
 	}
 	for _, l := range sw.limits {
-		parts = append(parts, fmt.Sprintf("%s: %s at %s; larger points not tried.", l.Datapath, l.Reason, scalePointWords(l.Services, l.Endpoints)))
+		parts = append(parts, fmt.Sprintf("%s: %s at %s; larger points not tried.", l.name(), l.Reason, scalePointWords(l.Services, l.Endpoints)))
 	}
 	return strings.Join(append(parts, skippedNotes(run)...), " ")
 }

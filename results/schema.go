@@ -72,7 +72,13 @@ type ScaleLimit struct {
 	// ApplySeconds is how long the Apply ran before it failed or was
 	// stopped.
 	ApplySeconds float64 `json:"apply_seconds"`
+	// Site is where it was measured: "" for this host, else the kernel of
+	// the VM phase (like Trial.Site).
+	Site string `json:"site,omitempty"`
 }
+
+// name is the limit's datapath with its site, as tables and charts name it.
+func (l ScaleLimit) name() string { return SiteName(l.Datapath, l.Site) }
 
 // Standard DatapathState keys, so that a sweep can chart state size across
 // datapaths: StateObjects is how many objects the datapath programmed (rules

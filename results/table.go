@@ -294,7 +294,7 @@ func limitLines(limits []ScaleLimit) []string {
 	var lines []string
 	for _, l := range limits {
 		lines = append(lines, fmt.Sprintf("%s: not reached at %s: %s; larger points not tried",
-			l.Datapath, scalePointWords(l.Services, l.Endpoints), l.Reason))
+			l.name(), scalePointWords(l.Services, l.Endpoints), l.Reason))
 	}
 	return lines
 }
@@ -329,7 +329,7 @@ func p90GrowthLines(sw scaleSweep, withConc bool) []string {
 		r.largest = max(r.largest, s.Services)
 	}
 	for _, l := range sw.limits {
-		add(site{l.Datapath, ""})
+		add(site{l.Datapath, l.Site})
 	}
 	at := ""
 	if withConc {

@@ -352,6 +352,12 @@ func TestWriteTableNoScaleBlock(t *testing.T) {
 	require.NoError(t, WriteTable(&buf, run))
 	assert.NotContains(t, buf.String(), "scale (")
 	assert.Contains(t, buf.String(), "iptables: not reached at 100 services × 12 endpoints: apply failed: exit status 4; larger points not tried")
+
+	// A VM phase's limit is named with its site.
+	run.ScaleLimits = append(run.ScaleLimits, ScaleLimit{Datapath: "ipvs", Site: "debian-6.12", Services: 100, Endpoints: 12, Reason: "apply did not finish within 1m0s"})
+	buf.Reset()
+	require.NoError(t, WriteTable(&buf, run))
+	assert.Contains(t, buf.String(), "ipvs @ debian-6.12: not reached at 100 services × 12 endpoints: apply did not finish within 1m0s")
 }
 
 // The placement heads the table when the run recorded one: split and

@@ -9,8 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"svclab/results"
+	"svclab/scenarios"
 	"svclab/vm"
 )
 
@@ -39,6 +41,9 @@ func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run,
 	vsc := *sc
 	vsc.Datapaths = append(slices.Clone(names), results.DirectDatapath)
 	vsc.Name = sc.Name
+	if kvm, _ := vmKVMUsable(); !kvm {
+		vsc.Scale = emulatedScale(sc)
+	}
 	b, err := json.Marshal(vsc)
 	if err != nil {
 		return err
@@ -80,8 +85,30 @@ func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run,
 	return nil
 }
 
-// mergeVMRun adds a guest run's datapaths and trials to the host run with
-// their Site set to the kernel, so that no figure of the guest is ever set
+// vmKVMUsable is vm.KVMUsable; tests replace it.
+var vmKVMUsable = vm.KVMUsable
+
+// tcgApplyFactor is how much longer a scale point's Apply may take in a
+// guest under software emulation (QEMU TCG) than the scenario allows on
+// the host: emulation runs the guest's kernel and tools about ten times
+// slower (an IPVS Apply of 1,000 services × 12 endpoints took 5.7 s in the
+// debian-6.12 guest here), so the host's bound would mark the emulator's
+// limit, not the datapath's.
+const tcgApplyFactor = 10
+
+// emulatedScale is sc's scale block with the apply timeout stretched by
+// tcgApplyFactor (nil without one).
+func emulatedScale(sc *scenarios.Scenario) *scenarios.Scale {
+	if sc.Scale == nil {
+		return nil
+	}
+	sl := *sc.Scale
+	sl.ApplyTimeout = scenarios.Duration(min(tcgApplyFactor*sc.ApplyTimeout(), time.Duration(scenarios.MaxDuration)))
+	return &sl
+}
+
+// mergeVMRun adds a guest run's datapaths, trials and scale limits to the
+// host run with their Site set to the kernel, so that no figure of the guest is ever set
 // beside a host figure without saying where it was measured.
 func mergeVMRun(run, guest *results.Run, kernel string) {
 	accel := guest.Env.Extra["svclab_vm_accel"]
@@ -93,6 +120,11 @@ func mergeVMRun(run, guest *results.Run, kernel string) {
 		}
 		d.Description += where
 		run.Datapaths = append(run.Datapaths, d)
+	}
+	// The scale points the guest's datapaths did not reach.
+	for _, l := range guest.ScaleLimits {
+		l.Site = kernel
+		run.ScaleLimits = append(run.ScaleLimits, l)
 	}
 	// The guest's trials ran after the host's: their positions follow.
 	offset := len(run.Trials)

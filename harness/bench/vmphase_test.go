@@ -5,15 +5,17 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"svclab/results"
+	"svclab/scenarios"
 )
 
-// mergeVMRun adds the guest's datapaths and trials at the kernel's site,
-// after the host's trials, and summarises each against direct of its own
+// mergeVMRun adds the guest's datapaths, trials and scale limits at the
+// kernel's site, after the host's trials, and summarises each against direct of its own
 // site (the VM is far slower, so the host's direct would be the wrong
 // reference).
 func TestMergeVMRun(t *testing.T) {
@@ -29,8 +31,16 @@ func TestMergeVMRun(t *testing.T) {
 		Env:       results.Env{Kernel: "6.12.9-amd64", Extra: map[string]string{"svclab_vm_accel": "tcg"}},
 		Datapaths: []results.DatapathInfo{{Name: "ipvs"}, {Name: "direct", Description: "no Service"}},
 		Trials:    []results.Trial{tr("ipvs", 0, 600), tr("direct", 1, 800)},
+		ScaleLimits: []results.ScaleLimit{{Datapath: "ipvs", Services: 10000, Endpoints: 12,
+			Reason: "apply did not finish within 1m0s"}},
 	}
+	run.ScaleLimits = []results.ScaleLimit{{Datapath: "nftables", Services: 10000, Endpoints: 12}}
 	mergeVMRun(run, guest, "debian-6.12")
+
+	// A limit the guest met is the VM site's, not the host's ipvs's.
+	assert.Equal(t, []results.ScaleLimit{{Datapath: "nftables", Services: 10000, Endpoints: 12},
+		{Datapath: "ipvs", Services: 10000, Endpoints: 12, Reason: "apply did not finish within 1m0s", Site: "debian-6.12"}},
+		run.ScaleLimits)
 
 	require.Len(t, run.Datapaths, 4)
 	assert.Equal(t, results.DatapathInfo{Name: "ipvs", Site: "debian-6.12",
@@ -97,4 +107,21 @@ func TestRunVMPhaseRetriesThenSaysWhatIsMissing(t *testing.T) {
 			assert.Contains(t, run.Datapaths[0].Skipped, "the debian-6.12 VM phase failed twice: guest kernel panicked")
 		})
 	}
+}
+
+// Under emulation a scale point's Apply gets ten times the host's bound,
+// so the emulator's slowness is not recorded as the datapath's limit; the
+// scenario itself is left as it was.
+func TestEmulatedScale(t *testing.T) {
+	sc, err := scenarios.Load("scale")
+	require.NoError(t, err)
+	got := emulatedScale(sc)
+	require.NotNil(t, got)
+	assert.Equal(t, 10*time.Minute, time.Duration(got.ApplyTimeout))
+	assert.Equal(t, sc.Scale.Services, got.Services)
+	assert.Equal(t, time.Minute, sc.ApplyTimeout(), "the host's scenario is unchanged")
+
+	d, err := scenarios.Load("default")
+	require.NoError(t, err)
+	assert.Nil(t, emulatedScale(d), "no scale block, none made")
 }
