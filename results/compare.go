@@ -347,14 +347,10 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 	unjudged := func(s site) bool {
 		g, ok := th.speedGuard(s)
 		sp, measured := c.speedAt(s.where)
-		if !ok || !measured || (sp.Factor <= 1+g && sp.Factor >= 1/(1+g)) {
+		if !ok || !measured || sp.Factor <= 1+g {
 			return false
 		}
-		how := fmt.Sprintf("×%.2f slower", sp.Factor)
-		if sp.Factor < 1 {
-			how = fmt.Sprintf("×%.2f faster", 1/sp.Factor)
-		}
-		c.Unjudged = appendOnce(c.Unjudged, fmt.Sprintf("%s (the machine ran %s than in OLD; its speed guard is %.0f%%)", s, how, 100*g))
+		c.Unjudged = appendOnce(c.Unjudged, fmt.Sprintf("%s (the machine ran ×%.2f slower than in OLD; its speed guard is %.0f%%)", s, sp.Factor, 100*g))
 		return true
 	}
 

@@ -60,17 +60,18 @@ type Thresholds struct {
 	Metrics map[string]float64
 	// Datapaths overrides Metrics for one datapath.
 	Datapaths map[string]map[string]float64
-	// SpeedGuard maps a datapath to how far the machine's speed may
-	// differ between the two runs (a fraction: 0.20 = NEW up to 1.2×
-	// slower or faster than OLD) for its figures to be gated. The speed
-	// is the attribution probes' own cost per band crossing, a small
-	// in-kernel benchmark every cost trial runs (Cost.FloorPerCrossingNS).
-	// Outside the guard the datapath's figures are reported, not gated,
-	// and compare says so: for a datapath whose cost share moves with
-	// the machine's speed alone (socket-LB's few hundred ns of map
-	// lookups grow faster than the rest of a connection on a slowed
-	// machine), a slow spell would otherwise read as a regression.
-	// Datapaths without an entry are gated at any speed.
+	// SpeedGuard maps a datapath to how much slower NEW's machine may
+	// run than OLD's (a fraction: 0.20 = up to 1.2× slower) for its
+	// figures to be gated. The speed is the attribution probes' own cost
+	// per band crossing, a small in-kernel benchmark every cost trial
+	// runs (Cost.FloorPerCrossingNS). Beyond the guard the datapath's
+	// figures are reported, not gated, and compare says so: for a
+	// datapath whose cost share moves with the machine's speed alone
+	// (socket-LB's few hundred ns of map lookups grow faster than the
+	// rest of a connection on a slowed machine), a slow spell would
+	// otherwise read as a regression. A faster machine moves such a share
+	// the other way, towards "better", so it is judged. Datapaths without
+	// an entry are gated at any speed.
 	SpeedGuard map[string]float64
 }
 
@@ -137,8 +138,8 @@ func (th Thresholds) forSite(s site, metric string) float64 {
 //	datapaths:           # per-datapath overrides
 //	  iptables:
 //	    p99: 40%
-//	speed_guard:         # gate a datapath only while the machine runs within this
-//	  socketlb: 20%      # much of OLD's speed (see Thresholds.SpeedGuard)
+//	speed_guard:         # gate a datapath only while the machine runs at most
+//	  socketlb: 20%      # this much slower than in OLD (see Thresholds.SpeedGuard)
 //
 // Metrics it leaves out keep DefaultThresholds' values. Errors name the
 // file and the field at fault.
