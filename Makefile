@@ -59,7 +59,7 @@ conformance: build
 	./$(BIN) conform --vm-kernel $(VM_BENCH_KERNEL) --update-docs README.md,docs/conformance.md $(CONFORM_FLAGS)
 
 ## bench-scale: how each datapath's cost grows with services (1 to 10,000) and endpoints (12 to 1,000),
-## with Apply times; line charts scale-*.png (about 15 minutes on 2 cores)
+## with Apply times; line charts scale-*.png (about 10 minutes on 2 cores, plus IPVS under Debian 6.12 in QEMU)
 .PHONY: bench-scale bench-scale-quick
 bench-scale: build
 	./$(BIN) bench --scenario scale --vm-kernel $(VM_BENCH_KERNEL) $(BENCH_FLAGS)
