@@ -114,9 +114,8 @@ type Comparison struct {
 	// it at (see machineSpeeds), in site order.
 	Speeds []Speed
 	// Unjudged names the datapaths (with their site) whose figures were
-	// reported, not gated, because the machine's speed differed between
-	// the runs beyond their speed guard (Thresholds.SpeedGuard), each with
-	// why.
+	// reported, not gated, because NEW's machine ran slower than OLD's
+	// beyond their speed guard (Thresholds.SpeedGuard), each with why.
 	Unjudged []string
 }
 
