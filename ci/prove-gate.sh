@@ -125,6 +125,8 @@ evaluate)
     else
       aafalse=$((aafalse + 1)); echo "A/A ${g##*/}: false alarm: $(confirmed "$g" | paste -sd,)" >&2
     fi
+    # A datapath its gate left unjudged for the machine's speed (speed_guard).
+    if grep -q '^gate: WARNING: not judged' "$g/judge.log"; then aaslow=$((aaslow + 1)); fi
   done
   for g in "$dir"/inj*/; do
     g=${g%/}; [[ -f $g/done ]] || continue
@@ -140,11 +142,8 @@ evaluate)
         injfalse=$((injfalse + 1)); echo "injected ${g##*/}: false alarm on $(paste -sd, <<<"$others")" >&2
       fi
     fi
+    if grep -q '^gate: WARNING: not judged' "$g/judge.log"; then injslow=$((injslow + 1)); fi
   done
-  # A datapath left unjudged for the machine's speed (speed_guard) in a
-  # gate run's first bench.
-  for g in "$dir"/aa*/; do grep -q '^gate: WARNING: not judged' "$g/judge.log" 2>/dev/null && aaslow=$((aaslow + 1)); done
-  for g in "$dir"/inj*/; do grep -q '^gate: WARNING: not judged' "$g/judge.log" 2>/dev/null && injslow=$((injslow + 1)); done
   echo "A/A gate runs: $aafalse/$aa false alarms (confirmed); $aawarn/$aa passed with an unconfirmed first-run alarm; $aaslow/$aa left a datapath not judged for the machine's speed"
   echo "injected gate runs: iptables detected in $det/$inj (confirmed); $injwarn/$inj passed with an unconfirmed alarm; $injfalse/$inj confirmed another datapath; $injslow/$inj left a datapath not judged for the machine's speed"
   echo "iptables qps×direct (median per run, then over runs): unpadded $(ratio "$dir"/aa*/[12]/*/results.json); padded $(ratio "$dir"/inj*/[12]/*/results.json)"

@@ -477,6 +477,19 @@ func (q *qemuLog) String() string {
 	return q.b.String()
 }
 
+// ResolveAccel is the accelerator a guest started with Config.Accel accel
+// runs under: "auto" becomes "kvm" when KVMUsable, else "tcg" with why
+// KVM is not used; "kvm" and "tcg" stay as they are.
+func ResolveAccel(accel string) (resolved, why string) {
+	if accel != "auto" {
+		return accel, ""
+	}
+	if ok, reason := KVMUsable(); !ok {
+		return "tcg", reason
+	}
+	return "kvm", ""
+}
+
 // KVMUsable reports whether -accel kvm can be expected to work: /dev/kvm
 // opens and the CPU advertises hardware virtualisation. Some nested setups
 // expose /dev/kvm without vmx/svm, and guests then die with "KVM internal

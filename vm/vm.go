@@ -599,15 +599,7 @@ func Run(ctx context.Context, c *Config) (*BootResult, error) {
 		}
 	}
 	token := randomHex(8)
-	accel, why := c.Accel, ""
-	if accel == "auto" {
-		accel = "tcg"
-		if ok, reason := KVMUsable(); ok {
-			accel = "kvm"
-		} else {
-			why = reason
-		}
-	}
+	accel, why := ResolveAccel(c.Accel)
 	initCfg := InitConfig{Token: token, Release: k.Release, Shares: shares, Commands: cmds, Env: []string{
 		"SVCLAB_VM=1",
 		"SVCLAB_VM_KERNEL=" + k.Describe(),

@@ -41,7 +41,8 @@ func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run,
 	vsc := *sc
 	vsc.Datapaths = append(slices.Clone(names), results.DirectDatapath)
 	vsc.Name = sc.Name
-	if kvm, _ := vmKVMUsable(); !kvm {
+	// The guest is started with the default accelerator below.
+	if accel, _ := vm.ResolveAccel(vm.DefaultAccel); accel == "tcg" {
 		vsc.Scale = emulatedScale(sc)
 	}
 	b, err := json.Marshal(vsc)
@@ -84,9 +85,6 @@ func benchInVM(ctx context.Context, kernel string, plan *Plan, run *results.Run,
 	mergeVMRun(run, guest, kernel)
 	return nil
 }
-
-// vmKVMUsable is vm.KVMUsable; tests replace it.
-var vmKVMUsable = vm.KVMUsable
 
 // tcgApplyFactor is how much longer a scale point's Apply may take in a
 // guest under software emulation (QEMU TCG) than the scenario allows on
