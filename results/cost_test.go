@@ -619,3 +619,74 @@ func TestCompareSpeedGuard(t *testing.T) {
 		})
 	}
 }
+
+// TestCostAxis pins when cost.png cuts a bar: only a minority of bars
+// standing costCutRatio times above the next, cut at 1.3 times that one.
+func TestCostAxis(t *testing.T) {
+	bar := func(total float64) costBar { return costBar{parts: map[string]float64{"a": total / 2, "b": total / 2}} }
+	for _, tc := range []struct {
+		name    string
+		heights []float64
+		top     float64
+		cut     []int
+	}{
+		// The default bench's shape: the userspace proxy ~17× iptables.
+		{"userspace far above", []float64{554, 5562, 5556, 4753, 4360, 96209}, 1.3 * 5562, []int{5}},
+		// iptables ~10× socket-LB: both readable, nothing cut.
+		{"socketlb beside iptables", []float64{554, 5562}, 5562, nil},
+		// Two bars: cutting one would leave nothing to read beside it.
+		{"two bars", []float64{500, 96000}, 96000, nil},
+		{"two tall of five", []float64{500, 90000, 600, 700, 80000}, 1.3 * 700, []int{1, 4}},
+		{"even", []float64{4000, 5000, 6000}, 6000, nil},
+		// Two bars left below: read as they are, not cut to their scale.
+		{"three bars", []float64{554, 560, 7000}, 7000, nil},
+		{"zeros", []float64{0, 0, 0, 5000}, 5000, nil},
+		{"none", nil, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bars := make([]costBar, len(tc.heights))
+			for i, h := range tc.heights {
+				bars[i] = bar(h)
+			}
+			top, cut := costAxis(bars, []string{"a", "b"})
+			assert.InDelta(t, tc.top, top, 1e-9)
+			assert.Equal(t, tc.cut, cut)
+		})
+	}
+}
+
+// TestCostCaptionCutAndUndrawn checks the caption names a cut bar and a VM
+// site's bar left out of cost.png, with its total.
+func TestCostCaptionCutAndUndrawn(t *testing.T) {
+	run := costRun()
+	// socket-LB below the others, the userspace proxy far above them, and
+	// iptables measured in a guest too.
+	for _, tr := range slices.Clone(run.Trials) {
+		if tr.Datapath != "iptables" {
+			continue
+		}
+		sock, proxy, vm := tr, tr, tr
+		sock.Datapath, proxy.Datapath, vm.Site = "socketlb", "userspace", "debian-6.12"
+		if tr.Cost != nil {
+			sock.Cost = &Cost{NsPerConn: 500, Parts: map[string]float64{"bpf-connect4": 500}, Connections: tr.Cost.Connections}
+			proxy.Cost = &Cost{NsPerConn: 90000, Parts: map[string]float64{"proxy-cpu": 90000}, Connections: tr.Cost.Connections}
+			c := *tr.Cost
+			c.NsPerConn *= 30
+			c.Parts = map[string]float64{"nf-dnat": c.NsPerConn}
+			vm.Cost = &c
+		}
+		run.Trials = append(run.Trials, sock, proxy, vm)
+	}
+	run.Summary = Summarize(run.Trials)
+	bars, parts := costBars(run.Summary)
+	var labels []string
+	for _, b := range bars {
+		labels = append(labels, b.label)
+	}
+	assert.Equal(t, []string{"direct", "iptables", "socketlb", "userspace"}, labels, "the guest's bar is left out")
+	_, cut := costAxis(bars, parts)
+	assert.Equal(t, []int{3}, cut)
+	capText := costCaption(run, run.Summary)
+	assert.Contains(t, capText, "Cut at the axis's top (≈), so the other bars stay readable: userspace; the label is the whole total.")
+	assert.Contains(t, capText, "Not drawn, as they were measured on an emulated CPU (tens of times slower than this host; in the table): iptables @ debian-6.12 ")
+}

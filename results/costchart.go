@@ -29,13 +29,9 @@ type costBar struct {
 // bar, so a part has one colour and one place in every bar).
 func costBars(sums []Summary) (bars []costBar, parts []string) {
 	name := costNamer(sums, "\n")
-	// A VM site's times are its emulator's (tens of times the host's):
-	// on the host's axis they would flatten every host bar, so they are
-	// drawn only when the run has no host figure (the table has them).
-	host := slices.ContainsFunc(sums, func(s Summary) bool { return s.Site == "" && s.Cost != nil && len(s.Cost.Parts) > 0 })
 	all := map[string]float64{}
 	for _, s := range sums {
-		if s.Cost == nil || len(s.Cost.Parts) == 0 || (host && s.Site != "") {
+		if s.Cost == nil || len(s.Cost.Parts) == 0 || costUndrawn(sums, s) {
 			continue
 		}
 		bars = append(bars, costBar{label: name(s), parts: s.Cost.Parts, total: s.DatapathNsPerConn})
@@ -47,6 +43,15 @@ func costBars(sums []Summary) (bars []costBar, parts []string) {
 		}
 	}
 	return bars, costPartNames(all)
+}
+
+// costUndrawn says s has cost parts that cost.png leaves out: a VM site's
+// times are its emulator's (tens of times the host's) and on the host's
+// axis would flatten every host bar, so they are drawn only when the run
+// has no host figure. The caption names them with their totals.
+func costUndrawn(sums []Summary, s Summary) bool {
+	host := slices.ContainsFunc(sums, func(h Summary) bool { return h.Site == "" && h.Cost != nil && len(h.Cost.Parts) > 0 })
+	return host && s.Site != "" && s.Cost != nil && len(s.Cost.Parts) > 0
 }
 
 // costNamer names the summaries with a cost: the datapath (at its site),
@@ -97,7 +102,76 @@ func costTitle(run *Run, sums []Summary) string {
 // what the probes cost, then what was not measured.
 func costCaption(run *Run, sums []Summary) string {
 	capParts := []string{"Stacks: the median of each part over the cost trials (the attribution probes attached); label: the median of the total, with its 95% interval (or min–max) in ns. Netfilter parts by hook priority band, BPF parts by program, proxy-cpu the userspace proxy's CPU."}
+	bars, parts := costBars(sums)
+	if _, cut := costAxis(bars, parts); len(cut) > 0 {
+		var names []string
+		for _, i := range cut {
+			names = append(names, strings.ReplaceAll(bars[i].label, "\n", " "))
+		}
+		capParts = append(capParts, fmt.Sprintf("Cut at the axis's top (≈), so the other bars stay readable: %s; the label is the whole total.", strings.Join(names, ", ")))
+	}
+	name := costNamer(sums, " ")
+	var undrawn []string
+	for _, s := range sums {
+		if costUndrawn(sums, s) {
+			undrawn = append(undrawn, fmt.Sprintf("%s %s ns", name(s), groupThousands(s.DatapathNsPerConn.Median)))
+		}
+	}
+	if len(undrawn) > 0 {
+		capParts = append(capParts, fmt.Sprintf("Not drawn, as they were measured on an emulated CPU (tens of times slower than this host; in the table): %s.", strings.Join(undrawn, ", ")))
+	}
 	return strings.Join(append(append(capParts, costProbeSentences(sums)...), skippedNotes(run)...), " ")
+}
+
+// costCutRatio is how many times the next-tallest bar a bar must stand
+// before cost.png cuts it: the userspace proxy's CPU (~20× a kernel
+// datapath's) is cut, iptables beside socket-LB (~10×) is not.
+const costCutRatio = 12
+
+// costAxis picks the top of cost.png's y axis (before the labels'
+// headroom) and the bars cut at it. One or a few bars far above the rest
+// would flatten every other bar to a sliver: when the tallest bars (fewer
+// than half of them, with at least three left below) stand costCutRatio
+// times above the next one, they are cut at 1.3 times that one's height
+// and drawn with a break mark. Fewer bars below are read as they are.
+func costAxis(bars []costBar, parts []string) (top float64, cut []int) {
+	heights := make([]float64, len(bars))
+	for i, b := range bars {
+		heights[i], _ = b.stack(parts)
+	}
+	order := make([]int, len(bars))
+	for i := range order {
+		order[i] = i
+	}
+	// Tallest first; equal heights in bar order, so the cut is stable.
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(heights[b], heights[a]) })
+	for k := 1; k+3 <= len(order) && 2*k < len(order); k++ {
+		below := heights[order[k]]
+		if below > 0 && heights[order[k-1]] >= costCutRatio*below {
+			cut = slices.Clone(order[:k])
+			slices.Sort(cut)
+			return 1.3 * below, cut
+		}
+	}
+	for _, h := range heights {
+		top = max(top, h)
+	}
+	return top, nil
+}
+
+// stack is the bar's positive parts summed (its height above 0) and its
+// negative ones (its depth below), in parts order as Plot draws them: a
+// map's order would change the float sums' last bits, and the axis,
+// between renderings.
+func (b costBar) stack(parts []string) (up, down float64) {
+	for _, p := range parts {
+		if v := b.parts[p]; v < 0 {
+			down += v
+		} else {
+			up += v
+		}
+	}
+	return up, down
 }
 
 // costProbeSentences are the caption sentences on the probes, per
@@ -246,6 +320,12 @@ func drawScaleCostParts(c draw.Canvas, run *Run, sw scaleSweep, series []lineSer
 // per datapath, a legend entry per part.
 func drawCostChart(c draw.Canvas, run *Run, title string, sums []Summary, bars []costBar, parts []string) error {
 	st := &stackedBars{bars: bars, parts: parts, colors: map[string]color.Color{}}
+	var cut []int
+	st.top, cut = costAxis(bars, parts)
+	st.cut = map[int]bool{}
+	for _, i := range cut {
+		st.cut[i] = true
+	}
 	legend := make([]barSeries, len(parts))
 	for i, p := range parts {
 		st.colors[p] = paletteColor(i)
@@ -259,13 +339,14 @@ func drawCostChart(c draw.Canvas, run *Run, title string, sums []Summary, bars [
 	}
 	p.NominalX(labels...)
 	p.Add(horizontalGrid(), st)
-	_, _, ymin, ymax := st.DataRange()
+	_, _, ymin, _ := st.DataRange()
+	ymax := st.top
 	if ymax <= 0 {
 		ymax = 1
 	}
-	// Headroom for the total's label above the tallest bar.
+	// Headroom for the total's two-line label above the tallest bar.
 	p.X.Min, p.X.Max = -0.5, float64(len(bars))-0.5
-	p.Y.Min, p.Y.Max = ymin*1.1, ymax*1.12
+	p.Y.Min, p.Y.Max = ymin*1.1, ymax*1.22
 	p.X.Padding, p.Y.Padding = 0, 0
 	p.Y.Tick.Marker = groupedTicks{}
 	p.Draw(plotArea)
@@ -275,10 +356,13 @@ func drawCostChart(c draw.Canvas, run *Run, title string, sums []Summary, bars [
 // stackedBars draws a bar per costBar: its positive parts stacked up from
 // 0 in parts order, the negative ones (a floor-corrected band can dip
 // below 0) stacked down, and the total's median as a label on top.
+// A bar in cut stops at top, with a break mark below it.
 type stackedBars struct {
 	bars   []costBar
 	parts  []string
 	colors map[string]color.Color
+	top    float64
+	cut    map[int]bool
 }
 
 // costBarHalf is half a stacked bar's width in data units.
@@ -305,37 +389,45 @@ func (s *stackedBars) Plot(c draw.Canvas, p *plot.Plot) {
 				up += v
 			}
 			hi := lo + abs(v)
+			if s.cut[i] {
+				lo, hi = min(lo, s.top), min(hi, s.top)
+			}
 			c.FillPolygon(s.colors[part], c.ClipPolygonY([]vg.Point{
 				{X: x0, Y: trY(lo)}, {X: x0, Y: trY(hi)}, {X: x1, Y: trY(hi)}, {X: x1, Y: trY(lo)},
 			}))
 		}
+		if s.cut[i] {
+			up = s.top
+			breakMark(c, x0, x1, trY(0.9*s.top))
+		}
 		if len(b.total.Values) == 0 {
 			continue
 		}
+		// Two lines, so neighbouring labels do not run into each other.
 		text := groupThousands(b.total.Median) + " ns"
 		if lo, hi := b.total.span(); hi > lo {
-			text += fmt.Sprintf(" (%s–%s)", groupThousands(lo), groupThousands(hi))
+			text += fmt.Sprintf("\n(%s–%s)", groupThousands(lo), groupThousands(hi))
 		}
 		c.FillText(label, vg.Point{X: trX(float64(i)), Y: trY(up) + vg.Points(2)}, text)
 	}
+}
+
+// breakMark draws the "≈" of a cut bar: a white band slanting across it
+// at y, edged in the chart's dark colour.
+func breakMark(c draw.Canvas, x0, x1, y vg.Length) {
+	const rise, gap = 4, 3
+	band := []vg.Point{{X: x0 - 2, Y: y - rise}, {X: x1 + 2, Y: y + rise}, {X: x1 + 2, Y: y + rise + gap}, {X: x0 - 2, Y: y - rise + gap}}
+	c.FillPolygon(color.White, band)
+	edge := draw.LineStyle{Color: chartDark, Width: vg.Points(0.7)}
+	c.StrokeLine2(edge, band[0].X, band[0].Y, band[1].X, band[1].Y)
+	c.StrokeLine2(edge, band[3].X, band[3].Y, band[2].X, band[2].Y)
 }
 
 // DataRange implements plot.DataRanger: y from the lowest negative stack
 // (or 0) to the highest positive one.
 func (s *stackedBars) DataRange() (xmin, xmax, ymin, ymax float64) {
 	for _, b := range s.bars {
-		up, down := 0.0, 0.0
-		// In stacking order, as Plot adds them: a map's order would
-		// change the float sums' last bits, and the axis, between
-		// renderings.
-		for _, p := range s.parts {
-			v := b.parts[p]
-			if v < 0 {
-				down += v
-			} else {
-				up += v
-			}
-		}
+		up, down := b.stack(s.parts)
 		ymin, ymax = min(ymin, down), max(ymax, up)
 	}
 	return -0.5, float64(len(s.bars)) - 0.5, ymin, ymax
