@@ -57,15 +57,58 @@ func paletteColor(i int) color.Color { return chartPalette[i%len(chartPalette)] 
 
 // chartSpec is one chart: which figure of a Summary it plots and its words.
 type chartSpec struct {
-	file   string
+	// name is the file's name without its site and extension.
+	name string
+	// site is where the plotted summaries were measured: "" for this
+	// host, else a VM kernel (the caption says so).
+	site   string
 	title  string
 	yLabel string
 	stat   func(Summary) Stat
+	// ceiling says the load generator's own figure (the trial alone over
+	// loopback) that bounds every bar.
+	ceiling func(g *Trial) string
+}
+
+// qpsChart is the connections/s chart of one site's summaries.
+func qpsChart(run *Run, sums []Summary, site string) chartSpec {
+	return chartSpec{name: "qps", site: site,
+		title:  WorkloadOf(run).Title() + ": connections/s (" + repetitionsPhrase(sums) + ")" + siteSuffix(site),
+		yLabel: "connections/s",
+		stat:   func(s Summary) Stat { return s.QPS },
+		ceiling: func(g *Trial) string {
+			return fmt.Sprintf("%s connections/s at concurrency %d", groupThousands(g.Workload.QPS), g.Concurrency)
+		},
+	}
+}
+
+// p90Chart is the p90 latency chart of one site's summaries.
+func p90Chart(run *Run, sums []Summary, site string) chartSpec {
+	return chartSpec{name: "p90", site: site,
+		title:  WorkloadOf(run).Title() + ": p90 connection latency in µs (" + repetitionsPhrase(sums) + ")" + siteSuffix(site),
+		yLabel: "p90 connect-to-close latency (µs)",
+		stat:   func(s Summary) Stat { return s.P90 },
+		ceiling: func(g *Trial) string {
+			return fmt.Sprintf("p90 %s µs at concurrency %d", fmtMicros(g.Workload.Latency.P90), g.Concurrency)
+		},
+	}
+}
+
+// siteSuffix ends a chart's title with where its figures were measured
+// when that is not this host.
+func siteSuffix(site string) string {
+	if site == "" {
+		return ""
+	}
+	return " at " + site
 }
 
 // WriteCharts draws qps.png and p90.png into dir, and cost.png when cost
 // trials measured the datapaths' own cost by part (drawCostChart), and
-// returns their paths.
+// returns their paths. Summaries measured elsewhere (a VM phase's) get
+// charts of their own, named after their site (qps-debian-6.12.png): an
+// emulated CPU's figures are tens of times the host's, and on one axis
+// they would flatten every host bar.
 //
 // Each is a grouped bar chart: one group per concurrency level (per scale
 // point and concurrency in a services sweep), one bar per datapath (the
@@ -80,36 +123,31 @@ func WriteCharts(dir string, run *Run) (paths []string, err error) {
 	if run == nil {
 		return nil, fmt.Errorf("results charts: %w", ErrNoData)
 	}
-	sums := summariesOf(run)
-	if len(sums) == 0 {
+	all := summariesOf(run)
+	if len(all) == 0 {
 		return nil, fmt.Errorf("results charts for run %q: %w", run.ID, ErrNoData)
 	}
-	reps := repetitionsPhrase(sums)
-	specs := []chartSpec{{
-		file:   "qps.png",
-		title:  WorkloadOf(run).Title() + ": connections/s (" + reps + ")",
-		yLabel: "connections/s",
-		stat:   func(s Summary) Stat { return s.QPS },
-	}, {
-		file:   "p90.png",
-		title:  WorkloadOf(run).Title() + ": p90 connection latency in µs (" + reps + ")",
-		yLabel: "p90 connect-to-close latency (µs)",
-		stat:   func(s Summary) Stat { return s.P90 },
-	}}
-	for _, spec := range specs {
-		path := filepath.Join(dir, spec.file)
-		if err := writeChart(path, spec, run, sums); err != nil {
+	for _, site := range sitesOf(all) {
+		sums := sumsAt(all, site)
+		file := func(name string) string { return name + ".png" }
+		if site != "" {
+			file = func(name string) string { return name + "-" + site + ".png" }
+		}
+		for _, spec := range []chartSpec{qpsChart(run, sums, site), p90Chart(run, sums, site)} {
+			path := filepath.Join(dir, file(spec.name))
+			if err := writeChart(path, spec, run, sums); err != nil {
+				return paths, err
+			}
+			paths = append(paths, path)
+		}
+		// The datapaths' own cost, by part, when cost trials measured it.
+		path, err := writeCostChart(filepath.Join(dir, file("cost")), siteSuffix(site), run, sums)
+		if err != nil {
 			return paths, err
 		}
-		paths = append(paths, path)
-	}
-	// The datapaths' own cost, by part, when cost trials measured it.
-	path, err := writeCostChart(dir, run, sums)
-	if err != nil {
-		return paths, err
-	}
-	if path != "" {
-		paths = append(paths, path)
+		if path != "" {
+			paths = append(paths, path)
+		}
 	}
 	return paths, nil
 }
@@ -358,21 +396,26 @@ func subtitle(run *Run) string {
 
 // caption says what the chart does not show: skipped datapaths with their
 // reasons, and the load generator's own ceiling that bounds every bar.
+// A chart of another site says where its figures come from instead of
+// the host's ceiling.
 func caption(run *Run, spec chartSpec) string {
+	if spec.site != "" {
+		return siteNote(spec.site)
+	}
 	parts := skippedNotes(run)
 	if n := len(invalidNotes(run)); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d invalid trial(s) left out of the bars (see the table's notes).", n))
 	}
-	if g := GeneratorCeiling(run.GeneratorTrials()); g != nil {
-		if spec.file == "qps.png" {
-			parts = append(parts, fmt.Sprintf("Load generator alone (no datapath): %s connections/s at concurrency %d.",
-				groupThousands(g.Workload.QPS), g.Concurrency))
-		} else {
-			parts = append(parts, fmt.Sprintf("Load generator alone (no datapath): p90 %s µs at concurrency %d.",
-				fmtMicros(g.Workload.Latency.P90), g.Concurrency))
-		}
+	if g := GeneratorCeiling(run.GeneratorTrials()); g != nil && spec.ceiling != nil {
+		parts = append(parts, "Load generator alone (no datapath): "+spec.ceiling(g)+".")
 	}
 	return strings.Join(parts, " ")
+}
+
+// siteNote is the caption of a chart of figures measured at site, a VM
+// kernel: whose figures they are and what they compare with.
+func siteNote(site string) string {
+	return fmt.Sprintf("Measured in a QEMU guest running the %s kernel, started by this run: emulated, it runs many times slower than this host, so compare these bars with each other (and direct @ %s) only.", site, site)
 }
 
 // skippedNotes are the caption sentences naming the datapaths the run

@@ -369,11 +369,11 @@ func TestWriteCostChart(t *testing.T) {
 			paths, err := WriteCharts(out, tc.run)
 			require.NoError(t, err)
 			if !tc.want {
-				assert.NotContains(t, paths, filepath.Join(out, costChartFile))
+				assert.NotContains(t, paths, filepath.Join(out, "cost.png"))
 				return
 			}
-			require.Contains(t, paths, filepath.Join(out, costChartFile))
-			f, err := os.Open(filepath.Join(out, costChartFile))
+			require.Contains(t, paths, filepath.Join(out, "cost.png"))
+			f, err := os.Open(filepath.Join(out, "cost.png"))
 			require.NoError(t, err)
 			defer f.Close()
 			img, err := png.Decode(f)
@@ -385,9 +385,9 @@ func TestWriteCostChart(t *testing.T) {
 			again := t.TempDir()
 			_, err = WriteCharts(again, tc.run)
 			require.NoError(t, err)
-			a, err := os.ReadFile(filepath.Join(out, costChartFile))
+			a, err := os.ReadFile(filepath.Join(out, "cost.png"))
 			require.NoError(t, err)
-			b, err := os.ReadFile(filepath.Join(again, costChartFile))
+			b, err := os.ReadFile(filepath.Join(again, "cost.png"))
 			require.NoError(t, err)
 			assert.True(t, bytes.Equal(a, b), "cost.png differs between renderings")
 		})
@@ -655,18 +655,21 @@ func TestCostAxis(t *testing.T) {
 	}
 }
 
-// TestCostCaptionCutAndUndrawn checks the caption names a cut bar and a VM
-// site's bar left out of cost.png, with its total.
-func TestCostCaptionCutAndUndrawn(t *testing.T) {
+// TestWriteChartsPerSite checks a guest's figures get charts of their own
+// (an emulator's figures would flatten the host's bars), that the host's
+// cost chart cuts a bar far above the rest and says so, and that a guest
+// chart's caption says where its figures come from.
+func TestWriteChartsPerSite(t *testing.T) {
 	run := costRun()
 	// socket-LB below the others, the userspace proxy far above them, and
-	// iptables measured in a guest too.
+	// iptables measured in a guest too, thirty times slower.
 	for _, tr := range slices.Clone(run.Trials) {
 		if tr.Datapath != "iptables" {
 			continue
 		}
 		sock, proxy, vm := tr, tr, tr
 		sock.Datapath, proxy.Datapath, vm.Site = "socketlb", "userspace", "debian-6.12"
+		vm.Workload.QPS /= 30
 		if tr.Cost != nil {
 			sock.Cost = &Cost{NsPerConn: 500, Parts: map[string]float64{"bpf-connect4": 500}, Connections: tr.Cost.Connections}
 			proxy.Cost = &Cost{NsPerConn: 90000, Parts: map[string]float64{"proxy-cpu": 90000}, Connections: tr.Cost.Connections}
@@ -678,15 +681,30 @@ func TestCostCaptionCutAndUndrawn(t *testing.T) {
 		run.Trials = append(run.Trials, sock, proxy, vm)
 	}
 	run.Summary = Summarize(run.Trials)
-	bars, parts := costBars(run.Summary)
+	assert.Equal(t, []string{"", "debian-6.12"}, sitesOf(run.Summary))
+
+	host := sumsAt(run.Summary, "")
+	bars, parts := costBars(host)
 	var labels []string
 	for _, b := range bars {
 		labels = append(labels, b.label)
 	}
-	assert.Equal(t, []string{"direct", "iptables", "socketlb", "userspace"}, labels, "the guest's bar is left out")
+	assert.Equal(t, []string{"direct", "iptables", "socketlb", "userspace"}, labels, "the guest's bar is on a chart of its own")
 	_, cut := costAxis(bars, parts)
 	assert.Equal(t, []int{3}, cut)
-	capText := costCaption(run, run.Summary)
-	assert.Contains(t, capText, "Cut at the axis's top (≈), so the other bars stay readable: userspace; the label is the whole total.")
-	assert.Contains(t, capText, "Not drawn, as they were measured on an emulated CPU (tens of times slower than this host; in the table): iptables @ debian-6.12 ")
+	assert.Contains(t, costCaption(run, host), "Cut at the axis's top (≈), so the other bars stay readable: userspace; the label is the whole total.")
+	guest := sumsAt(run.Summary, "debian-6.12")
+	require.Len(t, guest, 2)
+	assert.Contains(t, costCaption(run, guest), "Measured in a QEMU guest running the debian-6.12 kernel")
+	assert.Contains(t, caption(run, qpsChart(run, guest, "debian-6.12")), "compare these bars with each other (and direct @ debian-6.12) only")
+	assert.NotContains(t, caption(run, qpsChart(run, host, "")), "QEMU")
+
+	dir := t.TempDir()
+	paths, err := WriteCharts(dir, run)
+	require.NoError(t, err)
+	var files []string
+	for _, p := range paths {
+		files = append(files, filepath.Base(p))
+	}
+	assert.Equal(t, []string{"qps.png", "p90.png", "cost.png", "qps-debian-6.12.png", "p90-debian-6.12.png", "cost-debian-6.12.png"}, files)
 }

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"image/color"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -12,9 +11,6 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 )
-
-// costChartFile is the stacked bar chart of the datapaths' own cost.
-const costChartFile = "cost.png"
 
 // costBar is one stacked bar: a datapath (at a site, and at a point when
 // it had cost trials at several) and the medians of its parts.
@@ -27,11 +23,13 @@ type costBar struct {
 // costBars are the bars of the summaries with cost parts, in summary
 // order, with the part names in stacking order (costPartNames over every
 // bar, so a part has one colour and one place in every bar).
+// The summaries are one site's: a VM site's times are its emulator's
+// (tens of times the host's) and get a chart of their own.
 func costBars(sums []Summary) (bars []costBar, parts []string) {
 	name := costNamer(sums, "\n")
 	all := map[string]float64{}
 	for _, s := range sums {
-		if s.Cost == nil || len(s.Cost.Parts) == 0 || costUndrawn(sums, s) {
+		if s.Cost == nil || len(s.Cost.Parts) == 0 {
 			continue
 		}
 		bars = append(bars, costBar{label: name(s), parts: s.Cost.Parts, total: s.DatapathNsPerConn})
@@ -43,15 +41,6 @@ func costBars(sums []Summary) (bars []costBar, parts []string) {
 		}
 	}
 	return bars, costPartNames(all)
-}
-
-// costUndrawn says s has cost parts that cost.png leaves out: a VM site's
-// times are its emulator's (tens of times the host's) and on the host's
-// axis would flatten every host bar, so they are drawn only when the run
-// has no host figure. The caption names them with their totals.
-func costUndrawn(sums []Summary, s Summary) bool {
-	host := slices.ContainsFunc(sums, func(h Summary) bool { return h.Site == "" && h.Cost != nil && len(h.Cost.Parts) > 0 })
-	return host && s.Site != "" && s.Cost != nil && len(s.Cost.Parts) > 0
 }
 
 // costNamer names the summaries with a cost: the datapath (at its site),
@@ -71,15 +60,15 @@ func costNamer(sums []Summary, sep string) func(Summary) string {
 	}
 }
 
-// writeCostChart draws cost.png into dir when some summary has cost parts
-// and returns its path ("" when none has).
-func writeCostChart(dir string, run *Run, sums []Summary) (string, error) {
+// writeCostChart draws the cost chart of one site's summaries to path
+// when some summary has cost parts and returns the path ("" when none
+// has); at ends the title (" at debian-6.12" for a VM site).
+func writeCostChart(path, at string, run *Run, sums []Summary) (string, error) {
 	bars, parts := costBars(sums)
 	if len(bars) == 0 {
 		return "", nil
 	}
-	path := filepath.Join(dir, costChartFile)
-	err := writeCanvasPNG(path, func(c draw.Canvas) error { return drawCostChart(c, run, costTitle(run, sums), sums, bars, parts) })
+	err := writeCanvasPNG(path, func(c draw.Canvas) error { return drawCostChart(c, run, costTitle(run, sums)+at, sums, bars, parts) })
 	if err != nil {
 		return "", err
 	}
@@ -110,17 +99,11 @@ func costCaption(run *Run, sums []Summary) string {
 		}
 		capParts = append(capParts, fmt.Sprintf("Cut at the axis's top (≈), so the other bars stay readable: %s; the label is the whole total.", strings.Join(names, ", ")))
 	}
-	name := costNamer(sums, " ")
-	var undrawn []string
-	for _, s := range sums {
-		if costUndrawn(sums, s) {
-			undrawn = append(undrawn, fmt.Sprintf("%s %s ns", name(s), groupThousands(s.DatapathNsPerConn.Median)))
-		}
+	capParts = append(capParts, costProbeSentences(sums)...)
+	if len(sums) > 0 && sums[0].Site != "" {
+		return strings.Join(append(capParts, siteNote(sums[0].Site)), " ")
 	}
-	if len(undrawn) > 0 {
-		capParts = append(capParts, fmt.Sprintf("Not drawn, as they were measured on an emulated CPU (tens of times slower than this host; in the table): %s.", strings.Join(undrawn, ", ")))
-	}
-	return strings.Join(append(append(capParts, costProbeSentences(sums)...), skippedNotes(run)...), " ")
+	return strings.Join(append(capParts, skippedNotes(run)...), " ")
 }
 
 // costCutRatio is how many times the next-tallest bar a bar must stand

@@ -62,7 +62,7 @@ func TestTableNamesInvalidTrials(t *testing.T) {
 	assert.Contains(t, out, "2 of 3")
 	assert.Contains(t, out, "0 of 3")
 	assert.Contains(t, out, "invalid, left out of the figures: iptables conc=8 repetition 2: no completed connection (40 failed)")
-	assert.Contains(t, caption(run, chartSpec{file: "qps.png"}), "4 invalid trial(s) left out")
+	assert.Contains(t, caption(run, chartSpec{name: "qps"}), "4 invalid trial(s) left out")
 }
 
 // Comparing a run that has an invalid trial fails as an invalid run, never

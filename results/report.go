@@ -7,6 +7,7 @@ package results
 // page shows, reportchart.go draws its charts.
 
 import (
+	"cmp"
 	"bytes"
 	_ "embed"
 	"encoding/json"
@@ -174,24 +175,24 @@ type reportRun struct {
 }
 
 // sites are the run's sites in summary order, the host ("") first.
-func (r reportRun) sites() []string {
+func (r reportRun) sites() []string { return sitesOf(r.sums) }
+
+// sitesOf are the sites of sums in their order, the host ("") first.
+func sitesOf(sums []Summary) []string {
 	var out []string
-	for _, s := range r.sums {
+	for _, s := range sums {
 		if !slices.Contains(out, s.Site) {
 			out = append(out, s.Site)
 		}
 	}
-	slices.SortStableFunc(out, func(a, b string) int {
-		switch {
-		case a == b:
+	// Stable: the host first, the other sites as they came.
+	elsewhere := func(site string) int {
+		if site == "" {
 			return 0
-		case a == "":
-			return -1
-		case b == "":
-			return 1
 		}
-		return 0
-	})
+		return 1
+	}
+	slices.SortStableFunc(out, func(a, b string) int { return cmp.Compare(elsewhere(a), elsewhere(b)) })
 	return out
 }
 

@@ -54,12 +54,9 @@ func chartSections(runs []reportRun, colors reportPalette) ([]chartSection, erro
 				spec chartSpec
 				m    Metric
 			}{
-				{&qps, chartSpec{file: "qps.png", title: WorkloadOf(r.run).Title() + ": connections/s (" + repetitionsPhrase(sums) + ")", yLabel: "connections/s", stat: func(s Summary) Stat { return s.QPS }}, mustMetric("qps")},
-				{&p90, chartSpec{file: "p90.png", title: WorkloadOf(r.run).Title() + ": p90 connection latency in µs (" + repetitionsPhrase(sums) + ")", yLabel: "p90 connect-to-close latency (µs)", stat: func(s Summary) Stat { return s.P90 }}, mustMetric("p90")},
+				{&qps, qpsChart(r.run, sums, site), mustMetric("qps")},
+				{&p90, p90Chart(r.run, sums, site), mustMetric("p90")},
 			} {
-				if site != "" {
-					spec.spec.title += " at " + site
-				}
 				svg, err := chartSVG(spec.spec.title, func(c draw.Canvas) error { return drawChart(c, spec.spec, r.run, sums, cols) })
 				if err != nil {
 					return nil, err

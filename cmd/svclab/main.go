@@ -42,7 +42,7 @@ import (
 const usage = `svclab: what does a Kubernetes Service datapath cost, and does it behave like a Service?
 
 Usage:
-  svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,report.html,qps.png,p90.png}
+  svclab bench [flags]   run a scenario against datapaths; writes results/<run-id>/{results.json,report.html,qps.png,p90.png,cost.png}
   svclab datapaths       list the datapaths and whether this machine can run them
   svclab cleanup         remove what killed svclab runs left: network namespaces, cgroups, lock files, VM temp dirs
   svclab conform [flags] check Service behaviours against datapaths; writes results/<run-id>/{conformance.json,conformance.md,report.html}
