@@ -7,8 +7,8 @@ package results
 // page shows, reportchart.go draws its charts.
 
 import (
-	"cmp"
 	"bytes"
+	"cmp"
 	_ "embed"
 	"encoding/json"
 	"errors"
