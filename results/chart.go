@@ -415,7 +415,7 @@ func caption(run *Run, spec chartSpec) string {
 // siteNote is the caption of a chart of figures measured at site, a VM
 // kernel: whose figures they are and what they compare with.
 func siteNote(site string) string {
-	return fmt.Sprintf("Measured in a QEMU guest running the %s kernel, started by this run: emulated, it runs many times slower than this host, so compare these bars with each other (and direct @ %s) only.", site, site)
+	return fmt.Sprintf("Measured in a QEMU guest running the %s kernel, started by this run: emulated, it runs many times slower than this host, so compare these figures with each other (and direct @ %s) only.", site, site)
 }
 
 // skippedNotes are the caption sentences naming the datapaths the run

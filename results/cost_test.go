@@ -696,7 +696,7 @@ func TestWriteChartsPerSite(t *testing.T) {
 	guest := sumsAt(run.Summary, "debian-6.12")
 	require.Len(t, guest, 2)
 	assert.Contains(t, costCaption(run, guest), "Measured in a QEMU guest running the debian-6.12 kernel")
-	assert.Contains(t, caption(run, qpsChart(run, guest, "debian-6.12")), "compare these bars with each other (and direct @ debian-6.12) only")
+	assert.Contains(t, caption(run, qpsChart(run, guest, "debian-6.12")), "compare these figures with each other (and direct @ debian-6.12) only")
 	assert.NotContains(t, caption(run, qpsChart(run, host, "")), "QEMU")
 
 	dir := t.TempDir()

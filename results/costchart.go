@@ -271,9 +271,12 @@ func drawScaleCostParts(c draw.Canvas, run *Run, sw scaleSweep, series []lineSer
 	for i, s := range series {
 		legend[i] = barSeries{name: s.name, color: s.color}
 	}
-	m := mustMetric("datapath_ns_per_conn")
-	title := strings.TrimSuffix(scaleTitle(sw, m), m.Scale.Title) + fmt.Sprintf("the datapath's own ns per connection by part (parts of at least %.0f%% of a datapath's total)", 100*costPartShare)
-	capText := strings.Join(append([]string{"Points: the median of each part over the cost trials (the attribution probes attached)."}, costProbeSentences(sw.sums)...), " ")
+	title := sw.titled(fmt.Sprintf("the datapath's own ns per connection by part (parts of at least %.0f%% of a datapath's total)", 100*costPartShare))
+	capParts := append([]string{"Points: the median of each part over the cost trials (the attribution probes attached)."}, costProbeSentences(sw.sums)...)
+	if sw.site != "" {
+		capParts = append(capParts, siteNote(sw.site))
+	}
+	capText := strings.Join(capParts, " ")
 	plotArea := drawFrame(c, title, subtitle(run), capText, legend)
 	xLabel := "services (log scale)"
 	if sw.axis == axisEndpoints {

@@ -39,6 +39,9 @@ type scaleSweep struct {
 	concurrency int
 	sums        []Summary // in summary order
 	limits      []ScaleLimit
+	// site is where sums were measured when they are one site's ("" for
+	// this host; WriteScaleCharts draws each site apart).
+	site string
 }
 
 // x is the swept coordinate of a summary or limit.
@@ -114,7 +117,10 @@ func scaleSweeps(sums []Summary, limits []ScaleLimit) []scaleSweep {
 				continue
 			}
 			for _, l := range limits {
-				if on(l.Services, l.Endpoints) {
+				// A limit of a site none of sums was measured at
+				// belongs to another site's sweep.
+				atSite := slices.ContainsFunc(sums, func(s Summary) bool { return s.Site == l.Site })
+				if atSite && on(l.Services, l.Endpoints) {
 					sw.limits = append(sw.limits, l)
 				}
 			}
@@ -147,7 +153,15 @@ func WriteScaleCharts(dir string, run *Run) (paths []string, err error) {
 		return nil, nil
 	}
 	all := summariesOf(run)
-	sweeps := scaleSweeps(all, run.ScaleLimits)
+	// A VM site's sweeps are drawn apart: an emulated CPU's figures are
+	// tens of times the host's and would flatten every host line.
+	var sweeps []scaleSweep
+	for _, site := range sitesOf(all) {
+		for _, sw := range scaleSweeps(sumsAt(all, site), run.ScaleLimits) {
+			sw.site = site
+			sweeps = append(sweeps, sw)
+		}
+	}
 	if len(sweeps) == 0 {
 		return nil, nil
 	}
@@ -156,16 +170,22 @@ func WriteScaleCharts(dir string, run *Run) (paths []string, err error) {
 	for _, sw := range sweeps {
 		multiConc = multiConc || sw.concurrency != sweeps[0].concurrency
 	}
+	fileName := func(sw scaleSweep, chart string) string {
+		name := "scale-" + sw.axis + "-" + chart
+		if multiConc {
+			name += "-c" + strconv.Itoa(sw.concurrency)
+		}
+		if sw.site != "" {
+			name += "-" + sw.site
+		}
+		return name + ".png"
+	}
 	for _, sw := range sweeps {
 		for _, m := range metricTable {
 			if m.Scale == nil || !measured(sw.sums, m) {
 				continue
 			}
-			name := "scale-" + sw.axis + "-" + m.Scale.Name
-			if multiConc {
-				name += "-c" + strconv.Itoa(sw.concurrency)
-			}
-			path := filepath.Join(dir, name+".png")
+			path := filepath.Join(dir, fileName(sw, m.Scale.Name))
 			err := writeCanvasPNG(path, func(c draw.Canvas) error {
 				return drawScaleChart(c, run, sw, m, colors)
 			})
@@ -177,11 +197,7 @@ func WriteScaleCharts(dir string, run *Run) (paths []string, err error) {
 		// The parts of the datapaths' own cost, when cost trials
 		// measured them along the sweep.
 		if parts := costPartLines(sw); len(parts) > 0 {
-			name := "scale-" + sw.axis + "-cost-parts"
-			if multiConc {
-				name += "-c" + strconv.Itoa(sw.concurrency)
-			}
-			path := filepath.Join(dir, name+".png")
+			path := filepath.Join(dir, fileName(sw, "cost-parts"))
 			if err := writeCanvasPNG(path, func(c draw.Canvas) error { return drawScaleCostParts(c, run, sw, parts) }); err != nil {
 				return paths, err
 			}
@@ -306,12 +322,16 @@ func drawYLabelOutside(c draw.Canvas, p *plot.Plot) draw.Canvas {
 }
 
 // scaleTitle says what the chart shows and what the sweep held fixed.
-func scaleTitle(sw scaleSweep, m Metric) string {
+func scaleTitle(sw scaleSweep, m Metric) string { return sw.titled(m.Scale.Title) }
+
+// titled is a title of one of the sweep's charts showing what: the sweep
+// and what it held fixed first, where it was measured last.
+func (sw scaleSweep) titled(what string) string {
 	if sw.axis == axisEndpoints {
-		return fmt.Sprintf("Endpoints sweep (1 service, concurrency %d): %s", sw.concurrency, m.Scale.Title)
+		return fmt.Sprintf("Endpoints sweep (1 service, concurrency %d): %s%s", sw.concurrency, what, siteSuffix(sw.site))
 	}
-	return fmt.Sprintf("Services sweep (%s endpoints each, concurrency %d): %s",
-		groupThousands(float64(sw.fixed)), sw.concurrency, m.Scale.Title)
+	return fmt.Sprintf("Services sweep (%s endpoints each, concurrency %d): %s%s",
+		groupThousands(float64(sw.fixed)), sw.concurrency, what, siteSuffix(sw.site))
 }
 
 // scaleCaption says what the error bars are, which points datapaths did
@@ -334,6 +354,9 @@ func scaleCaption(run *Run, sw scaleSweep, m Metric) string {
 	}
 	for _, l := range sw.limits {
 		parts = append(parts, fmt.Sprintf("%s: %s at %s; larger points not tried.", l.name(), l.Reason, scalePointWords(l.Services, l.Endpoints)))
+	}
+	if sw.site != "" {
+		return strings.Join(append(parts, siteNote(sw.site)), " ")
 	}
 	return strings.Join(append(parts, skippedNotes(run)...), " ")
 }

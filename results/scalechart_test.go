@@ -5,7 +5,9 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -77,6 +79,19 @@ func TestWriteScaleCharts(t *testing.T) {
 		twoConc.Trials = append(twoConc.Trials, tr)
 	}
 	twoConc.Summary = Summarize(twoConc.Trials)
+	// socketlb measured again in a guest: thirty times slower, its own
+	// charts, its own limit.
+	withGuest := scaleRun()
+	for _, tr := range slices.Clone(withGuest.Trials) {
+		if tr.Datapath == "socketlb" || tr.Datapath == "direct" {
+			tr.Site = "debian-6.12"
+			tr.Workload.QPS /= 30
+			withGuest.Trials = append(withGuest.Trials, tr)
+		}
+	}
+	withGuest.ScaleLimits = append(withGuest.ScaleLimits, ScaleLimit{Datapath: "socketlb", Site: "debian-6.12",
+		Services: 10000, Endpoints: 12, Reason: "guest limit"})
+	withGuest.Summary = Summarize(withGuest.Trials)
 
 	all := []string{"qps", "p50", "p90", "p99", "cpu", "apply", "change", "state"}
 	basic := []string{"qps", "p50", "p90", "p99", "apply"}
@@ -97,6 +112,7 @@ func TestWriteScaleCharts(t *testing.T) {
 		{"two sweeps", scaleRun(), files("", all...)},
 		{"no cpu change or state", withoutChange, files("", basic...)},
 		{"two concurrencies", twoConc, append(files("-c8", all...), files("-c64", all...)...)},
+		{"a guest's sweeps apart", withGuest, append(files("", all...), files("-debian-6.12", all...)...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(dir, filepath.Base(t.Name()))
@@ -133,6 +149,31 @@ func TestWriteScaleCharts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestScaleSweepsPerSite checks a limit goes to the sweeps of its own
+// site, and a guest's sweep says where it was measured.
+func TestScaleSweepsPerSite(t *testing.T) {
+	run := scaleRun()
+	for _, tr := range slices.Clone(run.Trials) {
+		tr.Site = "debian-6.12"
+		run.Trials = append(run.Trials, tr)
+	}
+	run.ScaleLimits = append(run.ScaleLimits, ScaleLimit{Datapath: "socketlb", Site: "debian-6.12", Services: 10000, Endpoints: 12, Reason: "guest limit"})
+	run.Summary = Summarize(run.Trials)
+	host := scaleSweeps(sumsAt(run.Summary, ""), run.ScaleLimits)
+	guest := scaleSweeps(sumsAt(run.Summary, "debian-6.12"), run.ScaleLimits)
+	require.NotEmpty(t, host)
+	require.NotEmpty(t, guest)
+	assert.Equal(t, []ScaleLimit{run.ScaleLimits[0]}, host[0].limits)
+	assert.Equal(t, []ScaleLimit{run.ScaleLimits[1]}, guest[0].limits)
+	guest[0].site = "debian-6.12"
+	m := mustMetric("qps")
+	assert.True(t, strings.HasSuffix(scaleTitle(guest[0], m), " at debian-6.12"), scaleTitle(guest[0], m))
+	capText := scaleCaption(run, guest[0], m)
+	assert.Contains(t, capText, "socketlb @ debian-6.12: guest limit at 10,000 services")
+	assert.Contains(t, capText, "Measured in a QEMU guest running the debian-6.12 kernel")
+	assert.NotContains(t, capText, "Not measured on this host")
 }
 
 // TestWriteScaleChartsNoSweep checks a run that is not a sweep gets no
