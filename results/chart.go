@@ -127,6 +127,7 @@ func WriteCharts(dir string, run *Run) (paths []string, err error) {
 	if len(all) == 0 {
 		return nil, fmt.Errorf("results charts for run %q: %w", run.ID, ErrNoData)
 	}
+	colors := datapathColors(all)
 	for _, site := range sitesOf(all) {
 		sums := sumsAt(all, site)
 		file := func(name string) string { return name + ".png" }
@@ -135,7 +136,7 @@ func WriteCharts(dir string, run *Run) (paths []string, err error) {
 		}
 		for _, spec := range []chartSpec{qpsChart(run, sums, site), p90Chart(run, sums, site)} {
 			path := filepath.Join(dir, file(spec.name))
-			if err := writeChart(path, spec, run, sums); err != nil {
+			if err := writeChart(path, spec, run, sums, colors); err != nil {
 				return paths, err
 			}
 			paths = append(paths, path)
@@ -170,8 +171,7 @@ func repetitionsPhrase(sums []Summary) string {
 }
 
 // writeChart renders one chart and writes it as PNG.
-func writeChart(path string, spec chartSpec, run *Run, sums []Summary) error {
-	colors := datapathColors(sums)
+func writeChart(path string, spec chartSpec, run *Run, sums []Summary, colors map[string]color.Color) error {
 	return writeCanvasPNG(path, func(c draw.Canvas) error { return drawChart(c, spec, run, sums, colors) })
 }
 
@@ -356,16 +356,22 @@ func horizontalGrid() *plotter.Grid {
 	return grid
 }
 
-// datapathColors gives each datapath (at each site) its palette colour by
-// the order it first appears in sums (the run's datapath order), so a
-// datapath has the same colour in every chart of a run. The map is keyed
-// by the name the charts show (Summary.name).
+// datapathColors gives each datapath its palette colour by the order it
+// first appears in sums (the run's datapath order), so a datapath has the
+// same colour in every chart of a run, at every site. The map is keyed by
+// the name the charts show (Summary.name).
 func datapathColors(sums []Summary) map[string]color.Color {
+	// By datapath, not by name: direct at a VM site is drawn in direct's
+	// colour, on its site's own chart.
+	byDatapath := map[string]color.Color{}
 	colors := map[string]color.Color{}
 	for _, s := range sums {
-		if _, ok := colors[s.name()]; !ok {
-			colors[s.name()] = paletteColor(len(colors))
+		c, ok := byDatapath[s.Datapath]
+		if !ok {
+			c = paletteColor(len(byDatapath))
+			byDatapath[s.Datapath] = c
 		}
+		colors[s.name()] = c
 	}
 	return colors
 }
