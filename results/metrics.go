@@ -103,6 +103,11 @@ type Metric struct {
 	// Scale, when set, charts the metric along scale sweeps and lists it
 	// in the scale block of the text table.
 	Scale *ScaleChart
+
+	// Noise, when set, puts the metric's coefficient of variation over
+	// repetitions in the table's noise block (writeNoise), and for a
+	// metric with a Ratio that of its ratio to direct paired per round.
+	Noise bool
 }
 
 // Compared reports whether `svclab compare` tests the metric.
@@ -177,6 +182,7 @@ var metricTable = []Metric{{
 	Threshold: 0.10,
 	Column:    "QPS", Format: fmtQPS,
 	Scale: &ScaleChart{Name: "qps", Title: "connections/s", YLabel: "connections/s"},
+	Noise: true,
 }, {
 	Key: "p50", Label: "p50 µs", Better: LowerIsBetter,
 	Trial: func(t Trial) (float64, bool) { return trialLatency(t).P50, true },
@@ -266,6 +272,7 @@ var metricTable = []Metric{{
 	Threshold: 0.10,
 	Column:    "DP ns/C", Format: fmtQPS,
 	Scale: &ScaleChart{Name: "cost", Title: "the datapath's own kernel time per connection in ns", YLabel: "datapath ns per connection"},
+	Noise: true,
 }, {
 	// The same time as a fraction of the trial's own CPU per connection
 	// (Trial.CPUShare): a machine running slower for a while lengthens
@@ -283,6 +290,7 @@ var metricTable = []Metric{{
 	Stat: func(s *Summary) *Stat { return &s.DatapathCPUShare }, CI: true,
 	Threshold: 0.10,
 	Column:    "DP %CPU", Format: fmtPercent,
+	Noise: true,
 }, {
 	Key: "apply", Label: "apply s", Better: LowerIsBetter,
 	Trial: func(t Trial) (float64, bool) { return t.ApplySeconds, true },

@@ -135,6 +135,11 @@ func WriteTable(w io.Writer, run *Run) error {
 			return err
 		}
 	}
+	if !sweep {
+		if err := writeNoise(w, run, sums); err != nil {
+			return err
+		}
+	}
 	if err := writeNodes(w, run); err != nil {
 		return err
 	}
