@@ -440,11 +440,7 @@ func Compare(old, new *Run, th Thresholds) *Comparison {
 		c.Notes = append(c.Notes, fmt.Sprintf("no %s at %s in both runs: its absolute figures are gated instead of ratios", d.site, pointLabel(d.point)))
 	}
 	for _, sp := range c.Speeds {
-		at := ""
-		if sp.Site != "" {
-			at = " at " + sp.Site
-		}
-		c.Notes = append(c.Notes, fmt.Sprintf("machine speed%s (the attribution probes' own cost per band crossing, median of the cost trials): OLD %.1f ns, NEW %.1f ns (×%.2f)", at, sp.OldNS, sp.NewNS, sp.Factor))
+		c.Notes = append(c.Notes, fmt.Sprintf("machine speed%s (the attribution probes' own cost per band crossing, median of the cost trials): OLD %.1f ns, NEW %.1f ns (×%.2f)", siteSuffix(sp.Site), sp.OldNS, sp.NewNS, sp.Factor))
 	}
 	if len(c.Unjudged) > 0 {
 		c.Notes = append(c.Notes, "not gated at this speed, reported only: "+strings.Join(c.Unjudged, "; ")+

@@ -87,12 +87,12 @@ func costTitle(run *Run, sums []Summary) string {
 		WorkloadOf(run).Title(), strings.Join(concs, ", "))
 }
 
-// costCaption says what the stacks are, what was subtracted from them and
-// what the probes cost, then what was not measured.
-func costCaption(run *Run, sums []Summary) string {
+// costCaption says what the stacks are, which bars (of bars, by index) are
+// cut at the axis's top, what was subtracted from them and what the
+// probes cost, then what was not measured.
+func costCaption(run *Run, sums []Summary, bars []costBar, cut []int) string {
 	capParts := []string{"Stacks: the median of each part over the cost trials (the attribution probes attached); label: the median of the total, with its 95% interval (or min–max) in ns. Netfilter parts by hook priority band, BPF parts by program, proxy-cpu the userspace proxy's CPU."}
-	bars, parts := costBars(sums)
-	if _, cut := costAxis(bars, parts); len(cut) > 0 {
+	if len(cut) > 0 {
 		var names []string
 		for _, i := range cut {
 			names = append(names, strings.ReplaceAll(bars[i].label, "\n", " "))
@@ -317,7 +317,7 @@ func drawCostChart(c draw.Canvas, run *Run, title string, sums []Summary, bars [
 		st.colors[p] = paletteColor(i)
 		legend[i] = barSeries{name: p, color: st.colors[p]}
 	}
-	plotArea := drawFrame(c, title, subtitle(run), costCaption(run, sums), legend)
+	plotArea := drawFrame(c, title, subtitle(run), costCaption(run, sums, bars, cut), legend)
 	p := newChartPlot("datapath", "datapath ns per connection")
 	labels := make([]string, len(bars))
 	for i, b := range bars {

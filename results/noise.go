@@ -118,7 +118,7 @@ func writeNoise(w io.Writer, run *Run, sums []Summary) error {
 	// The cells first: a column no row has a figure for (the cost
 	// metrics of a run without cost trials) is left out.
 	var cols []noiseColumn
-	cells := map[int][]string{}
+	var cells [][]string // cells[j][i]: column j, row sums[i]
 	for _, c := range noiseColumns() {
 		var col []string
 		measured := false
@@ -130,8 +130,8 @@ func writeNoise(w io.Writer, run *Run, sums []Summary) error {
 			col = append(col, cell)
 		}
 		if measured {
-			cells[len(cols)] = col
 			cols = append(cols, c)
+			cells = append(cells, col)
 		}
 	}
 	if len(cols) == 0 {

@@ -77,7 +77,6 @@ func chartSections(runs []reportRun, colors reportPalette) ([]chartSection, erro
 				cost.Panels = append(cost.Panels, chartPanel{Heading: heading, SVG: svg, Table: statTable(sums, colors, m, m.Label)})
 			}
 			for _, sw := range scaleSweeps(sums, r.run.ScaleLimits) {
-				sw.site = site
 				for _, key := range reportScaleCharts {
 					m := mustMetric(key)
 					if m.Scale == nil || !measured(sw.sums, m) {

@@ -39,8 +39,9 @@ type scaleSweep struct {
 	concurrency int
 	sums        []Summary // in summary order
 	limits      []ScaleLimit
-	// site is where sums were measured when they are one site's ("" for
-	// this host; WriteScaleCharts draws each site apart).
+	// site is where sums were measured when they are all one site's (""
+	// for this host, or for a mix): WriteScaleCharts and the report draw
+	// each site apart, from that site's summaries.
 	site string
 }
 
@@ -116,6 +117,9 @@ func scaleSweeps(sums []Summary, limits []ScaleLimit) []scaleSweep {
 			if len(sw.xs()) < 2 {
 				continue
 			}
+			if !slices.ContainsFunc(sw.sums, func(s Summary) bool { return s.Site != sw.sums[0].Site }) {
+				sw.site = sw.sums[0].Site
+			}
 			for _, l := range limits {
 				// A limit of a site none of sums was measured at
 				// belongs to another site's sweep.
@@ -157,10 +161,7 @@ func WriteScaleCharts(dir string, run *Run) (paths []string, err error) {
 	// tens of times the host's and would flatten every host line.
 	var sweeps []scaleSweep
 	for _, site := range sitesOf(all) {
-		for _, sw := range scaleSweeps(sumsAt(all, site), run.ScaleLimits) {
-			sw.site = site
-			sweeps = append(sweeps, sw)
-		}
+		sweeps = append(sweeps, scaleSweeps(sumsAt(all, site), run.ScaleLimits)...)
 	}
 	if len(sweeps) == 0 {
 		return nil, nil

@@ -167,7 +167,8 @@ func TestScaleSweepsPerSite(t *testing.T) {
 	require.NotEmpty(t, guest)
 	assert.Equal(t, []ScaleLimit{run.ScaleLimits[0]}, host[0].limits)
 	assert.Equal(t, []ScaleLimit{run.ScaleLimits[1]}, guest[0].limits)
-	guest[0].site = "debian-6.12"
+	assert.Equal(t, "", host[0].site)
+	assert.Equal(t, "debian-6.12", guest[0].site, "a sweep of one site's summaries is that site's")
 	m := mustMetric("qps")
 	assert.True(t, strings.HasSuffix(scaleTitle(guest[0], m), " at debian-6.12"), scaleTitle(guest[0], m))
 	capText := scaleCaption(run, guest[0], m)
